@@ -1,0 +1,356 @@
+//! Per-key coalescing: the write algebra and the pending-write table it maintains.
+//!
+//! Within a flush window each key holds one pending write, built by [`merge`] so that applying the
+//! merged write gives the same table state as applying every write in order (BRIEF §5):
+//!
+//! | earlier ∘ later | result |
+//! |---|---|
+//! | put ∘ put | the later put |
+//! | put ∘ delete | delete; **nothing at all** when the put was `fresh` (a unique message id never written) |
+//! | put ∘ update | the put with the update applied (its guard evaluated against the put) |
+//! | put ∘ set delta | the put with the set changed |
+//! | delete ∘ put | the put |
+//! | delete ∘ update | delete when guarded (the guard fails on a missing item); otherwise a put of key + SETs |
+//! | delete ∘ set delta | a put of key + the added members; delete when nothing is added |
+//! | update ∘ update | one update, later SETs winning, when both have the same guard and the first does not SET the guard attribute |
+//! | set delta ∘ set delta | one delta: an ADD withdraws a pending DELETE of that member; a DELETE withdraws a pending ADD (members are unique ids) or joins the DELETEs |
+//! | anything ∘ put / delete | the put / delete |
+//!
+//! The few pairs the algebra cannot fold into one write (two updates guarded by different values,
+//! an update and a set delta on one key) stay as a short queue for that key, sent one after the
+//! other; the flusher never has two writes of one key in flight.
+//!
+//! [`Coalescer`] is a pure data structure: no I/O, no clock of its own (callers pass the instant an
+//! op was accepted). The shard that owns it decides when to flush.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Instant;
+
+use crate::item::{Key, Op, Value, Write};
+
+/// The result of folding a later write into an earlier one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Merged {
+    /// One write has the effect of both.
+    One(Write),
+    /// Together they have no effect: nothing needs to be written.
+    Cancelled,
+    /// They cannot be folded; both must be applied, in order.
+    Two(Write, Write),
+}
+
+/// Folds `later` into `earlier` for the same key (see the module table).
+pub fn merge(key: &Key, earlier: Write, later: Write) -> Merged {
+    use Write::*;
+    match (earlier, later) {
+        (Put { fresh, .. }, Put { item, .. }) => Merged::One(Put { item, fresh }),
+        (Put { fresh: true, .. }, Delete) => Merged::Cancelled,
+        (_, Delete) => Merged::One(Delete),
+        (_, Put { item, .. }) => Merged::One(Put { item, fresh: false }),
+        (Put { mut item, fresh }, Update { set, guard }) => {
+            let holds = guard.as_ref().is_none_or(|(attr, value)| item.get(attr) == Some(value));
+            if holds {
+                item.extend(set);
+            }
+            Merged::One(Put { item, fresh })
+        }
+        (Put { mut item, fresh }, SetDelta { attr, add, del }) => {
+            let mut members = match item.remove(&attr) {
+                Some(Value::Ss(set)) => set,
+                _ => Default::default(),
+            };
+            members.extend(add);
+            for m in &del {
+                members.remove(m);
+            }
+            if !members.is_empty() {
+                item.insert(attr, Value::Ss(members));
+            }
+            Merged::One(Put { item, fresh })
+        }
+        (Delete, Update { guard: Some(_), .. }) => Merged::One(Delete),
+        (Delete, Update { set, guard: None }) => {
+            let mut item = key.to_item();
+            item.extend(set);
+            Merged::One(Put { item, fresh: false })
+        }
+        (Delete, SetDelta { attr, add, .. }) => {
+            if add.is_empty() {
+                Merged::One(Delete)
+            } else {
+                let mut item = key.to_item();
+                item.insert(attr, Value::Ss(add));
+                Merged::One(Put { item, fresh: false })
+            }
+        }
+        (
+            Update {
+                set: mut s1,
+                guard: g1,
+            },
+            Update { set: s2, guard: g2 },
+        ) => {
+            let guard_untouched = g1.as_ref().is_none_or(|(attr, _)| !s1.contains_key(attr));
+            if g1 == g2 && guard_untouched {
+                s1.extend(s2);
+                Merged::One(Update { set: s1, guard: g1 })
+            } else {
+                Merged::Two(Update { set: s1, guard: g1 }, Update { set: s2, guard: g2 })
+            }
+        }
+        (
+            SetDelta {
+                attr: a1,
+                add: mut add1,
+                del: mut del1,
+            },
+            SetDelta {
+                attr: a2,
+                add: add2,
+                del: del2,
+            },
+        ) if a1 == a2 => {
+            for m in add2 {
+                del1.remove(&m);
+                add1.insert(m);
+            }
+            for m in del2 {
+                if !add1.remove(&m) {
+                    del1.insert(m);
+                }
+            }
+            if add1.is_empty() && del1.is_empty() {
+                Merged::Cancelled
+            } else {
+                Merged::One(SetDelta {
+                    attr: a1,
+                    add: add1,
+                    del: del1,
+                })
+            }
+        }
+        (earlier, later) => Merged::Two(earlier, later),
+    }
+}
+
+/// What [`Coalescer::push`] did with an op.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// The key had nothing pending: a new pending write.
+    New,
+    /// Folded into the key's pending write.
+    Merged,
+    /// Folded into the pending write and both vanished: no write is needed.
+    Cancelled,
+    /// Could not be folded; queued behind the key's pending write.
+    Queued,
+}
+
+/// A write taken out for sending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taken {
+    pub key: Key,
+    pub write: Write,
+    /// When the oldest op folded into this write was accepted (for ingest-to-durable latency).
+    pub since: Instant,
+}
+
+/// The pending writes of one key.
+#[derive(Debug)]
+struct Entry {
+    /// Writes to apply in order; almost always one (see the module docs for when two).
+    writes: VecDeque<Write>,
+    /// When the oldest op in this entry was accepted.
+    since: Instant,
+    /// Position marker in [`Coalescer::order`]; an order slot with another value is stale.
+    seq: u64,
+    /// Key plus write sizes, for the byte limits.
+    bytes: usize,
+}
+
+impl Entry {
+    fn measure(key: &Key, writes: &VecDeque<Write>) -> usize {
+        key.size() + writes.iter().map(Write::size).sum::<usize>()
+    }
+}
+
+/// The pending-write table of one shard: at most one pending write per key (see the module docs),
+/// kept in arrival order, and the set of keys that have a write in flight.
+///
+/// Invariants: a key in `in_flight` is never handed out again until [`Coalescer::complete`];
+/// `ready` counts entries whose key is not in flight; `bytes` sums every entry's size.
+#[derive(Debug, Default)]
+pub struct Coalescer {
+    /// Pending writes by key.
+    entries: HashMap<Key, Entry>,
+    /// Keys in the order their entries were created, oldest first; slots whose seq no longer
+    /// matches the entry are stale and skipped.
+    order: VecDeque<(Key, u64)>,
+    /// Keys with a write handed out and not yet completed.
+    in_flight: HashSet<Key>,
+    next_seq: u64,
+    ready: usize,
+    bytes: usize,
+}
+
+impl Coalescer {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Folds `op`, accepted at `accepted`, into the pending writes.
+    pub fn push(&mut self, op: Op, accepted: Instant) -> PushOutcome {
+        let Op { key, write } = op;
+        match self.entries.get_mut(&key) {
+            None => {
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                let writes = VecDeque::from([write]);
+                let bytes = Entry::measure(&key, &writes);
+                self.bytes += bytes;
+                if !self.in_flight.contains(&key) {
+                    self.ready += 1;
+                }
+                self.order.push_back((key.clone(), seq));
+                self.entries.insert(
+                    key,
+                    Entry {
+                        writes,
+                        since: accepted,
+                        seq,
+                        bytes,
+                    },
+                );
+                PushOutcome::New
+            }
+            Some(entry) => {
+                let last = entry.writes.pop_back().expect("entries are never empty");
+                let outcome = match merge(&key, last, write) {
+                    Merged::One(w) => {
+                        entry.writes.push_back(w);
+                        PushOutcome::Merged
+                    }
+                    Merged::Two(a, b) => {
+                        entry.writes.push_back(a);
+                        entry.writes.push_back(b);
+                        PushOutcome::Queued
+                    }
+                    Merged::Cancelled => PushOutcome::Cancelled,
+                };
+                self.bytes -= entry.bytes;
+                if entry.writes.is_empty() {
+                    self.entries.remove(&key);
+                    if !self.in_flight.contains(&key) {
+                        self.ready -= 1;
+                    }
+                } else {
+                    entry.bytes = Entry::measure(&key, &entry.writes);
+                    self.bytes += entry.bytes;
+                }
+                // A cancelled write whose entry still has an earlier write is still a merge.
+                if outcome == PushOutcome::Cancelled && self.entries.contains_key(&key) {
+                    PushOutcome::Merged
+                } else {
+                    outcome
+                }
+            }
+        }
+    }
+
+    /// Takes the oldest ready writes, one per key, until `max_requests` DynamoDB requests or
+    /// `max_bytes` are reached (at least one write when any is ready). Their keys are in flight
+    /// until [`Coalescer::complete`].
+    pub fn take(&mut self, max_requests: usize, max_bytes: usize) -> Vec<Taken> {
+        let mut taken = Vec::new();
+        let mut skipped = Vec::new();
+        let (mut requests, mut bytes) = (0usize, 0usize);
+        while self.ready > 0 {
+            let Some((key, seq)) = self.order.pop_front() else {
+                break;
+            };
+            let Some(entry) = self.entries.get_mut(&key) else {
+                continue;
+            };
+            if entry.seq != seq {
+                continue;
+            }
+            if self.in_flight.contains(&key) {
+                skipped.push((key, seq));
+                continue;
+            }
+            let head = entry.writes.front().expect("entries are never empty");
+            let (req, size) = (head.request_count(), key.size() + head.size());
+            if !taken.is_empty() && (requests + req > max_requests || bytes + size > max_bytes) {
+                skipped.push((key, seq));
+                break;
+            }
+            requests += req;
+            bytes += size;
+            let write = entry.writes.pop_front().expect("entries are never empty");
+            let since = entry.since;
+            self.bytes -= entry.bytes;
+            self.ready -= 1;
+            if entry.writes.is_empty() {
+                self.entries.remove(&key);
+            } else {
+                entry.bytes = Entry::measure(&key, &entry.writes);
+                self.bytes += entry.bytes;
+                skipped.push((key.clone(), seq));
+            }
+            self.in_flight.insert(key.clone());
+            taken.push(Taken { key, write, since });
+        }
+        for slot in skipped.into_iter().rev() {
+            self.order.push_front(slot);
+        }
+        taken
+    }
+
+    /// Marks the in-flight write of `key` as finished (written or given up), so the key's next
+    /// pending write may go.
+    pub fn complete(&mut self, key: &Key) {
+        if self.in_flight.remove(key) && self.entries.contains_key(key) {
+            self.ready += 1;
+        }
+    }
+
+    /// When the oldest pending write was accepted.
+    pub fn oldest(&mut self) -> Option<Instant> {
+        while let Some((key, seq)) = self.order.front() {
+            match self.entries.get(key) {
+                Some(e) if e.seq == *seq => return Some(e.since),
+                _ => {
+                    self.order.pop_front();
+                }
+            }
+        }
+        None
+    }
+
+    /// Keys with pending writes.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Pending writes whose key has nothing in flight.
+    pub fn ready(&self) -> usize {
+        self.ready
+    }
+
+    /// Bytes of all pending writes.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Keys with a write in flight.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,364 @@
+//! The coalescer against the sequential model: for random event sequences, coalescing (with
+//! writes taken and completed at random points, as the flusher does) and then applying gives the
+//! same tables as applying every write in order.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::event::{ClientInfo, HookEvent, Message};
+use crate::item::{Item, Table};
+use crate::model::TableModel;
+use crate::rules::{Action, Rule, RuleSet, StorageFormat};
+
+#[derive(Debug, Clone)]
+enum Step {
+    Connect { client: u8, node: u8 },
+    Disconnect { client: u8, node: u8 },
+    Publish { client: u8, topic: u8, qos: u8, retain: bool, empty: bool },
+    Ack { client: u8, pick: usize },
+    Unsubscribe { client: u8, topic: u8 },
+    /// Take up to this many requests' worth of writes and put them in flight.
+    Take(usize),
+    /// Complete (apply) up to this many in-flight writes, oldest first.
+    Complete(usize),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (0..4u8, 0..2u8).prop_map(|(client, node)| Step::Connect { client, node }),
+        (0..4u8, 0..2u8).prop_map(|(client, node)| Step::Disconnect { client, node }),
+        (0..4u8, 0..3u8, 0..3u8, any::<bool>(), any::<bool>()).prop_map(
+            |(client, topic, qos, retain, empty)| Step::Publish { client, topic, qos, retain, empty }
+        ),
+        (0..4u8, any::<usize>()).prop_map(|(client, pick)| Step::Ack { client, pick }),
+        (0..4u8, 0..3u8).prop_map(|(client, topic)| Step::Unsubscribe { client, topic }),
+        (1..30usize).prop_map(Step::Take),
+        (1..30usize).prop_map(Step::Complete),
+    ]
+}
+
+fn client(c: u8, node: u8) -> ClientInfo {
+    ClientInfo {
+        node: format!("emqx@n{node}"),
+        clientid: format!("c{c}"),
+        ..Default::default()
+    }
+}
+
+/// Replays `steps` through the rules, then both ways; returns (sequential, coalesced).
+fn run(steps: &[Step], rules: &RuleSet, initial: &TableModel) -> (TableModel, TableModel, u64) {
+    let format = StorageFormat::default();
+    let mut sequential = initial.clone();
+    let mut coalesced = initial.clone();
+    let mut coalescer = Coalescer::new();
+    let mut in_flight: VecDeque<Taken> = VecDeque::new();
+    let mut published: Vec<(String, String)> = Vec::new();
+    let mut next_id = 1u128 << 80;
+    let now = Instant::now();
+    let mut ops_total = 0u64;
+    for (i, step) in steps.iter().enumerate() {
+        let at = now + Duration::from_millis(i as u64);
+        let event = match *step {
+            Step::Connect { client: c, node } => Some(HookEvent::ClientConnected {
+                client: client(c, node),
+                connected_at_ms: 1_000_000 + i as u64 * 1000,
+            }),
+            Step::Disconnect { client: c, node } => Some(HookEvent::ClientDisconnected {
+                client: client(c, node),
+                reason: "normal".into(),
+                disconnected_at_ms: 1_000_000 + i as u64 * 1000,
+            }),
+            Step::Publish { client: c, topic, qos, retain, empty } => {
+                next_id += 1;
+                let id = crate::guid::to_hex(next_id);
+                let topic = format!("t/{topic}");
+                published.push((id.clone(), topic.clone()));
+                Some(HookEvent::MessagePublish {
+                    message: Message {
+                        node: "emqx@n0".into(),
+                        id,
+                        qos,
+                        from: format!("c{c}"),
+                        topic,
+                        payload: if empty { vec![] } else { format!("p{i}").into_bytes() },
+                        retain,
+                        timestamp_ms: 1_000_000 + i as u64,
+                        username: None,
+                    },
+                })
+            }
+            Step::Ack { client: c, pick } => {
+                let (id, topic) = if published.is_empty() {
+                    (crate::guid::to_hex(7), "t/0".to_string())
+                } else {
+                    published[pick % published.len()].clone()
+                };
+                Some(HookEvent::MessageAcked {
+                    client: client(c, 0),
+                    message: Message {
+                        node: "emqx@n0".into(),
+                        id,
+                        qos: 1,
+                        from: "x".into(),
+                        topic,
+                        payload: b"p".to_vec(),
+                        retain: false,
+                        timestamp_ms: 1,
+                        username: None,
+                    },
+                })
+            }
+            Step::Unsubscribe { client: c, topic } => Some(HookEvent::SessionUnsubscribed {
+                client: client(c, 0),
+                topic: format!("t/{topic}"),
+            }),
+            Step::Take(n) => {
+                in_flight.extend(coalescer.take(n, usize::MAX));
+                None
+            }
+            Step::Complete(n) => {
+                for _ in 0..n {
+                    let Some(t) = in_flight.pop_front() else { break };
+                    coalesced.apply(&Op { key: t.key.clone(), write: t.write });
+                    coalescer.complete(&t.key);
+                }
+                None
+            }
+        };
+        if let Some(event) = event {
+            for op in rules.plan(&event, &format).expect("generated events are valid") {
+                ops_total += 1;
+                sequential.apply(&op);
+                coalescer.push(op, at);
+            }
+        }
+    }
+    // Drain: finish what is in flight, then flush the rest.
+    loop {
+        for t in in_flight.drain(..) {
+            coalesced.apply(&Op { key: t.key.clone(), write: t.write });
+            coalescer.complete(&t.key);
+        }
+        let batch = coalescer.take(25, usize::MAX);
+        if batch.is_empty() {
+            break;
+        }
+        in_flight.extend(batch);
+    }
+    assert!(coalescer.is_empty(), "drained coalescer still holds {} keys", coalescer.len());
+    assert_eq!(coalescer.bytes(), 0);
+    assert_eq!(coalescer.ready(), 0);
+    (sequential, coalesced, ops_total)
+}
+
+fn initial_state() -> impl Strategy<Value = TableModel> {
+    (any::<[bool; 4]>(), any::<[u8; 4]>(), any::<[bool; 3]>()).prop_map(|(present, nodes, retained)| {
+        let mut model = TableModel::new();
+        for c in 0..4 {
+            if present[c] {
+                let key = Key::new(Table::Client, format!("c{c}"));
+                let mut item: Item = key.to_item();
+                item.insert("node".into(), Value::S(format!("emqx@n{}", nodes[c] % 2)));
+                item.insert("connect_state".into(), Value::N(1));
+                item.insert("online_at".into(), Value::N(5));
+                item.insert("offline_at".into(), Value::N(0));
+                model.insert(key, item);
+            }
+        }
+        for t in 0..3 {
+            if retained[t] {
+                let key = Key::new(Table::Retain, format!("t/{t}"));
+                let mut item = key.to_item();
+                item.insert("payload".into(), Value::S("old".into()));
+                model.insert(key.clone(), item);
+                let acked = Key::with_range(Table::Acked, format!("t/{t}"), "c1");
+                model.insert(acked.clone(), acked.to_item());
+                let map = Key::new(Table::TopicMsgMap, format!("t/{t}"));
+                let mut item = map.to_item();
+                item.insert("MsgId".into(), Value::Ss(BTreeSet::from(["old-id".to_string()])));
+                model.insert(map, item);
+            }
+        }
+        model
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn coalescing_equals_sequential_application(
+        steps in prop::collection::vec(step(), 0..120),
+        initial in initial_state(),
+        with_store in any::<bool>(),
+    ) {
+        let mut rules = RuleSet::default().rules().to_vec();
+        if with_store {
+            rules.push(Rule::new("message.publish", Action::OnMessageStore, Some("#")).unwrap());
+        }
+        let (sequential, coalesced, _) = run(&steps, &RuleSet::new(rules), &initial);
+        prop_assert_eq!(sequential.normalized(), coalesced.normalized());
+    }
+}
+
+/// Write-level algebra cases the event model does not reach.
+#[derive(Debug, Clone)]
+enum RawWrite {
+    Put(u8),
+    Delete,
+    Update { node: Option<u8>, sets_node: bool, v: u8 },
+    Add,
+    Del(u8),
+}
+
+fn raw_write() -> impl Strategy<Value = RawWrite> {
+    prop_oneof![
+        (0..3u8).prop_map(RawWrite::Put),
+        Just(RawWrite::Delete),
+        (prop::option::of(0..2u8), any::<bool>(), any::<u8>())
+            .prop_map(|(node, sets_node, v)| RawWrite::Update { node, sets_node, v }),
+        Just(RawWrite::Add),
+        (0..20u8).prop_map(RawWrite::Del),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn raw_writes_on_one_key_equal_sequential_application(
+        writes in prop::collection::vec((raw_write(), any::<bool>()), 0..60),
+        start in prop::option::of(0..2u8),
+    ) {
+        let key = Key::new(Table::Client, "k");
+        let mut initial = TableModel::new();
+        if let Some(node) = start {
+            let mut item = key.to_item();
+            item.insert("node".into(), Value::S(format!("n{node}")));
+            initial.insert(key.clone(), item);
+        }
+        let mut sequential = initial.clone();
+        let mut coalesced = initial;
+        let mut coalescer = Coalescer::new();
+        let mut next_member = 100u32;
+        let mut added: Vec<String> = Vec::new();
+        let now = Instant::now();
+        for (w, flush) in writes {
+            let write = match w {
+                RawWrite::Put(n) => {
+                    let mut item = key.to_item();
+                    item.insert("node".into(), Value::S(format!("n{n}")));
+                    Write::Put { item, fresh: false }
+                }
+                RawWrite::Delete => Write::Delete,
+                RawWrite::Update { node, sets_node, v } => {
+                    let mut set: BTreeMap<String, Value> = [("v".to_string(), Value::N(i64::from(v)))].into();
+                    if sets_node {
+                        set.insert("node".into(), Value::S(format!("n{}", v % 2)));
+                    }
+                    Write::Update { set, guard: node.map(|n| ("node".to_string(), Value::S(format!("n{n}")))) }
+                }
+                RawWrite::Add => {
+                    next_member += 1;
+                    added.push(format!("m{next_member}"));
+                    Write::SetDelta { attr: "MsgId".into(), add: [format!("m{next_member}")].into(), del: BTreeSet::new() }
+                }
+                RawWrite::Del(i) => {
+                    let m = added.get(usize::from(i)).cloned().unwrap_or_else(|| format!("x{i}"));
+                    Write::SetDelta { attr: "MsgId".into(), add: BTreeSet::new(), del: [m].into() }
+                }
+            };
+            let op = Op { key: key.clone(), write };
+            sequential.apply(&op);
+            coalescer.push(op, now);
+            if flush {
+                for t in coalescer.take(25, usize::MAX) {
+                    coalesced.apply(&Op { key: t.key.clone(), write: t.write });
+                    coalescer.complete(&t.key);
+                }
+            }
+        }
+        loop {
+            let batch = coalescer.take(25, usize::MAX);
+            if batch.is_empty() { break; }
+            for t in batch {
+                coalesced.apply(&Op { key: t.key.clone(), write: t.write });
+                coalescer.complete(&t.key);
+            }
+        }
+        prop_assert_eq!(sequential.normalized(), coalesced.normalized());
+    }
+}
+
+#[test]
+fn publish_then_ack_before_flush_writes_nothing() {
+    let rules = RuleSet::default();
+    let format = StorageFormat::default();
+    let message = Message {
+        node: "emqx@n0".into(),
+        id: crate::guid::to_hex(1 << 90),
+        qos: 1,
+        from: "p".into(),
+        topic: "t".into(),
+        payload: b"x".to_vec(),
+        retain: false,
+        timestamp_ms: 1,
+        username: None,
+    };
+    let mut coalescer = Coalescer::new();
+    let now = Instant::now();
+    let publish = HookEvent::MessagePublish { message: message.clone() };
+    let ack = HookEvent::MessageAcked { client: client(1, 0), message };
+    for op in rules.plan(&publish, &format).unwrap() {
+        assert_eq!(coalescer.push(op, now), PushOutcome::New);
+    }
+    let outcomes: Vec<_> = rules.plan(&ack, &format).unwrap().into_iter().map(|op| coalescer.push(op, now)).collect();
+    assert_eq!(outcomes, [PushOutcome::New, PushOutcome::Cancelled, PushOutcome::Cancelled]);
+    // Only the mqtt_acked put remains.
+    let taken = coalescer.take(25, usize::MAX);
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].key.table, Table::Acked);
+}
+
+#[test]
+fn in_flight_keys_are_not_handed_out_twice() {
+    let key = Key::new(Table::Retain, "t");
+    let put = |p: &str| {
+        let mut item = key.to_item();
+        item.insert("payload".into(), Value::S(p.into()));
+        Op { key: key.clone(), write: Write::Put { item, fresh: false } }
+    };
+    let now = Instant::now();
+    let mut c = Coalescer::new();
+    c.push(put("a"), now);
+    let first = c.take(25, usize::MAX);
+    assert_eq!(first.len(), 1);
+    assert_eq!(c.push(put("b"), now), PushOutcome::New);
+    assert_eq!(c.push(Op { key: key.clone(), write: Write::Delete }, now), PushOutcome::Merged);
+    assert_eq!(c.ready(), 0);
+    assert!(c.take(25, usize::MAX).is_empty(), "the key is in flight");
+    c.complete(&key);
+    assert_eq!(c.ready(), 1);
+    let second = c.take(25, usize::MAX);
+    assert_eq!(second[0].write, Write::Delete);
+}
+
+#[test]
+fn take_respects_request_and_byte_limits_and_age_order() {
+    let now = Instant::now();
+    let mut c = Coalescer::new();
+    for i in 0..60 {
+        c.push(Op { key: Key::new(Table::Msg, format!("m{i}")), write: Write::Delete }, now + Duration::from_millis(i));
+    }
+    let batch = c.take(25, usize::MAX);
+    assert_eq!(batch.len(), 25);
+    assert_eq!(batch[0].key.hash, "m0");
+    assert_eq!(c.oldest(), Some(now + Duration::from_millis(25)));
+    // Each key is "msgid" (5) + "mNN" (3) = 8 bytes.
+    let batch = c.take(25, 8 * 3);
+    assert_eq!(batch.len(), 3);
+    assert_eq!(c.len(), 32);
+}

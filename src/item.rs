@@ -1,0 +1,253 @@
+//! The storage contract in types: the six seed tables, their keys, attribute values and the write
+//! operations the pipeline sends.
+//!
+//! These types are independent of the AWS SDK so the coalescer, the model and the tests can use them
+//! without I/O; [`crate::dynamo`] converts them to `AttributeValue`s at the edge.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// DynamoDB's maximum item size (names and values, UTF-8 / raw bytes), 400 KB.
+pub const MAX_ITEM_BYTES: usize = 400 * 1024;
+
+/// The seed's tables. `mqtt_sub` is written by the subscription API, not by hook actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    /// `mqtt_client`: clientid (HASH).
+    Client,
+    /// `mqtt_sub`: clientid (HASH), topic (RANGE).
+    Sub,
+    /// `mqtt_msg`: msgid (HASH).
+    Msg,
+    /// `mqtt_topic_msg_map`: topic (HASH), `MsgId` string set.
+    TopicMsgMap,
+    /// `mqtt_retain`: topic (HASH).
+    Retain,
+    /// `mqtt_acked`: topic (HASH), clientid (RANGE).
+    Acked,
+}
+
+impl Table {
+    /// Every table, in the order the seed documents them.
+    pub const ALL: [Table; 6] = [
+        Table::Client,
+        Table::Sub,
+        Table::Msg,
+        Table::TopicMsgMap,
+        Table::Retain,
+        Table::Acked,
+    ];
+
+    /// The seed's table name (before any configured prefix).
+    pub fn base_name(self) -> &'static str {
+        match self {
+            Table::Client => "mqtt_client",
+            Table::Sub => "mqtt_sub",
+            Table::Msg => "mqtt_msg",
+            Table::TopicMsgMap => "mqtt_topic_msg_map",
+            Table::Retain => "mqtt_retain",
+            Table::Acked => "mqtt_acked",
+        }
+    }
+
+    /// Attribute names of the hash key and, for composite keys, the range key.
+    pub fn key_names(self) -> (&'static str, Option<&'static str>) {
+        match self {
+            Table::Client => ("clientid", None),
+            Table::Sub => ("clientid", Some("topic")),
+            Table::Msg => ("msgid", None),
+            Table::TopicMsgMap => ("topic", None),
+            Table::Retain => ("topic", None),
+            Table::Acked => ("topic", Some("clientid")),
+        }
+    }
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.base_name())
+    }
+}
+
+/// The primary key of one item. Every key attribute of the seed tables is a string.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    pub table: Table,
+    pub hash: String,
+    pub range: Option<String>,
+}
+
+impl Key {
+    pub fn new(table: Table, hash: impl Into<String>) -> Self {
+        Key {
+            table,
+            hash: hash.into(),
+            range: None,
+        }
+    }
+
+    pub fn with_range(table: Table, hash: impl Into<String>, range: impl Into<String>) -> Self {
+        Key {
+            table,
+            hash: hash.into(),
+            range: Some(range.into()),
+        }
+    }
+
+    /// The key as item attributes.
+    pub fn to_item(&self) -> Item {
+        let (hash_name, range_name) = self.table.key_names();
+        let mut item = Item::new();
+        item.insert(hash_name.to_string(), Value::S(self.hash.clone()));
+        if let (Some(name), Some(range)) = (range_name, &self.range) {
+            item.insert(name.to_string(), Value::S(range.clone()));
+        }
+        item
+    }
+
+    /// Bytes the key contributes to an item's size.
+    pub fn size(&self) -> usize {
+        let (hash_name, range_name) = self.table.key_names();
+        hash_name.len()
+            + self.hash.len()
+            + range_name.map_or(0, str::len)
+            + self.range.as_ref().map_or(0, String::len)
+    }
+}
+
+/// An attribute value, restricted to the types the seed tables use.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Value {
+    S(String),
+    /// DynamoDB numbers travel as strings; every number we write is an integer.
+    N(i64),
+    B(Vec<u8>),
+    Ss(BTreeSet<String>),
+}
+
+impl Value {
+    /// Size by DynamoDB's rules (reference/dynamodb.md §1.4): strings UTF-8 bytes, binary raw
+    /// bytes, numbers about one byte per two significant digits plus one.
+    pub fn size(&self) -> usize {
+        match self {
+            Value::S(s) => s.len(),
+            Value::B(b) => b.len(),
+            Value::N(n) => {
+                let digits = n.unsigned_abs().to_string().trim_end_matches('0').len().max(1);
+                digits.div_ceil(2) + 1
+            }
+            Value::Ss(set) => set.iter().map(String::len).sum(),
+        }
+    }
+}
+
+/// One item: attribute name → value, key attributes included.
+pub type Item = BTreeMap<String, Value>;
+
+/// Item size by DynamoDB's rules: attribute names plus values.
+pub fn item_size(item: &Item) -> usize {
+    item.iter().map(|(name, value)| name.len() + value.size()).sum()
+}
+
+/// One pending write to one key. [`crate::coalesce`] merges these; [`crate::dynamo`] sends them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// Replace the whole item (BatchWriteItem PutRequest).
+    Put {
+        item: Item,
+        /// The key is known to be absent from the table before this put: set only for message ids,
+        /// which EMQX generates uniquely per publish. It lets put∘delete cancel to no write at all.
+        fresh: bool,
+    },
+    /// Remove the item (BatchWriteItem DeleteRequest).
+    Delete,
+    /// `SET` the given attributes (UpdateItem). With a guard, only if the item exists and the guard
+    /// attribute currently holds the guard value; without one, an upsert.
+    Update {
+        set: BTreeMap<String, Value>,
+        guard: Option<(String, Value)>,
+    },
+    /// `ADD` members to and `DELETE` members from one string-set attribute (UpdateItem). The two
+    /// sets are disjoint, so their order does not matter; they go out as two requests because one
+    /// expression cannot ADD and DELETE the same attribute. A member pending in `add` is, by the
+    /// callers' contract, not yet in the stored set (members are unique message ids), so deleting
+    /// it again simply withdraws the add.
+    SetDelta {
+        attr: String,
+        add: BTreeSet<String>,
+        del: BTreeSet<String>,
+    },
+}
+
+impl Write {
+    /// Whether this write can travel in a BatchWriteItem (puts and deletes only).
+    pub fn is_batchable(&self) -> bool {
+        matches!(self, Write::Put { .. } | Write::Delete)
+    }
+
+    /// Number of DynamoDB requests the write takes.
+    pub fn request_count(&self) -> usize {
+        match self {
+            Write::SetDelta { add, del, .. } => usize::from(!add.is_empty()) + usize::from(!del.is_empty()),
+            _ => 1,
+        }
+    }
+
+    /// Approximate bytes the write carries (item size for puts, values for updates).
+    pub fn size(&self) -> usize {
+        match self {
+            Write::Put { item, .. } => item_size(item),
+            Write::Delete => 0,
+            Write::Update { set, guard } => {
+                set.iter().map(|(k, v)| k.len() + v.size()).sum::<usize>()
+                    + guard.as_ref().map_or(0, |(k, v)| k.len() + v.size())
+            }
+            Write::SetDelta { attr, add, del } => {
+                attr.len() + add.iter().chain(del.iter()).map(String::len).sum::<usize>()
+            }
+        }
+    }
+}
+
+/// A write addressed to its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Op {
+    pub key: Key,
+    pub write: Write,
+}
+
+impl Op {
+    /// Bytes accounted for queue limits: key plus write.
+    pub fn size(&self) -> usize {
+        self.key.size() + self.write.size()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn item_size_follows_dynamodb_rules() {
+        // The AWS example: {"shirt-color":"R","shirt-size":"M"} is 23 bytes.
+        let mut item = Item::new();
+        item.insert("shirt-color".into(), Value::S("R".into()));
+        item.insert("shirt-size".into(), Value::S("M".into()));
+        assert_eq!(item_size(&item), 23);
+        assert_eq!(Value::N(0).size(), 2);
+        assert_eq!(Value::N(1562308553).size(), 6);
+        assert_eq!(Value::N(1000).size(), 2);
+    }
+
+    #[test]
+    fn set_delta_request_count() {
+        let w = Write::SetDelta {
+            attr: "MsgId".into(),
+            add: ["a".to_string()].into(),
+            del: ["b".to_string()].into(),
+        };
+        assert_eq!(w.request_count(), 2);
+        assert!(!w.is_batchable());
+        assert!(Write::Delete.is_batchable());
+    }
+}
