@@ -1,10 +1,47 @@
-//! mqtt-dynamo: persists MQTT broker hook events into DynamoDB through a coalescing, batching
-//! write pipeline, keeping the table layout of EMQX's DynamoDB backend.
+//! mqtt-dynamo persists MQTT broker hook events (client connected/disconnected, session
+//! subscribed/unsubscribed, message published/acked) into DynamoDB, in the table layout of EMQX's
+//! DynamoDB backend, through a coalescing, batching write pipeline that never makes the broker wait.
+//!
+//! # Layout
+//!
+//! The data path, in the order an event travels:
+//!
+//! - [`event`]: the hook events, one type for the six hook points.
+//! - [`rules`]: the seed's actions bound to hook points and topic filters, and the planner that
+//!   turns one event into the writes of the storage contract. [`topic`] matches MQTT filters;
+//!   [`guid`] converts EMQX message ids between hex and base62.
+//! - [`ingest`]: the bounded crossbeam queue callers submit into (limits in events and bytes).
+//! - [`shard`]: the router thread that spreads writes over shards by key hash, and the shard task
+//!   that owns a [`coalesce::Coalescer`] and starts flushes.
+//! - [`coalesce`]: the write algebra — at most one pending write per key — as a pure structure.
+//! - [`flush`]: one flush on the wire: BatchWriteItem for puts and deletes, UpdateItem for updates
+//!   and set changes, retries with full-jitter backoff, poison isolation.
+//! - [`pipeline`]: wires the stages together; start, submit handle, drain on shutdown.
+//!
+//! Around it:
+//!
+//! - [`item`]: the tables, keys, values and writes; [`model`] applies writes sequentially (the
+//!   reference the coalescer is tested against, and loadgen's expected final state).
+//! - [`dynamo`]: the SDK client, value conversion and error classification; [`tables`] creates,
+//!   checks and describes the tables; [`embedded`] runs dynoxide in-process.
+//! - [`config`]: the TOML configuration; [`stats`]: counters for every stage.
+//!
+//! See `ARCHITECTURE.md` for the reasoning behind this shape.
 
 pub mod coalesce;
+pub mod config;
+pub mod dynamo;
+#[cfg(feature = "embedded")]
+pub mod embedded;
 pub mod event;
+pub mod flush;
 pub mod guid;
+pub mod ingest;
 pub mod item;
 pub mod model;
+pub mod pipeline;
 pub mod rules;
+pub mod shard;
+pub mod stats;
+pub mod tables;
 pub mod topic;

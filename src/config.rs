@@ -1,0 +1,434 @@
+//! The configuration file (TOML) and its validation.
+//!
+//! Unknown keys are rejected; parse errors name the key and the line. Every section and key is
+//! optional: an empty file is the seed's setup on the embedded DynamoDB. AWS settings follow AWS
+//! conventions and the environment overrides the file: `AWS_REGION` (or `AWS_DEFAULT_REGION`),
+//! `AWS_ENDPOINT_URL_DYNAMODB` (or `AWS_ENDPOINT_URL`), and `AWS_ACCESS_KEY_ID` with
+//! `AWS_SECRET_ACCESS_KEY`. With no keys anywhere the AWS default credential chain applies.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::item::Table;
+use crate::rules::{Action, MsgIdFormat, Rule, RuleError, RuleSet, StorageFormat, TimeUnit};
+
+/// DynamoDB's limit on requests in one BatchWriteItem.
+pub const MAX_BATCH_REQUESTS: usize = 25;
+/// DynamoDB's limit on one BatchWriteItem's size.
+pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+
+/// Why the configuration cannot be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// toml's message names the line, the column and the key.
+    #[error("{path}: {source}")]
+    Parse {
+        path: String,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+    #[error("rules[{index}]: {source}")]
+    Rule {
+        index: usize,
+        #[source]
+        source: RuleError,
+    },
+}
+
+/// A string that never shows in logs or debug output.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub dynamodb: DynamoConfig,
+    pub pipeline: PipelineConfig,
+    pub storage: StorageConfig,
+    /// The hook rules; absent means the seed's rule set.
+    pub rules: Option<Vec<RuleConfig>>,
+    pub log: LogConfig,
+}
+
+/// `[dynamodb]`: where and how to reach DynamoDB.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DynamoConfig {
+    /// AWS region; the seed's default is us-west-2.
+    pub region: Option<String>,
+    /// Endpoint URL. Unset means AWS itself, or with the `embedded` feature and `embedded = true`
+    /// the in-process DynamoDB.
+    pub endpoint_url: Option<String>,
+    /// Static keys; never logged. Unset means the AWS default credential chain.
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<Secret>,
+    /// Run the embedded DynamoDB when no endpoint is configured (the default for local runs).
+    pub embedded: bool,
+    /// Where the embedded DynamoDB listens.
+    pub embedded_listen: SocketAddr,
+    /// Prefix for the six table names (`prefix` + `mqtt_client`, …).
+    pub table_prefix: String,
+    /// Time limit of one DynamoDB request attempt.
+    #[serde(with = "humantime_serde")]
+    pub attempt_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for DynamoConfig {
+    fn default() -> Self {
+        DynamoConfig {
+            region: None,
+            endpoint_url: None,
+            access_key_id: None,
+            secret_access_key: None,
+            embedded: true,
+            embedded_listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            table_prefix: String::new(),
+            attempt_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_millis(3100),
+        }
+    }
+}
+
+impl DynamoConfig {
+    /// The region, defaulting to the seed's.
+    pub fn region(&self) -> &str {
+        self.region.as_deref().unwrap_or("us-west-2")
+    }
+
+    /// The full name of `table`.
+    pub fn table_name(&self, table: Table) -> String {
+        format!("{}{}", self.table_prefix, table.base_name())
+    }
+
+    /// Applies the AWS environment variables over the file's values.
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) {
+        if let Some(region) = env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")) {
+            self.region = Some(region);
+        }
+        if let Some(url) = env("AWS_ENDPOINT_URL_DYNAMODB").or_else(|| env("AWS_ENDPOINT_URL")) {
+            self.endpoint_url = Some(url);
+        }
+        if let (Some(id), Some(secret)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
+            self.access_key_id = Some(id);
+            self.secret_access_key = Some(Secret(secret));
+        }
+    }
+}
+
+/// `[pipeline]`: queue limits, batching and retries.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Shards (coalescer + flusher each); keys are spread over them by hash.
+    pub shards: usize,
+    /// Ingest queue limit in events; `submit` fails with `Full` beyond it.
+    pub ingest_capacity_events: usize,
+    /// Ingest queue limit in bytes of planned writes.
+    pub ingest_capacity_bytes: usize,
+    /// Per-shard inbox limit, in accepted events.
+    pub shard_queue_capacity: usize,
+    /// A shard stops taking from its inbox while it holds this many pending keys …
+    pub max_pending_keys: usize,
+    /// … or this many bytes of pending writes.
+    pub max_pending_bytes: usize,
+    /// Requests per flush (BatchWriteItem allows 25).
+    pub max_batch_requests: usize,
+    /// Flush when this many bytes are pending, and cap one flush at it.
+    pub max_batch_bytes: usize,
+    /// Flush a write at the latest this long after its oldest event was accepted.
+    #[serde(with = "humantime_serde")]
+    pub max_batch_age: Duration,
+    /// Flushes (one BatchWriteItem plus the UpdateItems taken with it) in flight at once,
+    /// across all shards.
+    pub max_in_flight: usize,
+    pub retry: RetryConfig,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            shards: 2,
+            ingest_capacity_events: 65_536,
+            ingest_capacity_bytes: 64 * 1024 * 1024,
+            shard_queue_capacity: 4096,
+            max_pending_keys: 200_000,
+            max_pending_bytes: 128 * 1024 * 1024,
+            max_batch_requests: MAX_BATCH_REQUESTS,
+            max_batch_bytes: 4 * 1024 * 1024,
+            max_batch_age: Duration::from_millis(50),
+            max_in_flight: 32,
+            retry: RetryConfig::default(),
+        }
+    }
+}
+
+/// `[pipeline.retry]`: exponential backoff with full jitter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Give a write up (counted and logged as dropped) after retrying this long.
+    #[serde(with = "humantime_serde")]
+    pub max_elapsed: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            initial_backoff: Duration::from_millis(25),
+            max_backoff: Duration::from_secs(5),
+            max_elapsed: Duration::from_secs(120),
+        }
+    }
+}
+
+/// `[storage]`: how values are written.
+#[derive(Debug, Clone, Copy, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub msgid_format: MsgIdFormat,
+    pub time_unit: TimeUnit,
+}
+
+impl StorageConfig {
+    pub fn format(&self) -> StorageFormat {
+        StorageFormat {
+            msgid: self.msgid_format,
+            time: self.time_unit,
+        }
+    }
+}
+
+/// One `[[rules]]` entry, the seed's `backend.dynamo.hook.<hook>.<n>` line.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub hook: String,
+    pub action: Action,
+    pub topic: Option<String>,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter (`info`, `mqtt_dynamo=debug`); `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into() }
+    }
+}
+
+impl Config {
+    /// Parses and validates a TOML document; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: origin.to_string(),
+            source,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a file, then applies the AWS environment variables.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut config = Config::parse(&text, &path.display().to_string())?;
+        config.dynamodb.apply_env(|k| std::env::var(k).ok());
+        Ok(config)
+    }
+
+    /// The defaults with the AWS environment variables applied.
+    pub fn from_env() -> Self {
+        let mut config = Config::default();
+        config.dynamodb.apply_env(|k| std::env::var(k).ok());
+        config
+    }
+
+    /// The rule set: the configured rules, or the seed's.
+    pub fn rule_set(&self) -> Result<RuleSet, ConfigError> {
+        match &self.rules {
+            None => Ok(RuleSet::default()),
+            Some(rules) => rules
+                .iter()
+                .enumerate()
+                .map(|(index, r)| {
+                    Rule::new(&r.hook, r.action, r.topic.as_deref())
+                        .map_err(|source| ConfigError::Rule { index, source })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(RuleSet::new),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let p = &self.pipeline;
+        let invalid = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.to_string(),
+            })
+        };
+        if !(1..=MAX_BATCH_REQUESTS).contains(&p.max_batch_requests) {
+            return invalid("pipeline.max_batch_requests", "must be 1 to 25 (DynamoDB's BatchWriteItem limit)");
+        }
+        if p.max_batch_bytes == 0 || p.max_batch_bytes > MAX_BATCH_BYTES {
+            return invalid("pipeline.max_batch_bytes", "must be 1 to 16777216 (DynamoDB's 16 MB limit)");
+        }
+        for (key, v) in [
+            ("pipeline.shards", p.shards),
+            ("pipeline.ingest_capacity_events", p.ingest_capacity_events),
+            ("pipeline.shard_queue_capacity", p.shard_queue_capacity),
+            ("pipeline.max_in_flight", p.max_in_flight),
+            ("pipeline.max_pending_keys", p.max_pending_keys),
+        ] {
+            if v == 0 {
+                return invalid(key, "must be at least 1");
+            }
+        }
+        if p.ingest_capacity_bytes < crate::item::MAX_ITEM_BYTES * 2 {
+            return invalid("pipeline.ingest_capacity_bytes", "must hold at least two maximum-size items (819200 bytes)");
+        }
+        if p.max_pending_bytes < crate::item::MAX_ITEM_BYTES * 2 {
+            return invalid("pipeline.max_pending_bytes", "must hold at least two maximum-size items (819200 bytes)");
+        }
+        if p.retry.initial_backoff.is_zero() || p.retry.max_backoff < p.retry.initial_backoff {
+            return invalid("pipeline.retry", "initial_backoff must be positive and at most max_backoff");
+        }
+        if self.dynamodb.access_key_id.is_some() != self.dynamodb.secret_access_key.is_some() {
+            return invalid("dynamodb.access_key_id", "access_key_id and secret_access_key go together");
+        }
+        self.rule_set()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_seed_setup() {
+        let c = Config::parse("", "test.toml").unwrap();
+        assert_eq!(c.dynamodb.region(), "us-west-2");
+        assert!(c.dynamodb.embedded);
+        assert_eq!(c.dynamodb.embedded_listen.to_string(), "127.0.0.1:8000");
+        assert_eq!(c.rule_set().unwrap().rules().len(), 10);
+        assert_eq!(c.pipeline.max_batch_requests, 25);
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let text = r#"
+            [dynamodb]
+            region = "eu-west-1"
+            endpoint_url = "http://127.0.0.1:8001"
+            access_key_id = "AKID"
+            secret_access_key = "very-secret"
+            table_prefix = "test_"
+
+            [pipeline]
+            max_batch_age = "20ms"
+            max_in_flight = 8
+            [pipeline.retry]
+            max_elapsed = "30s"
+
+            [storage]
+            msgid_format = "hex"
+            time_unit = "milliseconds"
+
+            [[rules]]
+            hook = "message.publish"
+            action = "on_message_store"
+            topic = "sensors/#"
+        "#;
+        let c = Config::parse(text, "test.toml").unwrap();
+        assert_eq!(c.pipeline.max_batch_age, Duration::from_millis(20));
+        assert_eq!(c.pipeline.retry.max_elapsed, Duration::from_secs(30));
+        assert_eq!(c.dynamodb.table_name(Table::Msg), "test_mqtt_msg");
+        assert_eq!(c.storage.format().msgid, MsgIdFormat::Hex);
+        assert_eq!(c.rule_set().unwrap().rules()[0].action, Action::OnMessageStore);
+        // Secrets never print.
+        let debug = format!("{:?}", c.dynamodb);
+        assert!(!debug.contains("very-secret"), "{debug}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_key_and_line() {
+        let err = Config::parse("[pipeline]\nshards = 2\nbatch_size = 100\n", "my.toml").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("my.toml"), "{msg}");
+        assert!(msg.contains("line 3"), "{msg}");
+        assert!(msg.contains("batch_size"), "{msg}");
+    }
+
+    #[test]
+    fn limits_are_validated() {
+        let err = Config::parse("[pipeline]\nmax_batch_requests = 100\n", "t").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "pipeline.max_batch_requests: must be 1 to 25 (DynamoDB's BatchWriteItem limit)"
+        );
+        let err = Config::parse("[[rules]]\nhook = \"message.acked\"\naction = \"on_message_publish\"\n", "t").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "rules[0]: action on_message_publish belongs to hook message.publish, not message.acked"
+        );
+        let err = Config::parse("[[rules]]\nhook = \"message.acked\"\naction = \"on_nothing\"\n", "t").unwrap_err();
+        assert!(err.to_string().contains("on_nothing"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_aws_settings() {
+        let mut c = Config::parse("[dynamodb]\nregion = \"eu-west-1\"\n", "t").unwrap();
+        c.dynamodb.apply_env(|k| match k {
+            "AWS_REGION" => Some("ap-south-1".into()),
+            "AWS_ENDPOINT_URL" => Some("http://127.0.0.1:9999".into()),
+            _ => None,
+        });
+        assert_eq!(c.dynamodb.region(), "ap-south-1");
+        assert_eq!(c.dynamodb.endpoint_url.as_deref(), Some("http://127.0.0.1:9999"));
+        assert!(c.dynamodb.access_key_id.is_none());
+    }
+}

@@ -1,0 +1,250 @@
+//! The edge to DynamoDB: building the SDK client from the configuration, converting our values to
+//! and from `AttributeValue`, and classifying errors into what the flusher should do with them.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_credential_types::Credentials;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::config::Region;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::primitives::Blob;
+use aws_sdk_dynamodb::types::AttributeValue;
+use thiserror::Error;
+
+use crate::config::DynamoConfig;
+use crate::item::{Item, Key, Table, Value};
+
+/// How the client should retry on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SdkRetries {
+    /// The SDK's standard retries: for admin commands (`tables create`, checks).
+    Standard,
+    /// None: the pipeline's flusher owns retrying, with its own backoff and per-key ordering.
+    Disabled,
+}
+
+/// Builds a DynamoDB client from `[dynamodb]`, talking to `endpoint` when given (the embedded
+/// server) or the configured endpoint otherwise.
+pub async fn client(cfg: &DynamoConfig, endpoint: Option<&str>, retries: SdkRetries) -> Client {
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(cfg.region().to_string()))
+        .http_client(http)
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(cfg.connect_timeout)
+                .operation_attempt_timeout(cfg.attempt_timeout)
+                .build(),
+        )
+        .retry_config(match retries {
+            SdkRetries::Standard => RetryConfig::standard(),
+            SdkRetries::Disabled => RetryConfig::disabled(),
+        });
+    if let Some(url) = endpoint.or(cfg.endpoint_url.as_deref()) {
+        loader = loader.endpoint_url(url);
+    }
+    if let (Some(id), Some(secret)) = (&cfg.access_key_id, &cfg.secret_access_key) {
+        loader = loader.credentials_provider(Credentials::new(
+            id.clone(),
+            secret.expose().to_string(),
+            None,
+            None,
+            "mqtt-dynamo-config",
+        ));
+    } else if endpoint.is_some() {
+        // The embedded DynamoDB accepts any keys; don't go looking for real ones.
+        loader = loader.credentials_provider(Credentials::new("local", "local", None, None, "embedded"));
+    }
+    Client::new(&loader.load().await)
+}
+
+/// Our value as the SDK's.
+pub fn to_attr(v: &Value) -> AttributeValue {
+    match v {
+        Value::S(s) => AttributeValue::S(s.clone()),
+        Value::N(n) => AttributeValue::N(n.to_string()),
+        Value::B(b) => AttributeValue::B(Blob::new(b.clone())),
+        Value::Ss(set) => AttributeValue::Ss(set.iter().cloned().collect()),
+    }
+}
+
+/// An item as the SDK's map.
+pub fn to_attrs(item: &Item) -> HashMap<String, AttributeValue> {
+    item.iter().map(|(k, v)| (k.clone(), to_attr(v))).collect()
+}
+
+/// The key attributes of `key`.
+pub fn key_attrs(key: &Key) -> HashMap<String, AttributeValue> {
+    to_attrs(&key.to_item())
+}
+
+/// A value read from a table that is not one of the types the storage contract uses.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("attribute {name}: {reason}")]
+pub struct ReadError {
+    pub name: String,
+    pub reason: String,
+}
+
+/// The SDK's value as ours.
+pub fn from_attr(name: &str, v: &AttributeValue) -> Result<Value, ReadError> {
+    let err = |reason: String| ReadError {
+        name: name.to_string(),
+        reason,
+    };
+    Ok(match v {
+        AttributeValue::S(s) => Value::S(s.clone()),
+        AttributeValue::N(n) => Value::N(n.parse().map_err(|_| err(format!("number {n:?} is not an integer")))?),
+        AttributeValue::B(b) => Value::B(b.as_ref().to_vec()),
+        AttributeValue::Ss(set) => Value::Ss(set.iter().cloned().collect()),
+        other => return Err(err(format!("unexpected type {other:?}"))),
+    })
+}
+
+/// A whole item read from `table`, with its key.
+pub fn from_attrs(table: Table, attrs: &HashMap<String, AttributeValue>) -> Result<(Key, Item), ReadError> {
+    let item = attrs
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), from_attr(k, v)?)))
+        .collect::<Result<Item, ReadError>>()?;
+    let key = key_of(table, &item).ok_or_else(|| ReadError {
+        name: table.key_names().0.to_string(),
+        reason: "missing key attribute".into(),
+    })?;
+    Ok((key, item))
+}
+
+/// The key of an item (or of a key map) of `table`.
+pub fn key_of(table: Table, item: &Item) -> Option<Key> {
+    let (hash_name, range_name) = table.key_names();
+    let Some(Value::S(hash)) = item.get(hash_name) else {
+        return None;
+    };
+    let range = match range_name {
+        Some(name) => match item.get(name) {
+            Some(Value::S(r)) => Some(r.clone()),
+            _ => return None,
+        },
+        None => None,
+    };
+    Some(Key {
+        table,
+        hash: hash.clone(),
+        range,
+    })
+}
+
+/// The key of an SDK attribute map of `table`.
+pub fn key_of_attrs(table: Table, attrs: &HashMap<String, AttributeValue>) -> Option<Key> {
+    let (hash_name, range_name) = table.key_names();
+    let hash = attrs.get(hash_name)?.as_s().ok()?.clone();
+    let range = match range_name {
+        Some(name) => Some(attrs.get(name)?.as_s().ok()?.clone()),
+        None => None,
+    };
+    Some(Key { table, hash, range })
+}
+
+/// What a failed request means for the flusher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// DynamoDB asked us to slow down: retry after backoff.
+    Throttled { code: &'static str },
+    /// The request itself is invalid (ValidationException): retrying it unchanged cannot help.
+    Invalid { message: String },
+    /// A guarded update's condition did not hold.
+    ConditionFailed,
+    /// Anything else — 5xx, transport errors, timeouts, missing tables, credentials: retried
+    /// with backoff until the retry budget runs out.
+    Transient { code: String, message: String },
+}
+
+/// Throttling error codes, as static strings for metric labels.
+const THROTTLE_CODES: [&str; 4] = [
+    "ProvisionedThroughputExceededException",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "Throttling",
+];
+
+/// Classifies an SDK error.
+pub fn classify<E, R>(err: &SdkError<E, R>) -> Failure
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let code = err.code().unwrap_or_default();
+    let message = err.message().unwrap_or_default().to_string();
+    if let Some(code) = THROTTLE_CODES.iter().find(|c| **c == code) {
+        return Failure::Throttled { code };
+    }
+    match code {
+        "ValidationException" => Failure::Invalid { message },
+        "ConditionalCheckFailedException" => Failure::ConditionFailed,
+        _ => {
+            let code = match err {
+                SdkError::TimeoutError(_) => "timeout".to_string(),
+                SdkError::DispatchFailure(_) => "dispatch_failure".to_string(),
+                _ if code.is_empty() => "unknown".to_string(),
+                _ => code.to_string(),
+            };
+            let message = if message.is_empty() {
+                format!("{}", aws_sdk_dynamodb::error::DisplayErrorContext(err))
+            } else {
+                message
+            };
+            Failure::Transient { code, message }
+        }
+    }
+}
+
+/// Full-jitter exponential backoff: a uniform delay in `[0, min(max, initial · 2^attempt))`.
+pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
+    let cap = initial.saturating_mul(1u32 << attempt.min(20)).min(max);
+    cap.mul_f64(fastrand::f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip() {
+        for v in [
+            Value::S("x".into()),
+            Value::N(-42),
+            Value::B(vec![0, 255]),
+            Value::Ss(["a".to_string(), "b".to_string()].into()),
+        ] {
+            assert_eq!(from_attr("a", &to_attr(&v)).unwrap(), v);
+        }
+        assert!(from_attr("a", &AttributeValue::N("1.5".into())).is_err());
+        assert!(from_attr("a", &AttributeValue::Bool(true)).is_err());
+    }
+
+    #[test]
+    fn backoff_is_bounded() {
+        let (i, m) = (Duration::from_millis(25), Duration::from_secs(5));
+        for attempt in 0..40 {
+            let d = backoff(attempt, i, m);
+            assert!(d < m, "{d:?}");
+            assert!(d < i * 2u32.pow(attempt.min(20)), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn keys_are_read_back() {
+        let key = Key::with_range(Table::Acked, "t", "c");
+        assert_eq!(key_of_attrs(Table::Acked, &key_attrs(&key)), Some(key.clone()));
+        assert_eq!(key_of(Table::Acked, &key.to_item()), Some(key));
+        assert_eq!(key_of(Table::Msg, &Item::new()), None);
+    }
+}

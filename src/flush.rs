@@ -1,0 +1,409 @@
+//! Sending one flush to DynamoDB: the puts and deletes as one BatchWriteItem, the updates and set
+//! changes as UpdateItems, each retried until durable, refused, or out of retry budget.
+//!
+//! - **UnprocessedItems** (which the SDK does not retry) are resent alone after a full-jitter
+//!   exponential backoff; throttling errors and transient failures retry the whole request the
+//!   same way. The key of every write stays in flight in its shard until this returns, so nothing
+//!   newer for that key can overtake a retry.
+//! - **ValidationException** on a batch is never retried whole: each write is resent alone, so one
+//!   poison write is dropped (counted, logged with DynamoDB's message) and the rest are written.
+//! - A guarded update whose condition fails (a late disconnect from a node the client has left)
+//!   did its job by doing nothing.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, ReturnConsumedCapacity, WriteRequest};
+use tracing::{error, warn};
+
+use crate::coalesce::Taken;
+use crate::config::{DynamoConfig, RetryConfig};
+use crate::dynamo::{self, Failure};
+use crate::item::{Key, Table, Value, Write};
+use crate::stats::{DropReason, Operation, Outcome, Stats};
+
+/// Table names as configured, both ways.
+#[derive(Debug, Clone)]
+pub struct TableNames {
+    names: [String; 6],
+    by_name: HashMap<String, Table>,
+}
+
+impl TableNames {
+    pub fn new(cfg: &DynamoConfig) -> Self {
+        let names = Table::ALL.map(|t| cfg.table_name(t));
+        let by_name = Table::ALL.iter().map(|t| (cfg.table_name(*t), *t)).collect();
+        TableNames { names, by_name }
+    }
+
+    pub fn name(&self, table: Table) -> &str {
+        &self.names[Table::ALL.iter().position(|t| *t == table).unwrap_or(0)]
+    }
+
+    pub fn table(&self, name: &str) -> Option<Table> {
+        self.by_name.get(name).copied()
+    }
+}
+
+/// How one write ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completed {
+    pub key: Key,
+    /// When its oldest event was accepted.
+    pub since: Instant,
+    /// Written (or a guarded no-op); false when it was dropped (counted and logged).
+    pub durable: bool,
+}
+
+/// Sends flushes. Shared by every shard; holds no per-flush state.
+#[derive(Debug)]
+pub struct Flusher {
+    client: Client,
+    tables: TableNames,
+    retry: RetryConfig,
+    stats: Arc<Stats>,
+}
+
+/// One UpdateItem, ready to send (and resend).
+#[derive(Debug, Clone)]
+struct UpdateSpec {
+    expression: String,
+    condition: Option<String>,
+    names: HashMap<String, String>,
+    values: HashMap<String, AttributeValue>,
+}
+
+impl Flusher {
+    pub fn new(client: Client, tables: TableNames, retry: RetryConfig, stats: Arc<Stats>) -> Self {
+        Flusher {
+            client,
+            tables,
+            retry,
+            stats,
+        }
+    }
+
+    /// Sends `writes` (one per key) and reports how each ended.
+    pub async fn flush(self: Arc<Self>, writes: Vec<Taken>) -> Vec<Completed> {
+        let since: HashMap<Key, Instant> = writes.iter().map(|t| (t.key.clone(), t.since)).collect();
+        let (batchable, updates): (Vec<Taken>, Vec<Taken>) = writes.into_iter().partition(|t| t.write.is_batchable());
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in updates {
+            let this = Arc::clone(&self);
+            tasks.spawn(async move {
+                let ok = this.update(&t.key, &t.write).await;
+                vec![(t.key, ok)]
+            });
+        }
+        let mut results = if batchable.is_empty() {
+            Vec::new()
+        } else {
+            self.batch(batchable.into_iter().map(|t| (t.key, t.write)).collect()).await
+        };
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(r) => results.extend(r),
+                // The update task panicked: a bug, not input. Its key must still be released,
+                // but we no longer know it here; the shard treats missing keys as dropped.
+                Err(e) => error!(error = %e, "update task failed"),
+            }
+        }
+        let mut completed: Vec<Completed> = results
+            .into_iter()
+            .map(|(key, durable)| Completed {
+                since: since.get(&key).copied().unwrap_or_else(Instant::now),
+                key,
+                durable,
+            })
+            .collect();
+        // Keys whose task died are reported as dropped so the shard releases them.
+        let seen: HashSet<&Key> = completed.iter().map(|c| &c.key).collect();
+        let lost: Vec<Completed> = since
+            .iter()
+            .filter(|(k, _)| !seen.contains(k))
+            .map(|(k, s)| Completed {
+                key: k.clone(),
+                since: *s,
+                durable: false,
+            })
+            .collect();
+        if !lost.is_empty() {
+            self.stats.dropped(DropReason::RetriesExhausted, lost.len() as u64);
+        }
+        completed.extend(lost);
+        completed
+    }
+
+    fn write_request(key: &Key, write: &Write) -> WriteRequest {
+        let builder = WriteRequest::builder();
+        match write {
+            Write::Put { item, .. } => builder.put_request(
+                PutRequest::builder()
+                    .set_item(Some(dynamo::to_attrs(item)))
+                    .build()
+                    .expect("item is set"),
+            ),
+            _ => builder.delete_request(
+                DeleteRequest::builder()
+                    .set_key(Some(dynamo::key_attrs(key)))
+                    .build()
+                    .expect("key is set"),
+            ),
+        }
+        .build()
+    }
+
+    fn request_key(&self, table_name: &str, req: &WriteRequest) -> Option<Key> {
+        let table = self.tables.table(table_name)?;
+        if let Some(put) = req.put_request() {
+            dynamo::key_of_attrs(table, put.item())
+        } else {
+            req.delete_request().and_then(|d| dynamo::key_of_attrs(table, d.key()))
+        }
+    }
+
+    /// Waits before the next attempt, or reports that the budget is spent.
+    async fn pause(&self, op: Operation, attempt: u32, started: Instant) -> bool {
+        if started.elapsed() >= self.retry.max_elapsed {
+            return false;
+        }
+        self.stats.retried(op);
+        tokio::time::sleep(dynamo::backoff(attempt, self.retry.initial_backoff, self.retry.max_backoff)).await;
+        true
+    }
+
+    /// One BatchWriteItem of ≤ 25 puts/deletes on distinct keys, retried until done.
+    async fn batch(&self, writes: Vec<(Key, Write)>) -> Vec<(Key, bool)> {
+        let mut pending: Vec<(Key, WriteRequest)> = writes
+            .iter()
+            .map(|(k, w)| (k.clone(), Self::write_request(k, w)))
+            .collect();
+        let mut done = Vec::with_capacity(pending.len());
+        let started = Instant::now();
+        let mut attempt = 0u32;
+        while !pending.is_empty() {
+            let mut request: HashMap<String, Vec<WriteRequest>> = HashMap::new();
+            for (key, req) in &pending {
+                request
+                    .entry(self.tables.name(key.table).to_string())
+                    .or_default()
+                    .push(req.clone());
+            }
+            let t0 = Instant::now();
+            let result = self
+                .client
+                .batch_write_item()
+                .set_request_items(Some(request))
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                .send()
+                .await;
+            let elapsed = t0.elapsed();
+            match result {
+                Ok(out) => {
+                    for cc in out.consumed_capacity() {
+                        if let (Some(name), Some(units)) = (cc.table_name(), cc.capacity_units())
+                            && let Some(table) = self.tables.table(name)
+                        {
+                            self.stats.consumed(table, units);
+                        }
+                    }
+                    let unprocessed: HashSet<Key> = out
+                        .unprocessed_items()
+                        .into_iter()
+                        .flatten()
+                        .flat_map(|(name, reqs)| reqs.iter().filter_map(|r| self.request_key(name, r)))
+                        .collect();
+                    let outcome = if unprocessed.is_empty() { Outcome::Success } else { Outcome::Partial };
+                    self.stats.request(Operation::BatchWriteItem, outcome, elapsed);
+                    let (rest, written): (Vec<_>, Vec<_>) =
+                        pending.into_iter().partition(|(k, _)| unprocessed.contains(k));
+                    let mut per_table: HashMap<Table, u64> = HashMap::new();
+                    for (key, _) in written {
+                        *per_table.entry(key.table).or_default() += 1;
+                        done.push((key, true));
+                    }
+                    for (table, n) in per_table {
+                        self.stats.written(table, n);
+                    }
+                    if !rest.is_empty() {
+                        self.stats.unprocessed(rest.len() as u64);
+                    }
+                    pending = rest;
+                }
+                Err(err) => match dynamo::classify(&err) {
+                    Failure::Throttled { code } => {
+                        self.stats.request(Operation::BatchWriteItem, Outcome::Throttled, elapsed);
+                        self.stats.throttled(code);
+                    }
+                    Failure::Invalid { message } => {
+                        self.stats.request(Operation::BatchWriteItem, Outcome::Rejected, elapsed);
+                        if pending.len() > 1 {
+                            // Find the poison: every write alone.
+                            warn!(requests = pending.len(), %message, "BatchWriteItem rejected; resending its writes one by one");
+                            let by_key: HashMap<Key, Write> = writes.iter().cloned().collect();
+                            for (key, _) in std::mem::take(&mut pending) {
+                                if let Some(w) = by_key.get(&key) {
+                                    let single = Box::pin(self.batch(vec![(key.clone(), w.clone())])).await;
+                                    done.extend(single);
+                                }
+                            }
+                        } else {
+                            for (key, _) in std::mem::take(&mut pending) {
+                                error!(table = %key.table, %message, "DynamoDB rejected a write; dropped");
+                                self.stats.dropped(DropReason::Rejected, 1);
+                                done.push((key, false));
+                            }
+                        }
+                        continue;
+                    }
+                    Failure::Transient { code, message } => {
+                        self.stats.request(Operation::BatchWriteItem, Outcome::Error, elapsed);
+                        if attempt == 0 {
+                            warn!(%code, %message, "BatchWriteItem failed; retrying");
+                        }
+                    }
+                    Failure::ConditionFailed => {
+                        self.stats.request(Operation::BatchWriteItem, Outcome::Error, elapsed);
+                    }
+                },
+            }
+            if !pending.is_empty() {
+                if !self.pause(Operation::BatchWriteItem, attempt, started).await {
+                    error!(
+                        writes = pending.len(),
+                        elapsed_s = started.elapsed().as_secs_f64(),
+                        "BatchWriteItem retries exhausted; writes dropped"
+                    );
+                    self.stats.dropped(DropReason::RetriesExhausted, pending.len() as u64);
+                    done.extend(pending.drain(..).map(|(k, _)| (k, false)));
+                }
+                attempt += 1;
+            }
+        }
+        done
+    }
+
+    fn update_specs(key: &Key, write: &Write) -> Vec<UpdateSpec> {
+        match write {
+            Write::Update { set, guard } => {
+                let mut names = HashMap::new();
+                let mut values = HashMap::new();
+                let mut parts = Vec::new();
+                for (i, (attr, value)) in set.iter().enumerate() {
+                    names.insert(format!("#a{i}"), attr.clone());
+                    values.insert(format!(":a{i}"), dynamo::to_attr(value));
+                    parts.push(format!("#a{i} = :a{i}"));
+                }
+                let condition = guard.as_ref().map(|(attr, value)| {
+                    names.insert("#g".into(), attr.clone());
+                    values.insert(":g".into(), dynamo::to_attr(value));
+                    "#g = :g".to_string()
+                });
+                vec![UpdateSpec {
+                    expression: format!("SET {}", parts.join(", ")),
+                    condition,
+                    names,
+                    values,
+                }]
+            }
+            Write::SetDelta { attr, add, del } => {
+                let mut specs = Vec::new();
+                if !add.is_empty() {
+                    specs.push(UpdateSpec {
+                        expression: "ADD #s :m".into(),
+                        condition: None,
+                        names: [("#s".to_string(), attr.clone())].into(),
+                        values: [(":m".to_string(), dynamo::to_attr(&Value::Ss(add.clone())))].into(),
+                    });
+                }
+                if !del.is_empty() {
+                    // Never create an item just to delete from it.
+                    specs.push(UpdateSpec {
+                        expression: "DELETE #s :m".into(),
+                        condition: Some("attribute_exists(#k)".into()),
+                        names: [
+                            ("#s".to_string(), attr.clone()),
+                            ("#k".to_string(), key.table.key_names().0.to_string()),
+                        ]
+                        .into(),
+                        values: [(":m".to_string(), dynamo::to_attr(&Value::Ss(del.clone())))].into(),
+                    });
+                }
+                specs
+            }
+            // Puts and deletes go through BatchWriteItem.
+            _ => Vec::new(),
+        }
+    }
+
+    /// The UpdateItem(s) of one write, in order, each retried until done.
+    async fn update(&self, key: &Key, write: &Write) -> bool {
+        for spec in Self::update_specs(key, write) {
+            if !self.update_one(key, &spec).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn update_one(&self, key: &Key, spec: &UpdateSpec) -> bool {
+        let started = Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            let t0 = Instant::now();
+            let result = self
+                .client
+                .update_item()
+                .table_name(self.tables.name(key.table))
+                .set_key(Some(dynamo::key_attrs(key)))
+                .update_expression(&spec.expression)
+                .set_condition_expression(spec.condition.clone())
+                .set_expression_attribute_names(Some(spec.names.clone()))
+                .set_expression_attribute_values(Some(spec.values.clone()))
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                .send()
+                .await;
+            let elapsed: Duration = t0.elapsed();
+            match result {
+                Ok(out) => {
+                    self.stats.request(Operation::UpdateItem, Outcome::Success, elapsed);
+                    if let Some(units) = out.consumed_capacity().and_then(|c| c.capacity_units()) {
+                        self.stats.consumed(key.table, units);
+                    }
+                    self.stats.written(key.table, 1);
+                    return true;
+                }
+                Err(err) => match dynamo::classify(&err) {
+                    Failure::ConditionFailed => {
+                        self.stats.request(Operation::UpdateItem, Outcome::ConditionFailed, elapsed);
+                        return true;
+                    }
+                    Failure::Throttled { code } => {
+                        self.stats.request(Operation::UpdateItem, Outcome::Throttled, elapsed);
+                        self.stats.throttled(code);
+                    }
+                    Failure::Invalid { message } => {
+                        self.stats.request(Operation::UpdateItem, Outcome::Rejected, elapsed);
+                        error!(table = %key.table, %message, "DynamoDB rejected an update; dropped");
+                        self.stats.dropped(DropReason::Rejected, 1);
+                        return false;
+                    }
+                    Failure::Transient { code, message } => {
+                        self.stats.request(Operation::UpdateItem, Outcome::Error, elapsed);
+                        if attempt == 0 {
+                            warn!(%code, %message, table = %key.table, "UpdateItem failed; retrying");
+                        }
+                    }
+                },
+            }
+            if !self.pause(Operation::UpdateItem, attempt, started).await {
+                error!(table = %key.table, elapsed_s = started.elapsed().as_secs_f64(), "UpdateItem retries exhausted; write dropped");
+                self.stats.dropped(DropReason::RetriesExhausted, 1);
+                return false;
+            }
+            attempt += 1;
+        }
+    }
+}

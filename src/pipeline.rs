@@ -1,0 +1,135 @@
+//! Wiring: ingest → router → shards → flusher, started and stopped as one [`Pipeline`].
+//!
+//! ```text
+//! submit ─▶ crossbeam ingest queue ─▶ router thread ─▶ shard inboxes (tokio mpsc) ─▶ shard tasks
+//!  (any thread; plans writes,          (splits by key      (bounded)                   (coalesce, flush,
+//!   bounded in events and bytes)        hash)                                           ≤ max_in_flight)
+//! ```
+
+use std::sync::Arc;
+
+use aws_sdk_dynamodb::Client;
+use tokio::sync::{Semaphore, mpsc};
+use tracing::error;
+
+use crate::config::{DynamoConfig, PipelineConfig};
+use crate::event::HookEvent;
+use crate::flush::{Flusher, TableNames};
+use crate::ingest::{ByteBudget, Ingest, SubmitError};
+use crate::rules::{RuleSet, StorageFormat};
+use crate::shard::{Shard, route};
+use crate::stats::{Stats, StatsSnapshot};
+
+/// A running pipeline. Dropping it without [`Pipeline::shutdown`] abandons pending writes.
+pub struct Pipeline {
+    ingest: Arc<Ingest>,
+    /// The router thread; it exits after forwarding the shutdown marker.
+    router: Option<std::thread::JoinHandle<()>>,
+    shards: Vec<tokio::task::JoinHandle<()>>,
+    stats: Arc<Stats>,
+}
+
+/// A cheap, cloneable handle for submitting events from any thread.
+#[derive(Clone, Debug)]
+pub struct PipelineHandle {
+    ingest: Arc<Ingest>,
+    stats: Arc<Stats>,
+}
+
+impl PipelineHandle {
+    /// Accepts `event` if there is room now; never blocks.
+    pub fn submit(&self, event: &HookEvent) -> Result<(), SubmitError> {
+        self.ingest.submit(event)
+    }
+
+    /// Accepts `event`, waiting up to `timeout` for room.
+    pub fn submit_timeout(&self, event: &HookEvent, timeout: std::time::Duration) -> Result<(), SubmitError> {
+        self.ingest.submit_timeout(event, timeout)
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Events waiting in the ingest queue, and its capacity.
+    pub fn queue_depth(&self) -> (usize, usize) {
+        (self.ingest.queued_events(), self.ingest.capacity_events())
+    }
+}
+
+impl Pipeline {
+    /// Starts the router thread and the shard tasks. Must be called inside a tokio runtime.
+    pub fn start(
+        cfg: &PipelineConfig,
+        dynamo: &DynamoConfig,
+        format: StorageFormat,
+        rules: RuleSet,
+        client: Client,
+    ) -> std::io::Result<Pipeline> {
+        let stats = Arc::new(Stats::default());
+        let flusher = Arc::new(Flusher::new(
+            client,
+            TableNames::new(dynamo),
+            cfg.retry.clone(),
+            Arc::clone(&stats),
+        ));
+        let permits = Arc::new(Semaphore::new(cfg.max_in_flight));
+        let mut senders = Vec::with_capacity(cfg.shards);
+        let mut shards = Vec::with_capacity(cfg.shards);
+        for _ in 0..cfg.shards {
+            let (tx, rx) = mpsc::channel(cfg.shard_queue_capacity);
+            senders.push(tx);
+            let shard = Shard::new(rx, Arc::clone(&flusher), Arc::clone(&permits), cfg.clone(), Arc::clone(&stats));
+            shards.push(tokio::spawn(shard.run()));
+        }
+        let (tx, rx) = crossbeam_channel::bounded(cfg.ingest_capacity_events);
+        let budget = Arc::new(ByteBudget::new(cfg.ingest_capacity_bytes));
+        let router_budget = Arc::clone(&budget);
+        let router = std::thread::Builder::new()
+            .name("mqtt-dynamo-router".into())
+            .spawn(move || route(rx, senders, router_budget))?;
+        let ingest = Arc::new(Ingest::new(
+            tx,
+            budget,
+            rules,
+            format,
+            Arc::clone(&stats),
+            cfg.ingest_capacity_events,
+        ));
+        Ok(Pipeline {
+            ingest,
+            router: Some(router),
+            shards,
+            stats,
+        })
+    }
+
+    pub fn handle(&self) -> PipelineHandle {
+        PipelineHandle {
+            ingest: Arc::clone(&self.ingest),
+            stats: Arc::clone(&self.stats),
+        }
+    }
+
+    /// Stops accepting events, writes everything accepted (or counts what it had to drop), and
+    /// returns the final counters.
+    pub async fn shutdown(mut self) -> StatsSnapshot {
+        let ingest = Arc::clone(&self.ingest);
+        let router = self.router.take();
+        // Closing may block on a full queue and joining blocks on the router: off the runtime.
+        let joined = tokio::task::spawn_blocking(move || {
+            ingest.close();
+            router.map(|r| r.join())
+        })
+        .await;
+        if !matches!(joined, Ok(None | Some(Ok(())))) {
+            error!("the router thread failed during shutdown");
+        }
+        for shard in self.shards.drain(..) {
+            if let Err(e) = shard.await {
+                error!(error = %e, "a shard task failed during shutdown");
+            }
+        }
+        self.stats.snapshot()
+    }
+}

@@ -1,0 +1,244 @@
+//! Shards: the router that spreads accepted writes over shards by key hash, and the shard task
+//! that coalesces them and starts flushes.
+//!
+//! A key always hashes to the same shard, so one task owns all of a key's pending and in-flight
+//! state and per-key order needs no locks. Shards hold keys of every table, so one flush can fill
+//! a BatchWriteItem across tables.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tracing::error;
+
+use crate::coalesce::{Coalescer, PushOutcome};
+use crate::config::PipelineConfig;
+use crate::flush::{Completed, Flusher};
+use crate::ingest::{ByteBudget, IngestMsg};
+use crate::item::{Key, Op, Table};
+use crate::stats::{FlushTrigger, Stats};
+
+/// What a shard receives from the router.
+#[derive(Debug)]
+pub(crate) enum ShardMsg {
+    /// The writes of one event that hash to this shard, in event order.
+    Ops(Vec<Op>, Instant),
+    /// No more writes will come: flush everything and exit.
+    Shutdown,
+}
+
+/// The shard a key belongs to. `DefaultHasher::new()` uses fixed keys, so this is stable.
+pub fn shard_of(key: &Key, shards: usize) -> usize {
+    let mut h = DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() % shards as u64) as usize
+}
+
+/// The router: runs on its own OS thread, blocking on the crossbeam ingest queue and on the
+/// shards' bounded inboxes (which is how a slow shard pushes back on ingest). Ends after
+/// forwarding the shutdown marker to every shard.
+pub(crate) fn route(rx: Receiver<IngestMsg>, shards: Vec<mpsc::Sender<ShardMsg>>, budget: Arc<ByteBudget>) {
+    let n = shards.len();
+    let mut per_shard: Vec<Vec<Op>> = (0..n).map(|_| Vec::new()).collect();
+    for msg in rx {
+        match msg {
+            IngestMsg::Event(env) => {
+                budget.release(env.bytes);
+                for op in env.ops {
+                    per_shard[shard_of(&op.key, n)].push(op);
+                }
+                for (i, ops) in per_shard.iter_mut().enumerate() {
+                    if ops.is_empty() {
+                        continue;
+                    }
+                    let batch = std::mem::take(ops);
+                    if shards[i].blocking_send(ShardMsg::Ops(batch, env.accepted)).is_err() {
+                        // Only after a shard task died (a bug): say so loudly.
+                        error!(shard = i, "shard is gone; writes lost");
+                    }
+                }
+            }
+            IngestMsg::Shutdown => break,
+        }
+    }
+    for shard in &shards {
+        let _ = shard.blocking_send(ShardMsg::Shutdown);
+    }
+}
+
+/// One shard's task: owns a [`Coalescer`], takes writes from its inbox, and starts flushes.
+///
+/// - Blocks (awaits) on: its inbox, flush completions, the age deadline of its oldest write, and a
+///   concurrency permit when it has a flush to start and none is free.
+/// - Stops reading its inbox while it holds `max_pending_keys` keys or `max_pending_bytes`
+///   bytes, so its bounded inbox fills and the router, then ingest, push back.
+/// - Drops nothing itself: a write leaves only when its flush reports it durable or dropped.
+pub(crate) struct Shard {
+    inbox: mpsc::Receiver<ShardMsg>,
+    coalescer: Coalescer,
+    flusher: Arc<Flusher>,
+    /// Flushes in flight across all shards (`pipeline.max_in_flight`).
+    permits: Arc<Semaphore>,
+    /// A permit acquired while waiting, used by the next flush.
+    spare: Option<OwnedSemaphorePermit>,
+    /// Running flushes, and the keys each took (to release them even if a flush task panics).
+    flushes: JoinSet<Vec<Completed>>,
+    flush_keys: HashMap<tokio::task::Id, Vec<Key>>,
+    cfg: PipelineConfig,
+    stats: Arc<Stats>,
+    draining: bool,
+}
+
+impl Shard {
+    pub fn new(
+        inbox: mpsc::Receiver<ShardMsg>,
+        flusher: Arc<Flusher>,
+        permits: Arc<Semaphore>,
+        cfg: PipelineConfig,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Shard {
+            inbox,
+            coalescer: Coalescer::new(),
+            flusher,
+            permits,
+            spare: None,
+            flushes: JoinSet::new(),
+            flush_keys: HashMap::new(),
+            cfg,
+            stats,
+            draining: false,
+        }
+    }
+
+    /// Why to flush now, if at all.
+    fn trigger(&mut self, now: Instant) -> Option<FlushTrigger> {
+        if self.coalescer.ready() == 0 {
+            return None;
+        }
+        if self.draining {
+            return Some(FlushTrigger::Shutdown);
+        }
+        if self.coalescer.ready() >= self.cfg.max_batch_requests {
+            return Some(FlushTrigger::Count);
+        }
+        if self.coalescer.bytes() >= self.cfg.max_batch_bytes {
+            return Some(FlushTrigger::Bytes);
+        }
+        match self.coalescer.oldest() {
+            Some(t) if now >= t + self.cfg.max_batch_age => Some(FlushTrigger::Age),
+            _ => None,
+        }
+    }
+
+    /// Starts flushes while there is a reason and a permit.
+    fn dispatch(&mut self) {
+        let now = Instant::now();
+        while let Some(trigger) = self.trigger(now) {
+            let permit = match self.spare.take() {
+                Some(p) => p,
+                None => match Arc::clone(&self.permits).try_acquire_owned() {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
+            let writes = self
+                .coalescer
+                .take(self.cfg.max_batch_requests, self.cfg.max_batch_bytes);
+            if writes.is_empty() {
+                self.spare = Some(permit);
+                return;
+            }
+            self.stats.flushed(trigger);
+            let keys = writes.iter().map(|t| t.key.clone()).collect();
+            let flusher = Arc::clone(&self.flusher);
+            let handle = self.flushes.spawn(async move {
+                let done = flusher.flush(writes).await;
+                drop(permit);
+                done
+            });
+            self.flush_keys.insert(handle.id(), keys);
+        }
+    }
+
+    fn completed(&mut self, joined: Result<(tokio::task::Id, Vec<Completed>), tokio::task::JoinError>) {
+        let now = Instant::now();
+        match joined {
+            Ok((id, done)) => {
+                self.flush_keys.remove(&id);
+                let mut latencies = Vec::with_capacity(done.len());
+                for c in done {
+                    self.coalescer.complete(&c.key);
+                    if c.durable {
+                        latencies.push(now.saturating_duration_since(c.since));
+                    }
+                }
+                self.stats.durable(&latencies);
+            }
+            Err(e) => {
+                let keys = self.flush_keys.remove(&e.id()).unwrap_or_default();
+                error!(error = %e, writes = keys.len(), "flush task failed; its writes are lost");
+                self.stats.dropped(crate::stats::DropReason::RetriesExhausted, keys.len() as u64);
+                for k in keys {
+                    self.coalescer.complete(&k);
+                }
+            }
+        }
+    }
+
+    fn push(&mut self, ops: Vec<Op>, accepted: Instant) {
+        let mut counts: HashMap<Table, (u64, u64)> = HashMap::new();
+        for op in ops {
+            let table = op.key.table;
+            match self.coalescer.push(op, accepted) {
+                PushOutcome::Merged => counts.entry(table).or_default().0 += 1,
+                PushOutcome::Cancelled => {
+                    let c = counts.entry(table).or_default();
+                    c.0 += 1;
+                    c.1 += 1;
+                }
+                PushOutcome::New | PushOutcome::Queued => {}
+            }
+        }
+        for (table, (merged, cancelled)) in counts {
+            self.stats.coalesced(table, merged, cancelled);
+        }
+    }
+
+    pub async fn run(mut self) {
+        loop {
+            self.dispatch();
+            if self.draining && self.coalescer.is_empty() && self.flushes.is_empty() {
+                return;
+            }
+            let now = Instant::now();
+            let want_flush = self.trigger(now).is_some();
+            let accepting = !self.draining
+                && self.coalescer.len() < self.cfg.max_pending_keys
+                && self.coalescer.bytes() < self.cfg.max_pending_bytes;
+            let wake = match self.coalescer.oldest() {
+                Some(t) if !want_flush && self.coalescer.ready() > 0 => Some(t + self.cfg.max_batch_age),
+                _ => None,
+            };
+            let far = now + Duration::from_secs(3600);
+            tokio::select! {
+                Some(joined) = self.flushes.join_next_with_id(), if !self.flushes.is_empty() => {
+                    self.completed(joined);
+                }
+                msg = self.inbox.recv(), if accepting => match msg {
+                    Some(ShardMsg::Ops(ops, accepted)) => self.push(ops, accepted),
+                    Some(ShardMsg::Shutdown) | None => self.draining = true,
+                },
+                _ = tokio::time::sleep_until(wake.unwrap_or(far).into()), if wake.is_some() => {}
+                permit = Arc::clone(&self.permits).acquire_owned(), if want_flush && self.spare.is_none() => {
+                    // The semaphore is never closed, so this is always Ok.
+                    self.spare = permit.ok();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! Pipeline counters: one place that records every stage's figures, both into process-local atomics
+//! (read by the shutdown report, loadgen and tests) and into the `metrics` facade under the names
+//! `mqtt_dynamo_<thing>_<unit>[_total]` (exported by whatever recorder the binary installs).
+//!
+//! Recording happens per batch or per flush, not per event, except for the ingest counters, which
+//! are one relaxed atomic add each.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use crate::event::HookPoint;
+use crate::item::Table;
+
+fn table_index(t: Table) -> usize {
+    Table::ALL.iter().position(|x| *x == t).unwrap_or(0)
+}
+
+fn hook_index(h: HookPoint) -> usize {
+    HookPoint::ALL.iter().position(|x| *x == h).unwrap_or(0)
+}
+
+/// Why an event was refused at ingest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    QueueFull,
+    Invalid,
+    Closed,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::QueueFull => "queue_full",
+            RejectReason::Invalid => "invalid",
+            RejectReason::Closed => "closed",
+        }
+    }
+}
+
+/// Why an accepted write was given up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// DynamoDB refused the write itself (ValidationException on the write alone).
+    Rejected,
+    /// Retries went on past `pipeline.retry.max_elapsed`.
+    RetriesExhausted,
+}
+
+impl DropReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Rejected => "rejected",
+            DropReason::RetriesExhausted => "retries_exhausted",
+        }
+    }
+}
+
+/// What started a flush.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushTrigger {
+    Count,
+    Bytes,
+    Age,
+    Shutdown,
+}
+
+impl FlushTrigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlushTrigger::Count => "count",
+            FlushTrigger::Bytes => "bytes",
+            FlushTrigger::Age => "age",
+            FlushTrigger::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// The DynamoDB operations the flusher sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    BatchWriteItem,
+    UpdateItem,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::BatchWriteItem => "batch_write_item",
+            Operation::UpdateItem => "update_item",
+        }
+    }
+}
+
+/// How one DynamoDB request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// BatchWriteItem succeeded for some items and returned the rest as UnprocessedItems.
+    Partial,
+    Throttled,
+    /// A guarded update whose condition did not hold: nothing to do, not an error.
+    ConditionFailed,
+    Rejected,
+    Error,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Partial => "partial",
+            Outcome::Throttled => "throttled",
+            Outcome::ConditionFailed => "condition_failed",
+            Outcome::Rejected => "rejected",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// Counters of the whole pipeline, shared by every stage.
+#[derive(Debug)]
+pub struct Stats {
+    events_received: [AtomicU64; 6],
+    rejected: [AtomicU64; 3],
+    ops_planned: AtomicU64,
+    /// Ops folded into an already pending write (including cancellations).
+    coalesced: [AtomicU64; 6],
+    /// Writes that vanished entirely (put∘delete of a fresh message, ADD∘DELETE of one id).
+    cancelled: [AtomicU64; 6],
+    flushes: [AtomicU64; 4],
+    requests: [[AtomicU64; 6]; 2],
+    items_written: [AtomicU64; 6],
+    unprocessed: AtomicU64,
+    throttles: AtomicU64,
+    retries: AtomicU64,
+    dropped: [AtomicU64; 2],
+    consumed_wcu: [AtomicU64; 6],
+    /// Ingest-to-durable latency in microseconds; recorded per flush.
+    durable_latency: Mutex<Histogram<u64>>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            events_received: Default::default(),
+            rejected: Default::default(),
+            ops_planned: Default::default(),
+            coalesced: Default::default(),
+            cancelled: Default::default(),
+            flushes: Default::default(),
+            requests: Default::default(),
+            items_written: Default::default(),
+            unprocessed: Default::default(),
+            throttles: Default::default(),
+            retries: Default::default(),
+            dropped: Default::default(),
+            consumed_wcu: Default::default(),
+            durable_latency: Mutex::new(
+                Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static histogram bounds are valid"),
+            ),
+        }
+    }
+}
+
+impl Stats {
+    pub(crate) fn event_received(&self, hook: HookPoint, ops: usize) {
+        self.events_received[hook_index(hook)].fetch_add(1, Relaxed);
+        self.ops_planned.fetch_add(ops as u64, Relaxed);
+        metrics::counter!("mqtt_dynamo_events_received_total", "hook" => hook.as_str()).increment(1);
+    }
+
+    pub(crate) fn event_rejected(&self, reason: RejectReason) {
+        self.rejected[reason as usize].fetch_add(1, Relaxed);
+        metrics::counter!("mqtt_dynamo_events_rejected_total", "reason" => reason.as_str()).increment(1);
+    }
+
+    pub(crate) fn coalesced(&self, table: Table, merged: u64, cancelled: u64) {
+        let i = table_index(table);
+        self.coalesced[i].fetch_add(merged, Relaxed);
+        self.cancelled[i].fetch_add(cancelled, Relaxed);
+        metrics::counter!("mqtt_dynamo_ops_coalesced_total", "table" => table.base_name()).increment(merged);
+        metrics::counter!("mqtt_dynamo_writes_cancelled_total", "table" => table.base_name()).increment(cancelled);
+    }
+
+    pub(crate) fn flushed(&self, trigger: FlushTrigger) {
+        self.flushes[trigger as usize].fetch_add(1, Relaxed);
+        metrics::counter!("mqtt_dynamo_flushes_total", "trigger" => trigger.as_str()).increment(1);
+    }
+
+    pub(crate) fn request(&self, op: Operation, outcome: Outcome, duration: Duration) {
+        self.requests[op as usize][outcome as usize].fetch_add(1, Relaxed);
+        metrics::counter!("mqtt_dynamo_dynamodb_requests_total", "operation" => op.as_str(), "outcome" => outcome.as_str())
+            .increment(1);
+        metrics::histogram!("mqtt_dynamo_dynamodb_request_duration_seconds", "operation" => op.as_str())
+            .record(duration.as_secs_f64());
+    }
+
+    pub(crate) fn throttled(&self, code: &'static str) {
+        self.throttles.fetch_add(1, Relaxed);
+        metrics::counter!("mqtt_dynamo_dynamodb_throttles_total", "error_code" => code).increment(1);
+    }
+
+    pub(crate) fn unprocessed(&self, n: u64) {
+        self.unprocessed.fetch_add(n, Relaxed);
+        metrics::counter!("mqtt_dynamo_dynamodb_unprocessed_items_total").increment(n);
+    }
+
+    pub(crate) fn retried(&self, op: Operation) {
+        self.retries.fetch_add(1, Relaxed);
+        metrics::counter!("mqtt_dynamo_retries_total", "operation" => op.as_str()).increment(1);
+    }
+
+    pub(crate) fn written(&self, table: Table, n: u64) {
+        self.items_written[table_index(table)].fetch_add(n, Relaxed);
+        metrics::counter!("mqtt_dynamo_items_written_total", "table" => table.base_name()).increment(n);
+    }
+
+    pub(crate) fn consumed(&self, table: Table, units: f64) {
+        let units = units.round() as u64;
+        self.consumed_wcu[table_index(table)].fetch_add(units, Relaxed);
+        metrics::counter!("mqtt_dynamo_consumed_write_capacity_units_total", "table" => table.base_name())
+            .increment(units);
+    }
+
+    pub(crate) fn dropped(&self, reason: DropReason, n: u64) {
+        self.dropped[reason as usize].fetch_add(n, Relaxed);
+        metrics::counter!("mqtt_dynamo_writes_dropped_total", "reason" => reason.as_str()).increment(n);
+    }
+
+    pub(crate) fn durable(&self, latencies: &[Duration]) {
+        if let Ok(mut h) = self.durable_latency.lock() {
+            for l in latencies {
+                h.saturating_record(l.as_micros() as u64);
+            }
+        }
+        let hist = metrics::histogram!("mqtt_dynamo_ingest_to_durable_seconds");
+        for l in latencies {
+            hist.record(l.as_secs_f64());
+        }
+    }
+
+    /// A consistent-enough copy of every counter.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let per_table = |a: &[AtomicU64; 6]| {
+            Table::ALL
+                .iter()
+                .zip(a.iter())
+                .map(|(t, v)| (*t, v.load(Relaxed)))
+                .collect::<Vec<_>>()
+        };
+        let sum = |a: &[AtomicU64]| a.iter().map(|v| v.load(Relaxed)).sum::<u64>();
+        let latency = self.durable_latency.lock().map(|h| h.clone()).ok();
+        StatsSnapshot {
+            events_received: sum(&self.events_received),
+            rejected_full: self.rejected[RejectReason::QueueFull as usize].load(Relaxed),
+            rejected_invalid: self.rejected[RejectReason::Invalid as usize].load(Relaxed),
+            rejected_closed: self.rejected[RejectReason::Closed as usize].load(Relaxed),
+            ops_planned: self.ops_planned.load(Relaxed),
+            coalesced: sum(&self.coalesced),
+            cancelled: sum(&self.cancelled),
+            flushes: [
+                FlushTrigger::Count,
+                FlushTrigger::Bytes,
+                FlushTrigger::Age,
+                FlushTrigger::Shutdown,
+            ]
+            .map(|t| (t.as_str(), self.flushes[t as usize].load(Relaxed))),
+            batch_write_requests: sum(&self.requests[Operation::BatchWriteItem as usize]),
+            update_requests: sum(&self.requests[Operation::UpdateItem as usize]),
+            failed_requests: [Outcome::Throttled, Outcome::Rejected, Outcome::Error]
+                .iter()
+                .map(|o| {
+                    self.requests[0][*o as usize].load(Relaxed) + self.requests[1][*o as usize].load(Relaxed)
+                })
+                .sum(),
+            condition_failed: self.requests[Operation::UpdateItem as usize][Outcome::ConditionFailed as usize]
+                .load(Relaxed),
+            items_written: per_table(&self.items_written),
+            unprocessed: self.unprocessed.load(Relaxed),
+            throttles: self.throttles.load(Relaxed),
+            retries: self.retries.load(Relaxed),
+            dropped_rejected: self.dropped[DropReason::Rejected as usize].load(Relaxed),
+            dropped_retries_exhausted: self.dropped[DropReason::RetriesExhausted as usize].load(Relaxed),
+            consumed_wcu: sum(&self.consumed_wcu),
+            durable_latency: latency,
+        }
+    }
+}
+
+/// A copy of [`Stats`] for reports and tests.
+#[derive(Debug, Clone)]
+pub struct StatsSnapshot {
+    pub events_received: u64,
+    pub rejected_full: u64,
+    pub rejected_invalid: u64,
+    pub rejected_closed: u64,
+    pub ops_planned: u64,
+    pub coalesced: u64,
+    pub cancelled: u64,
+    pub flushes: [(&'static str, u64); 4],
+    pub batch_write_requests: u64,
+    pub update_requests: u64,
+    /// Requests that ended throttled, rejected or in error (each retry counts).
+    pub failed_requests: u64,
+    pub condition_failed: u64,
+    pub items_written: Vec<(Table, u64)>,
+    pub unprocessed: u64,
+    pub throttles: u64,
+    pub retries: u64,
+    pub dropped_rejected: u64,
+    pub dropped_retries_exhausted: u64,
+    pub consumed_wcu: u64,
+    /// Ingest-to-durable latency, microseconds.
+    pub durable_latency: Option<Histogram<u64>>,
+}
+
+impl StatsSnapshot {
+    pub fn requests(&self) -> u64 {
+        self.batch_write_requests + self.update_requests
+    }
+
+    pub fn written(&self) -> u64 {
+        self.items_written.iter().map(|(_, n)| n).sum()
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped_rejected + self.dropped_retries_exhausted
+    }
+}
+
+impl std::fmt::Display for StatsSnapshot {
+    /// The human-readable summary printed at shutdown and by loadgen.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "events received        {}", self.events_received)?;
+        writeln!(
+            f,
+            "events refused         {} (queue full {}, invalid {}, closed {})",
+            self.rejected_full + self.rejected_invalid + self.rejected_closed,
+            self.rejected_full,
+            self.rejected_invalid,
+            self.rejected_closed
+        )?;
+        writeln!(f, "writes planned         {}", self.ops_planned)?;
+        writeln!(f, "writes coalesced away  {} ({} cancelled outright)", self.coalesced, self.cancelled)?;
+        let flushes: Vec<String> = self.flushes.iter().map(|(t, n)| format!("{t} {n}")).collect();
+        writeln!(f, "flushes                {}", flushes.join(", "))?;
+        writeln!(
+            f,
+            "DynamoDB requests      {} (BatchWriteItem {}, UpdateItem {}; failed {}, guarded no-ops {})",
+            self.requests(),
+            self.batch_write_requests,
+            self.update_requests,
+            self.failed_requests,
+            self.condition_failed
+        )?;
+        let written: Vec<String> = self
+            .items_written
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(t, n)| format!("{t} {n}"))
+            .collect();
+        writeln!(f, "items written          {} ({})", self.written(), written.join(", "))?;
+        writeln!(f, "write capacity units   {}", self.consumed_wcu)?;
+        writeln!(
+            f,
+            "throttles / unprocessed / retries  {} / {} / {}",
+            self.throttles, self.unprocessed, self.retries
+        )?;
+        writeln!(
+            f,
+            "writes dropped         {} (rejected {}, retries exhausted {})",
+            self.dropped(),
+            self.dropped_rejected,
+            self.dropped_retries_exhausted
+        )?;
+        if let Some(h) = self.durable_latency.as_ref().filter(|h| !h.is_empty()) {
+            let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+            writeln!(
+                f,
+                "ingest→durable latency p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms",
+                ms(0.5),
+                ms(0.99),
+                ms(0.999),
+                h.max() as f64 / 1000.0
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,211 @@
+//! The six tables: creating them idempotently, waiting until they are ACTIVE, describing them and
+//! checking they exist before serving.
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ProvisionedThroughput, ScalarAttributeType,
+    TableStatus,
+};
+use thiserror::Error;
+
+use crate::config::DynamoConfig;
+use crate::item::Table;
+
+#[derive(Debug, Error)]
+pub enum TablesError {
+    #[error("{op} {table}: {message}")]
+    Request {
+        op: &'static str,
+        table: String,
+        message: String,
+    },
+    #[error("table {table} did not become ACTIVE within {waited:?} (last status {status})")]
+    NotActive {
+        table: String,
+        waited: Duration,
+        status: String,
+    },
+    #[error("missing tables: {}; create them with `mqtt-dynamo tables create`", .0.join(", "))]
+    Missing(Vec<String>),
+}
+
+/// Capacity mode for new tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capacity {
+    OnDemand,
+    Provisioned { read: i64, write: i64 },
+}
+
+/// What `create` did to one table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    Created,
+    AlreadyExisted,
+}
+
+fn request_error<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
+    op: &'static str,
+    table: &str,
+    err: &aws_sdk_dynamodb::error::SdkError<E, R>,
+) -> TablesError {
+    let message = match (err.code(), err.message()) {
+        (Some(code), Some(msg)) => format!("{code}: {msg}"),
+        (Some(code), None) => code.to_string(),
+        _ => DisplayErrorContext(err).to_string(),
+    };
+    TablesError::Request {
+        op,
+        table: table.to_string(),
+        message,
+    }
+}
+
+/// Creates `table` unless it exists.
+pub async fn create_one(client: &Client, cfg: &DynamoConfig, table: Table, capacity: Capacity) -> Result<Created, TablesError> {
+    let name = cfg.table_name(table);
+    let (hash, range) = table.key_names();
+    let mut req = client
+        .create_table()
+        .table_name(&name)
+        .key_schema(KeySchemaElement::builder().attribute_name(hash).key_type(KeyType::Hash).build().map_err(
+            |e| TablesError::Request { op: "CreateTable", table: name.clone(), message: e.to_string() },
+        )?)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name(hash)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .map_err(|e| TablesError::Request { op: "CreateTable", table: name.clone(), message: e.to_string() })?,
+        );
+    if let Some(range) = range {
+        req = req
+            .key_schema(KeySchemaElement::builder().attribute_name(range).key_type(KeyType::Range).build().map_err(
+                |e| TablesError::Request { op: "CreateTable", table: name.clone(), message: e.to_string() },
+            )?)
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name(range)
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .map_err(|e| TablesError::Request { op: "CreateTable", table: name.clone(), message: e.to_string() })?,
+            );
+    }
+    req = match capacity {
+        Capacity::OnDemand => req.billing_mode(BillingMode::PayPerRequest),
+        Capacity::Provisioned { read, write } => req.billing_mode(BillingMode::Provisioned).provisioned_throughput(
+            ProvisionedThroughput::builder()
+                .read_capacity_units(read)
+                .write_capacity_units(write)
+                .build()
+                .map_err(|e| TablesError::Request { op: "CreateTable", table: name.clone(), message: e.to_string() })?,
+        ),
+    };
+    match req.send().await {
+        Ok(_) => Ok(Created::Created),
+        Err(e) if e.code() == Some("ResourceInUseException") => Ok(Created::AlreadyExisted),
+        Err(e) => Err(request_error("CreateTable", &name, &e)),
+    }
+}
+
+/// Waits until `table` is ACTIVE.
+pub async fn wait_active(client: &Client, cfg: &DynamoConfig, table: Table, timeout: Duration) -> Result<(), TablesError> {
+    let name = cfg.table_name(table);
+    let start = Instant::now();
+    loop {
+        let out = client
+            .describe_table()
+            .table_name(&name)
+            .send()
+            .await
+            .map_err(|e| request_error("DescribeTable", &name, &e))?;
+        let status = out.table().and_then(|t| t.table_status().cloned());
+        if status == Some(TableStatus::Active) {
+            return Ok(());
+        }
+        if start.elapsed() >= timeout {
+            return Err(TablesError::NotActive {
+                table: name,
+                waited: timeout,
+                status: status.map(|s| s.as_str().to_string()).unwrap_or_else(|| "unknown".into()),
+            });
+        }
+        // DynamoDB has no push notification for table status; poll like `aws dynamodb wait`.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Creates all six tables (idempotently) and waits until each is ACTIVE.
+pub async fn create_all(
+    client: &Client,
+    cfg: &DynamoConfig,
+    capacity: Capacity,
+) -> Result<Vec<(String, Created)>, TablesError> {
+    let mut done = Vec::new();
+    for table in Table::ALL {
+        let what = create_one(client, cfg, table, capacity).await?;
+        done.push((cfg.table_name(table), what));
+    }
+    for table in Table::ALL {
+        wait_active(client, cfg, table, Duration::from_secs(60)).await?;
+    }
+    Ok(done)
+}
+
+/// Fails with the names of the tables that do not exist.
+pub async fn check_exist(client: &Client, cfg: &DynamoConfig) -> Result<(), TablesError> {
+    let mut missing = Vec::new();
+    for table in Table::ALL {
+        let name = cfg.table_name(table);
+        match client.describe_table().table_name(&name).send().await {
+            Ok(_) => {}
+            Err(e) if e.code() == Some("ResourceNotFoundException") => missing.push(name),
+            Err(e) => return Err(request_error("DescribeTable", &name, &e)),
+        }
+    }
+    if missing.is_empty() { Ok(()) } else { Err(TablesError::Missing(missing)) }
+}
+
+/// One line per table: name, status, keys, billing, item count.
+pub async fn describe_all(client: &Client, cfg: &DynamoConfig) -> Result<Vec<String>, TablesError> {
+    let mut lines = Vec::new();
+    for table in Table::ALL {
+        let name = cfg.table_name(table);
+        match client.describe_table().table_name(&name).send().await {
+            Ok(out) => {
+                let Some(t) = out.table() else {
+                    lines.push(format!("{name}: no description returned"));
+                    continue;
+                };
+                let keys: Vec<String> = t
+                    .key_schema()
+                    .iter()
+                    .map(|k| format!("{} {}", k.attribute_name(), k.key_type().as_str()))
+                    .collect();
+                let billing = t
+                    .billing_mode_summary()
+                    .and_then(|b| b.billing_mode())
+                    .map(|b| b.as_str().to_string())
+                    .unwrap_or_else(|| {
+                        let p = t.provisioned_throughput();
+                        format!(
+                            "PROVISIONED {}/{}",
+                            p.and_then(|p| p.read_capacity_units()).unwrap_or(0),
+                            p.and_then(|p| p.write_capacity_units()).unwrap_or(0)
+                        )
+                    });
+                lines.push(format!(
+                    "{name}: {} keys [{}] billing {billing} items {}",
+                    t.table_status().map(|s| s.as_str()).unwrap_or("?"),
+                    keys.join(", "),
+                    t.item_count().unwrap_or(0)
+                ));
+            }
+            Err(e) if e.code() == Some("ResourceNotFoundException") => lines.push(format!("{name}: missing")),
+            Err(e) => return Err(request_error("DescribeTable", &name, &e)),
+        }
+    }
+    Ok(lines)
+}
