@@ -48,7 +48,9 @@ pub fn merge(key: &Key, earlier: Write, later: Write) -> Merged {
         (_, Delete) => Merged::One(Delete),
         (_, Put { item, .. }) => Merged::One(Put { item, fresh: false }),
         (Put { mut item, fresh }, Update { set, guard }) => {
-            let holds = guard.as_ref().is_none_or(|(attr, value)| item.get(attr) == Some(value));
+            let holds = guard
+                .as_ref()
+                .is_none_or(|(attr, value)| item.get(attr) == Some(value));
             if holds {
                 item.extend(set);
             }

@@ -253,7 +253,9 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info".into() }
+        LogConfig {
+            level: "info".into(),
+        }
     }
 }
 
@@ -311,10 +313,16 @@ impl Config {
             })
         };
         if !(1..=MAX_BATCH_REQUESTS).contains(&p.max_batch_requests) {
-            return invalid("pipeline.max_batch_requests", "must be 1 to 25 (DynamoDB's BatchWriteItem limit)");
+            return invalid(
+                "pipeline.max_batch_requests",
+                "must be 1 to 25 (DynamoDB's BatchWriteItem limit)",
+            );
         }
         if p.max_batch_bytes == 0 || p.max_batch_bytes > MAX_BATCH_BYTES {
-            return invalid("pipeline.max_batch_bytes", "must be 1 to 16777216 (DynamoDB's 16 MB limit)");
+            return invalid(
+                "pipeline.max_batch_bytes",
+                "must be 1 to 16777216 (DynamoDB's 16 MB limit)",
+            );
         }
         for (key, v) in [
             ("pipeline.shards", p.shards),
@@ -328,16 +336,28 @@ impl Config {
             }
         }
         if p.ingest_capacity_bytes < crate::item::MAX_ITEM_BYTES * 2 {
-            return invalid("pipeline.ingest_capacity_bytes", "must hold at least two maximum-size items (819200 bytes)");
+            return invalid(
+                "pipeline.ingest_capacity_bytes",
+                "must hold at least two maximum-size items (819200 bytes)",
+            );
         }
         if p.max_pending_bytes < crate::item::MAX_ITEM_BYTES * 2 {
-            return invalid("pipeline.max_pending_bytes", "must hold at least two maximum-size items (819200 bytes)");
+            return invalid(
+                "pipeline.max_pending_bytes",
+                "must hold at least two maximum-size items (819200 bytes)",
+            );
         }
         if p.retry.initial_backoff.is_zero() || p.retry.max_backoff < p.retry.initial_backoff {
-            return invalid("pipeline.retry", "initial_backoff must be positive and at most max_backoff");
+            return invalid(
+                "pipeline.retry",
+                "initial_backoff must be positive and at most max_backoff",
+            );
         }
         if self.dynamodb.access_key_id.is_some() != self.dynamodb.secret_access_key.is_some() {
-            return invalid("dynamodb.access_key_id", "access_key_id and secret_access_key go together");
+            return invalid(
+                "dynamodb.access_key_id",
+                "access_key_id and secret_access_key go together",
+            );
         }
         self.rule_set()?;
         Ok(())
@@ -388,7 +408,10 @@ mod tests {
         assert_eq!(c.pipeline.retry.max_elapsed, Duration::from_secs(30));
         assert_eq!(c.dynamodb.table_name(Table::Msg), "test_mqtt_msg");
         assert_eq!(c.storage.format().msgid, MsgIdFormat::Hex);
-        assert_eq!(c.rule_set().unwrap().rules()[0].action, Action::OnMessageStore);
+        assert_eq!(
+            c.rule_set().unwrap().rules()[0].action,
+            Action::OnMessageStore
+        );
         // Secrets never print.
         let debug = format!("{:?}", c.dynamodb);
         assert!(!debug.contains("very-secret"), "{debug}");
@@ -396,7 +419,8 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_rejected_with_key_and_line() {
-        let err = Config::parse("[pipeline]\nshards = 2\nbatch_size = 100\n", "my.toml").unwrap_err();
+        let err =
+            Config::parse("[pipeline]\nshards = 2\nbatch_size = 100\n", "my.toml").unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("my.toml"), "{msg}");
         assert!(msg.contains("line 3"), "{msg}");
@@ -410,12 +434,20 @@ mod tests {
             err.to_string(),
             "pipeline.max_batch_requests: must be 1 to 25 (DynamoDB's BatchWriteItem limit)"
         );
-        let err = Config::parse("[[rules]]\nhook = \"message.acked\"\naction = \"on_message_publish\"\n", "t").unwrap_err();
+        let err = Config::parse(
+            "[[rules]]\nhook = \"message.acked\"\naction = \"on_message_publish\"\n",
+            "t",
+        )
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             "rules[0]: action on_message_publish belongs to hook message.publish, not message.acked"
         );
-        let err = Config::parse("[[rules]]\nhook = \"message.acked\"\naction = \"on_nothing\"\n", "t").unwrap_err();
+        let err = Config::parse(
+            "[[rules]]\nhook = \"message.acked\"\naction = \"on_nothing\"\n",
+            "t",
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("on_nothing"), "{err}");
     }
 
@@ -428,7 +460,10 @@ mod tests {
             _ => None,
         });
         assert_eq!(c.dynamodb.region(), "ap-south-1");
-        assert_eq!(c.dynamodb.endpoint_url.as_deref(), Some("http://127.0.0.1:9999"));
+        assert_eq!(
+            c.dynamodb.endpoint_url.as_deref(),
+            Some("http://127.0.0.1:9999")
+        );
         assert!(c.dynamodb.access_key_id.is_none());
     }
 }

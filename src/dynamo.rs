@@ -61,7 +61,8 @@ pub async fn client(cfg: &DynamoConfig, endpoint: Option<&str>, retries: SdkRetr
         ));
     } else if endpoint.is_some() {
         // The embedded DynamoDB accepts any keys; don't go looking for real ones.
-        loader = loader.credentials_provider(Credentials::new("local", "local", None, None, "embedded"));
+        loader =
+            loader.credentials_provider(Credentials::new("local", "local", None, None, "embedded"));
     }
     Client::new(&loader.load().await)
 }
@@ -102,7 +103,10 @@ pub fn from_attr(name: &str, v: &AttributeValue) -> Result<Value, ReadError> {
     };
     Ok(match v {
         AttributeValue::S(s) => Value::S(s.clone()),
-        AttributeValue::N(n) => Value::N(n.parse().map_err(|_| err(format!("number {n:?} is not an integer")))?),
+        AttributeValue::N(n) => Value::N(
+            n.parse()
+                .map_err(|_| err(format!("number {n:?} is not an integer")))?,
+        ),
         AttributeValue::B(b) => Value::B(b.as_ref().to_vec()),
         AttributeValue::Ss(set) => Value::Ss(set.iter().cloned().collect()),
         other => return Err(err(format!("unexpected type {other:?}"))),
@@ -110,7 +114,10 @@ pub fn from_attr(name: &str, v: &AttributeValue) -> Result<Value, ReadError> {
 }
 
 /// A whole item read from `table`, with its key.
-pub fn from_attrs(table: Table, attrs: &HashMap<String, AttributeValue>) -> Result<(Key, Item), ReadError> {
+pub fn from_attrs(
+    table: Table,
+    attrs: &HashMap<String, AttributeValue>,
+) -> Result<(Key, Item), ReadError> {
     let item = attrs
         .iter()
         .map(|(k, v)| Ok((k.clone(), from_attr(k, v)?)))
@@ -243,7 +250,10 @@ mod tests {
     #[test]
     fn keys_are_read_back() {
         let key = Key::with_range(Table::Acked, "t", "c");
-        assert_eq!(key_of_attrs(Table::Acked, &key_attrs(&key)), Some(key.clone()));
+        assert_eq!(
+            key_of_attrs(Table::Acked, &key_attrs(&key)),
+            Some(key.clone())
+        );
         assert_eq!(key_of(Table::Acked, &key.to_item()), Some(key));
         assert_eq!(key_of(Table::Msg, &Item::new()), None);
     }

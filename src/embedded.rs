@@ -10,7 +10,9 @@ use tokio::sync::oneshot;
 
 #[derive(Debug, Error)]
 pub enum EmbeddedError {
-    #[error("cannot listen on {addr} for the embedded DynamoDB: {source} (set [dynamodb] embedded_listen, or endpoint_url for an external DynamoDB)")]
+    #[error(
+        "cannot listen on {addr} for the embedded DynamoDB: {source} (set [dynamodb] embedded_listen, or endpoint_url for an external DynamoDB)"
+    )]
     Bind {
         addr: SocketAddr,
         #[source]
@@ -35,14 +37,24 @@ impl EmbeddedDynamo {
         let db = dynoxide::Database::memory().map_err(|e| EmbeddedError::Open(e.to_string()))?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .map_err(|source| EmbeddedError::Bind { addr: listen, source })?;
+            .map_err(|source| EmbeddedError::Bind {
+                addr: listen,
+                source,
+            })?;
         let addr = listener
             .local_addr()
-            .map_err(|source| EmbeddedError::Bind { addr: listen, source })?;
+            .map_err(|source| EmbeddedError::Bind {
+                addr: listen,
+                source,
+            })?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(dynoxide::server::serve_with_shutdown(listener, db, async move {
-            let _ = stop_rx.await;
-        }));
+        let task = tokio::spawn(dynoxide::server::serve_with_shutdown(
+            listener,
+            db,
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
         Ok(EmbeddedDynamo {
             addr,
             stop_tx: Some(stop_tx),

@@ -123,9 +123,8 @@ impl HookEvent {
     /// subscription's filter (taken literally, as the 4.x backend did) for session hooks.
     pub fn filter_topic(&self) -> Option<&str> {
         match self {
-            HookEvent::SessionSubscribed { topic, .. } | HookEvent::SessionUnsubscribed { topic, .. } => {
-                Some(topic)
-            }
+            HookEvent::SessionSubscribed { topic, .. }
+            | HookEvent::SessionUnsubscribed { topic, .. } => Some(topic),
             HookEvent::MessagePublish { message } | HookEvent::MessageAcked { message, .. } => {
                 Some(&message.topic)
             }

@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, ReturnConsumedCapacity, WriteRequest};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, DeleteRequest, PutRequest, ReturnConsumedCapacity, WriteRequest,
+};
 use tracing::{error, warn};
 
 use crate::coalesce::Taken;
@@ -34,7 +36,10 @@ pub struct TableNames {
 impl TableNames {
     pub fn new(cfg: &DynamoConfig) -> Self {
         let names = Table::ALL.map(|t| cfg.table_name(t));
-        let by_name = Table::ALL.iter().map(|t| (cfg.table_name(*t), *t)).collect();
+        let by_name = Table::ALL
+            .iter()
+            .map(|t| (cfg.table_name(*t), *t))
+            .collect();
         TableNames { names, by_name }
     }
 
@@ -87,8 +92,10 @@ impl Flusher {
 
     /// Sends `writes` (one per key) and reports how each ended.
     pub async fn flush(self: Arc<Self>, writes: Vec<Taken>) -> Vec<Completed> {
-        let since: HashMap<Key, Instant> = writes.iter().map(|t| (t.key.clone(), t.since)).collect();
-        let (batchable, updates): (Vec<Taken>, Vec<Taken>) = writes.into_iter().partition(|t| t.write.is_batchable());
+        let since: HashMap<Key, Instant> =
+            writes.iter().map(|t| (t.key.clone(), t.since)).collect();
+        let (batchable, updates): (Vec<Taken>, Vec<Taken>) =
+            writes.into_iter().partition(|t| t.write.is_batchable());
         let mut tasks = tokio::task::JoinSet::new();
         for t in updates {
             let this = Arc::clone(&self);
@@ -100,7 +107,8 @@ impl Flusher {
         let mut results = if batchable.is_empty() {
             Vec::new()
         } else {
-            self.batch(batchable.into_iter().map(|t| (t.key, t.write)).collect()).await
+            self.batch(batchable.into_iter().map(|t| (t.key, t.write)).collect())
+                .await
         };
         while let Some(joined) = tasks.join_next().await {
             match joined {
@@ -130,7 +138,8 @@ impl Flusher {
             })
             .collect();
         if !lost.is_empty() {
-            self.stats.dropped(DropReason::RetriesExhausted, lost.len() as u64);
+            self.stats
+                .dropped(DropReason::RetriesExhausted, lost.len() as u64);
         }
         completed.extend(lost);
         completed
@@ -160,7 +169,8 @@ impl Flusher {
         if let Some(put) = req.put_request() {
             dynamo::key_of_attrs(table, put.item())
         } else {
-            req.delete_request().and_then(|d| dynamo::key_of_attrs(table, d.key()))
+            req.delete_request()
+                .and_then(|d| dynamo::key_of_attrs(table, d.key()))
         }
     }
 
@@ -170,7 +180,12 @@ impl Flusher {
             return false;
         }
         self.stats.retried(op);
-        tokio::time::sleep(dynamo::backoff(attempt, self.retry.initial_backoff, self.retry.max_backoff)).await;
+        tokio::time::sleep(dynamo::backoff(
+            attempt,
+            self.retry.initial_backoff,
+            self.retry.max_backoff,
+        ))
+        .await;
         true
     }
 
@@ -213,12 +228,20 @@ impl Flusher {
                         .unprocessed_items()
                         .into_iter()
                         .flatten()
-                        .flat_map(|(name, reqs)| reqs.iter().filter_map(|r| self.request_key(name, r)))
+                        .flat_map(|(name, reqs)| {
+                            reqs.iter().filter_map(|r| self.request_key(name, r))
+                        })
                         .collect();
-                    let outcome = if unprocessed.is_empty() { Outcome::Success } else { Outcome::Partial };
-                    self.stats.request(Operation::BatchWriteItem, outcome, elapsed);
-                    let (rest, written): (Vec<_>, Vec<_>) =
-                        pending.into_iter().partition(|(k, _)| unprocessed.contains(k));
+                    let outcome = if unprocessed.is_empty() {
+                        Outcome::Success
+                    } else {
+                        Outcome::Partial
+                    };
+                    self.stats
+                        .request(Operation::BatchWriteItem, outcome, elapsed);
+                    let (rest, written): (Vec<_>, Vec<_>) = pending
+                        .into_iter()
+                        .partition(|(k, _)| unprocessed.contains(k));
                     let mut per_table: HashMap<Table, u64> = HashMap::new();
                     for (key, _) in written {
                         *per_table.entry(key.table).or_default() += 1;
@@ -234,18 +257,21 @@ impl Flusher {
                 }
                 Err(err) => match dynamo::classify(&err) {
                     Failure::Throttled { code } => {
-                        self.stats.request(Operation::BatchWriteItem, Outcome::Throttled, elapsed);
+                        self.stats
+                            .request(Operation::BatchWriteItem, Outcome::Throttled, elapsed);
                         self.stats.throttled(code);
                     }
                     Failure::Invalid { message } => {
-                        self.stats.request(Operation::BatchWriteItem, Outcome::Rejected, elapsed);
+                        self.stats
+                            .request(Operation::BatchWriteItem, Outcome::Rejected, elapsed);
                         if pending.len() > 1 {
                             // Find the poison: every write alone.
                             warn!(requests = pending.len(), %message, "BatchWriteItem rejected; resending its writes one by one");
                             let by_key: HashMap<Key, Write> = writes.iter().cloned().collect();
                             for (key, _) in std::mem::take(&mut pending) {
                                 if let Some(w) = by_key.get(&key) {
-                                    let single = Box::pin(self.batch(vec![(key.clone(), w.clone())])).await;
+                                    let single =
+                                        Box::pin(self.batch(vec![(key.clone(), w.clone())])).await;
                                     done.extend(single);
                                 }
                             }
@@ -259,24 +285,30 @@ impl Flusher {
                         continue;
                     }
                     Failure::Transient { code, message } => {
-                        self.stats.request(Operation::BatchWriteItem, Outcome::Error, elapsed);
+                        self.stats
+                            .request(Operation::BatchWriteItem, Outcome::Error, elapsed);
                         if attempt == 0 {
                             warn!(%code, %message, "BatchWriteItem failed; retrying");
                         }
                     }
                     Failure::ConditionFailed => {
-                        self.stats.request(Operation::BatchWriteItem, Outcome::Error, elapsed);
+                        self.stats
+                            .request(Operation::BatchWriteItem, Outcome::Error, elapsed);
                     }
                 },
             }
             if !pending.is_empty() {
-                if !self.pause(Operation::BatchWriteItem, attempt, started).await {
+                if !self
+                    .pause(Operation::BatchWriteItem, attempt, started)
+                    .await
+                {
                     error!(
                         writes = pending.len(),
                         elapsed_s = started.elapsed().as_secs_f64(),
                         "BatchWriteItem retries exhausted; writes dropped"
                     );
-                    self.stats.dropped(DropReason::RetriesExhausted, pending.len() as u64);
+                    self.stats
+                        .dropped(DropReason::RetriesExhausted, pending.len() as u64);
                     done.extend(pending.drain(..).map(|(k, _)| (k, false)));
                 }
                 attempt += 1;
@@ -315,7 +347,8 @@ impl Flusher {
                         expression: "ADD #s :m".into(),
                         condition: None,
                         names: [("#s".to_string(), attr.clone())].into(),
-                        values: [(":m".to_string(), dynamo::to_attr(&Value::Ss(add.clone())))].into(),
+                        values: [(":m".to_string(), dynamo::to_attr(&Value::Ss(add.clone())))]
+                            .into(),
                     });
                 }
                 if !del.is_empty() {
@@ -328,7 +361,8 @@ impl Flusher {
                             ("#k".to_string(), key.table.key_names().0.to_string()),
                         ]
                         .into(),
-                        values: [(":m".to_string(), dynamo::to_attr(&Value::Ss(del.clone())))].into(),
+                        values: [(":m".to_string(), dynamo::to_attr(&Value::Ss(del.clone())))]
+                            .into(),
                     });
                 }
                 specs
@@ -368,7 +402,8 @@ impl Flusher {
             let elapsed: Duration = t0.elapsed();
             match result {
                 Ok(out) => {
-                    self.stats.request(Operation::UpdateItem, Outcome::Success, elapsed);
+                    self.stats
+                        .request(Operation::UpdateItem, Outcome::Success, elapsed);
                     if let Some(units) = out.consumed_capacity().and_then(|c| c.capacity_units()) {
                         self.stats.consumed(key.table, units);
                     }
@@ -377,21 +412,28 @@ impl Flusher {
                 }
                 Err(err) => match dynamo::classify(&err) {
                     Failure::ConditionFailed => {
-                        self.stats.request(Operation::UpdateItem, Outcome::ConditionFailed, elapsed);
+                        self.stats.request(
+                            Operation::UpdateItem,
+                            Outcome::ConditionFailed,
+                            elapsed,
+                        );
                         return true;
                     }
                     Failure::Throttled { code } => {
-                        self.stats.request(Operation::UpdateItem, Outcome::Throttled, elapsed);
+                        self.stats
+                            .request(Operation::UpdateItem, Outcome::Throttled, elapsed);
                         self.stats.throttled(code);
                     }
                     Failure::Invalid { message } => {
-                        self.stats.request(Operation::UpdateItem, Outcome::Rejected, elapsed);
+                        self.stats
+                            .request(Operation::UpdateItem, Outcome::Rejected, elapsed);
                         error!(table = %key.table, %message, "DynamoDB rejected an update; dropped");
                         self.stats.dropped(DropReason::Rejected, 1);
                         return false;
                     }
                     Failure::Transient { code, message } => {
-                        self.stats.request(Operation::UpdateItem, Outcome::Error, elapsed);
+                        self.stats
+                            .request(Operation::UpdateItem, Outcome::Error, elapsed);
                         if attempt == 0 {
                             warn!(%code, %message, table = %key.table, "UpdateItem failed; retrying");
                         }

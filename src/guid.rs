@@ -97,7 +97,10 @@ pub fn from_base62(text: &str) -> Result<u128, GuidError> {
     let mut bytes = Vec::with_capacity(values.len() * 3 / 4 + 2);
     let mut groups = values.chunks_exact(4);
     for g in &mut groups {
-        let n = (u32::from(g[0]) << 18) | (u32::from(g[1]) << 12) | (u32::from(g[2]) << 6) | u32::from(g[3]);
+        let n = (u32::from(g[0]) << 18)
+            | (u32::from(g[1]) << 12)
+            | (u32::from(g[2]) << 6)
+            | u32::from(g[3]);
         bytes.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8, n as u8]);
     }
     match groups.remainder() {
@@ -146,7 +149,10 @@ mod tests {
     #[test]
     fn rejects_bad_ids() {
         assert!(matches!(from_hex("xyz"), Err(GuidError::NotHex(_))));
-        assert!(matches!(from_hex("0005F65F239F03FEF44300000BB4000G"), Err(GuidError::NotHex(_))));
+        assert!(matches!(
+            from_hex("0005F65F239F03FEF44300000BB4000G"),
+            Err(GuidError::NotHex(_))
+        ));
         assert!(from_base62("!!").is_err());
         assert!(from_base62("9Z").is_err());
         assert!(from_base62("A").is_err());

@@ -24,7 +24,9 @@ pub enum SubmitError {
     Full,
     #[error("invalid event: {0}")]
     Invalid(#[from] EventError),
-    #[error("the event's writes take {needed} bytes, more than the whole ingest queue ({limit} bytes)")]
+    #[error(
+        "the event's writes take {needed} bytes, more than the whole ingest queue ({limit} bytes)"
+    )]
     TooLarge { needed: usize, limit: usize },
     #[error("the pipeline is shut down")]
     Closed,

@@ -133,7 +133,12 @@ impl Value {
             Value::S(s) => s.len(),
             Value::B(b) => b.len(),
             Value::N(n) => {
-                let digits = n.unsigned_abs().to_string().trim_end_matches('0').len().max(1);
+                let digits = n
+                    .unsigned_abs()
+                    .to_string()
+                    .trim_end_matches('0')
+                    .len()
+                    .max(1);
                 digits.div_ceil(2) + 1
             }
             Value::Ss(set) => set.iter().map(String::len).sum(),
@@ -146,7 +151,9 @@ pub type Item = BTreeMap<String, Value>;
 
 /// Item size by DynamoDB's rules: attribute names plus values.
 pub fn item_size(item: &Item) -> usize {
-    item.iter().map(|(name, value)| name.len() + value.size()).sum()
+    item.iter()
+        .map(|(name, value)| name.len() + value.size())
+        .sum()
 }
 
 /// One pending write to one key. [`crate::coalesce`] merges these; [`crate::dynamo`] sends them.
@@ -188,7 +195,9 @@ impl Write {
     /// Number of DynamoDB requests the write takes.
     pub fn request_count(&self) -> usize {
         match self {
-            Write::SetDelta { add, del, .. } => usize::from(!add.is_empty()) + usize::from(!del.is_empty()),
+            Write::SetDelta { add, del, .. } => {
+                usize::from(!add.is_empty()) + usize::from(!del.is_empty())
+            }
             _ => 1,
         }
     }

@@ -13,7 +13,11 @@ use mqtt_dynamo::pipeline::Pipeline;
 use mqtt_dynamo::tables::{self, Capacity, Created};
 
 #[derive(Parser)]
-#[command(name = "mqtt-dynamo", version, about = "Persists MQTT broker hook events into DynamoDB")]
+#[command(
+    name = "mqtt-dynamo",
+    version,
+    about = "Persists MQTT broker hook events into DynamoDB"
+)]
 struct Cli {
     /// Configuration file (TOML). Without it: the seed's rules on the embedded DynamoDB, or on the
     /// endpoint named by AWS_ENDPOINT_URL.
@@ -94,24 +98,47 @@ impl Backend {
 async fn serve(cfg: Config) -> Result<(), String> {
     let rules = cfg.rule_set().map_err(|e| e.to_string())?;
     let backend = backend(&cfg).await?;
-    let admin = dynamo::client(&cfg.dynamodb, backend.endpoint.as_deref(), SdkRetries::Standard).await;
+    let admin = dynamo::client(
+        &cfg.dynamodb,
+        backend.endpoint.as_deref(),
+        SdkRetries::Standard,
+    )
+    .await;
     if backend.is_embedded() {
         tables::create_all(&admin, &cfg.dynamodb, Capacity::OnDemand)
             .await
             .map_err(|e| e.to_string())?;
     } else {
-        tables::check_exist(&admin, &cfg.dynamodb).await.map_err(|e| e.to_string())?;
+        tables::check_exist(&admin, &cfg.dynamodb)
+            .await
+            .map_err(|e| e.to_string())?;
     }
-    let client = dynamo::client(&cfg.dynamodb, backend.endpoint.as_deref(), SdkRetries::Disabled).await;
-    let pipeline = Pipeline::start(&cfg.pipeline, &cfg.dynamodb, cfg.storage.format(), rules, client)
-        .map_err(|e| format!("cannot start the pipeline: {e}"))?;
+    let client = dynamo::client(
+        &cfg.dynamodb,
+        backend.endpoint.as_deref(),
+        SdkRetries::Disabled,
+    )
+    .await;
+    let pipeline = Pipeline::start(
+        &cfg.pipeline,
+        &cfg.dynamodb,
+        cfg.storage.format(),
+        rules,
+        client,
+    )
+    .map_err(|e| format!("cannot start the pipeline: {e}"))?;
+    let signal = shutdown_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     info!(
         region = cfg.dynamodb.region(),
-        endpoint = backend.endpoint.as_deref().or(cfg.dynamodb.endpoint_url.as_deref()).unwrap_or("AWS"),
+        endpoint = backend
+            .endpoint
+            .as_deref()
+            .or(cfg.dynamodb.endpoint_url.as_deref())
+            .unwrap_or("AWS"),
         shards = cfg.pipeline.shards,
         "serving; SIGINT or SIGTERM drains and exits"
     );
-    shutdown_signal().await;
+    signal.await;
     info!("draining: writing every accepted event");
     let report = pipeline.shutdown().await;
     println!("{report}");
@@ -119,24 +146,26 @@ async fn serve(cfg: Config) -> Result<(), String> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+/// SIGINT or SIGTERM, with the handlers installed when this is created (before the "serving" log
+/// line), so a signal sent as soon as the service says it is ready is never missed.
+#[cfg(unix)]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 async fn tables_command(cfg: Config, command: TablesCommand) -> Result<(), String> {
@@ -147,7 +176,12 @@ async fn tables_command(cfg: Config, command: TablesCommand) -> Result<(), Strin
              set AWS_ENDPOINT_URL or [dynamodb] endpoint_url to manage a real one"
         );
     }
-    let client = dynamo::client(&cfg.dynamodb, backend.endpoint.as_deref(), SdkRetries::Standard).await;
+    let client = dynamo::client(
+        &cfg.dynamodb,
+        backend.endpoint.as_deref(),
+        SdkRetries::Standard,
+    )
+    .await;
     let result = match command {
         TablesCommand::Create {
             read_units,
@@ -157,20 +191,26 @@ async fn tables_command(cfg: Config, command: TablesCommand) -> Result<(), Strin
                 (Some(read), Some(write)) => Capacity::Provisioned { read, write },
                 _ => Capacity::OnDemand,
             };
-            tables::create_all(&client, &cfg.dynamodb, capacity).await.map(|done| {
-                for (name, what) in done {
-                    match what {
-                        Created::Created => println!("created {name} ({capacity:?}), ACTIVE"),
-                        Created::AlreadyExisted => println!("exists  {name}, ACTIVE"),
+            tables::create_all(&client, &cfg.dynamodb, capacity)
+                .await
+                .map(|done| {
+                    for (name, what) in done {
+                        match what {
+                            Created::Created => println!("created {name} ({capacity:?}), ACTIVE"),
+                            Created::AlreadyExisted => println!("exists  {name}, ACTIVE"),
+                        }
                     }
-                }
-            })
+                })
         }
-        TablesCommand::Describe => tables::describe_all(&client, &cfg.dynamodb).await.map(|lines| {
-            for line in lines {
-                println!("{line}");
-            }
-        }),
+        TablesCommand::Describe => {
+            tables::describe_all(&client, &cfg.dynamodb)
+                .await
+                .map(|lines| {
+                    for line in lines {
+                        println!("{line}");
+                    }
+                })
+        }
     };
     backend.stop().await;
     result.map_err(|e| e.to_string())
@@ -189,8 +229,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

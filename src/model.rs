@@ -44,9 +44,7 @@ impl TableModel {
     pub fn normalized(&self) -> BTreeMap<Key, Item> {
         self.items
             .iter()
-            .filter(|(key, item)| {
-                !(key.table == Table::TopicMsgMap && !item.contains_key("MsgId"))
-            })
+            .filter(|(key, item)| key.table != Table::TopicMsgMap || item.contains_key("MsgId"))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     }

@@ -43,7 +43,11 @@ impl PipelineHandle {
     }
 
     /// Accepts `event`, waiting up to `timeout` for room.
-    pub fn submit_timeout(&self, event: &HookEvent, timeout: std::time::Duration) -> Result<(), SubmitError> {
+    pub fn submit_timeout(
+        &self,
+        event: &HookEvent,
+        timeout: std::time::Duration,
+    ) -> Result<(), SubmitError> {
         self.ingest.submit_timeout(event, timeout)
     }
 
@@ -79,7 +83,13 @@ impl Pipeline {
         for _ in 0..cfg.shards {
             let (tx, rx) = mpsc::channel(cfg.shard_queue_capacity);
             senders.push(tx);
-            let shard = Shard::new(rx, Arc::clone(&flusher), Arc::clone(&permits), cfg.clone(), Arc::clone(&stats));
+            let shard = Shard::new(
+                rx,
+                Arc::clone(&flusher),
+                Arc::clone(&permits),
+                cfg.clone(),
+                Arc::clone(&stats),
+            );
             shards.push(tokio::spawn(shard.run()));
         }
         let (tx, rx) = crossbeam_channel::bounded(cfg.ingest_capacity_events);

@@ -80,7 +80,9 @@ impl Action {
 /// Why a rule is not valid.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum RuleError {
-    #[error("unknown hook point {0:?} (expected one of client.connected, client.disconnected, session.subscribed, session.unsubscribed, message.publish, message.acked)")]
+    #[error(
+        "unknown hook point {0:?} (expected one of client.connected, client.disconnected, session.subscribed, session.unsubscribed, message.publish, message.acked)"
+    )]
     UnknownHook(String),
     #[error("action {action} belongs to hook {expected}, not {got}")]
     WrongHook {
@@ -200,7 +202,9 @@ pub enum EventError {
         len: usize,
         limit: usize,
     },
-    #[error("{table} item would be {size} bytes; DynamoDB items are limited to {MAX_ITEM_BYTES} bytes")]
+    #[error(
+        "{table} item would be {size} bytes; DynamoDB items are limited to {MAX_ITEM_BYTES} bytes"
+    )]
     ItemTooLarge { table: Table, size: usize },
 }
 
@@ -221,7 +225,11 @@ impl Default for RuleSet {
             rule("client.connected", Action::OnClientConnected, None),
             rule("client.connected", Action::OnSubscribeLookup, None),
             rule("client.disconnected", Action::OnClientDisconnected, None),
-            rule("session.subscribed", Action::OnMessageFetchForQueue, Some("#")),
+            rule(
+                "session.subscribed",
+                Action::OnMessageFetchForQueue,
+                Some("#"),
+            ),
             rule("session.subscribed", Action::OnRetainLookup, Some("#")),
             rule("session.unsubscribed", Action::OnAckedDelete, Some("#")),
             rule("message.publish", Action::OnMessagePublish, Some("#")),
@@ -251,7 +259,11 @@ impl RuleSet {
         let hook = event.hook();
         let topic = event.filter_topic();
         let mut ops = Vec::new();
-        for rule in self.rules.iter().filter(|r| r.hook == hook && r.action.writes()) {
+        for rule in self
+            .rules
+            .iter()
+            .filter(|r| r.hook == hook && r.action.writes())
+        {
             if let (Some(filter), Some(topic)) = (&rule.topic, topic)
                 && !filter.matches(topic)
             {
@@ -286,7 +298,11 @@ fn check_op(op: &Op) -> Result<(), EventError> {
     let (hash_name, _) = op.key.table.key_names();
     check_key(hash_name, &op.key.hash, 2048)?;
     if let Some(range) = &op.key.range {
-        check_key(op.key.table.key_names().1.unwrap_or("range key"), range, 1024)?;
+        check_key(
+            op.key.table.key_names().1.unwrap_or("range key"),
+            range,
+            1024,
+        )?;
     }
     if let Write::Put { item, .. } = &op.write {
         let size = item_size(item);
@@ -417,13 +433,13 @@ fn plan_action(
                 write: Write::Put { item, fresh: false },
             });
         }
-        (Action::OnRetainDelete, HookEvent::MessagePublish { message }) => {
-            if message.retain && message.payload.is_empty() {
-                ops.push(Op {
-                    key: Key::new(Table::Retain, &message.topic),
-                    write: Write::Delete,
-                });
-            }
+        (Action::OnRetainDelete, HookEvent::MessagePublish { message })
+            if message.retain && message.payload.is_empty() =>
+        {
+            ops.push(Op {
+                key: Key::new(Table::Retain, &message.topic),
+                write: Write::Delete,
+            });
         }
         (Action::OnMessageAckedForQueue, HookEvent::MessageAcked { client, message }) => {
             let msgid = format.msgid(&message.id)?;
@@ -510,7 +526,12 @@ mod tests {
     fn default_rules_are_the_seed_configuration() {
         let rules = RuleSet::default();
         assert_eq!(rules.rules().len(), 10);
-        assert!(!rules.rules().iter().any(|r| r.action == Action::OnMessageStore));
+        assert!(
+            !rules
+                .rules()
+                .iter()
+                .any(|r| r.action == Action::OnMessageStore)
+        );
         assert_eq!(rules.hooks().len(), 6);
     }
 
@@ -544,7 +565,11 @@ mod tests {
     fn qos0_and_empty_retained_follow_the_seed() {
         let rules = RuleSet::default();
         let fmt = StorageFormat::default();
-        let plan = |m| rules.plan(&HookEvent::MessagePublish { message: m }, &fmt).unwrap();
+        let plan = |m| {
+            rules
+                .plan(&HookEvent::MessagePublish { message: m }, &fmt)
+                .unwrap()
+        };
         assert!(plan(message(0, false, b"x")).is_empty());
         // Retained QoS 0 with payload: only mqtt_retain.
         let ops = plan(message(0, true, b"x"));
@@ -591,31 +616,55 @@ mod tests {
         m.id = "not-a-guid".into();
         assert_eq!(
             rules.plan(&HookEvent::MessagePublish { message: m }, &fmt),
-            Err(EventError::MessageId(GuidError::NotHex("not-a-guid".into())))
+            Err(EventError::MessageId(GuidError::NotHex(
+                "not-a-guid".into()
+            )))
         );
         let big = message(1, false, &vec![b'a'; MAX_ITEM_BYTES]);
         assert!(matches!(
             rules.plan(&HookEvent::MessagePublish { message: big }, &fmt),
-            Err(EventError::ItemTooLarge { table: Table::Msg, .. })
+            Err(EventError::ItemTooLarge {
+                table: Table::Msg,
+                ..
+            })
         ));
         let empty = HookEvent::ClientConnected {
             client: client(""),
             connected_at_ms: 0,
         };
-        assert_eq!(rules.plan(&empty, &fmt), Err(EventError::Empty { field: "clientid" }));
+        assert_eq!(
+            rules.plan(&empty, &fmt),
+            Err(EventError::Empty { field: "clientid" })
+        );
     }
 
     #[test]
     fn topic_filters_select_rules() {
         let rules = RuleSet::new(vec![
-            Rule::new("message.publish", Action::OnMessagePublish, Some("sensors/+/temp")).unwrap(),
+            Rule::new(
+                "message.publish",
+                Action::OnMessagePublish,
+                Some("sensors/+/temp"),
+            )
+            .unwrap(),
         ]);
         let fmt = StorageFormat::default();
         let mut m = message(1, false, b"x");
         m.topic = "sensors/a/temp".into();
-        assert_eq!(rules.plan(&HookEvent::MessagePublish { message: m.clone() }, &fmt).unwrap().len(), 2);
+        assert_eq!(
+            rules
+                .plan(&HookEvent::MessagePublish { message: m.clone() }, &fmt)
+                .unwrap()
+                .len(),
+            2
+        );
         m.topic = "sensors/a/humidity".into();
-        assert!(rules.plan(&HookEvent::MessagePublish { message: m }, &fmt).unwrap().is_empty());
+        assert!(
+            rules
+                .plan(&HookEvent::MessagePublish { message: m }, &fmt)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
@@ -632,6 +681,8 @@ mod tests {
         assert_eq!(ops.len(), 3);
         assert_eq!(ops[0].key, Key::with_range(Table::Acked, "t/1", "sub1"));
         assert_eq!(ops[1].write, Write::Delete);
-        assert!(matches!(&ops[2].write, Write::SetDelta { del, add, .. } if del.len() == 1 && add.is_empty()));
+        assert!(
+            matches!(&ops[2].write, Write::SetDelta { del, add, .. } if del.len() == 1 && add.is_empty())
+        );
     }
 }

@@ -41,7 +41,11 @@ pub fn shard_of(key: &Key, shards: usize) -> usize {
 /// The router: runs on its own OS thread, blocking on the crossbeam ingest queue and on the
 /// shards' bounded inboxes (which is how a slow shard pushes back on ingest). Ends after
 /// forwarding the shutdown marker to every shard.
-pub(crate) fn route(rx: Receiver<IngestMsg>, shards: Vec<mpsc::Sender<ShardMsg>>, budget: Arc<ByteBudget>) {
+pub(crate) fn route(
+    rx: Receiver<IngestMsg>,
+    shards: Vec<mpsc::Sender<ShardMsg>>,
+    budget: Arc<ByteBudget>,
+) {
     let n = shards.len();
     let mut per_shard: Vec<Vec<Op>> = (0..n).map(|_| Vec::new()).collect();
     for msg in rx {
@@ -56,7 +60,10 @@ pub(crate) fn route(rx: Receiver<IngestMsg>, shards: Vec<mpsc::Sender<ShardMsg>>
                         continue;
                     }
                     let batch = std::mem::take(ops);
-                    if shards[i].blocking_send(ShardMsg::Ops(batch, env.accepted)).is_err() {
+                    if shards[i]
+                        .blocking_send(ShardMsg::Ops(batch, env.accepted))
+                        .is_err()
+                    {
                         // Only after a shard task died (a bug): say so loudly.
                         error!(shard = i, "shard is gone; writes lost");
                     }
@@ -165,7 +172,10 @@ impl Shard {
         }
     }
 
-    fn completed(&mut self, joined: Result<(tokio::task::Id, Vec<Completed>), tokio::task::JoinError>) {
+    fn completed(
+        &mut self,
+        joined: Result<(tokio::task::Id, Vec<Completed>), tokio::task::JoinError>,
+    ) {
         let now = Instant::now();
         match joined {
             Ok((id, done)) => {
@@ -182,7 +192,10 @@ impl Shard {
             Err(e) => {
                 let keys = self.flush_keys.remove(&e.id()).unwrap_or_default();
                 error!(error = %e, writes = keys.len(), "flush task failed; its writes are lost");
-                self.stats.dropped(crate::stats::DropReason::RetriesExhausted, keys.len() as u64);
+                self.stats.dropped(
+                    crate::stats::DropReason::RetriesExhausted,
+                    keys.len() as u64,
+                );
                 for k in keys {
                     self.coalescer.complete(&k);
                 }
@@ -221,7 +234,9 @@ impl Shard {
                 && self.coalescer.len() < self.cfg.max_pending_keys
                 && self.coalescer.bytes() < self.cfg.max_pending_bytes;
             let wake = match self.coalescer.oldest() {
-                Some(t) if !want_flush && self.coalescer.ready() > 0 => Some(t + self.cfg.max_batch_age),
+                Some(t) if !want_flush && self.coalescer.ready() > 0 => {
+                    Some(t + self.cfg.max_batch_age)
+                }
                 _ => None,
             };
             let far = now + Duration::from_secs(3600);

@@ -159,7 +159,8 @@ impl Default for Stats {
             dropped: Default::default(),
             consumed_wcu: Default::default(),
             durable_latency: Mutex::new(
-                Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static histogram bounds are valid"),
+                Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                    .expect("static histogram bounds are valid"),
             ),
         }
     }
@@ -169,20 +170,24 @@ impl Stats {
     pub(crate) fn event_received(&self, hook: HookPoint, ops: usize) {
         self.events_received[hook_index(hook)].fetch_add(1, Relaxed);
         self.ops_planned.fetch_add(ops as u64, Relaxed);
-        metrics::counter!("mqtt_dynamo_events_received_total", "hook" => hook.as_str()).increment(1);
+        metrics::counter!("mqtt_dynamo_events_received_total", "hook" => hook.as_str())
+            .increment(1);
     }
 
     pub(crate) fn event_rejected(&self, reason: RejectReason) {
         self.rejected[reason as usize].fetch_add(1, Relaxed);
-        metrics::counter!("mqtt_dynamo_events_rejected_total", "reason" => reason.as_str()).increment(1);
+        metrics::counter!("mqtt_dynamo_events_rejected_total", "reason" => reason.as_str())
+            .increment(1);
     }
 
     pub(crate) fn coalesced(&self, table: Table, merged: u64, cancelled: u64) {
         let i = table_index(table);
         self.coalesced[i].fetch_add(merged, Relaxed);
         self.cancelled[i].fetch_add(cancelled, Relaxed);
-        metrics::counter!("mqtt_dynamo_ops_coalesced_total", "table" => table.base_name()).increment(merged);
-        metrics::counter!("mqtt_dynamo_writes_cancelled_total", "table" => table.base_name()).increment(cancelled);
+        metrics::counter!("mqtt_dynamo_ops_coalesced_total", "table" => table.base_name())
+            .increment(merged);
+        metrics::counter!("mqtt_dynamo_writes_cancelled_total", "table" => table.base_name())
+            .increment(cancelled);
     }
 
     pub(crate) fn flushed(&self, trigger: FlushTrigger) {
@@ -200,7 +205,8 @@ impl Stats {
 
     pub(crate) fn throttled(&self, code: &'static str) {
         self.throttles.fetch_add(1, Relaxed);
-        metrics::counter!("mqtt_dynamo_dynamodb_throttles_total", "error_code" => code).increment(1);
+        metrics::counter!("mqtt_dynamo_dynamodb_throttles_total", "error_code" => code)
+            .increment(1);
     }
 
     pub(crate) fn unprocessed(&self, n: u64) {
@@ -215,7 +221,8 @@ impl Stats {
 
     pub(crate) fn written(&self, table: Table, n: u64) {
         self.items_written[table_index(table)].fetch_add(n, Relaxed);
-        metrics::counter!("mqtt_dynamo_items_written_total", "table" => table.base_name()).increment(n);
+        metrics::counter!("mqtt_dynamo_items_written_total", "table" => table.base_name())
+            .increment(n);
     }
 
     pub(crate) fn consumed(&self, table: Table, units: f64) {
@@ -227,7 +234,8 @@ impl Stats {
 
     pub(crate) fn dropped(&self, reason: DropReason, n: u64) {
         self.dropped[reason as usize].fetch_add(n, Relaxed);
-        metrics::counter!("mqtt_dynamo_writes_dropped_total", "reason" => reason.as_str()).increment(n);
+        metrics::counter!("mqtt_dynamo_writes_dropped_total", "reason" => reason.as_str())
+            .increment(n);
     }
 
     pub(crate) fn durable(&self, latencies: &[Duration]) {
@@ -273,17 +281,20 @@ impl Stats {
             failed_requests: [Outcome::Throttled, Outcome::Rejected, Outcome::Error]
                 .iter()
                 .map(|o| {
-                    self.requests[0][*o as usize].load(Relaxed) + self.requests[1][*o as usize].load(Relaxed)
+                    self.requests[0][*o as usize].load(Relaxed)
+                        + self.requests[1][*o as usize].load(Relaxed)
                 })
                 .sum(),
-            condition_failed: self.requests[Operation::UpdateItem as usize][Outcome::ConditionFailed as usize]
+            condition_failed: self.requests[Operation::UpdateItem as usize]
+                [Outcome::ConditionFailed as usize]
                 .load(Relaxed),
             items_written: per_table(&self.items_written),
             unprocessed: self.unprocessed.load(Relaxed),
             throttles: self.throttles.load(Relaxed),
             retries: self.retries.load(Relaxed),
             dropped_rejected: self.dropped[DropReason::Rejected as usize].load(Relaxed),
-            dropped_retries_exhausted: self.dropped[DropReason::RetriesExhausted as usize].load(Relaxed),
+            dropped_retries_exhausted: self.dropped[DropReason::RetriesExhausted as usize]
+                .load(Relaxed),
             consumed_wcu: sum(&self.consumed_wcu),
             durable_latency: latency,
         }
@@ -344,8 +355,16 @@ impl std::fmt::Display for StatsSnapshot {
             self.rejected_closed
         )?;
         writeln!(f, "writes planned         {}", self.ops_planned)?;
-        writeln!(f, "writes coalesced away  {} ({} cancelled outright)", self.coalesced, self.cancelled)?;
-        let flushes: Vec<String> = self.flushes.iter().map(|(t, n)| format!("{t} {n}")).collect();
+        writeln!(
+            f,
+            "writes coalesced away  {} ({} cancelled outright)",
+            self.coalesced, self.cancelled
+        )?;
+        let flushes: Vec<String> = self
+            .flushes
+            .iter()
+            .map(|(t, n)| format!("{t} {n}"))
+            .collect();
         writeln!(f, "flushes                {}", flushes.join(", "))?;
         writeln!(
             f,
@@ -362,7 +381,12 @@ impl std::fmt::Display for StatsSnapshot {
             .filter(|(_, n)| *n > 0)
             .map(|(t, n)| format!("{t} {n}"))
             .collect();
-        writeln!(f, "items written          {} ({})", self.written(), written.join(", "))?;
+        writeln!(
+            f,
+            "items written          {} ({})",
+            self.written(),
+            written.join(", ")
+        )?;
         writeln!(f, "write capacity units   {}", self.consumed_wcu)?;
         writeln!(
             f,

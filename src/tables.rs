@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ProvisionedThroughput, ScalarAttributeType,
-    TableStatus,
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ProvisionedThroughput,
+    ScalarAttributeType, TableStatus,
 };
 use thiserror::Error;
 
@@ -64,44 +64,79 @@ fn request_error<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::
 }
 
 /// Creates `table` unless it exists.
-pub async fn create_one(client: &Client, cfg: &DynamoConfig, table: Table, capacity: Capacity) -> Result<Created, TablesError> {
+pub async fn create_one(
+    client: &Client,
+    cfg: &DynamoConfig,
+    table: Table,
+    capacity: Capacity,
+) -> Result<Created, TablesError> {
     let name = cfg.table_name(table);
     let (hash, range) = table.key_names();
     let mut req = client
         .create_table()
         .table_name(&name)
-        .key_schema(KeySchemaElement::builder().attribute_name(hash).key_type(KeyType::Hash).build().map_err(
-            |e| TablesError::Request { op: "CreateTable", table: name.clone(), message: e.to_string() },
-        )?)
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name(hash)
+                .key_type(KeyType::Hash)
+                .build()
+                .map_err(|e| TablesError::Request {
+                    op: "CreateTable",
+                    table: name.clone(),
+                    message: e.to_string(),
+                })?,
+        )
         .attribute_definitions(
             AttributeDefinition::builder()
                 .attribute_name(hash)
                 .attribute_type(ScalarAttributeType::S)
                 .build()
-                .map_err(|e| TablesError::Request { op: "CreateTable", table: name.clone(), message: e.to_string() })?,
+                .map_err(|e| TablesError::Request {
+                    op: "CreateTable",
+                    table: name.clone(),
+                    message: e.to_string(),
+                })?,
         );
     if let Some(range) = range {
         req = req
-            .key_schema(KeySchemaElement::builder().attribute_name(range).key_type(KeyType::Range).build().map_err(
-                |e| TablesError::Request { op: "CreateTable", table: name.clone(), message: e.to_string() },
-            )?)
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name(range)
+                    .key_type(KeyType::Range)
+                    .build()
+                    .map_err(|e| TablesError::Request {
+                        op: "CreateTable",
+                        table: name.clone(),
+                        message: e.to_string(),
+                    })?,
+            )
             .attribute_definitions(
                 AttributeDefinition::builder()
                     .attribute_name(range)
                     .attribute_type(ScalarAttributeType::S)
                     .build()
-                    .map_err(|e| TablesError::Request { op: "CreateTable", table: name.clone(), message: e.to_string() })?,
+                    .map_err(|e| TablesError::Request {
+                        op: "CreateTable",
+                        table: name.clone(),
+                        message: e.to_string(),
+                    })?,
             );
     }
     req = match capacity {
         Capacity::OnDemand => req.billing_mode(BillingMode::PayPerRequest),
-        Capacity::Provisioned { read, write } => req.billing_mode(BillingMode::Provisioned).provisioned_throughput(
-            ProvisionedThroughput::builder()
-                .read_capacity_units(read)
-                .write_capacity_units(write)
-                .build()
-                .map_err(|e| TablesError::Request { op: "CreateTable", table: name.clone(), message: e.to_string() })?,
-        ),
+        Capacity::Provisioned { read, write } => req
+            .billing_mode(BillingMode::Provisioned)
+            .provisioned_throughput(
+                ProvisionedThroughput::builder()
+                    .read_capacity_units(read)
+                    .write_capacity_units(write)
+                    .build()
+                    .map_err(|e| TablesError::Request {
+                        op: "CreateTable",
+                        table: name.clone(),
+                        message: e.to_string(),
+                    })?,
+            ),
     };
     match req.send().await {
         Ok(_) => Ok(Created::Created),
@@ -111,7 +146,12 @@ pub async fn create_one(client: &Client, cfg: &DynamoConfig, table: Table, capac
 }
 
 /// Waits until `table` is ACTIVE.
-pub async fn wait_active(client: &Client, cfg: &DynamoConfig, table: Table, timeout: Duration) -> Result<(), TablesError> {
+pub async fn wait_active(
+    client: &Client,
+    cfg: &DynamoConfig,
+    table: Table,
+    timeout: Duration,
+) -> Result<(), TablesError> {
     let name = cfg.table_name(table);
     let start = Instant::now();
     loop {
@@ -129,7 +169,9 @@ pub async fn wait_active(client: &Client, cfg: &DynamoConfig, table: Table, time
             return Err(TablesError::NotActive {
                 table: name,
                 waited: timeout,
-                status: status.map(|s| s.as_str().to_string()).unwrap_or_else(|| "unknown".into()),
+                status: status
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_else(|| "unknown".into()),
             });
         }
         // DynamoDB has no push notification for table status; poll like `aws dynamodb wait`.
@@ -165,7 +207,11 @@ pub async fn check_exist(client: &Client, cfg: &DynamoConfig) -> Result<(), Tabl
             Err(e) => return Err(request_error("DescribeTable", &name, &e)),
         }
     }
-    if missing.is_empty() { Ok(()) } else { Err(TablesError::Missing(missing)) }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(TablesError::Missing(missing))
+    }
 }
 
 /// One line per table: name, status, keys, billing, item count.
@@ -203,7 +249,9 @@ pub async fn describe_all(client: &Client, cfg: &DynamoConfig) -> Result<Vec<Str
                     t.item_count().unwrap_or(0)
                 ));
             }
-            Err(e) if e.code() == Some("ResourceNotFoundException") => lines.push(format!("{name}: missing")),
+            Err(e) if e.code() == Some("ResourceNotFoundException") => {
+                lines.push(format!("{name}: missing"))
+            }
             Err(e) => return Err(request_error("DescribeTable", &name, &e)),
         }
     }

@@ -138,21 +138,41 @@ mod tests {
         ];
         for (filter, topic, expect) in cases {
             TopicFilter::new(filter).unwrap();
-            assert_eq!(matches(filter, topic), *expect, "filter {filter:?} topic {topic:?}");
+            assert_eq!(
+                matches(filter, topic),
+                *expect,
+                "filter {filter:?} topic {topic:?}"
+            );
         }
     }
 
     #[test]
     fn validation_table() {
-        for ok in ["#", "+", "a/#", "a/+/b", "/", "+/+", "a//b", "$SYS/#", "$share/g/a/+"] {
+        for ok in [
+            "#",
+            "+",
+            "a/#",
+            "a/+/b",
+            "/",
+            "+/+",
+            "a//b",
+            "$SYS/#",
+            "$share/g/a/+",
+        ] {
             assert!(TopicFilter::new(ok).is_ok(), "{ok}");
         }
         assert_eq!(TopicFilter::new(""), Err(FilterError::Empty));
         for bad in ["a/#/b", "a#", "#/a", "a/b#"] {
-            assert_eq!(TopicFilter::new(bad), Err(FilterError::MisplacedHash(bad.into())));
+            assert_eq!(
+                TopicFilter::new(bad),
+                Err(FilterError::MisplacedHash(bad.into()))
+            );
         }
         for bad in ["a+", "a/+b", "+a/b"] {
-            assert_eq!(TopicFilter::new(bad), Err(FilterError::MisplacedPlus(bad.into())));
+            assert_eq!(
+                TopicFilter::new(bad),
+                Err(FilterError::MisplacedPlus(bad.into()))
+            );
         }
         assert!(matches!(TopicFilter::new("a\0b"), Err(FilterError::Nul(_))));
     }

@@ -15,11 +15,29 @@ use crate::rules::{Action, Rule, RuleSet, StorageFormat};
 
 #[derive(Debug, Clone)]
 enum Step {
-    Connect { client: u8, node: u8 },
-    Disconnect { client: u8, node: u8 },
-    Publish { client: u8, topic: u8, qos: u8, retain: bool, empty: bool },
-    Ack { client: u8, pick: usize },
-    Unsubscribe { client: u8, topic: u8 },
+    Connect {
+        client: u8,
+        node: u8,
+    },
+    Disconnect {
+        client: u8,
+        node: u8,
+    },
+    Publish {
+        client: u8,
+        topic: u8,
+        qos: u8,
+        retain: bool,
+        empty: bool,
+    },
+    Ack {
+        client: u8,
+        pick: usize,
+    },
+    Unsubscribe {
+        client: u8,
+        topic: u8,
+    },
     /// Take up to this many requests' worth of writes and put them in flight.
     Take(usize),
     /// Complete (apply) up to this many in-flight writes, oldest first.
@@ -31,7 +49,13 @@ fn step() -> impl Strategy<Value = Step> {
         (0..4u8, 0..2u8).prop_map(|(client, node)| Step::Connect { client, node }),
         (0..4u8, 0..2u8).prop_map(|(client, node)| Step::Disconnect { client, node }),
         (0..4u8, 0..3u8, 0..3u8, any::<bool>(), any::<bool>()).prop_map(
-            |(client, topic, qos, retain, empty)| Step::Publish { client, topic, qos, retain, empty }
+            |(client, topic, qos, retain, empty)| Step::Publish {
+                client,
+                topic,
+                qos,
+                retain,
+                empty
+            }
         ),
         (0..4u8, any::<usize>()).prop_map(|(client, pick)| Step::Ack { client, pick }),
         (0..4u8, 0..3u8).prop_map(|(client, topic)| Step::Unsubscribe { client, topic }),
@@ -71,7 +95,13 @@ fn run(steps: &[Step], rules: &RuleSet, initial: &TableModel) -> (TableModel, Ta
                 reason: "normal".into(),
                 disconnected_at_ms: 1_000_000 + i as u64 * 1000,
             }),
-            Step::Publish { client: c, topic, qos, retain, empty } => {
+            Step::Publish {
+                client: c,
+                topic,
+                qos,
+                retain,
+                empty,
+            } => {
                 next_id += 1;
                 let id = crate::guid::to_hex(next_id);
                 let topic = format!("t/{topic}");
@@ -83,7 +113,11 @@ fn run(steps: &[Step], rules: &RuleSet, initial: &TableModel) -> (TableModel, Ta
                         qos,
                         from: format!("c{c}"),
                         topic,
-                        payload: if empty { vec![] } else { format!("p{i}").into_bytes() },
+                        payload: if empty {
+                            vec![]
+                        } else {
+                            format!("p{i}").into_bytes()
+                        },
                         retain,
                         timestamp_ms: 1_000_000 + i as u64,
                         username: None,
@@ -121,15 +155,23 @@ fn run(steps: &[Step], rules: &RuleSet, initial: &TableModel) -> (TableModel, Ta
             }
             Step::Complete(n) => {
                 for _ in 0..n {
-                    let Some(t) = in_flight.pop_front() else { break };
-                    coalesced.apply(&Op { key: t.key.clone(), write: t.write });
+                    let Some(t) = in_flight.pop_front() else {
+                        break;
+                    };
+                    coalesced.apply(&Op {
+                        key: t.key.clone(),
+                        write: t.write,
+                    });
                     coalescer.complete(&t.key);
                 }
                 None
             }
         };
         if let Some(event) = event {
-            for op in rules.plan(&event, &format).expect("generated events are valid") {
+            for op in rules
+                .plan(&event, &format)
+                .expect("generated events are valid")
+            {
                 ops_total += 1;
                 sequential.apply(&op);
                 coalescer.push(op, at);
@@ -139,7 +181,10 @@ fn run(steps: &[Step], rules: &RuleSet, initial: &TableModel) -> (TableModel, Ta
     // Drain: finish what is in flight, then flush the rest.
     loop {
         for t in in_flight.drain(..) {
-            coalesced.apply(&Op { key: t.key.clone(), write: t.write });
+            coalesced.apply(&Op {
+                key: t.key.clone(),
+                write: t.write,
+            });
             coalescer.complete(&t.key);
         }
         let batch = coalescer.take(25, usize::MAX);
@@ -148,42 +193,52 @@ fn run(steps: &[Step], rules: &RuleSet, initial: &TableModel) -> (TableModel, Ta
         }
         in_flight.extend(batch);
     }
-    assert!(coalescer.is_empty(), "drained coalescer still holds {} keys", coalescer.len());
+    assert!(
+        coalescer.is_empty(),
+        "drained coalescer still holds {} keys",
+        coalescer.len()
+    );
     assert_eq!(coalescer.bytes(), 0);
     assert_eq!(coalescer.ready(), 0);
     (sequential, coalesced, ops_total)
 }
 
+#[allow(clippy::needless_range_loop)]
 fn initial_state() -> impl Strategy<Value = TableModel> {
-    (any::<[bool; 4]>(), any::<[u8; 4]>(), any::<[bool; 3]>()).prop_map(|(present, nodes, retained)| {
-        let mut model = TableModel::new();
-        for c in 0..4 {
-            if present[c] {
-                let key = Key::new(Table::Client, format!("c{c}"));
-                let mut item: Item = key.to_item();
-                item.insert("node".into(), Value::S(format!("emqx@n{}", nodes[c] % 2)));
-                item.insert("connect_state".into(), Value::N(1));
-                item.insert("online_at".into(), Value::N(5));
-                item.insert("offline_at".into(), Value::N(0));
-                model.insert(key, item);
+    (any::<[bool; 4]>(), any::<[u8; 4]>(), any::<[bool; 3]>()).prop_map(
+        |(present, nodes, retained)| {
+            let mut model = TableModel::new();
+            for c in 0..4 {
+                if present[c] {
+                    let key = Key::new(Table::Client, format!("c{c}"));
+                    let mut item: Item = key.to_item();
+                    item.insert("node".into(), Value::S(format!("emqx@n{}", nodes[c] % 2)));
+                    item.insert("connect_state".into(), Value::N(1));
+                    item.insert("online_at".into(), Value::N(5));
+                    item.insert("offline_at".into(), Value::N(0));
+                    model.insert(key, item);
+                }
             }
-        }
-        for t in 0..3 {
-            if retained[t] {
-                let key = Key::new(Table::Retain, format!("t/{t}"));
-                let mut item = key.to_item();
-                item.insert("payload".into(), Value::S("old".into()));
-                model.insert(key.clone(), item);
-                let acked = Key::with_range(Table::Acked, format!("t/{t}"), "c1");
-                model.insert(acked.clone(), acked.to_item());
-                let map = Key::new(Table::TopicMsgMap, format!("t/{t}"));
-                let mut item = map.to_item();
-                item.insert("MsgId".into(), Value::Ss(BTreeSet::from(["old-id".to_string()])));
-                model.insert(map, item);
+            for t in 0..3 {
+                if retained[t] {
+                    let key = Key::new(Table::Retain, format!("t/{t}"));
+                    let mut item = key.to_item();
+                    item.insert("payload".into(), Value::S("old".into()));
+                    model.insert(key.clone(), item);
+                    let acked = Key::with_range(Table::Acked, format!("t/{t}"), "c1");
+                    model.insert(acked.clone(), acked.to_item());
+                    let map = Key::new(Table::TopicMsgMap, format!("t/{t}"));
+                    let mut item = map.to_item();
+                    item.insert(
+                        "MsgId".into(),
+                        Value::Ss(BTreeSet::from(["old-id".to_string()])),
+                    );
+                    model.insert(map, item);
+                }
             }
-        }
-        model
-    })
+            model
+        },
+    )
 }
 
 proptest! {
@@ -209,7 +264,11 @@ proptest! {
 enum RawWrite {
     Put(u8),
     Delete,
-    Update { node: Option<u8>, sets_node: bool, v: u8 },
+    Update {
+        node: Option<u8>,
+        sets_node: bool,
+        v: u8,
+    },
     Add,
     Del(u8),
 }
@@ -310,13 +369,30 @@ fn publish_then_ack_before_flush_writes_nothing() {
     };
     let mut coalescer = Coalescer::new();
     let now = Instant::now();
-    let publish = HookEvent::MessagePublish { message: message.clone() };
-    let ack = HookEvent::MessageAcked { client: client(1, 0), message };
+    let publish = HookEvent::MessagePublish {
+        message: message.clone(),
+    };
+    let ack = HookEvent::MessageAcked {
+        client: client(1, 0),
+        message,
+    };
     for op in rules.plan(&publish, &format).unwrap() {
         assert_eq!(coalescer.push(op, now), PushOutcome::New);
     }
-    let outcomes: Vec<_> = rules.plan(&ack, &format).unwrap().into_iter().map(|op| coalescer.push(op, now)).collect();
-    assert_eq!(outcomes, [PushOutcome::New, PushOutcome::Cancelled, PushOutcome::Cancelled]);
+    let outcomes: Vec<_> = rules
+        .plan(&ack, &format)
+        .unwrap()
+        .into_iter()
+        .map(|op| coalescer.push(op, now))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            PushOutcome::New,
+            PushOutcome::Cancelled,
+            PushOutcome::Cancelled
+        ]
+    );
     // Only the mqtt_acked put remains.
     let taken = coalescer.take(25, usize::MAX);
     assert_eq!(taken.len(), 1);
@@ -329,7 +405,10 @@ fn in_flight_keys_are_not_handed_out_twice() {
     let put = |p: &str| {
         let mut item = key.to_item();
         item.insert("payload".into(), Value::S(p.into()));
-        Op { key: key.clone(), write: Write::Put { item, fresh: false } }
+        Op {
+            key: key.clone(),
+            write: Write::Put { item, fresh: false },
+        }
     };
     let now = Instant::now();
     let mut c = Coalescer::new();
@@ -337,7 +416,16 @@ fn in_flight_keys_are_not_handed_out_twice() {
     let first = c.take(25, usize::MAX);
     assert_eq!(first.len(), 1);
     assert_eq!(c.push(put("b"), now), PushOutcome::New);
-    assert_eq!(c.push(Op { key: key.clone(), write: Write::Delete }, now), PushOutcome::Merged);
+    assert_eq!(
+        c.push(
+            Op {
+                key: key.clone(),
+                write: Write::Delete
+            },
+            now
+        ),
+        PushOutcome::Merged
+    );
     assert_eq!(c.ready(), 0);
     assert!(c.take(25, usize::MAX).is_empty(), "the key is in flight");
     c.complete(&key);
@@ -351,7 +439,13 @@ fn take_respects_request_and_byte_limits_and_age_order() {
     let now = Instant::now();
     let mut c = Coalescer::new();
     for i in 0..60 {
-        c.push(Op { key: Key::new(Table::Msg, format!("m{i}")), write: Write::Delete }, now + Duration::from_millis(i));
+        c.push(
+            Op {
+                key: Key::new(Table::Msg, format!("m{i}")),
+                write: Write::Delete,
+            },
+            now + Duration::from_millis(i),
+        );
     }
     let batch = c.take(25, usize::MAX);
     assert_eq!(batch.len(), 25);

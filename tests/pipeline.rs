@@ -1,0 +1,619 @@
+//! The write pipeline against real DynamoDB implementations over HTTP on loopback, through the
+//! AWS SDK: dynoxide (in-process) and dynalite (node; rejects duplicate keys and oversized batches
+//! like DynamoDB). Final table contents are asserted item by item.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use mqtt_dynamo::config::Config;
+use mqtt_dynamo::event::{ClientInfo, HookEvent, Message};
+use mqtt_dynamo::guid;
+use mqtt_dynamo::item::{Item, Key, Table, Value};
+use mqtt_dynamo::model::TableModel;
+use mqtt_dynamo::pipeline::Pipeline;
+use mqtt_dynamo::rules::{MsgIdFormat, RuleSet, TimeUnit};
+use mqtt_dynamo::stats::StatsSnapshot;
+use mqtt_dynamo::tables::{self, Capacity, Created};
+
+use support::{Backend, normalized, scan_all};
+
+fn client(id: &str, node: &str) -> ClientInfo {
+    ClientInfo {
+        node: node.into(),
+        clientid: id.into(),
+        username: Some("user".into()),
+        peerhost: Some("127.0.0.1".into()),
+    }
+}
+
+/// A GUID in hex whose timestamp is 2023-11-14 and whose sequence is `n`.
+fn msgid(n: u16) -> String {
+    guid::to_hex((1_700_000_000_000_000u128 << 64) | u128::from(n))
+}
+
+fn b62(n: u16) -> String {
+    guid::to_base62(guid::from_hex(&msgid(n)).unwrap())
+}
+
+fn message(
+    n: u16,
+    qos: u8,
+    from: &str,
+    topic: &str,
+    payload: &[u8],
+    retain: bool,
+    ts: u64,
+) -> Message {
+    Message {
+        node: "emqx@n1".into(),
+        id: msgid(n),
+        qos,
+        from: from.into(),
+        topic: topic.into(),
+        payload: payload.to_vec(),
+        retain,
+        timestamp_ms: ts,
+        username: None,
+    }
+}
+
+fn publish(n: u16, qos: u8, topic: &str, payload: &[u8], retain: bool, ts: u64) -> HookEvent {
+    HookEvent::MessagePublish {
+        message: message(n, qos, "c1", topic, payload, retain, ts),
+    }
+}
+
+fn ack(by: &str, n: u16, topic: &str) -> HookEvent {
+    HookEvent::MessageAcked {
+        client: client(by, "emqx@n1"),
+        message: message(n, 1, "c1", topic, b"ignored", false, 0),
+    }
+}
+
+fn connect(id: &str, node: &str, ms: u64) -> HookEvent {
+    HookEvent::ClientConnected {
+        client: client(id, node),
+        connected_at_ms: ms,
+    }
+}
+
+fn disconnect(id: &str, node: &str, ms: u64) -> HookEvent {
+    HookEvent::ClientDisconnected {
+        client: client(id, node),
+        reason: "normal".into(),
+        disconnected_at_ms: ms,
+    }
+}
+
+fn item(table: Table, attrs: &[(&str, Value)]) -> (Key, Item) {
+    let item: Item = attrs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    let key = mqtt_dynamo::dynamo::key_of(table, &item).expect("expected items carry their key");
+    (key, item)
+}
+
+fn s(v: &str) -> Value {
+    Value::S(v.into())
+}
+
+/// Runs `events` through pipelines on `backend`: all in one pipeline run (free to coalesce), or
+/// with `drain_each`, one pipeline run per event (so every write reaches DynamoDB in order).
+async fn run(
+    backend: &Backend,
+    cfg: &Config,
+    events: &[HookEvent],
+    drain_each: bool,
+) -> (StatsSnapshot, support::RequestCounter) {
+    let (client, counter) = backend.prepare(cfg).await;
+    let rules = cfg.rule_set().unwrap();
+    let start = || {
+        Pipeline::start(
+            &cfg.pipeline,
+            &cfg.dynamodb,
+            cfg.storage.format(),
+            rules.clone(),
+            client.clone(),
+        )
+        .unwrap()
+    };
+    let mut last = None;
+    let groups: Vec<&[HookEvent]> = if drain_each {
+        events.chunks(1).collect()
+    } else {
+        vec![events]
+    };
+    for group in groups {
+        let pipeline = start();
+        let handle = pipeline.handle();
+        for e in group {
+            handle
+                .submit_timeout(e, Duration::from_secs(10))
+                .expect("event accepted");
+        }
+        last = Some(pipeline.shutdown().await);
+    }
+    (last.expect("at least one run"), counter)
+}
+
+/// The scripted sequence of the write-pipeline issue, in the seed's formats (base62, seconds).
+fn scenario() -> Vec<HookEvent> {
+    vec![
+        connect("c1", "emqx@n1", 1_700_000_000_000),
+        disconnect("c1", "emqx@n1", 1_700_000_005_000),
+        connect("c1", "emqx@n2", 1_700_000_010_000),
+        // Late disconnect from the node c1 left: must not mark it offline.
+        disconnect("c1", "emqx@n1", 1_700_000_011_000),
+        connect("c2", "emqx@n1", 1_700_000_020_000),
+        disconnect("c2", "emqx@n1", 1_700_000_030_000),
+        HookEvent::SessionSubscribed {
+            client: client("c2", "emqx@n1"),
+            topic: "t/#".into(),
+            qos: 1,
+        },
+        publish(1, 0, "t/0", b"zero", false, 1_700_000_039_000),
+        publish(2, 1, "t/1", b"hello", false, 1_700_000_040_123),
+        publish(3, 2, "t/1", &[0xff, 0x00, 0x80], false, 1_700_000_041_000),
+        publish(4, 1, "r/1", b"on", true, 1_700_000_042_000),
+        publish(5, 0, "r/2", b"x", true, 1_700_000_043_000),
+        publish(6, 1, "r/2", b"", true, 1_700_000_044_000),
+        ack("c2", 2, "t/1"),
+        ack("c3", 4, "r/1"),
+        HookEvent::SessionUnsubscribed {
+            client: client("c2", "emqx@n1"),
+            topic: "t/1".into(),
+        },
+    ]
+}
+
+/// What the scenario must leave, written out by hand from BRIEF §3–§4.
+fn scenario_expected() -> BTreeMap<Key, Item> {
+    [
+        item(
+            Table::Client,
+            &[
+                ("clientid", s("c1")),
+                ("connect_state", Value::N(1)),
+                ("node", s("emqx@n2")),
+                ("online_at", Value::N(1_700_000_010)),
+                ("offline_at", Value::N(0)),
+            ],
+        ),
+        item(
+            Table::Client,
+            &[
+                ("clientid", s("c2")),
+                ("connect_state", Value::N(0)),
+                ("node", s("emqx@n1")),
+                ("online_at", Value::N(1_700_000_020)),
+                ("offline_at", Value::N(1_700_000_030)),
+            ],
+        ),
+        item(
+            Table::Msg,
+            &[
+                ("msgid", s(&b62(3))),
+                ("topic", s("t/1")),
+                ("sender", s("c1")),
+                ("qos", Value::N(2)),
+                ("retain", Value::N(0)),
+                ("payload", Value::B(vec![0xff, 0x00, 0x80])),
+                ("arrived", Value::N(1_700_000_041)),
+            ],
+        ),
+        item(
+            Table::TopicMsgMap,
+            &[
+                ("topic", s("t/1")),
+                ("MsgId", Value::Ss(BTreeSet::from([b62(3)]))),
+            ],
+        ),
+        item(
+            Table::Retain,
+            &[
+                ("topic", s("r/1")),
+                ("msgid", s(&b62(4))),
+                ("sender", s("c1")),
+                ("qos", Value::N(1)),
+                ("retain", Value::N(1)),
+                ("payload", s("on")),
+                ("arrived", Value::N(1_700_000_042)),
+            ],
+        ),
+        item(
+            Table::Acked,
+            &[
+                ("topic", s("r/1")),
+                ("clientid", s("c3")),
+                ("msgid", s(&b62(4))),
+            ],
+        ),
+    ]
+    .into_iter()
+    .collect()
+}
+
+async fn scripted_sequence(backend: Backend) {
+    let cfg = backend.config();
+    let expected = scenario_expected();
+
+    // Event by event: every write reaches DynamoDB, in order.
+    let (stats, _) = run(&backend, &cfg, &scenario(), true).await;
+    assert_eq!(stats.dropped(), 0);
+    let sequential = scan_all(&backend.prepare(&cfg).await.0, &cfg).await;
+    // DynamoDB leaves the key behind when the last id leaves a set: the documented equivalence.
+    let mut with_stub = expected.clone();
+    let (k, i) = item(Table::TopicMsgMap, &[("topic", s("r/1"))]);
+    with_stub.insert(k, i);
+    assert_eq!(sequential, with_stub, "on {}", backend.name());
+}
+
+async fn scripted_sequence_coalesced(backend: Backend) {
+    let cfg = backend.config();
+    let (stats, counter) = run(&backend, &cfg, &scenario(), false).await;
+    assert_eq!(stats.dropped(), 0);
+    assert_eq!(stats.failed_requests, 0);
+    assert_eq!(
+        counter.total() - tables_setup_requests(&counter),
+        stats.requests()
+    );
+    let coalesced = scan_all(&backend.prepare(&cfg).await.0, &cfg).await;
+    assert_eq!(
+        normalized(&coalesced),
+        scenario_expected(),
+        "on {}",
+        backend.name()
+    );
+}
+
+/// Requests `prepare` itself does not send through the counting client: none (it uses its own).
+fn tables_setup_requests(_: &support::RequestCounter) -> u64 {
+    0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripted_sequence_on_dynoxide() {
+    scripted_sequence(Backend::dynoxide().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripted_sequence_on_dynalite() {
+    scripted_sequence(Backend::dynalite().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripted_sequence_coalesced_on_dynoxide() {
+    scripted_sequence_coalesced(Backend::dynoxide().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripted_sequence_coalesced_on_dynalite() {
+    scripted_sequence_coalesced(Backend::dynalite().await).await;
+}
+
+/// The other formats: hex message ids and millisecond times.
+async fn hex_and_milliseconds(backend: Backend) {
+    let mut cfg = backend.config();
+    cfg.storage.msgid_format = MsgIdFormat::Hex;
+    cfg.storage.time_unit = TimeUnit::Milliseconds;
+    let events = vec![
+        connect("c9", "emqx@n1", 1_700_000_000_123),
+        publish(7, 1, "h/1", "é".as_bytes(), false, 1_700_000_000_456),
+    ];
+    run(&backend, &cfg, &events, false).await;
+    let got = scan_all(&backend.prepare(&cfg).await.0, &cfg).await;
+    let expected: BTreeMap<Key, Item> = [
+        item(
+            Table::Client,
+            &[
+                ("clientid", s("c9")),
+                ("connect_state", Value::N(1)),
+                ("node", s("emqx@n1")),
+                ("online_at", Value::N(1_700_000_000_123)),
+                ("offline_at", Value::N(0)),
+            ],
+        ),
+        item(
+            Table::Msg,
+            &[
+                ("msgid", s(&msgid(7))),
+                ("topic", s("h/1")),
+                ("sender", s("c1")),
+                ("qos", Value::N(1)),
+                ("retain", Value::N(0)),
+                ("payload", s("é")),
+                ("arrived", Value::N(1_700_000_000_456)),
+            ],
+        ),
+        item(
+            Table::TopicMsgMap,
+            &[
+                ("topic", s("h/1")),
+                ("MsgId", Value::Ss(BTreeSet::from([msgid(7)]))),
+            ],
+        ),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(got, expected, "on {}", backend.name());
+    assert_eq!(msgid(7).len(), 32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hex_ids_and_milliseconds_on_dynoxide() {
+    hex_and_milliseconds(Backend::dynoxide().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hex_ids_and_milliseconds_on_dynalite() {
+    hex_and_milliseconds(Backend::dynalite().await).await;
+}
+
+/// 10,000 events on 100 hot keys through the real flusher into dynalite, which rejects duplicate
+/// keys in a batch and more than 25 requests like DynamoDB: no request fails, nothing is dropped,
+/// and the tables equal the sequential model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_events_on_hot_keys_into_dynalite() {
+    let backend = Backend::dynalite().await;
+    let mut cfg = backend.config();
+    cfg.pipeline.max_batch_age = Duration::from_millis(20);
+    let mut events = Vec::with_capacity(10_000);
+    for i in 0..10_000u32 {
+        let k = i % 100;
+        let n = (i % 60_000) as u16;
+        let ts = 1_700_000_000_000 + u64::from(i);
+        events.push(match i % 5 {
+            0 => connect(
+                &format!("hc{}", k % 50),
+                &format!("emqx@n{}", (i / 100) % 2),
+                ts,
+            ),
+            1 => disconnect(
+                &format!("hc{}", k % 50),
+                &format!("emqx@n{}", (i / 7) % 2),
+                ts,
+            ),
+            2 => publish(
+                n,
+                (i % 2) as u8,
+                &format!("hot/{}", k % 50),
+                format!("p{i}").as_bytes(),
+                true,
+                ts,
+            ),
+            3 => publish(
+                n,
+                1,
+                &format!("hot/{}", k % 50),
+                format!("q{i}").as_bytes(),
+                false,
+                ts,
+            ),
+            _ => ack(
+                &format!("s{k}"),
+                ((i - 1) % 60_000) as u16,
+                &format!("hot/{}", (k - 1) % 50),
+            ),
+        });
+    }
+    let (stats, counter) = run(&backend, &cfg, &events, false).await;
+    assert_eq!(stats.events_received, 10_000);
+    assert_eq!(
+        stats.failed_requests, 0,
+        "no request may be rejected: {stats}"
+    );
+    assert_eq!(stats.dropped(), 0);
+    assert_eq!(counter.get("BatchWriteItem"), stats.batch_write_requests);
+    assert_eq!(counter.get("UpdateItem"), stats.update_requests);
+    assert!(stats.coalesced > 0, "hot keys coalesce: {stats}");
+
+    let mut model = TableModel::new();
+    let rules = RuleSet::default();
+    for e in &events {
+        for op in rules.plan(e, &cfg.storage.format()).unwrap() {
+            model.apply(&op);
+        }
+    }
+    let got = scan_all(&backend.prepare(&cfg).await.0, &cfg).await;
+    assert_eq!(normalized(&got), model.normalized());
+    assert!(model.normalized().len() > 100);
+}
+
+/// A publish followed by its ack before the flush costs no mqtt_msg or topic-map write at all:
+/// the only request on the wire is the mqtt_acked put.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_acked_before_flush_costs_no_write() {
+    let backend = Backend::dynoxide().await;
+    let mut cfg = backend.config();
+    cfg.pipeline.max_batch_age = Duration::from_secs(3600);
+    let events = vec![
+        publish(1, 1, "q/1", b"x", false, 1_700_000_000_000),
+        ack("s1", 1, "q/1"),
+    ];
+    let (stats, counter) = run(&backend, &cfg, &events, false).await;
+    assert_eq!(counter.get("BatchWriteItem"), 1, "one batch: the acked put");
+    assert_eq!(counter.get("UpdateItem"), 0, "no topic-map update");
+    assert_eq!(counter.total(), 1);
+    assert_eq!(
+        stats.cancelled, 2,
+        "the mqtt_msg put and the MsgId ADD cancelled"
+    );
+    let got = scan_all(&backend.prepare(&cfg).await.0, &cfg).await;
+    let expected: BTreeMap<Key, Item> = [item(
+        Table::Acked,
+        &[
+            ("topic", s("q/1")),
+            ("clientid", s("s1")),
+            ("msgid", s(&b62(1))),
+        ],
+    )]
+    .into_iter()
+    .collect();
+    assert_eq!(got, expected);
+}
+
+/// `tables create` is idempotent and waits for ACTIVE (dynalite keeps new tables CREATING).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_create_is_idempotent_on_dynalite() {
+    let backend = Backend::dynalite().await;
+    let mut cfg = backend.config();
+    cfg.dynamodb.table_prefix = "idem_".into();
+    let admin = mqtt_dynamo::dynamo::client(
+        &cfg.dynamodb,
+        None,
+        mqtt_dynamo::dynamo::SdkRetries::Standard,
+    )
+    .await;
+    let first = tables::create_all(
+        &admin,
+        &cfg.dynamodb,
+        Capacity::Provisioned { read: 5, write: 5 },
+    )
+    .await
+    .unwrap();
+    assert!(
+        first.iter().all(|(_, c)| *c == Created::Created),
+        "{first:?}"
+    );
+    assert_eq!(first[0].0, "idem_mqtt_client");
+    let second = tables::create_all(&admin, &cfg.dynamodb, Capacity::OnDemand)
+        .await
+        .unwrap();
+    assert!(
+        second.iter().all(|(_, c)| *c == Created::AlreadyExisted),
+        "{second:?}"
+    );
+    let lines = tables::describe_all(&admin, &cfg.dynamodb).await.unwrap();
+    assert_eq!(lines.len(), 6);
+    assert!(
+        lines[3].starts_with("idem_mqtt_topic_msg_map: ACTIVE keys [topic HASH]"),
+        "{}",
+        lines[3]
+    );
+    assert!(
+        lines[5].contains("keys [topic HASH, clientid RANGE]"),
+        "{}",
+        lines[5]
+    );
+}
+
+/// Invalid events are refused with a reason and counted; nothing else is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_events_are_refused_and_the_rest_is_written() {
+    let backend = Backend::dynoxide().await;
+    let cfg = backend.config();
+    let (client, _) = backend.prepare(&cfg).await;
+    let pipeline = Pipeline::start(
+        &cfg.pipeline,
+        &cfg.dynamodb,
+        cfg.storage.format(),
+        RuleSet::default(),
+        client.clone(),
+    )
+    .unwrap();
+    let h = pipeline.handle();
+    let mut bad = message(1, 1, "c1", "t", b"x", false, 0);
+    bad.id = "zz".into();
+    let err = h
+        .submit(&HookEvent::MessagePublish { message: bad })
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid event: message id \"zz\" is not a 32-digit hex GUID"
+    );
+    let big = publish(2, 1, "t", &vec![b'a'; 400 * 1024], false, 0);
+    let err = h.submit(&big).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("DynamoDB items are limited to 409600 bytes"),
+        "{err}"
+    );
+    h.submit(&connect("ok", "emqx@n1", 1_000)).unwrap();
+    let stats = pipeline.shutdown().await;
+    assert_eq!(stats.rejected_invalid, 2);
+    assert_eq!(stats.events_received, 1);
+    let got = scan_all(&client, &cfg).await;
+    assert_eq!(got.len(), 1);
+}
+
+/// `mqtt-dynamo serve` on the embedded DynamoDB creates the tables, and SIGTERM drains and exits 0
+/// with the report; against an endpoint without tables it names the missing ones and fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_binary_starts_drains_and_checks_tables() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let dir = std::env::temp_dir().join(format!("mqtt-dynamo-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("serve.toml");
+    std::fs::write(&conf, "[dynamodb]\nembedded_listen = \"127.0.0.1:0\"\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mqtt-dynamo"))
+        .args(["serve", "--config"])
+        .arg(&conf)
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_ENDPOINT_URL_DYNAMODB")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in &mut stderr {
+        let line = line.unwrap();
+        seen.push(line.clone());
+        if line.contains("serving;") {
+            break;
+        }
+    }
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("embedded DynamoDB (in memory) is listening")),
+        "{seen:?}"
+    );
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    seen.extend(stderr.map_while(Result::ok));
+    assert!(out.status.success(), "{out:?} {seen:?}");
+    assert!(seen.iter().any(|l| l.contains("draining")), "{seen:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("events received        0"),
+        "{out:?}"
+    );
+
+    let backend = Backend::dynoxide().await;
+    std::fs::write(
+        &conf,
+        format!(
+            "[dynamodb]\nendpoint_url = \"{}\"\naccess_key_id = \"t\"\nsecret_access_key = \"t\"\n",
+            backend.endpoint()
+        ),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_mqtt-dynamo"))
+            .args(["serve", "--config"])
+            .arg(&conf)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "missing tables: mqtt_client, mqtt_sub, mqtt_msg, mqtt_topic_msg_map, mqtt_retain, mqtt_acked; \
+             create them with `mqtt-dynamo tables create`"
+        ),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,202 @@
+//! Test harness: real DynamoDB implementations on loopback (dynoxide in-process, dynalite as a
+//! node process), SDK clients that count the requests they send, table scans into the model.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::config::ConfigBag;
+use aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef;
+use aws_sdk_dynamodb::config::{Intercept, RuntimeComponents};
+use aws_sdk_dynamodb::error::BoxError;
+
+use mqtt_dynamo::config::{Config, Secret};
+use mqtt_dynamo::dynamo::{self, SdkRetries};
+use mqtt_dynamo::embedded::EmbeddedDynamo;
+use mqtt_dynamo::item::{Item, Key, Table};
+use mqtt_dynamo::tables::{self, Capacity};
+
+/// A DynamoDB implementation under test, alive as long as this value.
+pub enum Backend {
+    Dynoxide(EmbeddedDynamo),
+    Dynalite {
+        child: std::process::Child,
+        addr: SocketAddr,
+    },
+}
+
+impl Backend {
+    pub async fn dynoxide() -> Backend {
+        let server = EmbeddedDynamo::start(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .expect("dynoxide starts on an ephemeral port");
+        Backend::Dynoxide(server)
+    }
+
+    /// Starts dynalite (installed by `scripts/test` into tools/dynalite) on a free loopback port.
+    pub async fn dynalite() -> Backend {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let cli = root.join("tools/dynalite/node_modules/dynalite/cli.js");
+        assert!(
+            cli.exists(),
+            "dynalite is not installed at {}: run `npm ci --prefix tools/dynalite` (scripts/test does)",
+            cli.display()
+        );
+        // dynalite cannot report an ephemeral port, so find a free one first.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let mut child = std::process::Command::new("node")
+            .arg(&cli)
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--createTableMs",
+                "50",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("node runs dynalite");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        // Wait until it accepts connections: bounded, 100 × 50 ms.
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return Backend::Dynalite { child, addr };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("dynalite did not start listening on {addr}");
+    }
+
+    pub fn endpoint(&self) -> String {
+        match self {
+            Backend::Dynoxide(s) => s.endpoint(),
+            Backend::Dynalite { addr, .. } => format!("http://{addr}"),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Dynoxide(_) => "dynoxide",
+            Backend::Dynalite { .. } => "dynalite",
+        }
+    }
+
+    /// A configuration pointing at this backend, with static test keys.
+    pub fn config(&self) -> Config {
+        let mut cfg = Config::default();
+        cfg.dynamodb.endpoint_url = Some(self.endpoint());
+        cfg.dynamodb.access_key_id = Some("test".into());
+        cfg.dynamodb.secret_access_key = Some(Secret::new("test"));
+        cfg.dynamodb.embedded = false;
+        cfg
+    }
+
+    /// A pipeline client (no SDK retries) that counts requests, and the six tables created.
+    pub async fn prepare(&self, cfg: &Config) -> (Client, RequestCounter) {
+        let admin = dynamo::client(&cfg.dynamodb, None, SdkRetries::Standard).await;
+        tables::create_all(&admin, &cfg.dynamodb, Capacity::OnDemand)
+            .await
+            .expect("tables are created");
+        let client = dynamo::client(&cfg.dynamodb, None, SdkRetries::Disabled).await;
+        let counter = RequestCounter::default();
+        let conf = client
+            .config()
+            .to_builder()
+            .interceptor(counter.clone())
+            .build();
+        (Client::from_conf(conf), counter)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Backend::Dynalite { child, .. } = self {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Counts the requests a client puts on the wire, by operation (`x-amz-target`).
+#[derive(Debug, Clone, Default)]
+pub struct RequestCounter(Arc<Mutex<HashMap<String, u64>>>);
+
+impl RequestCounter {
+    pub fn get(&self, op: &str) -> u64 {
+        self.0.lock().unwrap().get(op).copied().unwrap_or(0)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.lock().unwrap().values().sum()
+    }
+}
+
+impl Intercept for RequestCounter {
+    fn name(&self) -> &'static str {
+        "RequestCounter"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _rc: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let target = context
+            .request()
+            .headers()
+            .get("x-amz-target")
+            .unwrap_or("unknown")
+            .trim_start_matches("DynamoDB_20120810.")
+            .to_string();
+        *self.0.lock().unwrap().entry(target).or_default() += 1;
+        Ok(())
+    }
+}
+
+/// Every item of every table, read back through the SDK with all pages.
+pub async fn scan_all(client: &Client, cfg: &Config) -> BTreeMap<Key, Item> {
+    let mut out = BTreeMap::new();
+    for table in Table::ALL {
+        let mut start = None;
+        loop {
+            let page = client
+                .scan()
+                .table_name(cfg.dynamodb.table_name(table))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .expect("scan succeeds");
+            for attrs in page.items() {
+                let (key, item) =
+                    dynamo::from_attrs(table, attrs).expect("items have the contract's types");
+                out.insert(key, item);
+            }
+            start = page.last_evaluated_key().cloned();
+            if start.is_none() {
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// The documented equivalence (see `model`): a topic map item without ids reads as no item.
+pub fn normalized(items: &BTreeMap<Key, Item>) -> BTreeMap<Key, Item> {
+    let mut model = mqtt_dynamo::model::TableModel::new();
+    for (k, v) in items {
+        model.insert(k.clone(), v.clone());
+    }
+    model.normalized()
+}
