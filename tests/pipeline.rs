@@ -617,3 +617,63 @@ async fn serve_binary_starts_drains_and_checks_tables() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Throttling errors, server errors and UnprocessedItems (injected by a proxy in front of dynoxide)
+/// are retried with backoff until every write lands, and per-key order survives the retries: the
+/// final tables equal the sequential model (nothing lost, nothing resurrected).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_converge_under_throttling_and_unprocessed_items() {
+    let backend = Backend::dynoxide().await;
+    let proxy = support::faults::FaultProxy::start(backend.endpoint()).await;
+    let mut cfg = backend.config();
+    cfg.dynamodb.endpoint_url = Some(proxy.endpoint());
+    cfg.pipeline.max_batch_age = Duration::from_millis(2);
+    cfg.pipeline.retry.initial_backoff = Duration::from_millis(1);
+    cfg.pipeline.retry.max_backoff = Duration::from_millis(10);
+    let mut events = Vec::new();
+    for r in 0..1500u32 {
+        let topic = format!("o/{}", r % 7);
+        let ts = 1_700_000_000_000 + u64::from(r);
+        let n = r as u16;
+        events.push(match r % 6 {
+            0 | 1 => publish(n, 1, &topic, format!("v{r}").as_bytes(), true, ts),
+            2 => publish(n, 1, &topic, b"", true, ts),
+            3 => connect(&format!("oc{}", r % 5), &format!("emqx@n{}", r % 2), ts),
+            4 => disconnect(
+                &format!("oc{}", r % 5),
+                &format!("emqx@n{}", (r / 6) % 2),
+                ts,
+            ),
+            _ => ack(&format!("s{}", r % 3), n - 5, &format!("o/{}", (r - 5) % 7)),
+        });
+    }
+    let (stats, _) = run(&backend, &cfg, &events, false).await;
+    assert_eq!(stats.dropped(), 0, "{stats}");
+    assert!(
+        stats.throttles > 0 && stats.unprocessed > 0 && stats.retries > 0,
+        "{stats}"
+    );
+    assert_eq!(
+        stats.throttles,
+        proxy
+            .counts
+            .throttled
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
+    assert_eq!(
+        stats.unprocessed,
+        proxy
+            .counts
+            .withheld_items
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
+
+    let mut model = TableModel::new();
+    for e in &events {
+        for op in RuleSet::default().plan(e, &cfg.storage.format()).unwrap() {
+            model.apply(&op);
+        }
+    }
+    let got = scan_all(&backend.prepare(&cfg).await.0, &cfg).await;
+    assert_eq!(normalized(&got), model.normalized());
+}
