@@ -160,7 +160,7 @@ async fn handle(
             "Internal server error",
         ));
     }
-    if target == "BatchWriteItem" && n % 3 == 0 {
+    if target == "BatchWriteItem" && n.is_multiple_of(3) {
         return Ok(partial_batch(&state, &parts, &body).await);
     }
     Ok(forward(&state, &parts, body).await)
