@@ -677,3 +677,82 @@ async fn retries_converge_under_throttling_and_unprocessed_items() {
     let got = scan_all(&backend.prepare(&cfg).await.0, &cfg).await;
     assert_eq!(normalized(&got), model.normalized());
 }
+
+/// With DynamoDB unreachable (a listener that accepts and never answers) and tiny queues, `submit`
+/// refuses with a typed `Full` error instead of blocking, `submit_timeout` gives up at its
+/// deadline, every refusal is counted, and the writes that were accepted are dropped only after
+/// the retry budget, counted under `retries_exhausted` — nothing disappears silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queues_refuse_and_outage_drops_are_counted() {
+    let stall = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = stall.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = stall.accept().await {
+            open.push(s);
+        }
+    });
+    let mut cfg = Config::default();
+    cfg.dynamodb.endpoint_url = Some(format!("http://{addr}"));
+    cfg.dynamodb.access_key_id = Some("t".into());
+    cfg.dynamodb.secret_access_key = Some(mqtt_dynamo::config::Secret::new("t"));
+    cfg.dynamodb.attempt_timeout = Duration::from_millis(100);
+    cfg.pipeline.shards = 1;
+    cfg.pipeline.ingest_capacity_events = 2;
+    cfg.pipeline.shard_queue_capacity = 1;
+    cfg.pipeline.max_pending_keys = 1;
+    cfg.pipeline.max_in_flight = 1;
+    cfg.pipeline.max_batch_age = Duration::from_millis(1);
+    cfg.pipeline.retry.initial_backoff = Duration::from_millis(5);
+    cfg.pipeline.retry.max_backoff = Duration::from_millis(20);
+    cfg.pipeline.retry.max_elapsed = Duration::from_millis(500);
+    let client = mqtt_dynamo::dynamo::client(
+        &cfg.dynamodb,
+        None,
+        mqtt_dynamo::dynamo::SdkRetries::Disabled,
+    )
+    .await;
+    let pipeline = Pipeline::start(
+        &cfg.pipeline,
+        &cfg.dynamodb,
+        cfg.storage.format(),
+        RuleSet::default(),
+        client,
+    )
+    .unwrap();
+    let h = pipeline.handle();
+    // Fill everything: ingest queue, router, shard inbox, pending table and the one flush in flight.
+    let mut accepted = 0u64;
+    let mut refused = None;
+    for i in 0..200 {
+        match h.submit_timeout(
+            &connect(&format!("k{i}"), "emqx@n1", 1_000),
+            Duration::from_millis(20),
+        ) {
+            Ok(()) => accepted += 1,
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let err = refused.expect("the queues must fill");
+    assert!(
+        matches!(err, mqtt_dynamo::ingest::SubmitError::Full),
+        "{err}"
+    );
+    assert_eq!(err.to_string(), "ingest queue is full");
+    // The non-blocking variant refuses at once.
+    let err = h.submit(&connect("late", "emqx@n1", 1)).unwrap_err();
+    assert!(
+        matches!(err, mqtt_dynamo::ingest::SubmitError::Full),
+        "{err}"
+    );
+    let full = 2;
+    let stats = pipeline.shutdown().await;
+    hold.abort();
+    assert_eq!(stats.rejected_full, full);
+    assert_eq!(stats.events_received, accepted);
+    assert_eq!(stats.written(), 0);
+    assert_eq!(stats.dropped_retries_exhausted, accepted, "{stats}");
+}
