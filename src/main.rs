@@ -229,8 +229,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.level));
+    // The embedded DynamoDB logs every 4xx it answers, guarded no-ops included; keep it to errors
+    // unless asked.
+    let level = if cfg.log.level.contains("dynoxide") {
+        cfg.log.level.clone()
+    } else {
+        format!("{},dynoxide=error", cfg.log.level)
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
