@@ -77,7 +77,97 @@ pub struct Config {
     pub storage: StorageConfig,
     /// The hook rules; absent means the seed's rule set.
     pub rules: Option<Vec<RuleConfig>>,
+    pub exhook: ExhookConfig,
+    pub http: HttpConfig,
     pub log: LogConfig,
+}
+
+/// What an adapter does with an event when the ingest queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Wait up to `block_timeout` for room (the broker's hook call waits too), then drop.
+    #[default]
+    Block,
+    /// Drop at once.
+    Drop,
+}
+
+/// `[exhook]`: the EMQX ExHook gRPC server (v2 and v3 on one port).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExhookConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    pub when_full: WhenFull,
+    /// How long a hook call may wait for room; keep it below EMQX's `request_timeout` (5 s).
+    #[serde(with = "humantime_serde")]
+    pub block_timeout: Duration,
+    /// Largest request accepted, in bytes (gRPC's default is 4 MiB).
+    pub max_message_bytes: usize,
+    /// PEM certificate chain and private key; both set means TLS.
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+impl Default for ExhookConfig {
+    fn default() -> Self {
+        ExhookConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9000)),
+            when_full: WhenFull::Block,
+            block_timeout: Duration::from_secs(4),
+            max_message_bytes: 4 * 1024 * 1024,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+/// Which publish actions rows posted by an EMQX rule feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpPublishActions {
+    /// Only `on_message_retain` / `on_retain_delete`: ExHook feeds the rest (it cannot see the
+    /// retain flag), so nothing is stored twice.
+    #[default]
+    RetainedOnly,
+    /// Every publish action: HTTP is the only adapter.
+    All,
+}
+
+/// `[http]`: the HTTP ingest listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    /// Required as `Authorization: Bearer <token>` when set; never logged.
+    pub token: Option<Secret>,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    pub publish_actions: HttpPublishActions,
+    pub when_full: WhenFull,
+    #[serde(with = "humantime_serde")]
+    pub block_timeout: Duration,
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            token: None,
+            max_body_bytes: 8 * 1024 * 1024,
+            publish_actions: HttpPublishActions::RetainedOnly,
+            when_full: WhenFull::Block,
+            block_timeout: Duration::from_secs(4),
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
 }
 
 /// `[dynamodb]`: where and how to reach DynamoDB.
@@ -351,6 +441,18 @@ impl Config {
             return invalid(
                 "pipeline.retry",
                 "initial_backoff must be positive and at most max_backoff",
+            );
+        }
+        if self.exhook.tls_cert.is_some() != self.exhook.tls_key.is_some() {
+            return invalid("exhook.tls_cert", "tls_cert and tls_key go together");
+        }
+        if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
+            return invalid("http.tls_cert", "tls_cert and tls_key go together");
+        }
+        if self.exhook.max_message_bytes < crate::item::MAX_ITEM_BYTES {
+            return invalid(
+                "exhook.max_message_bytes",
+                "must be at least 409600 (one maximum-size item)",
             );
         }
         if self.dynamodb.access_key_id.is_some() != self.dynamodb.secret_access_key.is_some() {

@@ -14,7 +14,7 @@ use thiserror::Error;
 
 use crate::event::HookEvent;
 use crate::item::Op;
-use crate::rules::{EventError, RuleSet, StorageFormat};
+use crate::rules::{ActionScope, EventError, RuleSet, StorageFormat};
 use crate::stats::{RejectReason, Stats};
 
 /// Why an event was not accepted. Nothing of a refused event is queued.
@@ -142,28 +142,68 @@ impl Ingest {
 
     /// Accepts `event` if there is room now; never blocks.
     pub fn submit(&self, event: &HookEvent) -> Result<(), SubmitError> {
-        self.enqueue(event, None)
+        self.enqueue(event, None, ActionScope::All)
     }
 
     /// Accepts `event`, waiting up to `timeout` for room.
     pub fn submit_timeout(&self, event: &HookEvent, timeout: Duration) -> Result<(), SubmitError> {
-        self.enqueue(event, Some(Instant::now() + timeout))
+        self.enqueue(event, Some(Instant::now() + timeout), ActionScope::All)
     }
 
-    fn enqueue(&self, event: &HookEvent, deadline: Option<Instant>) -> Result<(), SubmitError> {
-        let result = self.try_enqueue(event, deadline);
+    /// Accepts `event` for the rules `scope` admits, waiting until `deadline` (if any) for room.
+    pub fn submit_scoped(
+        &self,
+        event: &HookEvent,
+        scope: ActionScope,
+        deadline: Option<Instant>,
+    ) -> Result<(), SubmitError> {
+        self.enqueue(event, deadline, scope)
+    }
+
+    /// Like [`Ingest::submit_scoped`] without waiting, and without counting a `Full` refusal: for
+    /// callers that will wait and try again (and count the final outcome).
+    pub fn probe_scoped(&self, event: &HookEvent, scope: ActionScope) -> Result<(), SubmitError> {
+        match self.try_enqueue(event, None, scope) {
+            Err(SubmitError::Full) => Err(SubmitError::Full),
+            other => {
+                if let Err(e) = &other {
+                    self.count_rejection(e);
+                }
+                other
+            }
+        }
+    }
+
+    fn enqueue(
+        &self,
+        event: &HookEvent,
+        deadline: Option<Instant>,
+        scope: ActionScope,
+    ) -> Result<(), SubmitError> {
+        let result = self.try_enqueue(event, deadline, scope);
         if let Err(e) = &result {
+            self.count_rejection(e);
+        }
+        result
+    }
+
+    fn count_rejection(&self, e: &SubmitError) {
+        {
             self.stats.event_rejected(match e {
                 SubmitError::Full | SubmitError::TooLarge { .. } => RejectReason::QueueFull,
                 SubmitError::Invalid(_) => RejectReason::Invalid,
                 SubmitError::Closed => RejectReason::Closed,
             });
         }
-        result
     }
 
-    fn try_enqueue(&self, event: &HookEvent, deadline: Option<Instant>) -> Result<(), SubmitError> {
-        let ops = self.rules.plan(event, &self.format)?;
+    fn try_enqueue(
+        &self,
+        event: &HookEvent,
+        deadline: Option<Instant>,
+        scope: ActionScope,
+    ) -> Result<(), SubmitError> {
+        let ops = self.rules.plan_scoped(event, &self.format, scope)?;
         let closed = self.closed.read().map_err(|_| SubmitError::Closed)?;
         if *closed {
             return Err(SubmitError::Closed);
@@ -221,6 +261,14 @@ impl Ingest {
             // The receiver lives as long as the router; if it is gone there is nothing to stop.
             let _ = self.tx.send(IngestMsg::Shutdown);
         }
+    }
+
+    pub fn format(&self) -> StorageFormat {
+        self.format
+    }
+
+    pub fn rules(&self) -> &RuleSet {
+        &self.rules
     }
 
     /// Events waiting in the ingest queue.

@@ -28,6 +28,7 @@
 //!
 //! See `ARCHITECTURE.md` for the reasoning behind this shape.
 
+pub mod adapter;
 pub mod coalesce;
 pub mod config;
 pub mod dynamo;
@@ -36,6 +37,7 @@ pub mod embedded;
 pub mod event;
 pub mod flush;
 pub mod guid;
+pub mod import;
 pub mod ingest;
 pub mod item;
 pub mod model;

@@ -36,6 +36,61 @@ enum Command {
         #[command(subcommand)]
         command: TablesCommand,
     },
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Translate an EMQX 4 `emqx_backend_dynamo.conf` into mqtt-dynamo's TOML; warnings about what
+    /// cannot be mapped go to stderr.
+    Import {
+        /// The EMQX 4 file.
+        file: PathBuf,
+        /// Write the TOML here (created readable by the owner only: it may hold AWS keys);
+        /// stdout when omitted.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
+fn config_import(file: &std::path::Path, output: Option<&std::path::Path>) -> Result<(), String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let imported =
+        mqtt_dynamo::import::import_emqx4(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+    for w in &imported.warnings {
+        eprintln!("warning: {w}");
+    }
+    match output {
+        None => {
+            print!("{}", imported.toml);
+            if !imported.toml.ends_with('\n') {
+                println!();
+            }
+        }
+        Some(path) => {
+            use std::io::Write;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut f = options
+                .open(path)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            f.write_all(imported.toml.as_bytes())
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            eprintln!(
+                "wrote {} ({} warnings)",
+                path.display(),
+                imported.warnings.len()
+            );
+        }
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -127,6 +182,9 @@ async fn serve(cfg: Config) -> Result<(), String> {
         client,
     )
     .map_err(|e| format!("cannot start the pipeline: {e}"))?;
+    let listeners = mqtt_dynamo::adapter::Listeners::start(&cfg, pipeline.handle())
+        .await
+        .map_err(|e| e.to_string())?;
     let signal = shutdown_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     info!(
         region = cfg.dynamodb.region(),
@@ -139,6 +197,8 @@ async fn serve(cfg: Config) -> Result<(), String> {
         "serving; SIGINT or SIGTERM drains and exits"
     );
     signal.await;
+    info!("stopping the listeners");
+    listeners.stop().await;
     info!("draining: writing every accepted event");
     let report = pipeline.shutdown().await;
     println!("{report}");
@@ -218,6 +278,19 @@ async fn tables_command(cfg: Config, command: TablesCommand) -> Result<(), Strin
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Needs no runtime, no logging and no configuration of its own.
+    if let Command::Config {
+        command: ConfigCommand::Import { file, output },
+    } = &cli.command
+    {
+        return match config_import(file, output.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cfg = match &cli.config {
         Some(path) => Config::load(path),
         None => Ok(Config::from_env()),
@@ -253,6 +326,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve => serve(cfg).await,
             Command::Tables { command } => tables_command(cfg, command).await,
+            Command::Config { .. } => Ok(()),
         }
     });
     match result {

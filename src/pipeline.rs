@@ -51,6 +51,35 @@ impl PipelineHandle {
         self.ingest.submit_timeout(event, timeout)
     }
 
+    /// Accepts `event` for the rules `scope` admits, waiting until `deadline` (if any) for room.
+    pub fn submit_scoped(
+        &self,
+        event: &HookEvent,
+        scope: crate::rules::ActionScope,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<(), SubmitError> {
+        self.ingest.submit_scoped(event, scope, deadline)
+    }
+
+    /// Tries once without waiting; a `Full` refusal is not counted (the caller retries or counts).
+    pub fn probe_scoped(
+        &self,
+        event: &HookEvent,
+        scope: crate::rules::ActionScope,
+    ) -> Result<(), SubmitError> {
+        self.ingest.probe_scoped(event, scope)
+    }
+
+    /// How values are written (for adapters that check events before queueing them).
+    pub fn format(&self) -> StorageFormat {
+        self.ingest.format()
+    }
+
+    /// The hook points the configured rules use (what adapters should register).
+    pub fn rules(&self) -> &RuleSet {
+        self.ingest.rules()
+    }
+
     pub fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()
     }

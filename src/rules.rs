@@ -208,6 +208,29 @@ pub enum EventError {
     ItemTooLarge { table: Table, size: usize },
 }
 
+/// Which of the matching rules an event feeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ActionScope {
+    /// Every rule bound to the event's hook.
+    #[default]
+    All,
+    /// Only `on_message_retain` and `on_retain_delete`: for retained publishes posted by an EMQX
+    /// rule while ExHook (which cannot see the retain flag) feeds every other action, so the
+    /// message is not stored twice.
+    RetainedOnly,
+}
+
+impl ActionScope {
+    fn allows(self, action: Action) -> bool {
+        match self {
+            ActionScope::All => true,
+            ActionScope::RetainedOnly => {
+                matches!(action, Action::OnMessageRetain | Action::OnRetainDelete)
+            }
+        }
+    }
+}
+
 /// The configured rules, grouped for lookup per hook point.
 #[derive(Debug, Clone)]
 pub struct RuleSet {
@@ -256,13 +279,23 @@ impl RuleSet {
 
     /// The writes `event` calls for under these rules, in the order the rules are listed.
     pub fn plan(&self, event: &HookEvent, format: &StorageFormat) -> Result<Vec<Op>, EventError> {
+        self.plan_scoped(event, format, ActionScope::All)
+    }
+
+    /// Like [`RuleSet::plan`], for the rules `scope` admits.
+    pub fn plan_scoped(
+        &self,
+        event: &HookEvent,
+        format: &StorageFormat,
+        scope: ActionScope,
+    ) -> Result<Vec<Op>, EventError> {
         let hook = event.hook();
         let topic = event.filter_topic();
         let mut ops = Vec::new();
         for rule in self
             .rules
             .iter()
-            .filter(|r| r.hook == hook && r.action.writes())
+            .filter(|r| r.hook == hook && r.action.writes() && scope.allows(r.action))
         {
             if let (Some(filter), Some(topic)) = (&rule.topic, topic)
                 && !filter.matches(topic)

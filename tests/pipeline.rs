@@ -549,7 +549,11 @@ async fn serve_binary_starts_drains_and_checks_tables() {
     let dir = std::env::temp_dir().join(format!("mqtt-dynamo-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let conf = dir.join("serve.toml");
-    std::fs::write(&conf, "[dynamodb]\nembedded_listen = \"127.0.0.1:0\"\n").unwrap();
+    std::fs::write(
+        &conf,
+        "[dynamodb]\nembedded_listen = \"127.0.0.1:0\"\n[exhook]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_mqtt-dynamo"))
         .args(["serve", "--config"])
         .arg(&conf)
@@ -592,7 +596,7 @@ async fn serve_binary_starts_drains_and_checks_tables() {
     std::fs::write(
         &conf,
         format!(
-            "[dynamodb]\nendpoint_url = \"{}\"\naccess_key_id = \"t\"\nsecret_access_key = \"t\"\n",
+            "[dynamodb]\nendpoint_url = \"{}\"\naccess_key_id = \"t\"\nsecret_access_key = \"t\"\n[exhook]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
             backend.endpoint()
         ),
     )

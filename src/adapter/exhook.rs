@@ -1,0 +1,440 @@
+//! The EMQX ExHook server: `emqx.exhook.v2.HookProvider` (EMQX 5.0–5.8) and
+//! `emqx.exhook.v3.HookProvider` (5.9+) on one port.
+//!
+//! - `OnProviderLoaded` answers with the hook points the configured rules use, with their topic
+//!   filters on the message hooks, so EMQX only calls what is needed.
+//! - Every hook RPC translates its request into a [`HookEvent`], queues it and answers at once;
+//!   no DynamoDB I/O happens on the RPC path. `OnMessagePublish` answers CONTINUE with the
+//!   message untouched.
+//! - EMQX sends one client's calls over one channel and awaits each reply, and an event is queued
+//!   before its reply is sent, so one client's events enter the pipeline in call order.
+//! - A missing required field or an event that cannot be stored (an invalid message id, an item
+//!   over 400 KB) gets `INVALID_ARGUMENT` with the reason; a full queue, after the configured
+//!   policy, `RESOURCE_EXHAUSTED` — except on `OnMessagePublish`, which always lets the message
+//!   through (the drop is counted and logged). Requests that do not decode get tonic's status.
+//! - ExHook's `Message` has no retain flag: messages arriving here are stored with `retain = 0`
+//!   and never feed the retained actions; see the README for the EMQX rule that feeds those.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use tracing::{debug, info};
+
+use super::{Admission, AdmitError, now_ms};
+use crate::event::{ClientInfo, HookEvent, HookPoint, Message};
+use crate::rules::{ActionScope, RuleSet};
+
+#[allow(clippy::all, missing_docs)]
+pub mod v2 {
+    tonic::include_proto!("emqx.exhook.v2");
+}
+
+#[allow(clippy::all, missing_docs)]
+pub mod v3 {
+    tonic::include_proto!("emqx.exhook.v3");
+}
+
+/// The hook registrations `OnProviderLoaded` returns: each hook point a write-side rule uses (the
+/// read-side lookups are served as queries, not hooks), with the union of their topic filters on
+/// message hooks (an empty list means every topic, as EMQX reads it; it is also what a rule
+/// without a filter needs).
+pub fn hook_specs(rules: &RuleSet) -> Vec<(String, Vec<String>)> {
+    let writing: Vec<_> = rules.rules().iter().filter(|r| r.action.writes()).collect();
+    let mut hooks: Vec<HookPoint> = writing.iter().map(|r| r.hook).collect();
+    hooks.sort();
+    hooks.dedup();
+    hooks
+        .into_iter()
+        .map(|hook| {
+            let is_message = matches!(hook, HookPoint::MessagePublish | HookPoint::MessageAcked);
+            let bound: Vec<_> = writing.iter().filter(|r| r.hook == hook).collect();
+            let topics = if is_message && bound.iter().all(|r| r.topic.is_some()) {
+                let mut t: Vec<String> = bound
+                    .iter()
+                    .filter_map(|r| r.topic.as_ref().map(|f| f.as_str().to_string()))
+                    .collect();
+                t.sort();
+                t.dedup();
+                if t.iter().any(|f| f == "#") {
+                    Vec::new()
+                } else {
+                    t
+                }
+            } else {
+                Vec::new()
+            };
+            (hook.as_str().to_string(), topics)
+        })
+        .collect()
+}
+
+/// The gRPC service (both versions share it).
+#[derive(Debug, Clone)]
+pub struct ExhookService {
+    admission: Arc<Admission>,
+    specs: Arc<Vec<(String, Vec<String>)>>,
+}
+
+impl ExhookService {
+    pub fn new(admission: Arc<Admission>) -> Self {
+        let specs = Arc::new(hook_specs(admission.handle().rules()));
+        ExhookService { admission, specs }
+    }
+
+    async fn notify(&self, event: HookEvent) -> Result<(), Status> {
+        match self.admission.admit(event, ActionScope::All).await {
+            Ok(()) => Ok(()),
+            Err(AdmitError::Invalid(reason)) => Err(Status::invalid_argument(reason)),
+            Err(AdmitError::Dropped) => Err(Status::resource_exhausted(
+                "mqtt-dynamo's ingest queue is full; event dropped",
+            )),
+            Err(AdmitError::Closed) => Err(Status::unavailable("mqtt-dynamo is shutting down")),
+        }
+    }
+
+    async fn publish(&self, event: HookEvent) -> Result<(), Status> {
+        match self.notify(event).await {
+            // The message must flow: a full queue never holds the broker's publish back.
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => Ok(()),
+            other => other,
+        }
+    }
+}
+
+fn missing(field: &str) -> Status {
+    Status::invalid_argument(format!("{field} is missing"))
+}
+
+fn opt(s: String) -> Option<String> {
+    if s.is_empty() { None } else { Some(s) }
+}
+
+fn qos(q: u32) -> Result<u8, Status> {
+    u8::try_from(q)
+        .ok()
+        .filter(|q| *q <= 2)
+        .ok_or_else(|| Status::invalid_argument(format!("qos {q} is not 0, 1 or 2")))
+}
+
+/// Generates the conversions and the `HookProvider` impl for one protocol version. The whole
+/// impl is generated (not methods inside it), which `async_trait` handles.
+macro_rules! hook_provider {
+    ($v:ident) => {
+        impl From<$v::ClientInfo> for ClientInfo {
+            fn from(c: $v::ClientInfo) -> Self {
+                ClientInfo {
+                    node: c.node,
+                    clientid: c.clientid,
+                    username: opt(c.username),
+                    peerhost: opt(c.peerhost),
+                }
+            }
+        }
+
+        impl TryFrom<$v::Message> for Message {
+            type Error = Status;
+            fn try_from(m: $v::Message) -> Result<Self, Status> {
+                let username = m.headers.get("username").cloned().filter(|u| !u.is_empty());
+                Ok(Message {
+                    node: m.node,
+                    id: m.id,
+                    qos: qos(m.qos)?,
+                    from: m.r#from,
+                    topic: m.topic,
+                    payload: m.payload,
+                    retain: false,
+                    timestamp_ms: m.timestamp,
+                    username,
+                })
+            }
+        }
+
+        #[tonic::async_trait]
+        impl $v::hook_provider_server::HookProvider for ExhookService {
+            async fn on_provider_loaded(
+                &self,
+                request: Request<$v::ProviderLoadedRequest>,
+            ) -> Result<Response<$v::LoadedResponse>, Status> {
+                let req = request.into_inner();
+                let broker = req.broker.unwrap_or_default();
+                let node = req.meta.map(|m| m.node).unwrap_or_default();
+                info!(api = stringify!($v), %node, version = %broker.version, "EMQX loaded the provider");
+                let hooks = self
+                    .specs
+                    .iter()
+                    .map(|(name, topics)| $v::HookSpec {
+                        name: name.clone(),
+                        topics: topics.clone(),
+                    })
+                    .collect();
+                Ok(Response::new($v::LoadedResponse { hooks }))
+            }
+
+            async fn on_provider_unloaded(
+                &self,
+                request: Request<$v::ProviderUnloadedRequest>,
+            ) -> Result<Response<$v::EmptySuccess>, Status> {
+                let node = request.into_inner().meta.map(|m| m.node).unwrap_or_default();
+                info!(api = stringify!($v), %node, "EMQX unloaded the provider");
+                Ok(Response::new($v::EmptySuccess {}))
+            }
+
+            async fn on_client_connected(
+                &self,
+                request: Request<$v::ClientConnectedRequest>,
+            ) -> Result<Response<$v::EmptySuccess>, Status> {
+                let req = request.into_inner();
+                let client = req.clientinfo.ok_or_else(|| missing("clientinfo"))?;
+                self.notify(HookEvent::ClientConnected {
+                    client: client.into(),
+                    connected_at_ms: now_ms(),
+                })
+                .await?;
+                Ok(Response::new($v::EmptySuccess {}))
+            }
+
+            async fn on_client_disconnected(
+                &self,
+                request: Request<$v::ClientDisconnectedRequest>,
+            ) -> Result<Response<$v::EmptySuccess>, Status> {
+                let req = request.into_inner();
+                let client = req.clientinfo.ok_or_else(|| missing("clientinfo"))?;
+                self.notify(HookEvent::ClientDisconnected {
+                    client: client.into(),
+                    reason: req.reason,
+                    disconnected_at_ms: now_ms(),
+                })
+                .await?;
+                Ok(Response::new($v::EmptySuccess {}))
+            }
+
+            async fn on_session_subscribed(
+                &self,
+                request: Request<$v::SessionSubscribedRequest>,
+            ) -> Result<Response<$v::EmptySuccess>, Status> {
+                let req = request.into_inner();
+                let client = req.clientinfo.ok_or_else(|| missing("clientinfo"))?;
+                let qos = qos(req.subopts.map(|o| o.qos).unwrap_or(0))?;
+                self.notify(HookEvent::SessionSubscribed {
+                    client: client.into(),
+                    topic: req.topic,
+                    qos,
+                })
+                .await?;
+                Ok(Response::new($v::EmptySuccess {}))
+            }
+
+            async fn on_session_unsubscribed(
+                &self,
+                request: Request<$v::SessionUnsubscribedRequest>,
+            ) -> Result<Response<$v::EmptySuccess>, Status> {
+                let req = request.into_inner();
+                let client = req.clientinfo.ok_or_else(|| missing("clientinfo"))?;
+                self.notify(HookEvent::SessionUnsubscribed {
+                    client: client.into(),
+                    topic: req.topic,
+                })
+                .await?;
+                Ok(Response::new($v::EmptySuccess {}))
+            }
+
+            async fn on_message_publish(
+                &self,
+                request: Request<$v::MessagePublishRequest>,
+            ) -> Result<Response<$v::ValuedResponse>, Status> {
+                let req = request.into_inner();
+                let wire = req.message.ok_or_else(|| missing("message"))?;
+                let message = Message::try_from(wire.clone())?;
+                self.publish(HookEvent::MessagePublish { message }).await?;
+                Ok(Response::new($v::ValuedResponse {
+                    r#type: $v::valued_response::ResponsedType::Continue as i32,
+                    value: Some($v::valued_response::Value::Message(wire)),
+                }))
+            }
+
+            async fn on_message_acked(
+                &self,
+                request: Request<$v::MessageAckedRequest>,
+            ) -> Result<Response<$v::EmptySuccess>, Status> {
+                let req = request.into_inner();
+                let client = req.clientinfo.ok_or_else(|| missing("clientinfo"))?;
+                let message = Message::try_from(req.message.ok_or_else(|| missing("message"))?)?;
+                self.notify(HookEvent::MessageAcked {
+                    client: client.into(),
+                    message,
+                })
+                .await?;
+                Ok(Response::new($v::EmptySuccess {}))
+            }
+
+            // Hook points no action uses: never registered, so EMQX does not call them; a
+            // stray call is answered without effect.
+            async fn on_client_connect(
+                &self,
+                _: Request<$v::ClientConnectRequest>,
+            ) -> Result<Response<$v::EmptySuccess>, Status> {
+                debug!("unregistered hook client.connect called");
+                Ok(Response::new($v::EmptySuccess {}))
+            }
+
+            async fn on_client_connack(
+                &self,
+                _: Request<$v::ClientConnackRequest>,
+            ) -> Result<Response<$v::EmptySuccess>, Status> {
+                Ok(Response::new($v::EmptySuccess {}))
+            }
+
+            async fn on_client_authenticate(
+                &self,
+                _: Request<$v::ClientAuthenticateRequest>,
+            ) -> Result<Response<$v::ValuedResponse>, Status> {
+                // IGNORE: this provider has no opinion on authentication.
+                Ok(Response::new($v::ValuedResponse {
+                    r#type: $v::valued_response::ResponsedType::Ignore as i32,
+                    value: None,
+                }))
+            }
+
+            async fn on_client_authorize(
+                &self,
+                _: Request<$v::ClientAuthorizeRequest>,
+            ) -> Result<Response<$v::ValuedResponse>, Status> {
+                Ok(Response::new($v::ValuedResponse {
+                    r#type: $v::valued_response::ResponsedType::Ignore as i32,
+                    value: None,
+                }))
+            }
+
+            async fn on_client_subscribe(
+                &self,
+                _: Request<$v::ClientSubscribeRequest>,
+            ) -> Result<Response<$v::EmptySuccess>, Status> {
+                Ok(Response::new($v::EmptySuccess {}))
+            }
+
+            async fn on_client_unsubscribe(
+                &self,
+                _: Request<$v::ClientUnsubscribeRequest>,
+            ) -> Result<Response<$v::EmptySuccess>, Status> {
+                Ok(Response::new($v::EmptySuccess {}))
+            }
+
+            async fn on_session_created(
+                &self,
+                _: Request<$v::SessionCreatedRequest>,
+            ) -> Result<Response<$v::EmptySuccess>, Status> {
+                Ok(Response::new($v::EmptySuccess {}))
+            }
+
+            async fn on_session_resumed(
+                &self,
+                _: Request<$v::SessionResumedRequest>,
+            ) -> Result<Response<$v::EmptySuccess>, Status> {
+                Ok(Response::new($v::EmptySuccess {}))
+            }
+
+            async fn on_session_discarded(
+                &self,
+                _: Request<$v::SessionDiscardedRequest>,
+            ) -> Result<Response<$v::EmptySuccess>, Status> {
+                Ok(Response::new($v::EmptySuccess {}))
+            }
+
+            async fn on_session_takenover(
+                &self,
+                _: Request<$v::SessionTakenoverRequest>,
+            ) -> Result<Response<$v::EmptySuccess>, Status> {
+                Ok(Response::new($v::EmptySuccess {}))
+            }
+
+            async fn on_session_terminated(
+                &self,
+                _: Request<$v::SessionTerminatedRequest>,
+            ) -> Result<Response<$v::EmptySuccess>, Status> {
+                Ok(Response::new($v::EmptySuccess {}))
+            }
+
+            async fn on_message_delivered(
+                &self,
+                _: Request<$v::MessageDeliveredRequest>,
+            ) -> Result<Response<$v::EmptySuccess>, Status> {
+                Ok(Response::new($v::EmptySuccess {}))
+            }
+
+            async fn on_message_dropped(
+                &self,
+                _: Request<$v::MessageDroppedRequest>,
+            ) -> Result<Response<$v::EmptySuccess>, Status> {
+                Ok(Response::new($v::EmptySuccess {}))
+            }
+        }
+    };
+}
+
+hook_provider!(v2);
+hook_provider!(v3);
+
+/// Serves both protocol versions on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    service: ExhookService,
+    max_message_bytes: usize,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
+        .add_service(
+            v2::hook_provider_server::HookProviderServer::new(service.clone())
+                .max_decoding_message_size(max_message_bytes),
+        )
+        .add_service(
+            v3::hook_provider_server::HookProviderServer::new(service)
+                .max_decoding_message_size(max_message_bytes),
+        )
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            shutdown,
+        )
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{Action, Rule};
+
+    #[test]
+    fn hook_specs_follow_the_rules() {
+        let specs = hook_specs(&RuleSet::default());
+        let names: Vec<&str> = specs.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "client.connected",
+                "client.disconnected",
+                "session.unsubscribed",
+                "message.publish",
+                "message.acked"
+            ]
+        );
+        assert!(
+            specs.iter().all(|(_, t)| t.is_empty()),
+            "'#' everywhere means all topics"
+        );
+        let rules = RuleSet::new(vec![
+            Rule::new("message.publish", Action::OnMessagePublish, Some("a/+")).unwrap(),
+            Rule::new("message.publish", Action::OnMessageRetain, Some("b/#")).unwrap(),
+        ]);
+        assert_eq!(
+            hook_specs(&rules),
+            [(
+                "message.publish".to_string(),
+                vec!["a/+".to_string(), "b/#".to_string()]
+            )]
+        );
+    }
+}

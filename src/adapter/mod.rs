@@ -1,0 +1,309 @@
+//! Broker-facing adapters: the EMQX ExHook gRPC server ([`exhook`]) and the HTTP ingest
+//! ([`http`]). Both translate what the broker sends into [`HookEvent`]s and hand them to the
+//! pipeline through an [`Admission`], which applies the configured policy when the queue is full.
+//! Neither ever waits on DynamoDB: a call returns as soon as its events are queued.
+
+pub mod exhook;
+pub mod http;
+pub mod tls;
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use tracing::warn;
+
+use crate::config::WhenFull;
+use crate::event::HookEvent;
+use crate::ingest::SubmitError;
+use crate::pipeline::PipelineHandle;
+use crate::rules::ActionScope;
+
+/// Why an adapter could not hand an event over.
+#[derive(Debug, Error)]
+pub enum AdmitError {
+    /// The event itself is bad (the broker should be told).
+    #[error("{0}")]
+    Invalid(String),
+    /// The queue stayed full past the policy's deadline (or the policy is `drop`): the event is
+    /// dropped, counted and logged.
+    #[error("ingest queue is full; event dropped")]
+    Dropped,
+    #[error("the service is shutting down")]
+    Closed,
+}
+
+/// Drop logging at most once a second, with the count since the last line, so an overload
+/// does not also flood the log.
+#[derive(Debug, Default)]
+struct DropLog {
+    pending: AtomicU64,
+    last: Mutex<Option<Instant>>,
+}
+
+impl DropLog {
+    fn record(&self, adapter: &'static str, hook: &'static str) {
+        let n = self.pending.fetch_add(1, Relaxed) + 1;
+        let Ok(mut last) = self.last.lock() else {
+            return;
+        };
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            *last = Some(Instant::now());
+            self.pending.store(0, Relaxed);
+            warn!(
+                adapter,
+                hook,
+                dropped = n,
+                reason = "queue_full",
+                "ingest queue full: hook events dropped"
+            );
+        }
+    }
+}
+
+/// The door between an adapter and the pipeline: submit, and when the queue is full apply the
+/// adapter's policy. Blocking waits run on tokio's blocking pool, never on a runtime worker.
+#[derive(Debug)]
+pub struct Admission {
+    handle: PipelineHandle,
+    when_full: WhenFull,
+    block_timeout: Duration,
+    adapter: &'static str,
+    drops: DropLog,
+    dropped: AtomicU64,
+}
+
+impl Admission {
+    pub fn new(
+        handle: PipelineHandle,
+        when_full: WhenFull,
+        block_timeout: Duration,
+        adapter: &'static str,
+    ) -> Self {
+        Admission {
+            handle,
+            when_full,
+            block_timeout,
+            adapter,
+            drops: DropLog::default(),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    pub fn handle(&self) -> &PipelineHandle {
+        &self.handle
+    }
+
+    /// Events this adapter dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Relaxed)
+    }
+
+    /// Queues `event`, applying the full-queue policy.
+    pub async fn admit(&self, event: HookEvent, scope: ActionScope) -> Result<(), AdmitError> {
+        let hook = event.hook().as_str();
+        let first = match self.when_full {
+            WhenFull::Block => self.handle.probe_scoped(&event, scope),
+            WhenFull::Drop => self.handle.submit_scoped(&event, scope, None),
+        };
+        let result = match (first, self.when_full) {
+            (Err(SubmitError::Full), WhenFull::Block) => {
+                let handle = self.handle.clone();
+                let deadline = Instant::now() + self.block_timeout;
+                tokio::task::spawn_blocking(move || {
+                    handle.submit_scoped(&event, scope, Some(deadline))
+                })
+                .await
+                .unwrap_or(Err(SubmitError::Closed))
+            }
+            (other, _) => other,
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(SubmitError::Full | SubmitError::TooLarge { .. }) => {
+                self.dropped.fetch_add(1, Relaxed);
+                metrics::counter!("mqtt_dynamo_hook_events_dropped_total", "adapter" => self.adapter, "reason" => "queue_full")
+                    .increment(1);
+                self.drops.record(self.adapter, hook);
+                Err(AdmitError::Dropped)
+            }
+            Err(SubmitError::Invalid(e)) => Err(AdmitError::Invalid(e.to_string())),
+            Err(SubmitError::Closed) => Err(AdmitError::Closed),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, for hooks that carry no time of their own.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The running listeners of `serve`. Stopping them first (before draining the pipeline) means no
+/// event is accepted after the drain starts.
+///
+/// Each listener task owns the receiving half of its `stop` channel; sending (or dropping the
+/// sender) begins its graceful shutdown, which lets calls in progress finish.
+pub struct Listeners {
+    pub exhook_addr: Option<std::net::SocketAddr>,
+    pub http_addr: Option<std::net::SocketAddr>,
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Why a listener could not start.
+#[derive(Debug, Error)]
+pub enum ListenError {
+    #[error("cannot listen on {addr} for {what}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
+async fn bind(
+    what: &'static str,
+    addr: std::net::SocketAddr,
+) -> Result<tokio::net::TcpListener, ListenError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ListenError::Bind { what, addr, source })
+}
+
+impl Listeners {
+    /// Binds and starts the enabled adapters.
+    pub async fn start(
+        cfg: &crate::config::Config,
+        handle: PipelineHandle,
+    ) -> Result<Listeners, ListenError> {
+        let mut listeners = Listeners {
+            exhook_addr: None,
+            http_addr: None,
+            stops: Vec::new(),
+            tasks: Vec::new(),
+        };
+        if cfg.exhook.enabled {
+            let listener = bind("the ExHook gRPC server", cfg.exhook.listen).await?;
+            let addr = listener.local_addr().map_err(|source| ListenError::Bind {
+                what: "the ExHook gRPC server",
+                addr: cfg.exhook.listen,
+                source,
+            })?;
+            let tls = match (&cfg.exhook.tls_cert, &cfg.exhook.tls_key) {
+                (Some(c), Some(k)) => Some(tls::grpc(c, k)?),
+                _ => None,
+            };
+            let admission = Arc::new(Admission::new(
+                handle.clone(),
+                cfg.exhook.when_full,
+                cfg.exhook.block_timeout,
+                "exhook",
+            ));
+            let service = exhook::ExhookService::new(admission);
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let max = cfg.exhook.max_message_bytes;
+            let tls_on = tls.is_some();
+            listeners.tasks.push(tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = stopped.await;
+                };
+                if let Err(e) = exhook::serve(listener, service, max, tls, shutdown).await {
+                    tracing::error!(error = %e, "the ExHook gRPC server failed");
+                }
+            }));
+            listeners.stops.push(stop);
+            listeners.exhook_addr = Some(addr);
+            tracing::info!(%addr, tls = tls_on, "ExHook gRPC server (emqx.exhook.v2 and v3) listening");
+        }
+        if cfg.http.enabled {
+            let listener = bind("the HTTP ingest", cfg.http.listen).await?;
+            let addr = listener.local_addr().map_err(|source| ListenError::Bind {
+                what: "the HTTP ingest",
+                addr: cfg.http.listen,
+                source,
+            })?;
+            let admission = Arc::new(Admission::new(
+                handle,
+                cfg.http.when_full,
+                cfg.http.block_timeout,
+                "http",
+            ));
+            let app = http::router(
+                http::HttpState {
+                    admission,
+                    token: cfg.http.token.clone(),
+                    publish_actions: cfg.http.publish_actions,
+                },
+                cfg.http.max_body_bytes,
+            );
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let tls_on = cfg.http.tls_cert.is_some();
+            match (&cfg.http.tls_cert, &cfg.http.tls_key) {
+                (Some(c), Some(k)) => {
+                    let config = tls::http(c, k).await?;
+                    let std_listener = listener.into_std().map_err(|source| ListenError::Bind {
+                        what: "the HTTP ingest",
+                        addr,
+                        source,
+                    })?;
+                    let server_handle = axum_server::Handle::new();
+                    let stopper = server_handle.clone();
+                    listeners.tasks.push(tokio::spawn(async move {
+                        let _ = stopped.await;
+                        stopper.graceful_shutdown(Some(Duration::from_secs(10)));
+                    }));
+                    listeners.tasks.push(tokio::spawn(async move {
+                        match axum_server::from_tcp_rustls(std_listener, config) {
+                            Ok(server) => {
+                                if let Err(e) = server
+                                    .handle(server_handle)
+                                    .serve(app.into_make_service())
+                                    .await
+                                {
+                                    tracing::error!(error = %e, "the HTTP ingest failed");
+                                }
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "the HTTP ingest failed to start")
+                            }
+                        }
+                    }));
+                }
+                _ => {
+                    listeners.tasks.push(tokio::spawn(async move {
+                        let shutdown = async move {
+                            let _ = stopped.await;
+                        };
+                        if let Err(e) = axum::serve(listener, app)
+                            .with_graceful_shutdown(shutdown)
+                            .await
+                        {
+                            tracing::error!(error = %e, "the HTTP ingest failed");
+                        }
+                    }));
+                }
+            }
+            listeners.stops.push(stop);
+            listeners.http_addr = Some(addr);
+            tracing::info!(%addr, tls = tls_on, "HTTP ingest listening");
+        }
+        Ok(listeners)
+    }
+
+    /// Stops accepting calls and waits for the ones in progress.
+    pub async fn stop(self) {
+        for stop in self.stops {
+            let _ = stop.send(());
+        }
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
