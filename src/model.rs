@@ -2,9 +2,10 @@
 //! time. The coalescer's property tests compare against it and loadgen uses it to compute the
 //! final table contents a workload must leave behind.
 //!
-//! One equivalence is built in: an `mqtt_topic_msg_map` item whose `MsgId` set is gone (every id
-//! acked) reads the same as no item at all — both mean "no offline messages for this topic". The
-//! coalescer relies on it when a publish and its ack cancel before either was written.
+//! One equivalence is built in: an item left holding nothing but its key — in practice an
+//! `mqtt_topic_msg_map` item whose `MsgId` set is gone (every id acked), as DynamoDB keeps it —
+//! reads the same as no item at all: both mean "no offline messages for this topic". The coalescer
+//! relies on it when a publish and its ack cancel before either was written.
 
 use std::collections::BTreeMap;
 
@@ -44,7 +45,7 @@ impl TableModel {
     pub fn normalized(&self) -> BTreeMap<Key, Item> {
         self.items
             .iter()
-            .filter(|(key, item)| key.table != Table::TopicMsgMap || item.contains_key("MsgId"))
+            .filter(|(key, item)| item.len() > key.to_item().len())
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     }
