@@ -668,3 +668,76 @@ fn hex_decode(h: &str) -> Vec<u8> {
         .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
         .collect()
 }
+
+/// With `tls_cert`/`tls_key` set, both listeners speak TLS: EMQX's part is played over a secure
+/// gRPC channel and the rule rows are posted over HTTPS, each trusting the test's certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_on_both_listeners() {
+    let py = python();
+    let dir = std::env::temp_dir().join(format!("mqtt-dynamo-tls-{}", std::process::id()));
+    let stubs = dir.join("stubs");
+    std::fs::create_dir_all(&stubs).unwrap();
+    let proto = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("proto");
+    let status = Command::new(&py)
+        .args(["-m", "grpc_tools.protoc", "-I"])
+        .arg(&proto)
+        .arg(format!("--python_out={}", stubs.display()))
+        .arg(format!("--grpc_python_out={}", stubs.display()))
+        .arg("emqx/exhook/v3/exhook.proto")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+
+    let backend = Backend::dynoxide().await;
+    let mut cfg = backend.config();
+    cfg.exhook.tls_cert = Some(cert.clone());
+    cfg.exhook.tls_key = Some(key.clone());
+    cfg.http.tls_cert = Some(cert.clone());
+    cfg.http.tls_key = Some(key.clone());
+    let (pipeline, listeners) = start(&backend, &mut cfg).await;
+    let grpc_target = format!("localhost:{}", listeners.exhook_addr.unwrap().port());
+    let https_url = format!("https://localhost:{}/v1/events/emqx-rule", listeners.http_addr.unwrap().port());
+
+    let (py2, stubs2, cert2) = (py.clone(), stubs.clone(), cert.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/emqx_client/exhook_client.py");
+        Command::new(&py2)
+            .arg(script)
+            .args(["--target", &grpc_target, "--api", "v3", "--mode", "scenario", "--tag", "tls", "--ca"])
+            .arg(&cert2)
+            .arg("--stubs")
+            .arg(&stubs2)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let post_https = format!(
+        "import json, ssl, sys, urllib.request\n\
+         ctx = ssl.create_default_context(cafile=sys.argv[2])\n\
+         body = json.dumps({{'event': 'client.connected', 'node': 'n', 'clientid': 'over-https'}}).encode()\n\
+         req = urllib.request.Request(sys.argv[1], data=body, headers={{'content-type': 'application/json'}})\n\
+         print(urllib.request.urlopen(req, context=ctx).read().decode())\n"
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(&py).args(["-c", &post_https, &https_url]).arg(&cert).output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), r#"{"accepted":1}"#);
+
+    listeners.stop().await;
+    pipeline.shutdown().await;
+    let got = scan_all(&backend.prepare(&cfg).await.0, &cfg).await;
+    for c in ["pub-tls", "sub-tls", "over-https"] {
+        assert!(got.contains_key(&Key::new(Table::Client, c)), "{c} missing: {:?}", got.keys());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -150,8 +150,16 @@ def rpc_error_text(e):
         return repr(e)
 
 
+CA_FILE = None  # set from --ca: a PEM file to trust, for a TLS connection
+
+
 def open_channel(target):
-    channel = grpc.insecure_channel(target)
+    if CA_FILE:
+        with open(CA_FILE, "rb") as f:
+            creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+        channel = grpc.secure_channel(target, creds)
+    else:
+        channel = grpc.insecure_channel(target)
     try:
         grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT_S)
     except grpc.FutureTimeoutError:
@@ -416,9 +424,12 @@ def main():
     p.add_argument("--stubs", required=True, help="directory holding the generated emqx/ stubs")
     p.add_argument("--mode", required=True, choices=["scenario", "abuse"])
     p.add_argument("--tag", default=None, help="prefix for client ids and topics (default: api)")
+    p.add_argument("--ca", default=None, help="PEM CA certificate: connect with TLS, trusting it")
     args = p.parse_args()
     if args.tag is None:
         args.tag = args.api
+    global CA_FILE
+    CA_FILE = args.ca
 
     try:
         if grpc is None:
