@@ -14,7 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={p}");
     }
     tonic_prost_build::configure()
-        .build_client(false)
+        // Clients too: the latency bench and loadgen play EMQX.
+        .build_client(true)
         .compile_protos(&protos, &["proto"])?;
     Ok(())
 }

@@ -188,13 +188,11 @@ impl Ingest {
     }
 
     fn count_rejection(&self, e: &SubmitError) {
-        {
-            self.stats.event_rejected(match e {
-                SubmitError::Full | SubmitError::TooLarge { .. } => RejectReason::QueueFull,
-                SubmitError::Invalid(_) => RejectReason::Invalid,
-                SubmitError::Closed => RejectReason::Closed,
-            });
-        }
+        self.stats.event_rejected(match e {
+            SubmitError::Full | SubmitError::TooLarge { .. } => RejectReason::QueueFull,
+            SubmitError::Invalid(_) => RejectReason::Invalid,
+            SubmitError::Closed => RejectReason::Closed,
+        });
     }
 
     fn try_enqueue(

@@ -700,14 +700,28 @@ async fn tls_on_both_listeners() {
     cfg.http.tls_key = Some(key.clone());
     let (pipeline, listeners) = start(&backend, &mut cfg).await;
     let grpc_target = format!("localhost:{}", listeners.exhook_addr.unwrap().port());
-    let https_url = format!("https://localhost:{}/v1/events/emqx-rule", listeners.http_addr.unwrap().port());
+    let https_url = format!(
+        "https://localhost:{}/v1/events/emqx-rule",
+        listeners.http_addr.unwrap().port()
+    );
 
     let (py2, stubs2, cert2) = (py.clone(), stubs.clone(), cert.clone());
     let out = tokio::task::spawn_blocking(move || {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/emqx_client/exhook_client.py");
+        let script =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/emqx_client/exhook_client.py");
         Command::new(&py2)
             .arg(script)
-            .args(["--target", &grpc_target, "--api", "v3", "--mode", "scenario", "--tag", "tls", "--ca"])
+            .args([
+                "--target",
+                &grpc_target,
+                "--api",
+                "v3",
+                "--mode",
+                "scenario",
+                "--tag",
+                "tls",
+                "--ca",
+            ])
             .arg(&cert2)
             .arg("--stubs")
             .arg(&stubs2)
@@ -716,28 +730,168 @@ async fn tls_on_both_listeners() {
     })
     .await
     .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-
-    let post_https = format!(
-        "import json, ssl, sys, urllib.request\n\
-         ctx = ssl.create_default_context(cafile=sys.argv[2])\n\
-         body = json.dumps({{'event': 'client.connected', 'node': 'n', 'clientid': 'over-https'}}).encode()\n\
-         req = urllib.request.Request(sys.argv[1], data=body, headers={{'content-type': 'application/json'}})\n\
-         print(urllib.request.urlopen(req, context=ctx).read().decode())\n"
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+
+    let post_https = "import json, ssl, sys, urllib.request\n\
+         ctx = ssl.create_default_context(cafile=sys.argv[2])\n\
+         body = json.dumps({'event': 'client.connected', 'node': 'n', 'clientid': 'over-https'}).encode()\n\
+         req = urllib.request.Request(sys.argv[1], data=body, headers={'content-type': 'application/json'})\n\
+         print(urllib.request.urlopen(req, context=ctx).read().decode())\n";
     let out = tokio::task::spawn_blocking(move || {
-        Command::new(&py).args(["-c", &post_https, &https_url]).arg(&cert).output().unwrap()
+        Command::new(&py)
+            .args(["-c", post_https, &https_url])
+            .arg(&cert)
+            .output()
+            .unwrap()
     })
     .await
     .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), r#"{"accepted":1}"#);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"{"accepted":1}"#
+    );
 
     listeners.stop().await;
     pipeline.shutdown().await;
     let got = scan_all(&backend.prepare(&cfg).await.0, &cfg).await;
     for c in ["pub-tls", "sub-tls", "over-https"] {
-        assert!(got.contains_key(&Key::new(Table::Client, c)), "{c} missing: {:?}", got.keys());
+        assert!(
+            got.contains_key(&Key::new(Table::Client, c)),
+            "{c} missing: {:?}",
+            got.keys()
+        );
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With `when_full = "drop"` and DynamoDB unreachable, the HTTP ingest answers 503 with how many
+/// rows it accepted once the queues are full, and every drop is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_full_queue_answers_503_and_counts_the_drop() {
+    let stall = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = stall.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = stall.accept().await {
+            open.push(s);
+        }
+    });
+    let mut cfg = Config::default();
+    cfg.dynamodb.endpoint_url = Some(format!("http://{addr}"));
+    cfg.dynamodb.access_key_id = Some("t".into());
+    cfg.dynamodb.secret_access_key = Some(Secret::new("t"));
+    cfg.dynamodb.attempt_timeout = Duration::from_millis(200);
+    cfg.pipeline.shards = 1;
+    cfg.pipeline.ingest_capacity_events = 2;
+    cfg.pipeline.shard_queue_capacity = 1;
+    cfg.pipeline.max_pending_keys = 1;
+    cfg.pipeline.max_in_flight = 1;
+    cfg.pipeline.max_batch_age = Duration::from_millis(1);
+    cfg.pipeline.retry.max_elapsed = Duration::from_millis(400);
+    cfg.http.when_full = mqtt_dynamo::config::WhenFull::Drop;
+    cfg.http.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.exhook.enabled = false;
+    let client = mqtt_dynamo::dynamo::client(
+        &cfg.dynamodb,
+        None,
+        mqtt_dynamo::dynamo::SdkRetries::Disabled,
+    )
+    .await;
+    let pipeline = Pipeline::start(
+        &cfg.pipeline,
+        &cfg.dynamodb,
+        cfg.storage.format(),
+        cfg.rule_set().unwrap(),
+        client,
+    )
+    .unwrap();
+    let listeners = Listeners::start(&cfg, pipeline.handle()).await.unwrap();
+    let url = format!(
+        "http://{}/v1/events/emqx-rule",
+        listeners.http_addr.unwrap()
+    );
+    let rows: Vec<Value> = (0..50)
+        .map(|i| json!({"event": "client.connected", "node": "n", "clientid": format!("k{i}")}))
+        .collect();
+    let (status, body) = post(&url, &Value::Array(rows).to_string(), None).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], json!("ingest queue is full"));
+    assert_eq!(body["rows"], json!(50));
+    let accepted = body["accepted"].as_u64().unwrap();
+    assert!(accepted < 50);
+    listeners.stop().await;
+    let stats = pipeline.shutdown().await;
+    hold.abort();
+    assert_eq!(stats.events_received, accepted);
+    assert_eq!(stats.rejected_full, 1, "the one refused row");
+    assert_eq!(
+        stats.dropped_retries_exhausted, accepted,
+        "accepted writes that never landed are counted"
+    );
+}
+
+/// `mqtt-dynamo config import` turns the seed's EMQX 4 file into TOML that loads with the seed's
+/// rules, and warns about what it cannot map.
+#[test]
+fn config_import_command_translates_the_seed_file() {
+    let dir = std::env::temp_dir().join(format!("mqtt-dynamo-import-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("emqx_backend_dynamo.conf");
+    std::fs::write(
+        &conf,
+        r##"## DynamoDB Region
+backend.dynamo.region = us-west-2
+backend.dynamo.pool1.server = http://localhost:8000
+backend.dynamo.pool1.pool_size = 8
+backend.dynamo.pool1.aws_access_key_id = EXAMPLE_ACCESS_KEY_ID
+backend.dynamo.pool1.aws_secret_access_key = EXAMPLE_SECRET_ACCESS_KEY
+backend.dynamo.hook.client.connected.1 = {"action": {"function": "on_client_connected"}, "pool": "pool1"}
+backend.dynamo.hook.session.created.1 = {"action": {"function": "on_subscribe_lookup"}, "pool": "pool1"}
+backend.dynamo.hook.client.disconnected.1 = {"action": {"function": "on_client_disconnected"}, "pool": "pool1"}
+backend.dynamo.hook.session.subscribed.1 = {"topic": "#", "action": {"function": "on_message_fetch_for_queue"}, "pool": "pool1"}
+backend.dynamo.hook.session.subscribed.2 = {"topic": "#", "action": {"function": "on_retain_lookup"}, "pool": "pool1"}
+backend.dynamo.hook.session.unsubscribed.1= {"topic": "#", "action": {"function": "on_acked_delete"}, "pool": "pool1"}
+backend.dynamo.hook.message.publish.1 = {"topic": "#", "action": {"function": "on_message_publish"}, "pool": "pool1"}
+backend.dynamo.hook.message.publish.2 = {"topic": "#", "action": {"function": "on_message_retain"}, "pool": "pool1"}
+backend.dynamo.hook.message.publish.3 = {"topic": "#", "action": {"function": "on_retain_delete"}, "pool": "pool1"}
+backend.dynamo.hook.message.acked.1 = {"topic": "#", "action": {"function": "on_message_acked_for_queue"}, "pool": "pool1"}
+# backend.dynamo.hook.message.publish.4 = {"topic": "#", "action": {"function": "on_message_store"}, "pool": "pool1"}
+"##,
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mqtt-dynamo"))
+        .args(["config", "import"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let toml = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("pool_size"), "{stderr}");
+    assert!(
+        !stderr.contains("EXAMPLE_SECRET_ACCESS_KEY"),
+        "secrets never in warnings"
+    );
+    let cfg = Config::parse(&toml, "imported.toml").unwrap();
+    assert_eq!(cfg.dynamodb.region(), "us-west-2");
+    assert_eq!(
+        cfg.dynamodb.endpoint_url.as_deref(),
+        Some("http://localhost:8000")
+    );
+    assert!(!cfg.dynamodb.embedded);
+    let rules = cfg.rule_set().unwrap();
+    assert_eq!(
+        rules.rules(),
+        mqtt_dynamo::rules::RuleSet::default().rules()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

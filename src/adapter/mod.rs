@@ -72,6 +72,8 @@ pub struct Admission {
     adapter: &'static str,
     drops: DropLog,
     dropped: AtomicU64,
+    /// Calls that found the queue full and waited for room (`when_full = "block"`).
+    waited: AtomicU64,
 }
 
 impl Admission {
@@ -88,6 +90,7 @@ impl Admission {
             adapter,
             drops: DropLog::default(),
             dropped: AtomicU64::new(0),
+            waited: AtomicU64::new(0),
         }
     }
 
@@ -100,6 +103,11 @@ impl Admission {
         self.dropped.load(Relaxed)
     }
 
+    /// Calls that waited for room in the queue.
+    pub fn waited(&self) -> u64 {
+        self.waited.load(Relaxed)
+    }
+
     /// Queues `event`, applying the full-queue policy.
     pub async fn admit(&self, event: HookEvent, scope: ActionScope) -> Result<(), AdmitError> {
         let hook = event.hook().as_str();
@@ -109,6 +117,9 @@ impl Admission {
         };
         let result = match (first, self.when_full) {
             (Err(SubmitError::Full), WhenFull::Block) => {
+                self.waited.fetch_add(1, Relaxed);
+                metrics::counter!("mqtt_dynamo_hook_waits_total", "adapter" => self.adapter)
+                    .increment(1);
                 let handle = self.handle.clone();
                 let deadline = Instant::now() + self.block_timeout;
                 tokio::task::spawn_blocking(move || {
@@ -145,13 +156,18 @@ pub(crate) fn now_ms() -> u64 {
 /// The running listeners of `serve`. Stopping them first (before draining the pipeline) means no
 /// event is accepted after the drain starts.
 ///
-/// Each listener task owns the receiving half of its `stop` channel; sending (or dropping the
-/// sender) begins its graceful shutdown, which lets calls in progress finish.
+/// Each adapter runs on its own OS thread with its own single-threaded tokio runtime, so a hook
+/// call never queues behind the pipeline's flush tasks on the shared runtime: what the broker
+/// waits for is the enqueue, not DynamoDB and not our own batching work. Each listener owns the
+/// receiving half of its `stop` channel; sending (or dropping the sender) begins its graceful
+/// shutdown, which lets calls in progress finish.
 pub struct Listeners {
+    /// The ExHook server's admission, for its counters.
+    pub exhook_admission: Option<Arc<Admission>>,
     pub exhook_addr: Option<std::net::SocketAddr>,
     pub http_addr: Option<std::net::SocketAddr>,
     stops: Vec<tokio::sync::oneshot::Sender<()>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// Why a listener could not start.
@@ -168,13 +184,45 @@ pub enum ListenError {
     Tls(#[from] tls::TlsError),
 }
 
-async fn bind(
+/// Binds a non-blocking std listener, to be registered with the adapter's own runtime.
+fn bind(
     what: &'static str,
     addr: std::net::SocketAddr,
-) -> Result<tokio::net::TcpListener, ListenError> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| ListenError::Bind { what, addr, source })
+) -> Result<(std::net::TcpListener, std::net::SocketAddr), ListenError> {
+    let err = |source| ListenError::Bind { what, addr, source };
+    let listener = std::net::TcpListener::bind(addr).map_err(err)?;
+    listener.set_nonblocking(true).map_err(err)?;
+    let local = listener.local_addr().map_err(err)?;
+    Ok((listener, local))
+}
+
+/// Runs `serve` to completion on a new thread with a single-threaded runtime of its own.
+fn spawn_dedicated<F, Fut>(name: &str, serve: F) -> Result<std::thread::JoinHandle<()>, ListenError>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let what = if name.ends_with("exhook") {
+        "the ExHook gRPC server"
+    } else {
+        "the HTTP ingest"
+    };
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(serve()),
+                Err(e) => tracing::error!(error = %e, "cannot start the runtime of {what}"),
+            }
+        })
+        .map_err(|source| ListenError::Bind {
+            what,
+            addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            source,
+        })
 }
 
 impl Listeners {
@@ -184,18 +232,14 @@ impl Listeners {
         handle: PipelineHandle,
     ) -> Result<Listeners, ListenError> {
         let mut listeners = Listeners {
+            exhook_admission: None,
             exhook_addr: None,
             http_addr: None,
             stops: Vec::new(),
-            tasks: Vec::new(),
+            threads: Vec::new(),
         };
         if cfg.exhook.enabled {
-            let listener = bind("the ExHook gRPC server", cfg.exhook.listen).await?;
-            let addr = listener.local_addr().map_err(|source| ListenError::Bind {
-                what: "the ExHook gRPC server",
-                addr: cfg.exhook.listen,
-                source,
-            })?;
+            let (std_listener, addr) = bind("the ExHook gRPC server", cfg.exhook.listen)?;
             let tls = match (&cfg.exhook.tls_cert, &cfg.exhook.tls_key) {
                 (Some(c), Some(k)) => Some(tls::grpc(c, k)?),
                 _ => None,
@@ -206,29 +250,29 @@ impl Listeners {
                 cfg.exhook.block_timeout,
                 "exhook",
             ));
+            listeners.exhook_admission = Some(Arc::clone(&admission));
             let service = exhook::ExhookService::new(admission);
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let max = cfg.exhook.max_message_bytes;
             let tls_on = tls.is_some();
-            listeners.tasks.push(tokio::spawn(async move {
+            listeners.threads.push(spawn_dedicated("mqtt-dynamo-exhook", move || async move {
+                let listener = match tokio::net::TcpListener::from_std(std_listener) {
+                    Ok(l) => l,
+                    Err(e) => return tracing::error!(error = %e, "the ExHook gRPC server cannot listen"),
+                };
                 let shutdown = async move {
                     let _ = stopped.await;
                 };
                 if let Err(e) = exhook::serve(listener, service, max, tls, shutdown).await {
                     tracing::error!(error = %e, "the ExHook gRPC server failed");
                 }
-            }));
+            })?);
             listeners.stops.push(stop);
             listeners.exhook_addr = Some(addr);
             tracing::info!(%addr, tls = tls_on, "ExHook gRPC server (emqx.exhook.v2 and v3) listening");
         }
         if cfg.http.enabled {
-            let listener = bind("the HTTP ingest", cfg.http.listen).await?;
-            let addr = listener.local_addr().map_err(|source| ListenError::Bind {
-                what: "the HTTP ingest",
-                addr: cfg.http.listen,
-                source,
-            })?;
+            let (std_listener, addr) = bind("the HTTP ingest", cfg.http.listen)?;
             let admission = Arc::new(Admission::new(
                 handle,
                 cfg.http.when_full,
@@ -244,52 +288,51 @@ impl Listeners {
                 cfg.http.max_body_bytes,
             );
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let tls_on = cfg.http.tls_cert.is_some();
-            match (&cfg.http.tls_cert, &cfg.http.tls_key) {
-                (Some(c), Some(k)) => {
-                    let config = tls::http(c, k).await?;
-                    let std_listener = listener.into_std().map_err(|source| ListenError::Bind {
-                        what: "the HTTP ingest",
-                        addr,
-                        source,
-                    })?;
-                    let server_handle = axum_server::Handle::new();
-                    let stopper = server_handle.clone();
-                    listeners.tasks.push(tokio::spawn(async move {
-                        let _ = stopped.await;
-                        stopper.graceful_shutdown(Some(Duration::from_secs(10)));
-                    }));
-                    listeners.tasks.push(tokio::spawn(async move {
-                        match axum_server::from_tcp_rustls(std_listener, config) {
-                            Ok(server) => {
-                                if let Err(e) = server
-                                    .handle(server_handle)
-                                    .serve(app.into_make_service())
-                                    .await
-                                {
-                                    tracing::error!(error = %e, "the HTTP ingest failed");
+            let tls_config = match (&cfg.http.tls_cert, &cfg.http.tls_key) {
+                (Some(c), Some(k)) => Some(tls::http(c, k).await?),
+                _ => None,
+            };
+            let tls_on = tls_config.is_some();
+            listeners.threads.push(spawn_dedicated("mqtt-dynamo-http", move || async move {
+                match tls_config {
+                    Some(config) => {
+                        let server_handle = axum_server::Handle::new();
+                        let stopper = server_handle.clone();
+                        let stop_on_signal = async move {
+                            let _ = stopped.await;
+                            stopper.graceful_shutdown(Some(Duration::from_secs(10)));
+                        };
+                        let serve = async move {
+                            match axum_server::from_tcp_rustls(std_listener, config) {
+                                Ok(server) => {
+                                    if let Err(e) = server.handle(server_handle).serve(app.into_make_service()).await {
+                                        tracing::error!(error = %e, "the HTTP ingest failed");
+                                    }
                                 }
+                                Err(e) => tracing::error!(error = %e, "the HTTP ingest failed to start"),
                             }
-                            Err(e) => {
-                                tracing::error!(error = %e, "the HTTP ingest failed to start")
-                            }
-                        }
-                    }));
-                }
-                _ => {
-                    listeners.tasks.push(tokio::spawn(async move {
+                        };
+                        tokio::join!(stop_on_signal, serve);
+                    }
+                    None => {
+                        use axum::serve::ListenerExt;
+                        let listener = match tokio::net::TcpListener::from_std(std_listener) {
+                            Ok(l) => l,
+                            Err(e) => return tracing::error!(error = %e, "the HTTP ingest cannot listen"),
+                        };
+                        // TCP_NODELAY, as for gRPC: small responses must not wait for ACKs.
+                        let listener = listener.tap_io(|tcp| {
+                            let _ = tcp.set_nodelay(true);
+                        });
                         let shutdown = async move {
                             let _ = stopped.await;
                         };
-                        if let Err(e) = axum::serve(listener, app)
-                            .with_graceful_shutdown(shutdown)
-                            .await
-                        {
+                        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
                             tracing::error!(error = %e, "the HTTP ingest failed");
                         }
-                    }));
+                    }
                 }
-            }
+            })?);
             listeners.stops.push(stop);
             listeners.http_addr = Some(addr);
             tracing::info!(%addr, tls = tls_on, "HTTP ingest listening");
@@ -302,8 +345,12 @@ impl Listeners {
         for stop in self.stops {
             let _ = stop.send(());
         }
-        for task in self.tasks {
-            let _ = task.await;
-        }
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
     }
 }

@@ -28,7 +28,17 @@ pub struct FaultCounts {
     pub withheld_items: AtomicU64,
 }
 
+/// What the proxy does to write requests.
+#[derive(Debug, Clone, Copy)]
+pub enum Mode {
+    /// The fixed fault schedule (throttling, 500s, UnprocessedItems).
+    Faults,
+    /// Forward every request after this delay: a slow DynamoDB.
+    Delay(std::time::Duration),
+}
+
 struct State {
+    mode: Mode,
     upstream: String,
     client: Client<HttpConnector, Full<Bytes>>,
     counts: Arc<FaultCounts>,
@@ -48,10 +58,15 @@ impl Drop for FaultProxy {
 
 impl FaultProxy {
     pub async fn start(upstream: String) -> FaultProxy {
+        Self::start_with(upstream, Mode::Faults).await
+    }
+
+    pub async fn start_with(upstream: String, mode: Mode) -> FaultProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let counts = Arc::new(FaultCounts::default());
         let state = Arc::new(State {
+            mode,
             upstream,
             client: Client::builder(TokioExecutor::new()).build_http(),
             counts: Arc::clone(&counts),
