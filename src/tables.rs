@@ -71,55 +71,31 @@ pub async fn create_one(
     capacity: Capacity,
 ) -> Result<Created, TablesError> {
     let name = cfg.table_name(table);
+    let invalid = |e: aws_sdk_dynamodb::error::BuildError| TablesError::Request {
+        op: "CreateTable",
+        table: name.clone(),
+        message: e.to_string(),
+    };
     let (hash, range) = table.key_names();
-    let mut req = client
-        .create_table()
-        .table_name(&name)
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name(hash)
-                .key_type(KeyType::Hash)
-                .build()
-                .map_err(|e| TablesError::Request {
-                    op: "CreateTable",
-                    table: name.clone(),
-                    message: e.to_string(),
-                })?,
-        )
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name(hash)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .map_err(|e| TablesError::Request {
-                    op: "CreateTable",
-                    table: name.clone(),
-                    message: e.to_string(),
-                })?,
-        );
-    if let Some(range) = range {
+    let mut req = client.create_table().table_name(&name);
+    // Every key attribute of the seed tables is a string.
+    for (attr, kind) in
+        std::iter::once((hash, KeyType::Hash)).chain(range.map(|r| (r, KeyType::Range)))
+    {
         req = req
             .key_schema(
                 KeySchemaElement::builder()
-                    .attribute_name(range)
-                    .key_type(KeyType::Range)
+                    .attribute_name(attr)
+                    .key_type(kind)
                     .build()
-                    .map_err(|e| TablesError::Request {
-                        op: "CreateTable",
-                        table: name.clone(),
-                        message: e.to_string(),
-                    })?,
+                    .map_err(invalid)?,
             )
             .attribute_definitions(
                 AttributeDefinition::builder()
-                    .attribute_name(range)
+                    .attribute_name(attr)
                     .attribute_type(ScalarAttributeType::S)
                     .build()
-                    .map_err(|e| TablesError::Request {
-                        op: "CreateTable",
-                        table: name.clone(),
-                        message: e.to_string(),
-                    })?,
+                    .map_err(invalid)?,
             );
     }
     req = match capacity {
@@ -131,11 +107,7 @@ pub async fn create_one(
                     .read_capacity_units(read)
                     .write_capacity_units(write)
                     .build()
-                    .map_err(|e| TablesError::Request {
-                        op: "CreateTable",
-                        table: name.clone(),
-                        message: e.to_string(),
-                    })?,
+                    .map_err(invalid)?,
             ),
     };
     match req.send().await {

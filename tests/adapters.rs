@@ -777,26 +777,8 @@ async fn tls_on_both_listeners() {
 /// rows it accepted once the queues are full, and every drop is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_full_queue_answers_503_and_counts_the_drop() {
-    let stall = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = stall.local_addr().unwrap();
-    let hold = tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((s, _)) = stall.accept().await {
-            open.push(s);
-        }
-    });
-    let mut cfg = Config::default();
-    cfg.dynamodb.endpoint_url = Some(format!("http://{addr}"));
-    cfg.dynamodb.access_key_id = Some("t".into());
-    cfg.dynamodb.secret_access_key = Some(Secret::new("t"));
-    cfg.dynamodb.attempt_timeout = Duration::from_millis(200);
-    cfg.pipeline.shards = 1;
-    cfg.pipeline.ingest_capacity_events = 2;
-    cfg.pipeline.shard_queue_capacity = 1;
-    cfg.pipeline.max_pending_keys = 1;
-    cfg.pipeline.max_in_flight = 1;
-    cfg.pipeline.max_batch_age = Duration::from_millis(1);
-    cfg.pipeline.retry.max_elapsed = Duration::from_millis(400);
+    let stalled = support::Stalled::start().await;
+    let mut cfg = stalled.tiny_config();
     cfg.http.when_full = mqtt_dynamo::config::WhenFull::Drop;
     cfg.http.listen = "127.0.0.1:0".parse().unwrap();
     cfg.exhook.enabled = false;
@@ -830,7 +812,6 @@ async fn http_full_queue_answers_503_and_counts_the_drop() {
     assert!(accepted < 50);
     listeners.stop().await;
     let stats = pipeline.shutdown().await;
-    hold.abort();
     assert_eq!(stats.events_received, accepted);
     assert_eq!(stats.rejected_full, 1, "the one refused row");
     assert_eq!(

@@ -688,28 +688,8 @@ async fn retries_converge_under_throttling_and_unprocessed_items() {
 /// the retry budget, counted under `retries_exhausted` — nothing disappears silently.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queues_refuse_and_outage_drops_are_counted() {
-    let stall = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = stall.local_addr().unwrap();
-    let hold = tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((s, _)) = stall.accept().await {
-            open.push(s);
-        }
-    });
-    let mut cfg = Config::default();
-    cfg.dynamodb.endpoint_url = Some(format!("http://{addr}"));
-    cfg.dynamodb.access_key_id = Some("t".into());
-    cfg.dynamodb.secret_access_key = Some(mqtt_dynamo::config::Secret::new("t"));
-    cfg.dynamodb.attempt_timeout = Duration::from_millis(100);
-    cfg.pipeline.shards = 1;
-    cfg.pipeline.ingest_capacity_events = 2;
-    cfg.pipeline.shard_queue_capacity = 1;
-    cfg.pipeline.max_pending_keys = 1;
-    cfg.pipeline.max_in_flight = 1;
-    cfg.pipeline.max_batch_age = Duration::from_millis(1);
-    cfg.pipeline.retry.initial_backoff = Duration::from_millis(5);
-    cfg.pipeline.retry.max_backoff = Duration::from_millis(20);
-    cfg.pipeline.retry.max_elapsed = Duration::from_millis(500);
+    let stalled = support::Stalled::start().await;
+    let cfg = stalled.tiny_config();
     let client = mqtt_dynamo::dynamo::client(
         &cfg.dynamodb,
         None,
@@ -754,7 +734,6 @@ async fn full_queues_refuse_and_outage_drops_are_counted() {
     );
     let full = 2;
     let stats = pipeline.shutdown().await;
-    hold.abort();
     assert_eq!(stats.rejected_full, full);
     assert_eq!(stats.events_received, accepted);
     assert_eq!(stats.written(), 0);
