@@ -79,7 +79,35 @@ pub struct Config {
     pub rules: Option<Vec<RuleConfig>>,
     pub exhook: ExhookConfig,
     pub http: HttpConfig,
+    pub metrics: MetricsConfig,
     pub log: LogConfig,
+}
+
+/// `[metrics]`: the Prometheus listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// Serves `/metrics`, `/healthz` and `/readyz`.
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9100)),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
 }
 
 /// What an adapter does with an event when the ingest queue is full.
@@ -339,12 +367,15 @@ pub struct RuleConfig {
 pub struct LogConfig {
     /// A tracing filter (`info`, `mqtt_dynamo=debug`); `RUST_LOG` overrides it.
     pub level: String,
+    /// `human` or `json` (one JSON object per line).
+    pub format: LogFormat,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".into(),
+            format: LogFormat::Human,
         }
     }
 }

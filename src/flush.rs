@@ -24,7 +24,27 @@ use crate::coalesce::Taken;
 use crate::config::{DynamoConfig, RetryConfig};
 use crate::dynamo::{self, Failure};
 use crate::item::{Key, Table, Value, Write};
-use crate::stats::{DropReason, Operation, Outcome, Stats};
+use crate::stats::{DropReason, LogGate, Operation, Outcome, Stats};
+
+/// Rate limits for the flusher's warnings and errors: an outage must not flood the log.
+static RETRY_LOG: LogGate = LogGate::new();
+static DROP_LOG: LogGate = LogGate::new();
+
+/// Counts a DynamoDB request in the in-flight gauge while it lives.
+struct InFlight;
+
+impl InFlight {
+    fn start() -> Self {
+        metrics::gauge!("mqtt_dynamo_dynamodb_in_flight_requests").increment(1.0);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!("mqtt_dynamo_dynamodb_in_flight_requests").decrement(1.0);
+    }
+}
 
 /// Table names as configured, both ways.
 #[derive(Debug, Clone)]
@@ -207,6 +227,7 @@ impl Flusher {
                     .push(req.clone());
             }
             let t0 = Instant::now();
+            let in_flight = InFlight::start();
             let result = self
                 .client
                 .batch_write_item()
@@ -214,6 +235,7 @@ impl Flusher {
                 .return_consumed_capacity(ReturnConsumedCapacity::Total)
                 .send()
                 .await;
+            drop(in_flight);
             let elapsed = t0.elapsed();
             match result {
                 Ok(out) => {
@@ -277,7 +299,9 @@ impl Flusher {
                             }
                         } else {
                             for (key, _) in std::mem::take(&mut pending) {
-                                error!(table = %key.table, %message, "DynamoDB rejected a write; dropped");
+                                if let Some(held) = DROP_LOG.allow() {
+                                    error!(held_back = held, table = %key.table, %message, "DynamoDB rejected a write; dropped");
+                                }
                                 self.stats.dropped(DropReason::Rejected, 1);
                                 done.push((key, false));
                             }
@@ -287,8 +311,8 @@ impl Flusher {
                     Failure::Transient { code, message } => {
                         self.stats
                             .request(Operation::BatchWriteItem, Outcome::Error, elapsed);
-                        if attempt == 0 {
-                            warn!(%code, %message, "BatchWriteItem failed; retrying");
+                        if let Some(held) = RETRY_LOG.allow() {
+                            warn!(%code, %message, attempt, held_back = held, "BatchWriteItem failed; retrying");
                         }
                     }
                     Failure::ConditionFailed => {
@@ -302,11 +326,14 @@ impl Flusher {
                     .pause(Operation::BatchWriteItem, attempt, started)
                     .await
                 {
-                    error!(
-                        writes = pending.len(),
-                        elapsed_s = started.elapsed().as_secs_f64(),
-                        "BatchWriteItem retries exhausted; writes dropped"
-                    );
+                    if let Some(held) = DROP_LOG.allow() {
+                        error!(
+                            held_back = held,
+                            writes = pending.len(),
+                            elapsed_s = started.elapsed().as_secs_f64(),
+                            "BatchWriteItem retries exhausted; writes dropped"
+                        );
+                    }
                     self.stats
                         .dropped(DropReason::RetriesExhausted, pending.len() as u64);
                     done.extend(pending.drain(..).map(|(k, _)| (k, false)));
@@ -387,6 +414,7 @@ impl Flusher {
         let mut attempt = 0u32;
         loop {
             let t0 = Instant::now();
+            let in_flight = InFlight::start();
             let result = self
                 .client
                 .update_item()
@@ -399,6 +427,7 @@ impl Flusher {
                 .return_consumed_capacity(ReturnConsumedCapacity::Total)
                 .send()
                 .await;
+            drop(in_flight);
             let elapsed: Duration = t0.elapsed();
             match result {
                 Ok(out) => {
@@ -427,21 +456,25 @@ impl Flusher {
                     Failure::Invalid { message } => {
                         self.stats
                             .request(Operation::UpdateItem, Outcome::Rejected, elapsed);
-                        error!(table = %key.table, %message, "DynamoDB rejected an update; dropped");
+                        if let Some(held) = DROP_LOG.allow() {
+                            error!(held_back = held, table = %key.table, %message, "DynamoDB rejected an update; dropped");
+                        }
                         self.stats.dropped(DropReason::Rejected, 1);
                         return false;
                     }
                     Failure::Transient { code, message } => {
                         self.stats
                             .request(Operation::UpdateItem, Outcome::Error, elapsed);
-                        if attempt == 0 {
-                            warn!(%code, %message, table = %key.table, "UpdateItem failed; retrying");
+                        if let Some(held) = RETRY_LOG.allow() {
+                            warn!(%code, %message, attempt, held_back = held, table = %key.table, "UpdateItem failed; retrying");
                         }
                     }
                 },
             }
             if !self.pause(Operation::UpdateItem, attempt, started).await {
-                error!(table = %key.table, elapsed_s = started.elapsed().as_secs_f64(), "UpdateItem retries exhausted; write dropped");
+                if let Some(held) = DROP_LOG.allow() {
+                    error!(held_back = held, table = %key.table, elapsed_s = started.elapsed().as_secs_f64(), "UpdateItem retries exhausted; write dropped");
+                }
                 self.stats.dropped(DropReason::RetriesExhausted, 1);
                 return false;
             }

@@ -24,7 +24,10 @@
 //!   reference the coalescer is tested against, and loadgen's expected final state).
 //! - [`dynamo`]: the SDK client, value conversion and error classification; [`tables`] creates,
 //!   checks and describes the tables; [`embedded`] runs dynoxide in-process.
-//! - [`config`]: the TOML configuration; [`stats`]: counters for every stage.
+//! - [`config`]: the TOML configuration; [`stats`]: counters for every stage; [`metrics`]: the
+//!   Prometheus recorder and the `/metrics`, `/healthz`, `/readyz` listener.
+//! - [`adapter`]: the broker-facing listeners (ExHook gRPC, HTTP ingest); [`import`]: EMQX 4
+//!   configuration import.
 //!
 //! See `ARCHITECTURE.md` for the reasoning behind this shape.
 
@@ -40,6 +43,7 @@ pub mod guid;
 pub mod import;
 pub mod ingest;
 pub mod item;
+pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod rules;

@@ -182,6 +182,30 @@ async fn serve(cfg: Config) -> Result<(), String> {
         client,
     )
     .map_err(|e| format!("cannot start the pipeline: {e}"))?;
+    // Metrics first, so the listeners' first calls are counted.
+    let readiness = std::sync::Arc::new(mqtt_dynamo::metrics::Readiness::default());
+    let metrics_server = if cfg.metrics.enabled {
+        let prometheus = mqtt_dynamo::metrics::install().map_err(|e| e.to_string())?;
+        let listener = mqtt_dynamo::metrics::bind(cfg.metrics.listen)
+            .await
+            .map_err(|e| e.to_string())?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        info!(%addr, "metrics listening (/metrics, /healthz, /readyz)");
+        let sampler = mqtt_dynamo::metrics::spawn_sampler(pipeline.handle(), prometheus.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(mqtt_dynamo::metrics::serve(
+            listener,
+            prometheus,
+            readiness.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Some((stop, server, sampler))
+    } else {
+        None
+    };
+    let checker = spawn_readiness(cfg.dynamodb.clone(), admin.clone(), readiness);
     let listeners = mqtt_dynamo::adapter::Listeners::start(&cfg, pipeline.handle())
         .await
         .map_err(|e| e.to_string())?;
@@ -201,9 +225,33 @@ async fn serve(cfg: Config) -> Result<(), String> {
     listeners.stop().await;
     info!("draining: writing every accepted event");
     let report = pipeline.shutdown().await;
+    checker.abort();
+    if let Some((stop, server, sampler)) = metrics_server {
+        sampler.abort();
+        let _ = stop.send(());
+        let _ = server.await;
+    }
     println!("{report}");
     backend.stop().await;
     Ok(())
+}
+
+/// Keeps `/readyz` true while DynamoDB answers and the six tables exist, checking every 10 s.
+fn spawn_readiness(
+    dynamo: mqtt_dynamo::config::DynamoConfig,
+    client: aws_sdk_dynamodb::Client,
+    readiness: std::sync::Arc<mqtt_dynamo::metrics::Readiness>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+        loop {
+            tick.tick().await;
+            match tables::check_exist(&client, &dynamo).await {
+                Ok(()) => readiness.set(true, "DynamoDB answers and the tables exist"),
+                Err(e) => readiness.set(false, e.to_string()),
+            }
+        }
+    })
 }
 
 /// SIGINT or SIGTERM, with the handlers installed when this is created (before the "serving" log
@@ -310,11 +358,15 @@ fn main() -> ExitCode {
         format!("{},dynoxide=error", cfg.log.level)
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match cfg.log.format {
+        mqtt_dynamo::config::LogFormat::Json => builder.json().init(),
+        mqtt_dynamo::config::LogFormat::Human => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -27,6 +27,7 @@ pub struct Pipeline {
     router: Option<std::thread::JoinHandle<()>>,
     shards: Vec<tokio::task::JoinHandle<()>>,
     stats: Arc<Stats>,
+    limits: Limits,
 }
 
 /// A cheap, cloneable handle for submitting events from any thread.
@@ -34,6 +35,17 @@ pub struct Pipeline {
 pub struct PipelineHandle {
     ingest: Arc<Ingest>,
     stats: Arc<Stats>,
+    limits: Limits,
+}
+
+/// The configured limits, for the capacity gauges.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    ingest_events: usize,
+    ingest_bytes: usize,
+    pending_keys: usize,
+    pending_bytes: usize,
+    in_flight: usize,
 }
 
 impl PipelineHandle {
@@ -82,6 +94,37 @@ impl PipelineHandle {
 
     pub fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()
+    }
+
+    /// Sets the queue and in-flight gauges from their current levels.
+    pub fn publish_gauges(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let l = self.limits;
+        let levels = [
+            (
+                "ingest",
+                self.ingest.queued_events() as f64,
+                self.ingest.queued_bytes() as f64,
+            ),
+            (
+                "pending",
+                self.stats.pending_keys.load(Relaxed).max(0) as f64,
+                self.stats.pending_bytes.load(Relaxed).max(0) as f64,
+            ),
+        ];
+        let caps = [
+            (l.ingest_events as f64, l.ingest_bytes as f64),
+            (l.pending_keys as f64, l.pending_bytes as f64),
+        ];
+        for ((stage, events, bytes), (cap_events, cap_bytes)) in levels.into_iter().zip(caps) {
+            metrics::gauge!("mqtt_dynamo_queue_events", "stage" => stage).set(events);
+            metrics::gauge!("mqtt_dynamo_queue_bytes", "stage" => stage).set(bytes);
+            metrics::gauge!("mqtt_dynamo_queue_capacity_events", "stage" => stage).set(cap_events);
+            metrics::gauge!("mqtt_dynamo_queue_capacity_bytes", "stage" => stage).set(cap_bytes);
+        }
+        metrics::gauge!("mqtt_dynamo_flushes_in_flight")
+            .set(self.stats.flushes_in_flight.load(Relaxed).max(0) as f64);
+        metrics::gauge!("mqtt_dynamo_flushes_in_flight_limit").set(l.in_flight as f64);
     }
 
     /// Events waiting in the ingest queue, and its capacity.
@@ -140,6 +183,13 @@ impl Pipeline {
             router: Some(router),
             shards,
             stats,
+            limits: Limits {
+                ingest_events: cfg.ingest_capacity_events,
+                ingest_bytes: cfg.ingest_capacity_bytes,
+                pending_keys: cfg.max_pending_keys * cfg.shards,
+                pending_bytes: cfg.max_pending_bytes * cfg.shards,
+                in_flight: cfg.max_in_flight,
+            },
         })
     }
 
@@ -147,6 +197,7 @@ impl Pipeline {
         PipelineHandle {
             ingest: Arc::clone(&self.ingest),
             stats: Arc::clone(&self.stats),
+            limits: self.limits,
         }
     }
 

@@ -98,6 +98,8 @@ pub(crate) struct Shard {
     cfg: PipelineConfig,
     stats: Arc<Stats>,
     draining: bool,
+    /// The pending keys and bytes last added to the shared gauges.
+    published: (i64, i64),
 }
 
 impl Shard {
@@ -119,6 +121,23 @@ impl Shard {
             cfg,
             stats,
             draining: false,
+            published: (0, 0),
+        }
+    }
+
+    /// Adds this shard's change in pending keys and bytes to the shared gauges.
+    fn publish(&mut self) {
+        let now = (self.coalescer.len() as i64, self.coalescer.bytes() as i64);
+        if now != self.published {
+            self.stats.pending_keys.fetch_add(
+                now.0 - self.published.0,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            self.stats.pending_bytes.fetch_add(
+                now.1 - self.published.1,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            self.published = now;
         }
     }
 
@@ -160,7 +179,9 @@ impl Shard {
                 self.spare = Some(permit);
                 return;
             }
-            self.stats.flushed(trigger);
+            let requests = writes.iter().map(|t| t.write.request_count()).sum();
+            let bytes = writes.iter().map(|t| t.key.size() + t.write.size()).sum();
+            self.stats.flushed(trigger, requests, bytes);
             let keys = writes.iter().map(|t| t.key.clone()).collect();
             let flusher = Arc::clone(&self.flusher);
             let handle = self.flushes.spawn(async move {
@@ -176,6 +197,7 @@ impl Shard {
         &mut self,
         joined: Result<(tokio::task::Id, Vec<Completed>), tokio::task::JoinError>,
     ) {
+        self.stats.flush_done();
         let now = Instant::now();
         match joined {
             Ok((id, done)) => {
@@ -225,6 +247,7 @@ impl Shard {
     pub async fn run(mut self) {
         loop {
             self.dispatch();
+            self.publish();
             if self.draining && self.coalescer.is_empty() && self.flushes.is_empty() {
                 return;
             }

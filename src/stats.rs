@@ -6,8 +6,8 @@
 //! are one relaxed atomic add each.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
@@ -140,6 +140,11 @@ pub struct Stats {
     consumed_wcu: [AtomicU64; 6],
     /// Ingest-to-durable latency in microseconds; recorded per flush.
     durable_latency: Mutex<Histogram<u64>>,
+    /// Keys and bytes pending in all shards' coalescers (each shard adds its changes).
+    pub(crate) pending_keys: AtomicI64,
+    pub(crate) pending_bytes: AtomicI64,
+    /// Flushes started and not yet completed.
+    pub(crate) flushes_in_flight: AtomicI64,
 }
 
 impl Default for Stats {
@@ -162,6 +167,9 @@ impl Default for Stats {
                 Histogram::new_with_bounds(1, 3_600_000_000, 3)
                     .expect("static histogram bounds are valid"),
             ),
+            pending_keys: AtomicI64::new(0),
+            pending_bytes: AtomicI64::new(0),
+            flushes_in_flight: AtomicI64::new(0),
         }
     }
 }
@@ -190,9 +198,16 @@ impl Stats {
             .increment(cancelled);
     }
 
-    pub(crate) fn flushed(&self, trigger: FlushTrigger) {
+    pub(crate) fn flushed(&self, trigger: FlushTrigger, requests: usize, bytes: usize) {
         self.flushes[trigger as usize].fetch_add(1, Relaxed);
+        self.flushes_in_flight.fetch_add(1, Relaxed);
         metrics::counter!("mqtt_dynamo_flushes_total", "trigger" => trigger.as_str()).increment(1);
+        metrics::histogram!("mqtt_dynamo_batch_requests").record(requests as f64);
+        metrics::histogram!("mqtt_dynamo_batch_bytes").record(bytes as f64);
+    }
+
+    pub(crate) fn flush_done(&self) {
+        self.flushes_in_flight.fetch_sub(1, Relaxed);
     }
 
     pub(crate) fn request(&self, op: Operation, outcome: Outcome, duration: Duration) {
@@ -297,6 +312,37 @@ impl Stats {
                 .load(Relaxed),
             consumed_wcu: sum(&self.consumed_wcu),
             durable_latency: latency,
+        }
+    }
+}
+
+/// Lets a log line through at most once per second per call site, reporting how many were held
+/// back, so an outage or an overload does not flood the log.
+#[derive(Debug, Default)]
+pub struct LogGate {
+    last: Mutex<Option<Instant>>,
+    held: AtomicU64,
+}
+
+impl LogGate {
+    pub const fn new() -> Self {
+        LogGate {
+            last: Mutex::new(None),
+            held: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(held back since the last line)` when a line may be written now.
+    pub fn allow(&self) -> Option<u64> {
+        let Ok(mut last) = self.last.lock() else {
+            return None;
+        };
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            *last = Some(Instant::now());
+            Some(self.held.swap(0, Relaxed))
+        } else {
+            self.held.fetch_add(1, Relaxed);
+            None
         }
     }
 }

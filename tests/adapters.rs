@@ -450,7 +450,7 @@ async fn emqx_plays_exhook_v2_and_v3_against_serve() {
     std::fs::write(
         &conf,
         "[dynamodb]\nembedded_listen = \"127.0.0.1:0\"\n[exhook]\nlisten = \"127.0.0.1:0\"\n\
-         [http]\nlisten = \"127.0.0.1:0\"\n[pipeline]\nmax_batch_age = \"5ms\"\n",
+         [http]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[pipeline]\nmax_batch_age = \"5ms\"\n",
     )
     .unwrap();
     let started = std::time::SystemTime::now()

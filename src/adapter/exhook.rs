@@ -82,6 +82,14 @@ impl ExhookService {
     }
 
     async fn notify(&self, event: HookEvent) -> Result<(), Status> {
+        let t0 = std::time::Instant::now();
+        let result = self.admit(event).await;
+        metrics::histogram!("mqtt_dynamo_hook_rpc_duration_seconds", "adapter" => "exhook")
+            .record(t0.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn admit(&self, event: HookEvent) -> Result<(), Status> {
         match self.admission.admit(event, ActionScope::All).await {
             Ok(()) => Ok(()),
             Err(AdmitError::Invalid(reason)) => Err(Status::invalid_argument(reason)),

@@ -446,6 +446,20 @@ async fn ingest(
     body: Result<Bytes, BytesRejection>,
     translate: Translate,
 ) -> Response {
+    let t0 = std::time::Instant::now();
+    let response = handle_ingest(state, headers, query, body, translate).await;
+    metrics::histogram!("mqtt_dynamo_hook_rpc_duration_seconds", "adapter" => "http")
+        .record(t0.elapsed().as_secs_f64());
+    response
+}
+
+async fn handle_ingest(
+    state: HttpState,
+    headers: HeaderMap,
+    query: Query<IngestQuery>,
+    body: Result<Bytes, BytesRejection>,
+    translate: Translate,
+) -> Response {
     if let Some(resp) = unauthorized(&state, &headers) {
         return resp;
     }

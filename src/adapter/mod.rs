@@ -7,8 +7,8 @@ pub mod exhook;
 pub mod http;
 pub mod tls;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -34,34 +34,6 @@ pub enum AdmitError {
     Closed,
 }
 
-/// Drop logging at most once a second, with the count since the last line, so an overload
-/// does not also flood the log.
-#[derive(Debug, Default)]
-struct DropLog {
-    pending: AtomicU64,
-    last: Mutex<Option<Instant>>,
-}
-
-impl DropLog {
-    fn record(&self, adapter: &'static str, hook: &'static str) {
-        let n = self.pending.fetch_add(1, Relaxed) + 1;
-        let Ok(mut last) = self.last.lock() else {
-            return;
-        };
-        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-            *last = Some(Instant::now());
-            self.pending.store(0, Relaxed);
-            warn!(
-                adapter,
-                hook,
-                dropped = n,
-                reason = "queue_full",
-                "ingest queue full: hook events dropped"
-            );
-        }
-    }
-}
-
 /// The door between an adapter and the pipeline: submit, and when the queue is full apply the
 /// adapter's policy. Blocking waits run on tokio's blocking pool, never on a runtime worker.
 #[derive(Debug)]
@@ -70,7 +42,8 @@ pub struct Admission {
     when_full: WhenFull,
     block_timeout: Duration,
     adapter: &'static str,
-    drops: DropLog,
+    /// Rate limit for the drop warnings.
+    drop_log: crate::stats::LogGate,
     dropped: AtomicU64,
     /// Calls that found the queue full and waited for room (`when_full = "block"`).
     waited: AtomicU64,
@@ -88,7 +61,7 @@ impl Admission {
             when_full,
             block_timeout,
             adapter,
-            drops: DropLog::default(),
+            drop_log: crate::stats::LogGate::new(),
             dropped: AtomicU64::new(0),
             waited: AtomicU64::new(0),
         }
@@ -136,7 +109,16 @@ impl Admission {
                 self.dropped.fetch_add(1, Relaxed);
                 metrics::counter!("mqtt_dynamo_hook_events_dropped_total", "adapter" => self.adapter, "reason" => "queue_full")
                     .increment(1);
-                self.drops.record(self.adapter, hook);
+                if let Some(held) = self.drop_log.allow() {
+                    warn!(
+                        adapter = self.adapter,
+                        hook,
+                        reason = "queue_full",
+                        dropped_total = self.dropped.load(Relaxed),
+                        held_back = held,
+                        "ingest queue full: hook event dropped"
+                    );
+                }
                 Err(AdmitError::Dropped)
             }
             Err(SubmitError::Invalid(e)) => Err(AdmitError::Invalid(e.to_string())),
