@@ -11,7 +11,8 @@ Standard library only. Steps:
 2. Fetch the exporter's /metrics once, lint it with `promtool check metrics` (stdin), and check that
    every mqtt_dynamo_* metric named in a panel query is in the exposition.
 3. Start a throw-away Prometheus (temp config + temp TSDB, free loopback port) scraping the exporter
-   every 1s, wait for /-/ready and for `up{job="mqtt-dynamo"} == 1` over at least 5 scrapes.
+   every 1s, wait for /-/ready and for `up{job="mqtt-dynamo"} == 1` over at least 5 scrapes, and
+   check that the `instance` variable (label_values(mqtt_dynamo_build_info, instance)) has a value.
 4. Evaluate every panel query as an instant query (`$__rate_interval` -> 30s, `$__interval` -> 15s,
    `$instance` -> .*); any error fails. Core panels must return at least --core-min-points samples.
 5. Always stop Prometheus and remove its temp dir; print a summary; exit 0 only if all passed.
@@ -460,6 +461,14 @@ def main(argv=None):
         print("  ready")
         n_up = wait_up(base, proc, deadline)
         print(f'  up{{job="{JOB}"}} == 1 for {n_up:g} scrapes')
+
+        # The `instance` variable: label_values(mqtt_dynamo_build_info, instance) in Grafana.
+        q = urllib.parse.urlencode({"match[]": "mqtt_dynamo_build_info"})
+        _, body = http_get(f"{base}/api/v1/label/instance/values?{q}")
+        instances = json.loads(body).get("data") or []
+        print(f"  instance variable values: {instances}")
+        if not instances:
+            failures.append("instance variable: label_values(mqtt_dynamo_build_info, instance) is empty")
 
         print("\nqueries:")
         for p, t in targets:

@@ -1,0 +1,233 @@
+//! Metrics as operators see them: the Prometheus exposition after a known workload, checked value
+//! by value against the tables and by `promtool check metrics`; and (see `dashboard_queries_*`)
+//! a real Prometheus server scraping a running service and evaluating every dashboard query.
+//!
+//! The recorder is global to the process, so this binary holds the only in-process pipeline test
+//! that reads it.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use mqtt_dynamo::event::{ClientInfo, HookEvent, Message};
+use mqtt_dynamo::item::Table;
+use mqtt_dynamo::pipeline::Pipeline;
+
+use support::{Backend, scan_all};
+
+/// `name{label="v",...}` (labels sorted) → value, from the text exposition.
+fn parse_exposition(text: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        let key = match series.split_once('{') {
+            Some((name, labels)) => {
+                let mut labels: Vec<&str> = labels
+                    .trim_end_matches('}')
+                    .split(',')
+                    .filter(|l| !l.is_empty())
+                    .collect();
+                labels.sort();
+                format!("{name}{{{}}}", labels.join(","))
+            }
+            None => series.to_string(),
+        };
+        out.insert(key, value);
+    }
+    out
+}
+
+fn tool(var: &str, rel: &str) -> PathBuf {
+    let p = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel));
+    assert!(
+        p.exists(),
+        "{} is not installed: run scripts/test (it unpacks Debian's prometheus package)",
+        p.display()
+    );
+    p
+}
+
+fn client(id: &str) -> ClientInfo {
+    ClientInfo {
+        node: "emqx@n1".into(),
+        clientid: id.into(),
+        ..Default::default()
+    }
+}
+
+/// A known workload, then the scrape: every value follows from the sequence, items written equal
+/// the items in the tables, nothing is dropped, and promtool accepts the exposition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scraped_metrics_match_a_known_workload() {
+    let prometheus = mqtt_dynamo::metrics::install().expect("the recorder installs once");
+    let backend = Backend::dynoxide().await;
+    let mut cfg = backend.config();
+    // One shard, one flush at shutdown: the whole sequence coalesces in one window.
+    cfg.pipeline.shards = 1;
+    cfg.pipeline.max_batch_age = Duration::from_secs(3600);
+    let (client_sdk, counter) = backend.prepare(&cfg).await;
+    let pipeline = Pipeline::start(
+        &cfg.pipeline,
+        &cfg.dynamodb,
+        cfg.storage.format(),
+        cfg.rule_set().unwrap(),
+        client_sdk.clone(),
+    )
+    .unwrap();
+    let h = pipeline.handle();
+    for i in 0..10 {
+        h.submit(&HookEvent::ClientConnected {
+            client: client("m1"),
+            connected_at_ms: 1_000 + i,
+        })
+        .unwrap();
+    }
+    let message = Message {
+        node: "emqx@n1".into(),
+        id: "0005F65F239F03FEF44300000BB40001".into(),
+        qos: 1,
+        from: "m1".into(),
+        topic: "m/t".into(),
+        payload: b"x".to_vec(),
+        retain: false,
+        timestamp_ms: 5_000,
+        username: None,
+    };
+    h.submit(&HookEvent::MessagePublish {
+        message: message.clone(),
+    })
+    .unwrap();
+    h.submit(&HookEvent::MessageAcked {
+        client: client("s1"),
+        message,
+    })
+    .unwrap();
+    for c in ["c2", "c3", "c4"] {
+        h.submit(&HookEvent::ClientConnected {
+            client: client(c),
+            connected_at_ms: 2_000,
+        })
+        .unwrap();
+    }
+    // One invalid event (empty client id): refused and counted.
+    let bad = HookEvent::ClientConnected {
+        client: client(""),
+        connected_at_ms: 0,
+    };
+    assert!(h.submit(&bad).is_err());
+    h.publish_gauges();
+    let stats = pipeline.shutdown().await;
+    prometheus.run_upkeep();
+    let text = prometheus.render();
+    let m = parse_exposition(&text);
+    let get = |k: &str| {
+        m.get(k)
+            .copied()
+            .unwrap_or_else(|| panic!("{k} missing from:\n{text}"))
+    };
+
+    assert_eq!(
+        get(r#"mqtt_dynamo_events_received_total{hook="client.connected"}"#),
+        13.0
+    );
+    assert_eq!(
+        get(r#"mqtt_dynamo_events_received_total{hook="message.publish"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"mqtt_dynamo_events_received_total{hook="message.acked"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"mqtt_dynamo_events_rejected_total{reason="invalid"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"mqtt_dynamo_ops_coalesced_total{table="mqtt_client"}"#),
+        9.0
+    );
+    assert_eq!(
+        get(r#"mqtt_dynamo_writes_cancelled_total{table="mqtt_msg"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"mqtt_dynamo_writes_cancelled_total{table="mqtt_topic_msg_map"}"#),
+        1.0
+    );
+    assert_eq!(get(r#"mqtt_dynamo_flushes_total{trigger="shutdown"}"#), 1.0);
+    assert_eq!(get("mqtt_dynamo_batch_requests_count"), 1.0);
+    assert_eq!(
+        get("mqtt_dynamo_batch_requests_sum"),
+        5.0,
+        "4 client puts and the acked put"
+    );
+    assert_eq!(
+        get(
+            r#"mqtt_dynamo_dynamodb_requests_total{operation="batch_write_item",outcome="success"}"#
+        ),
+        counter.get("BatchWriteItem") as f64
+    );
+    assert_eq!(get("mqtt_dynamo_ingest_to_durable_seconds_count"), 5.0);
+    assert_eq!(get(r#"mqtt_dynamo_build_info{version="0.1.0"}"#), 1.0);
+    assert_eq!(
+        get(r#"mqtt_dynamo_queue_capacity_events{stage="ingest"}"#),
+        cfg.pipeline.ingest_capacity_events as f64
+    );
+    assert!(
+        !text.contains("mqtt_dynamo_writes_dropped_total"),
+        "nothing dropped:\n{text}"
+    );
+    assert_eq!(stats.dropped(), 0);
+
+    // Items written equal the items in the tables.
+    let tables = scan_all(&client_sdk, &cfg).await;
+    for table in [Table::Client, Table::Acked] {
+        let in_table = tables.keys().filter(|k| k.table == table).count() as f64;
+        let written = get(&format!(
+            r#"mqtt_dynamo_items_written_total{{table="{}"}}"#,
+            table.base_name()
+        ));
+        assert_eq!(written, in_table, "{table}");
+    }
+    assert_eq!(tables.len(), 5);
+
+    // promtool's lint accepts the exposition.
+    let promtool = tool(
+        "MQTT_DYNAMO_TEST_PROMTOOL",
+        "target/prometheus/usr/bin/promtool",
+    );
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
