@@ -213,6 +213,71 @@ where
     }
 }
 
+/// The throttling reasons DynamoDB documents (`<Table|Index><Read|Write><LimitType>`), the closed
+/// label set of `mqtt_dynamo_dynamodb_throttling_reasons_total`; anything else is `other`.
+const THROTTLING_REASONS: [&str; 16] = [
+    "TableReadProvisionedThroughputExceeded",
+    "TableWriteProvisionedThroughputExceeded",
+    "TableReadAccountLimitExceeded",
+    "TableWriteAccountLimitExceeded",
+    "TableReadKeyRangeThroughputExceeded",
+    "TableWriteKeyRangeThroughputExceeded",
+    "TableReadMaxOnDemandThroughputExceeded",
+    "TableWriteMaxOnDemandThroughputExceeded",
+    "IndexReadProvisionedThroughputExceeded",
+    "IndexWriteProvisionedThroughputExceeded",
+    "IndexReadAccountLimitExceeded",
+    "IndexWriteAccountLimitExceeded",
+    "IndexReadKeyRangeThroughputExceeded",
+    "IndexWriteKeyRangeThroughputExceeded",
+    "IndexReadMaxOnDemandThroughputExceeded",
+    "IndexWriteMaxOnDemandThroughputExceeded",
+];
+
+/// Counts the ThrottlingReasons a throttling error carries, when DynamoDB sends them (hot key
+/// versus capacity).
+pub fn record_throttling_reasons(reasons: &[aws_sdk_dynamodb::types::ThrottlingReason]) {
+    for r in reasons {
+        let label = r
+            .reason()
+            .and_then(|got| {
+                THROTTLING_REASONS
+                    .iter()
+                    .find(|known| **known == got)
+                    .copied()
+            })
+            .unwrap_or("other");
+        metrics::counter!("mqtt_dynamo_dynamodb_throttling_reasons_total", "reason" => label)
+            .increment(1);
+    }
+}
+
+/// The ThrottlingReasons of a BatchWriteItem error, if it carries any.
+pub fn batch_throttling_reasons<R>(
+    err: &SdkError<aws_sdk_dynamodb::operation::batch_write_item::BatchWriteItemError, R>,
+) -> &[aws_sdk_dynamodb::types::ThrottlingReason] {
+    use aws_sdk_dynamodb::operation::batch_write_item::BatchWriteItemError as E;
+    match err.as_service_error() {
+        Some(E::ThrottlingException(e)) => e.throttling_reasons(),
+        Some(E::ProvisionedThroughputExceededException(e)) => e.throttling_reasons(),
+        Some(E::RequestLimitExceeded(e)) => e.throttling_reasons(),
+        _ => &[],
+    }
+}
+
+/// The ThrottlingReasons of an UpdateItem error, if it carries any.
+pub fn update_throttling_reasons<R>(
+    err: &SdkError<aws_sdk_dynamodb::operation::update_item::UpdateItemError, R>,
+) -> &[aws_sdk_dynamodb::types::ThrottlingReason] {
+    use aws_sdk_dynamodb::operation::update_item::UpdateItemError as E;
+    match err.as_service_error() {
+        Some(E::ThrottlingException(e)) => e.throttling_reasons(),
+        Some(E::ProvisionedThroughputExceededException(e)) => e.throttling_reasons(),
+        Some(E::RequestLimitExceeded(e)) => e.throttling_reasons(),
+        _ => &[],
+    }
+}
+
 /// Full-jitter exponential backoff: a uniform delay in `[0, min(max, initial · 2^attempt))`.
 pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
     let cap = initial.saturating_mul(1u32 << attempt.min(20)).min(max);

@@ -282,6 +282,7 @@ impl Flusher {
                         self.stats
                             .request(Operation::BatchWriteItem, Outcome::Throttled, elapsed);
                         self.stats.throttled(code);
+                        dynamo::record_throttling_reasons(dynamo::batch_throttling_reasons(&err));
                     }
                     Failure::Invalid { message } => {
                         self.stats
@@ -452,6 +453,7 @@ impl Flusher {
                         self.stats
                             .request(Operation::UpdateItem, Outcome::Throttled, elapsed);
                         self.stats.throttled(code);
+                        dynamo::record_throttling_reasons(dynamo::update_throttling_reasons(&err));
                     }
                     Failure::Invalid { message } => {
                         self.stats
