@@ -175,7 +175,7 @@ pub enum Failure {
 }
 
 /// Throttling error codes, as static strings for metric labels.
-const THROTTLE_CODES: [&str; 4] = [
+pub(crate) const THROTTLE_CODES: [&str; 4] = [
     "ProvisionedThroughputExceededException",
     "ThrottlingException",
     "RequestLimitExceeded",

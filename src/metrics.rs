@@ -58,8 +58,77 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
         .install_recorder()
         .map_err(err)?;
     describe();
+    register();
     metrics::gauge!("mqtt_dynamo_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(handle)
+}
+
+/// Registers every series of the closed label sets at zero, so that "nothing happened" is a 0 in
+/// Prometheus rather than a missing series (and `rate()` works from the first scrape).
+fn register() {
+    use crate::event::HookPoint;
+    use crate::item::Table;
+    use crate::stats::{DropReason, FlushTrigger, Operation, Outcome, RejectReason};
+    for hook in HookPoint::ALL {
+        metrics::counter!("mqtt_dynamo_events_received_total", "hook" => hook.as_str()).absolute(0);
+    }
+    for reason in [
+        RejectReason::QueueFull,
+        RejectReason::Invalid,
+        RejectReason::Closed,
+    ] {
+        metrics::counter!("mqtt_dynamo_events_rejected_total", "reason" => reason.as_str())
+            .absolute(0);
+    }
+    for adapter in ["exhook", "http"] {
+        metrics::counter!("mqtt_dynamo_hook_events_dropped_total", "adapter" => adapter, "reason" => "queue_full")
+            .absolute(0);
+        metrics::counter!("mqtt_dynamo_hook_waits_total", "adapter" => adapter).absolute(0);
+        let _ = metrics::histogram!("mqtt_dynamo_hook_rpc_duration_seconds", "adapter" => adapter);
+    }
+    for table in Table::ALL {
+        let t = table.base_name();
+        metrics::counter!("mqtt_dynamo_ops_coalesced_total", "table" => t).absolute(0);
+        metrics::counter!("mqtt_dynamo_writes_cancelled_total", "table" => t).absolute(0);
+        metrics::counter!("mqtt_dynamo_items_written_total", "table" => t).absolute(0);
+        metrics::counter!("mqtt_dynamo_consumed_write_capacity_units_total", "table" => t)
+            .absolute(0);
+    }
+    for trigger in [
+        FlushTrigger::Count,
+        FlushTrigger::Bytes,
+        FlushTrigger::Age,
+        FlushTrigger::Shutdown,
+    ] {
+        metrics::counter!("mqtt_dynamo_flushes_total", "trigger" => trigger.as_str()).absolute(0);
+    }
+    for op in [Operation::BatchWriteItem, Operation::UpdateItem] {
+        for outcome in [
+            Outcome::Success,
+            Outcome::Partial,
+            Outcome::Throttled,
+            Outcome::ConditionFailed,
+            Outcome::Rejected,
+            Outcome::Error,
+        ] {
+            metrics::counter!("mqtt_dynamo_dynamodb_requests_total", "operation" => op.as_str(), "outcome" => outcome.as_str())
+                .absolute(0);
+        }
+        metrics::counter!("mqtt_dynamo_retries_total", "operation" => op.as_str()).absolute(0);
+        let _ = metrics::histogram!("mqtt_dynamo_dynamodb_request_duration_seconds", "operation" => op.as_str());
+    }
+    for code in crate::dynamo::THROTTLE_CODES {
+        metrics::counter!("mqtt_dynamo_dynamodb_throttles_total", "error_code" => code).absolute(0);
+    }
+    metrics::counter!("mqtt_dynamo_dynamodb_unprocessed_items_total").absolute(0);
+    for reason in [DropReason::Rejected, DropReason::RetriesExhausted] {
+        metrics::counter!("mqtt_dynamo_writes_dropped_total", "reason" => reason.as_str())
+            .absolute(0);
+    }
+    let _ = metrics::histogram!("mqtt_dynamo_ingest_to_durable_seconds");
+    let _ = metrics::histogram!("mqtt_dynamo_batch_requests");
+    let _ = metrics::histogram!("mqtt_dynamo_batch_bytes");
+    metrics::gauge!("mqtt_dynamo_dynamodb_in_flight_requests").set(0.0);
 }
 
 fn describe() {
