@@ -99,6 +99,7 @@ impl PipelineHandle {
     /// Sets the queue and in-flight gauges from their current levels.
     pub fn publish_gauges(&self) {
         use std::sync::atomic::Ordering::Relaxed;
+        self.stats.publish_counters();
         let l = self.limits;
         let levels = [
             (

@@ -176,10 +176,10 @@ impl Default for Stats {
 
 impl Stats {
     pub(crate) fn event_received(&self, hook: HookPoint, ops: usize) {
+        // Per event: atomics only; the exported counter is set from them once a second
+        // (`publish_counters`), so the hot path makes no metric-registry lookups.
         self.events_received[hook_index(hook)].fetch_add(1, Relaxed);
         self.ops_planned.fetch_add(ops as u64, Relaxed);
-        metrics::counter!("mqtt_dynamo_events_received_total", "hook" => hook.as_str())
-            .increment(1);
     }
 
     pub(crate) fn event_rejected(&self, reason: RejectReason) {
@@ -262,6 +262,14 @@ impl Stats {
         let hist = metrics::histogram!("mqtt_dynamo_ingest_to_durable_seconds");
         for l in latencies {
             hist.record(l.as_secs_f64());
+        }
+    }
+
+    /// Sets the per-event counters in the metrics registry from the atomics.
+    pub(crate) fn publish_counters(&self) {
+        for (hook, n) in HookPoint::ALL.iter().zip(&self.events_received) {
+            metrics::counter!("mqtt_dynamo_events_received_total", "hook" => hook.as_str())
+                .absolute(n.load(Relaxed));
         }
     }
 

@@ -128,8 +128,9 @@ async fn scraped_metrics_match_a_known_workload() {
         connected_at_ms: 0,
     };
     assert!(h.submit(&bad).is_err());
-    h.publish_gauges();
     let stats = pipeline.shutdown().await;
+    // What the once-a-second sampler does.
+    h.publish_gauges();
     prometheus.run_upkeep();
     let text = prometheus.render();
     let m = parse_exposition(&text);
@@ -236,6 +237,29 @@ async fn scraped_metrics_match_a_known_workload() {
     );
 }
 
+/// A plain HTTP/1.1 GET: (status, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
 /// A real Prometheus server (Debian's, on 127.0.0.1) scrapes a running `mqtt-dynamo serve` while
 /// events flow in over HTTP; every PromQL expression of the Grafana dashboard (variables
 /// substituted) must evaluate without error, the core panels must return data, and no panel may
@@ -294,6 +318,26 @@ fn dashboard_queries_evaluate_against_a_real_prometheus() {
     let (metrics_addr, http_addr) = (
         metrics_addr.expect("metrics address"),
         http_addr.expect("HTTP address"),
+    );
+    assert_eq!(
+        http_get(&metrics_addr, "/healthz"),
+        (200, "ok\n".to_string())
+    );
+    // Ready once DynamoDB answered and the tables exist (checked at start, then every 10 s).
+    let mut ready = http_get(&metrics_addr, "/readyz");
+    for _ in 0..50 {
+        if ready.0 == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        ready = http_get(&metrics_addr, "/readyz");
+    }
+    assert_eq!(
+        ready,
+        (
+            200,
+            "ready: DynamoDB answers and the tables exist\n".to_string()
+        )
     );
     // Keep reading the log so the service never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
