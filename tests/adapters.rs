@@ -5,9 +5,8 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -327,69 +326,6 @@ async fn http_rejects_bad_input_and_requires_the_token() {
     );
 }
 
-/// The serve process and where it listens, read from its log.
-struct Serve {
-    child: std::process::Child,
-    exhook: String,
-    http: String,
-    dynamo: String,
-    log: std::sync::mpsc::Receiver<String>,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn field_after<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let at = line.find(key)? + key.len();
-    line[at..].split_whitespace().next()
-}
-
-fn start_serve(conf: &std::path::Path) -> Serve {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mqtt-dynamo"))
-        .args(["serve", "--config"])
-        .arg(conf)
-        .env_remove("AWS_ENDPOINT_URL")
-        .env_remove("AWS_ENDPOINT_URL_DYNAMODB")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let (mut exhook, mut http, mut dynamo) = (None, None, None);
-    while exhook.is_none() || http.is_none() || dynamo.is_none() {
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("serve reports its listeners");
-        if line.contains("ExHook gRPC server") {
-            exhook = field_after(&line, "addr=").map(str::to_string);
-        } else if line.contains("HTTP ingest listening") {
-            http = field_after(&line, "addr=").map(str::to_string);
-        } else if line.contains("embedded DynamoDB") {
-            dynamo = field_after(&line, "endpoint=").map(str::to_string);
-        }
-    }
-    Serve {
-        child,
-        exhook: exhook.unwrap(),
-        http: http.unwrap(),
-        dynamo: dynamo.unwrap(),
-        log: rx,
-    }
-}
-
 fn python() -> PathBuf {
     let p = std::env::var_os("MQTT_DYNAMO_TEST_PYTHON")
         .map(PathBuf::from)
@@ -457,7 +393,7 @@ async fn emqx_plays_exhook_v2_and_v3_against_serve() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let serve = start_serve(&conf);
+    let serve = support::Serve::start(&conf);
     let rule_url = format!("http://{}/v1/events/emqx-rule", serve.http);
 
     let mut expected: BTreeMap<Key, Item> = BTreeMap::new();

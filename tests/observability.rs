@@ -266,7 +266,6 @@ fn http_get(addr: &str, path: &str) -> (u16, String) {
 /// name a metric the service does not export (tests/prometheus/check_dashboard.py).
 #[test]
 fn dashboard_queries_evaluate_against_a_real_prometheus() {
-    use std::io::{BufRead, BufReader};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -288,37 +287,8 @@ fn dashboard_queries_evaluate_against_a_real_prometheus() {
          [http]\nlisten = \"127.0.0.1:0\"\npublish_actions = \"all\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mqtt-dynamo"))
-        .args(["serve", "--config"])
-        .arg(&conf)
-        .env_remove("AWS_ENDPOINT_URL")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (mut metrics_addr, mut http_addr) = (None, None);
-    for line in &mut lines {
-        let line = line.unwrap();
-        let addr = line
-            .split("addr=")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .map(str::to_string);
-        if line.contains("metrics listening") {
-            metrics_addr = addr;
-        } else if line.contains("HTTP ingest listening") {
-            http_addr = addr;
-        }
-        if line.contains("serving;") {
-            break;
-        }
-    }
-    let (metrics_addr, http_addr) = (
-        metrics_addr.expect("metrics address"),
-        http_addr.expect("HTTP address"),
-    );
+    let mut serve = support::Serve::start(&conf);
+    let (metrics_addr, http_addr) = (serve.metrics.clone(), serve.http.clone());
     assert_eq!(
         http_get(&metrics_addr, "/healthz"),
         (200, "ok\n".to_string())
@@ -339,8 +309,6 @@ fn dashboard_queries_evaluate_against_a_real_prometheus() {
             "ready: DynamoDB answers and the tables exist\n".to_string()
         )
     );
-    // Keep reading the log so the service never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
 
     // A steady workload until the check is done: 20 events every 100 ms.
     let stop = Arc::new(AtomicBool::new(false));
@@ -396,9 +364,9 @@ fn dashboard_queries_evaluate_against_a_real_prometheus() {
     stop.store(true, Ordering::Relaxed);
     workload.join().unwrap();
     let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &serve.child.id().to_string()])
         .status();
-    let status = child.wait().unwrap();
+    let status = serve.child.wait().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     assert!(
         out.status.success(),

@@ -249,3 +249,81 @@ impl Drop for Stalled {
         self.task.abort();
     }
 }
+
+/// A running `mqtt-dynamo serve` and where it listens, read from its log (its stderr keeps being
+/// read, so the service never blocks on a full pipe). Killed on drop.
+pub struct Serve {
+    pub child: std::process::Child,
+    pub exhook: String,
+    pub http: String,
+    /// The embedded DynamoDB's endpoint URL.
+    pub dynamo: String,
+    pub metrics: String,
+    /// Log lines after "serving".
+    pub log: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn field_after<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let at = line.find(key)? + key.len();
+    line[at..].split_whitespace().next()
+}
+
+impl Serve {
+    /// Starts `serve --config conf` (embedded DynamoDB and every listener on ephemeral ports in
+    /// `conf`) and waits until it says it is serving.
+    pub fn start(conf: &std::path::Path) -> Serve {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mqtt-dynamo"))
+            .args(["serve", "--config"])
+            .arg(conf)
+            .env_remove("AWS_ENDPOINT_URL")
+            .env_remove("AWS_ENDPOINT_URL_DYNAMODB")
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (mut exhook, mut http, mut dynamo, mut metrics) = (None, None, None, None);
+        loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("serve starts and reports its listeners");
+            let addr = || field_after(&line, "addr=").map(str::to_string);
+            if line.contains("ExHook gRPC server") {
+                exhook = addr();
+            } else if line.contains("HTTP ingest listening") {
+                http = addr();
+            } else if line.contains("metrics listening") {
+                metrics = addr();
+            } else if line.contains("embedded DynamoDB") {
+                dynamo = field_after(&line, "endpoint=").map(str::to_string);
+            } else if line.contains("serving;") {
+                break;
+            }
+        }
+        Serve {
+            child,
+            exhook: exhook.unwrap_or_default(),
+            http: http.unwrap_or_default(),
+            dynamo: dynamo.unwrap_or_default(),
+            metrics: metrics.unwrap_or_default(),
+            log: rx,
+        }
+    }
+}
