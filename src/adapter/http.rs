@@ -496,7 +496,9 @@ async fn handle_ingest(
             Err(e) => return error(StatusCode::BAD_REQUEST, e.error, Some(&e.field)),
         };
         let scope = scope_of(&event, state.publish_actions);
-        // Check that it can be stored before queueing anything of the request.
+        // Check that it can be stored before queueing anything of the request (all or nothing).
+        // This plans each row once more than queueing alone would; HTTP is the low-rate path
+        // (ExHook carries the per-message load), so the simpler door is kept.
         if let Err(e) = handle.rules().plan_scoped(&event, &handle.format(), scope) {
             return error(
                 StatusCode::BAD_REQUEST,
