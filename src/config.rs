@@ -291,6 +291,9 @@ pub struct PipelineConfig {
     /// Flushes (one BatchWriteItem plus the UpdateItems taken with it) in flight at once,
     /// across all shards.
     pub max_in_flight: usize,
+    /// Append every write given up (rejected by DynamoDB, or out of retry budget) to this file as
+    /// JSON lines; unset: such writes are only counted and logged.
+    pub dead_letter_path: Option<std::path::PathBuf>,
     pub retry: RetryConfig,
 }
 
@@ -307,6 +310,7 @@ impl Default for PipelineConfig {
             max_batch_bytes: 4 * 1024 * 1024,
             max_batch_age: Duration::from_millis(50),
             max_in_flight: 32,
+            dead_letter_path: None,
             retry: RetryConfig::default(),
         }
     }

@@ -89,6 +89,8 @@ pub struct Flusher {
     tables: TableNames,
     retry: RetryConfig,
     stats: Arc<Stats>,
+    /// Where given-up writes are recorded.
+    dead_letters: crate::deadletter::DeadLetters,
 }
 
 /// One UpdateItem, ready to send (and resend).
@@ -101,13 +103,27 @@ struct UpdateSpec {
 }
 
 impl Flusher {
-    pub fn new(client: Client, tables: TableNames, retry: RetryConfig, stats: Arc<Stats>) -> Self {
+    pub fn new(
+        client: Client,
+        tables: TableNames,
+        retry: RetryConfig,
+        stats: Arc<Stats>,
+        dead_letters: crate::deadletter::DeadLetters,
+    ) -> Self {
         Flusher {
             client,
             tables,
             retry,
             stats,
+            dead_letters,
         }
+    }
+
+    /// Counts a given-up write and records it in the dead-letter file.
+    fn give_up(&self, key: &Key, write: &Write, reason: DropReason, error_text: &str) {
+        self.stats.dropped(reason, 1);
+        self.dead_letters
+            .record(self.tables.name(key.table), key, write, reason, error_text);
     }
 
     /// Sends `writes` (one per key) and reports how each ended.
@@ -218,6 +234,8 @@ impl Flusher {
         let mut done = Vec::with_capacity(pending.len());
         let started = Instant::now();
         let mut attempt = 0u32;
+        // What went wrong last, for the dead-letter record if the retries run out.
+        let mut last_error = String::new();
         while !pending.is_empty() {
             let mut request: HashMap<String, Vec<WriteRequest>> = HashMap::new();
             for (key, req) in &pending {
@@ -274,11 +292,13 @@ impl Flusher {
                     }
                     if !rest.is_empty() {
                         self.stats.unprocessed(rest.len() as u64);
+                        last_error = "returned as UnprocessedItems".into();
                     }
                     pending = rest;
                 }
                 Err(err) => match dynamo::classify(&err) {
                     Failure::Throttled { code } => {
+                        last_error = code.to_string();
                         self.stats
                             .request(Operation::BatchWriteItem, Outcome::Throttled, elapsed);
                         self.stats.throttled(code);
@@ -303,13 +323,19 @@ impl Flusher {
                                 if let Some(held) = DROP_LOG.allow() {
                                     error!(held_back = held, table = %key.table, %message, "DynamoDB rejected a write; dropped");
                                 }
-                                self.stats.dropped(DropReason::Rejected, 1);
+                                match writes.iter().find(|(k, _)| *k == key) {
+                                    Some((_, w)) => {
+                                        self.give_up(&key, w, DropReason::Rejected, &message)
+                                    }
+                                    None => self.stats.dropped(DropReason::Rejected, 1),
+                                }
                                 done.push((key, false));
                             }
                         }
                         continue;
                     }
                     Failure::Transient { code, message } => {
+                        last_error = format!("{code}: {message}");
                         self.stats
                             .request(Operation::BatchWriteItem, Outcome::Error, elapsed);
                         if let Some(held) = RETRY_LOG.allow() {
@@ -335,9 +361,19 @@ impl Flusher {
                             "BatchWriteItem retries exhausted; writes dropped"
                         );
                     }
-                    self.stats
-                        .dropped(DropReason::RetriesExhausted, pending.len() as u64);
-                    done.extend(pending.drain(..).map(|(k, _)| (k, false)));
+                    let why = format!(
+                        "retries exhausted after {:.1} s; last: {last_error}",
+                        started.elapsed().as_secs_f64()
+                    );
+                    for (key, _) in pending.drain(..) {
+                        match writes.iter().find(|(k, _)| *k == key) {
+                            Some((_, w)) => {
+                                self.give_up(&key, w, DropReason::RetriesExhausted, &why)
+                            }
+                            None => self.stats.dropped(DropReason::RetriesExhausted, 1),
+                        }
+                        done.push((key, false));
+                    }
                 }
                 attempt += 1;
             }
@@ -403,16 +439,18 @@ impl Flusher {
     /// The UpdateItem(s) of one write, in order, each retried until done.
     async fn update(&self, key: &Key, write: &Write) -> bool {
         for spec in Self::update_specs(key, write) {
-            if !self.update_one(key, &spec).await {
+            if !self.update_one(key, write, &spec).await {
                 return false;
             }
         }
         true
     }
 
-    async fn update_one(&self, key: &Key, spec: &UpdateSpec) -> bool {
+    async fn update_one(&self, key: &Key, write: &Write, spec: &UpdateSpec) -> bool {
         let started = Instant::now();
         let mut attempt = 0u32;
+        // Set by every failure that leads to a retry; read if the retries run out.
+        let mut last_error: String;
         loop {
             let t0 = Instant::now();
             let in_flight = InFlight::start();
@@ -450,6 +488,7 @@ impl Flusher {
                         return true;
                     }
                     Failure::Throttled { code } => {
+                        last_error = code.to_string();
                         self.stats
                             .request(Operation::UpdateItem, Outcome::Throttled, elapsed);
                         self.stats.throttled(code);
@@ -461,10 +500,11 @@ impl Flusher {
                         if let Some(held) = DROP_LOG.allow() {
                             error!(held_back = held, table = %key.table, %message, "DynamoDB rejected an update; dropped");
                         }
-                        self.stats.dropped(DropReason::Rejected, 1);
+                        self.give_up(key, write, DropReason::Rejected, &message);
                         return false;
                     }
                     Failure::Transient { code, message } => {
+                        last_error = format!("{code}: {message}");
                         self.stats
                             .request(Operation::UpdateItem, Outcome::Error, elapsed);
                         if let Some(held) = RETRY_LOG.allow() {
@@ -477,7 +517,11 @@ impl Flusher {
                 if let Some(held) = DROP_LOG.allow() {
                     error!(held_back = held, table = %key.table, elapsed_s = started.elapsed().as_secs_f64(), "UpdateItem retries exhausted; write dropped");
                 }
-                self.stats.dropped(DropReason::RetriesExhausted, 1);
+                let why = format!(
+                    "retries exhausted after {:.1} s; last: {last_error}",
+                    started.elapsed().as_secs_f64()
+                );
+                self.give_up(key, write, DropReason::RetriesExhausted, &why);
                 return false;
             }
             attempt += 1;

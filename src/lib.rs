@@ -34,6 +34,7 @@
 pub mod adapter;
 pub mod coalesce;
 pub mod config;
+pub mod deadletter;
 pub mod dynamo;
 #[cfg(feature = "embedded")]
 pub mod embedded;

@@ -144,11 +144,25 @@ impl Pipeline {
         client: Client,
     ) -> std::io::Result<Pipeline> {
         let stats = Arc::new(Stats::default());
+        let dead_letters = crate::deadletter::DeadLetters::open(cfg.dead_letter_path.as_deref())
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot open the dead-letter file {}: {e}",
+                        cfg.dead_letter_path
+                            .as_deref()
+                            .unwrap_or(std::path::Path::new(""))
+                            .display()
+                    ),
+                )
+            })?;
         let flusher = Arc::new(Flusher::new(
             client,
             TableNames::new(dynamo),
             cfg.retry.clone(),
             Arc::clone(&stats),
+            dead_letters,
         ));
         let permits = Arc::new(Semaphore::new(cfg.max_in_flight));
         let mut senders = Vec::with_capacity(cfg.shards);

@@ -739,3 +739,60 @@ async fn full_queues_refuse_and_outage_drops_are_counted() {
     assert_eq!(stats.written(), 0);
     assert_eq!(stats.dropped_retries_exhausted, accepted, "{stats}");
 }
+
+/// A write DynamoDB rejects, in a full 25-request batch: the batch is never retried whole; the 24
+/// good writes land, and the poison one is dropped, counted, and appended to the dead-letter file
+/// with DynamoDB's message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_write_is_isolated_and_dead_lettered() {
+    let backend = Backend::dynoxide().await;
+    let proxy = support::faults::FaultProxy::start_with(
+        backend.endpoint(),
+        support::faults::Mode::Poison("poison-client"),
+    )
+    .await;
+    let dir = std::env::temp_dir().join(format!("mqtt-dynamo-dlq-{}", std::process::id()));
+    let dlq = dir.join("dead-letters.jsonl");
+    let mut cfg = backend.config();
+    cfg.dynamodb.endpoint_url = Some(proxy.endpoint());
+    cfg.pipeline.shards = 1;
+    cfg.pipeline.max_batch_age = Duration::from_secs(3600);
+    cfg.pipeline.dead_letter_path = Some(dlq.clone());
+    let mut events: Vec<HookEvent> = (0..24)
+        .map(|i| connect(&format!("c{i}"), "emqx@n1", 1_000))
+        .collect();
+    events.insert(12, connect("poison-client", "emqx@n1", 1_000));
+    let (stats, counter) = run(&backend, &cfg, &events, false).await;
+    assert_eq!(stats.flushes[0], ("count", 1), "one full batch: {stats}");
+    assert_eq!(stats.dropped_rejected, 1);
+    assert_eq!(stats.written(), 24);
+    assert_eq!(
+        counter.get("BatchWriteItem"),
+        1 + 25,
+        "the batch, then each write alone"
+    );
+    let got = scan_all(&backend.prepare(&cfg).await.0, &cfg).await;
+    assert_eq!(got.len(), 24);
+    assert!(!got.contains_key(&Key::new(Table::Client, "poison-client")));
+    let text = std::fs::read_to_string(&dlq).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert_eq!(lines[0]["table"], "mqtt_client");
+    assert_eq!(
+        lines[0]["key"],
+        serde_json::json!({"clientid": {"S": "poison-client"}})
+    );
+    assert_eq!(lines[0]["reason"], "rejected");
+    assert_eq!(
+        lines[0]["error"],
+        "One or more parameter values were invalid: poisoned item (test)"
+    );
+    assert_eq!(
+        lines[0]["write"]["put"]["connect_state"],
+        serde_json::json!({"N": "1"})
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -35,6 +35,9 @@ pub enum Mode {
     Faults,
     /// Forward every request after this delay: a slow DynamoDB.
     Delay(std::time::Duration),
+    /// Reject, as DynamoDB rejects an invalid item, every write request whose body contains
+    /// this marker; forward everything else.
+    Poison(&'static str),
 }
 
 struct State {
@@ -142,6 +145,30 @@ async fn handle(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
+    match state.mode {
+        Mode::Faults => {}
+        Mode::Delay(d) => {
+            if !d.is_zero() {
+                tokio::time::sleep(d).await;
+            }
+            return Ok(forward(&state, &parts, body).await);
+        }
+        Mode::Poison(marker) => {
+            let is_write = parts
+                .headers
+                .get("x-amz-target")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|t| t.ends_with("BatchWriteItem") || t.ends_with("UpdateItem"));
+            if is_write && body.windows(marker.len()).any(|w| w == marker.as_bytes()) {
+                return Ok(error(
+                    StatusCode::BAD_REQUEST,
+                    "ValidationException",
+                    "One or more parameter values were invalid: poisoned item (test)",
+                ));
+            }
+            return Ok(forward(&state, &parts, body).await);
+        }
+    }
     let target = parts
         .headers
         .get("x-amz-target")
