@@ -55,14 +55,7 @@ async fn run_case(delay: Duration, rate: f64) -> Case {
     cfg.exhook.listen = "127.0.0.1:0".parse().unwrap();
     cfg.http.enabled = false;
     let client = dynamo::client(&cfg.dynamodb, None, SdkRetries::Disabled).await;
-    let pipeline = Pipeline::start(
-        &cfg.pipeline,
-        &cfg.dynamodb,
-        cfg.storage.format(),
-        cfg.rule_set().unwrap(),
-        client,
-    )
-    .unwrap();
+    let pipeline = Pipeline::from_config(&cfg, client).unwrap();
     let listeners = Listeners::start(&cfg, pipeline.handle()).await.unwrap();
     let url = format!("http://{}", listeners.exhook_addr.unwrap());
 

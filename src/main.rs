@@ -151,7 +151,6 @@ impl Backend {
 }
 
 async fn serve(cfg: Config) -> Result<(), String> {
-    let rules = cfg.rule_set().map_err(|e| e.to_string())?;
     let backend = backend(&cfg).await?;
     let admin = dynamo::client(
         &cfg.dynamodb,
@@ -174,14 +173,7 @@ async fn serve(cfg: Config) -> Result<(), String> {
         SdkRetries::Disabled,
     )
     .await;
-    let pipeline = Pipeline::start(
-        &cfg.pipeline,
-        &cfg.dynamodb,
-        cfg.storage.format(),
-        rules,
-        client,
-    )
-    .map_err(|e| format!("cannot start the pipeline: {e}"))?;
+    let pipeline = Pipeline::from_config(&cfg, client).map_err(|e| e.to_string())?;
     // Metrics first, so the listeners' first calls are counted.
     let readiness = std::sync::Arc::new(mqtt_dynamo::metrics::Readiness::default());
     let metrics_server = if cfg.metrics.enabled {

@@ -134,7 +134,31 @@ impl PipelineHandle {
     }
 }
 
+/// Why a pipeline could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot start the pipeline: {0}")]
+    Io(#[from] std::io::Error),
+}
+
 impl Pipeline {
+    /// Starts a pipeline with everything `cfg` says: `[pipeline]`, `[dynamodb]` table names,
+    /// `[storage]` formats and the rules. Must be called inside a tokio runtime.
+    pub fn from_config(
+        cfg: &crate::config::Config,
+        client: Client,
+    ) -> Result<Pipeline, StartError> {
+        Ok(Pipeline::start(
+            &cfg.pipeline,
+            &cfg.dynamodb,
+            cfg.storage.format(),
+            cfg.rule_set()?,
+            client,
+        )?)
+    }
+
     /// Starts the router thread and the shard tasks. Must be called inside a tokio runtime.
     pub fn start(
         cfg: &PipelineConfig,

@@ -63,14 +63,7 @@ async fn start(backend: &Backend, cfg: &mut Config) -> (Pipeline, Listeners) {
     cfg.exhook.listen = "127.0.0.1:0".parse().unwrap();
     cfg.http.listen = "127.0.0.1:0".parse().unwrap();
     let (client, _) = backend.prepare(cfg).await;
-    let pipeline = Pipeline::start(
-        &cfg.pipeline,
-        &cfg.dynamodb,
-        cfg.storage.format(),
-        cfg.rule_set().unwrap(),
-        client,
-    )
-    .unwrap();
+    let pipeline = Pipeline::from_config(cfg, client).unwrap();
     let listeners = Listeners::start(cfg, pipeline.handle()).await.unwrap();
     (pipeline, listeners)
 }
@@ -724,14 +717,7 @@ async fn http_full_queue_answers_503_and_counts_the_drop() {
         mqtt_dynamo::dynamo::SdkRetries::Disabled,
     )
     .await;
-    let pipeline = Pipeline::start(
-        &cfg.pipeline,
-        &cfg.dynamodb,
-        cfg.storage.format(),
-        cfg.rule_set().unwrap(),
-        client,
-    )
-    .unwrap();
+    let pipeline = Pipeline::from_config(&cfg, client).unwrap();
     let listeners = Listeners::start(&cfg, pipeline.handle()).await.unwrap();
     let url = format!(
         "http://{}/v1/events/emqx-rule",

@@ -79,14 +79,7 @@ async fn scraped_metrics_match_a_known_workload() {
     cfg.pipeline.shards = 1;
     cfg.pipeline.max_batch_age = Duration::from_secs(3600);
     let (client_sdk, counter) = backend.prepare(&cfg).await;
-    let pipeline = Pipeline::start(
-        &cfg.pipeline,
-        &cfg.dynamodb,
-        cfg.storage.format(),
-        cfg.rule_set().unwrap(),
-        client_sdk.clone(),
-    )
-    .unwrap();
+    let pipeline = Pipeline::from_config(&cfg, client_sdk.clone()).unwrap();
     let h = pipeline.handle();
     for i in 0..10 {
         h.submit(&HookEvent::ClientConnected {

@@ -109,17 +109,7 @@ async fn run(
     drain_each: bool,
 ) -> (StatsSnapshot, support::RequestCounter) {
     let (client, counter) = backend.prepare(cfg).await;
-    let rules = cfg.rule_set().unwrap();
-    let start = || {
-        Pipeline::start(
-            &cfg.pipeline,
-            &cfg.dynamodb,
-            cfg.storage.format(),
-            rules.clone(),
-            client.clone(),
-        )
-        .unwrap()
-    };
+    let start = || Pipeline::from_config(cfg, client.clone()).unwrap();
     let mut last = None;
     let groups: Vec<&[HookEvent]> = if drain_each {
         events.chunks(1).collect()
@@ -506,14 +496,7 @@ async fn invalid_events_are_refused_and_the_rest_is_written() {
     let backend = Backend::dynoxide().await;
     let cfg = backend.config();
     let (client, _) = backend.prepare(&cfg).await;
-    let pipeline = Pipeline::start(
-        &cfg.pipeline,
-        &cfg.dynamodb,
-        cfg.storage.format(),
-        RuleSet::default(),
-        client.clone(),
-    )
-    .unwrap();
+    let pipeline = Pipeline::from_config(&cfg, client.clone()).unwrap();
     let h = pipeline.handle();
     let mut bad = message(1, 1, "c1", "t", b"x", false, 0);
     bad.id = "zz".into();
@@ -696,14 +679,7 @@ async fn full_queues_refuse_and_outage_drops_are_counted() {
         mqtt_dynamo::dynamo::SdkRetries::Disabled,
     )
     .await;
-    let pipeline = Pipeline::start(
-        &cfg.pipeline,
-        &cfg.dynamodb,
-        cfg.storage.format(),
-        RuleSet::default(),
-        client,
-    )
-    .unwrap();
+    let pipeline = Pipeline::from_config(&cfg, client).unwrap();
     let h = pipeline.handle();
     // Fill everything: ingest queue, router, shard inbox, pending table and the one flush in flight.
     let mut accepted = 0u64;

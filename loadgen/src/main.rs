@@ -200,9 +200,7 @@ async fn run(args: Args) -> Result<bool, String> {
         ..WorkloadConfig::default()
     };
     let wl_cfg_again = wl_cfg.clone();
-    let rules_again = rules.clone();
-    let pipeline = Pipeline::start(&cfg.pipeline, &cfg.dynamodb, format, rules, client)
-        .map_err(|e| e.to_string())?;
+    let pipeline = Pipeline::from_config(&cfg, client).map_err(|e| e.to_string())?;
     let handle = pipeline.handle();
 
     println!(
@@ -273,10 +271,7 @@ async fn run(args: Args) -> Result<bool, String> {
             refused_iter.next();
             continue;
         }
-        for op in rules_again
-            .plan(&event, &format)
-            .map_err(|e| e.to_string())?
-        {
+        for op in rules.plan(&event, &format).map_err(|e| e.to_string())? {
             model.apply(&op);
         }
     }
