@@ -148,6 +148,31 @@ pub enum PushOutcome {
     Queued,
 }
 
+/// The ingest sequence numbers of the ops folded into one write, lowest and highest (see
+/// [`crate::lookup::ReadState`], which keeps accepted ops visible to lookups until their write
+/// settles). `0..=0` when nobody numbers ops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Seqs {
+    pub first: u64,
+    pub last: u64,
+}
+
+impl Seqs {
+    pub fn one(seq: u64) -> Self {
+        Seqs {
+            first: seq,
+            last: seq,
+        }
+    }
+
+    fn with(self, seq: u64) -> Self {
+        Seqs {
+            first: self.first.min(seq),
+            last: self.last.max(seq),
+        }
+    }
+}
+
 /// A write taken out for sending.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Taken {
@@ -155,13 +180,16 @@ pub struct Taken {
     pub write: Write,
     /// When the oldest op folded into this write was accepted (for ingest-to-durable latency).
     pub since: Instant,
+    /// The ops folded into it.
+    pub seqs: Seqs,
 }
 
 /// The pending writes of one key.
 #[derive(Debug)]
 struct Entry {
-    /// Writes to apply in order; almost always one (see the module docs for when two).
-    writes: VecDeque<Write>,
+    /// Writes to apply in order, each with the ops folded into it; almost always one (see the
+    /// module docs for when two).
+    writes: VecDeque<(Write, Seqs)>,
     /// When the oldest op in this entry was accepted.
     since: Instant,
     /// Position marker in [`Coalescer::order`]; an order slot with another value is stale.
@@ -171,8 +199,8 @@ struct Entry {
 }
 
 impl Entry {
-    fn measure(key: &Key, writes: &VecDeque<Write>) -> usize {
-        key.size() + writes.iter().map(Write::size).sum::<usize>()
+    fn measure(key: &Key, writes: &VecDeque<(Write, Seqs)>) -> usize {
+        key.size() + writes.iter().map(|(w, _)| w.size()).sum::<usize>()
     }
 }
 
@@ -202,42 +230,58 @@ impl Coalescer {
 
     /// Folds `op`, accepted at `accepted`, into the pending writes.
     pub fn push(&mut self, op: Op, accepted: Instant) -> PushOutcome {
+        self.push_numbered(op, accepted, 0).0
+    }
+
+    /// Like [`Coalescer::push`] for an op with ingest sequence number `seq`; when the op cancels
+    /// the key's pending write outright, also returns the ops that vanished with it (they will
+    /// never be written, so nobody will report them settled).
+    pub fn push_numbered(
+        &mut self,
+        op: Op,
+        accepted: Instant,
+        seq: u64,
+    ) -> (PushOutcome, Option<Seqs>) {
         let Op { key, write } = op;
         match self.entries.get_mut(&key) {
             None => {
-                let seq = self.next_seq;
+                let slot = self.next_seq;
                 self.next_seq += 1;
-                let writes = VecDeque::from([write]);
+                let writes = VecDeque::from([(write, Seqs::one(seq))]);
                 let bytes = Entry::measure(&key, &writes);
                 self.bytes += bytes;
                 if !self.in_flight.contains(&key) {
                     self.ready += 1;
                 }
-                self.order.push_back((key.clone(), seq));
+                self.order.push_back((key.clone(), slot));
                 self.entries.insert(
                     key,
                     Entry {
                         writes,
                         since: accepted,
-                        seq,
+                        seq: slot,
                         bytes,
                     },
                 );
-                PushOutcome::New
+                (PushOutcome::New, None)
             }
             Some(entry) => {
-                let last = entry.writes.pop_back().expect("entries are never empty");
+                let (last, seqs) = entry.writes.pop_back().expect("entries are never empty");
+                let mut vanished = None;
                 let outcome = match merge(&key, last, write) {
                     Merged::One(w) => {
-                        entry.writes.push_back(w);
+                        entry.writes.push_back((w, seqs.with(seq)));
                         PushOutcome::Merged
                     }
                     Merged::Two(a, b) => {
-                        entry.writes.push_back(a);
-                        entry.writes.push_back(b);
+                        entry.writes.push_back((a, seqs));
+                        entry.writes.push_back((b, Seqs::one(seq)));
                         PushOutcome::Queued
                     }
-                    Merged::Cancelled => PushOutcome::Cancelled,
+                    Merged::Cancelled => {
+                        vanished = Some(seqs.with(seq));
+                        PushOutcome::Cancelled
+                    }
                 };
                 self.bytes -= entry.bytes;
                 if entry.writes.is_empty() {
@@ -251,9 +295,9 @@ impl Coalescer {
                 }
                 // A cancelled write whose entry still has an earlier write is still a merge.
                 if outcome == PushOutcome::Cancelled && self.entries.contains_key(&key) {
-                    PushOutcome::Merged
+                    (PushOutcome::Merged, vanished)
                 } else {
-                    outcome
+                    (outcome, vanished)
                 }
             }
         }
@@ -280,7 +324,7 @@ impl Coalescer {
                 skipped.push((key, seq));
                 continue;
             }
-            let head = entry.writes.front().expect("entries are never empty");
+            let (head, _) = entry.writes.front().expect("entries are never empty");
             let (req, size) = (head.request_count(), key.size() + head.size());
             if !taken.is_empty() && (requests + req > max_requests || bytes + size > max_bytes) {
                 skipped.push((key, seq));
@@ -288,7 +332,7 @@ impl Coalescer {
             }
             requests += req;
             bytes += size;
-            let write = entry.writes.pop_front().expect("entries are never empty");
+            let (write, seqs) = entry.writes.pop_front().expect("entries are never empty");
             let since = entry.since;
             self.bytes -= entry.bytes;
             self.ready -= 1;
@@ -300,7 +344,12 @@ impl Coalescer {
                 skipped.push((key.clone(), seq));
             }
             self.in_flight.insert(key.clone());
-            taken.push(Taken { key, write, since });
+            taken.push(Taken {
+                key,
+                write,
+                since,
+                seqs,
+            });
         }
         for slot in skipped.into_iter().rev() {
             self.order.push_front(slot);

@@ -81,6 +81,60 @@ pub struct Config {
     pub http: HttpConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    pub lookup: LookupConfig,
+}
+
+/// How a lookup finds the topics a subscription filter names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MatchMode {
+    /// MQTT wildcard matching against the in-memory topic index (loaded with a parallel Scan at
+    /// start, then kept from the service's own writes).
+    #[default]
+    Index,
+    /// The seed's behaviour: the filter string is looked up as a key, so `a/+` finds only a
+    /// message published to the literal topic `a/+`.
+    Literal,
+}
+
+/// `[lookup]`: the read side (subscriptions, retained messages, offline messages).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LookupConfig {
+    /// Serve the lookup API on the HTTP listener and keep the topic indexes.
+    pub enabled: bool,
+    /// Lookups also see writes accepted but not yet in DynamoDB (a copy of each such write of
+    /// the four tables lookups read is kept until it settles).
+    pub read_your_writes: bool,
+    pub retained: MatchMode,
+    pub offline: MatchMode,
+    /// Offline messages returned per lookup when the request sets no limit (the newest ones,
+    /// oldest first, as EMQX's SQL backends' `max_returned_count`); 0 means no limit.
+    pub max_returned_count: usize,
+    /// Only offline messages published within this long before the lookup (EMQX's
+    /// `time_range`); unset means any age.
+    #[serde(with = "humantime_serde")]
+    pub time_range: Option<Duration>,
+    /// Retained messages returned by one lookup at most (a `#` over a huge table is cut here,
+    /// and the answer says so).
+    pub max_retained: usize,
+    /// Parallel Scan segments used to load the topic indexes.
+    pub scan_segments: u32,
+}
+
+impl Default for LookupConfig {
+    fn default() -> Self {
+        LookupConfig {
+            enabled: true,
+            read_your_writes: true,
+            retained: MatchMode::Index,
+            offline: MatchMode::Index,
+            max_returned_count: 500,
+            time_range: None,
+            max_retained: 10_000,
+            scan_segments: 4,
+        }
+    }
 }
 
 /// `[metrics]`: the Prometheus listener.
@@ -437,6 +491,12 @@ impl Config {
                 reason: reason.to_string(),
             })
         };
+        if !(1..=1_000_000).contains(&self.lookup.scan_segments) {
+            return invalid("lookup.scan_segments", "must be 1 to 1000000");
+        }
+        if self.lookup.max_retained == 0 {
+            return invalid("lookup.max_retained", "must be at least 1");
+        }
         if !(1..=MAX_BATCH_REQUESTS).contains(&p.max_batch_requests) {
             return invalid(
                 "pipeline.max_batch_requests",

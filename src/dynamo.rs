@@ -278,6 +278,20 @@ pub fn update_throttling_reasons<R>(
     }
 }
 
+/// An SDK error as one line: DynamoDB's code and message when it answered, else the whole chain
+/// (connection refused, timeout, …).
+pub fn error_text<E, R>(err: &SdkError<E, R>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match (err.code(), err.message()) {
+        (Some(code), Some(msg)) => format!("{code}: {msg}"),
+        (Some(code), None) => code.to_string(),
+        _ => aws_sdk_dynamodb::error::DisplayErrorContext(err).to_string(),
+    }
+}
+
 /// Full-jitter exponential backoff: a uniform delay in `[0, min(max, initial · 2^attempt))`.
 pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
     let cap = initial.saturating_mul(1u32 << attempt.min(20)).min(max);

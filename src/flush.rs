@@ -80,6 +80,8 @@ pub struct Completed {
     pub since: Instant,
     /// Written (or a guarded no-op); false when it was dropped (counted and logged).
     pub durable: bool,
+    /// The ops folded into the write (for [`crate::lookup::ReadState::settled`]).
+    pub seqs: crate::coalesce::Seqs,
 }
 
 /// Sends flushes. Shared by every shard; holds no per-flush state.
@@ -128,8 +130,10 @@ impl Flusher {
 
     /// Sends `writes` (one per key) and reports how each ended.
     pub async fn flush(self: Arc<Self>, writes: Vec<Taken>) -> Vec<Completed> {
-        let since: HashMap<Key, Instant> =
-            writes.iter().map(|t| (t.key.clone(), t.since)).collect();
+        let since: HashMap<Key, (Instant, crate::coalesce::Seqs)> = writes
+            .iter()
+            .map(|t| (t.key.clone(), (t.since, t.seqs)))
+            .collect();
         let (batchable, updates): (Vec<Taken>, Vec<Taken>) =
             writes.into_iter().partition(|t| t.write.is_batchable());
         let mut tasks = tokio::task::JoinSet::new();
@@ -156,10 +160,17 @@ impl Flusher {
         }
         let mut completed: Vec<Completed> = results
             .into_iter()
-            .map(|(key, durable)| Completed {
-                since: since.get(&key).copied().unwrap_or_else(Instant::now),
-                key,
-                durable,
+            .map(|(key, durable)| {
+                let (since, seqs) = since
+                    .get(&key)
+                    .copied()
+                    .unwrap_or_else(|| (Instant::now(), Default::default()));
+                Completed {
+                    since,
+                    key,
+                    durable,
+                    seqs,
+                }
             })
             .collect();
         // Keys whose task died are reported as dropped so the shard releases them.
@@ -167,10 +178,11 @@ impl Flusher {
         let lost: Vec<Completed> = since
             .iter()
             .filter(|(k, _)| !seen.contains(k))
-            .map(|(k, s)| Completed {
+            .map(|(k, (since, seqs))| Completed {
                 key: k.clone(),
-                since: *s,
+                since: *since,
                 durable: false,
+                seqs: *seqs,
             })
             .collect();
         if !lost.is_empty() {

@@ -14,6 +14,7 @@ use thiserror::Error;
 
 use crate::event::HookEvent;
 use crate::item::Op;
+use crate::lookup::ReadState;
 use crate::rules::{ActionScope, EventError, RuleSet, StorageFormat};
 use crate::stats::{RejectReason, Stats};
 
@@ -39,6 +40,8 @@ pub(crate) struct Envelope {
     /// Bytes reserved in the ingest budget, released when the router takes the envelope.
     pub bytes: usize,
     pub accepted: Instant,
+    /// The sequence number of the first op (the next ops follow); 0 when nobody numbers them.
+    pub first_seq: u64,
 }
 
 /// What travels on the ingest channel.
@@ -118,6 +121,8 @@ pub struct Ingest {
     format: StorageFormat,
     stats: Arc<Stats>,
     capacity: usize,
+    /// Where accepted ops are numbered and recorded for lookups (read-your-writes, indexes).
+    read: Option<Arc<ReadState>>,
 }
 
 impl Ingest {
@@ -128,6 +133,7 @@ impl Ingest {
         format: StorageFormat,
         stats: Arc<Stats>,
         capacity: usize,
+        read: Option<Arc<ReadState>>,
     ) -> Self {
         Ingest {
             tx,
@@ -137,7 +143,18 @@ impl Ingest {
             format,
             stats,
             capacity,
+            read,
         }
+    }
+
+    /// Queues writes that come from no hook (the subscription API), waiting until `deadline`
+    /// (if any) for room. Refusals are counted like an event's.
+    pub fn submit_ops(&self, ops: Vec<Op>, deadline: Option<Instant>) -> Result<(), SubmitError> {
+        let result = self.enqueue_ops(ops, deadline, None);
+        if let Err(e) = &result {
+            self.count_rejection(e);
+        }
+        result
     }
 
     /// Accepts `event` if there is room now; never blocks.
@@ -202,13 +219,25 @@ impl Ingest {
         scope: ActionScope,
     ) -> Result<(), SubmitError> {
         let ops = self.rules.plan_scoped(event, &self.format, scope)?;
+        self.enqueue_ops(ops, deadline, Some(event.hook()))
+    }
+
+    /// Queues one event's (or one API call's) writes, all or nothing.
+    fn enqueue_ops(
+        &self,
+        ops: Vec<Op>,
+        deadline: Option<Instant>,
+        hook: Option<crate::event::HookPoint>,
+    ) -> Result<(), SubmitError> {
         let closed = self.closed.read().map_err(|_| SubmitError::Closed)?;
         if *closed {
             return Err(SubmitError::Closed);
         }
         let n_ops = ops.len();
         if ops.is_empty() {
-            self.stats.event_received(event.hook(), 0);
+            if let Some(hook) = hook {
+                self.stats.event_received(hook, 0);
+            }
             return Ok(());
         }
         let bytes: usize = ops.iter().map(Op::size).sum();
@@ -221,28 +250,43 @@ impl Ingest {
         if !self.budget.reserve(bytes, deadline) {
             return Err(SubmitError::Full);
         }
+        // Numbered and recorded before queueing, so no shard can settle an op before it is
+        // recorded; taken back below if the queue refuses it.
+        let (first_seq, changes) = match &self.read {
+            Some(read) => (read.record(&ops), ReadState::index_changes(&ops)),
+            None => (0, Vec::new()),
+        };
         let msg = IngestMsg::Event(Envelope {
             ops,
             bytes,
             accepted: Instant::now(),
+            first_seq,
         });
         let sent = match deadline {
             None => self.tx.try_send(msg).map_err(|e| match e {
-                TrySendError::Full(_) => SubmitError::Full,
-                TrySendError::Disconnected(_) => SubmitError::Closed,
+                TrySendError::Full(m) => (SubmitError::Full, m),
+                TrySendError::Disconnected(m) => (SubmitError::Closed, m),
             }),
             Some(d) => self.tx.send_deadline(msg, d).map_err(|e| match e {
-                SendTimeoutError::Timeout(_) => SubmitError::Full,
-                SendTimeoutError::Disconnected(_) => SubmitError::Closed,
+                SendTimeoutError::Timeout(m) => (SubmitError::Full, m),
+                SendTimeoutError::Disconnected(m) => (SubmitError::Closed, m),
             }),
         };
         match sent {
             Ok(()) => {
-                self.stats.event_received(event.hook(), n_ops);
+                if let Some(read) = &self.read {
+                    read.apply_index(changes);
+                }
+                if let Some(hook) = hook {
+                    self.stats.event_received(hook, n_ops);
+                }
                 Ok(())
             }
-            Err(e) => {
+            Err((e, refused)) => {
                 self.budget.release(bytes);
+                if let (Some(read), IngestMsg::Event(env)) = (&self.read, refused) {
+                    read.forget(&env.ops, first_seq);
+                }
                 Err(e)
             }
         }

@@ -18,6 +18,12 @@
 //!   and set changes, retries with full-jitter backoff, poison isolation.
 //! - [`pipeline`]: wires the stages together; start, submit handle, drain on shutdown.
 //!
+//! The read side:
+//!
+//! - [`lookup`]: subscriptions, retained messages (MQTT wildcards through a topic index) and
+//!   offline messages (GUID time order, limits), read from DynamoDB with the pipeline's accepted
+//!   but unwritten writes replayed over them (read-your-writes).
+//!
 //! Around it:
 //!
 //! - [`item`]: the tables, keys, values and writes; [`model`] applies writes sequentially (the
@@ -44,6 +50,7 @@ pub mod guid;
 pub mod import;
 pub mod ingest;
 pub mod item;
+pub mod lookup;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;

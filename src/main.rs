@@ -1,4 +1,5 @@
-//! The `mqtt-dynamo` command: `serve`, `tables create`, `tables describe`.
+//! The `mqtt-dynamo` command: `serve`, `tables create|describe`, `lookup retained|offline|subs`,
+//! `subs add|rm|list`, `config import`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +42,62 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Read the tables as the broker's lookups do (JSON on stdout). Talks to DynamoDB directly:
+    /// the configured endpoint, or a running `serve`'s embedded one.
+    Lookup {
+        #[command(subcommand)]
+        command: LookupCommand,
+    },
+    /// A client's stored subscriptions (`mqtt_sub`), which the broker restores on connect.
+    Subs {
+        #[command(subcommand)]
+        command: SubsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LookupCommand {
+    /// Retained messages matching a subscription filter (MQTT wildcards; the topic index is
+    /// built with a parallel Scan first).
+    Retained {
+        filter: String,
+        /// Look the filter up as a literal key, as the seed did.
+        #[arg(long)]
+        literal: bool,
+    },
+    /// Offline messages for a subscription, oldest first.
+    Offline {
+        filter: String,
+        /// At most this many, the newest (0: no limit); default `lookup.max_returned_count`.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Only messages since: epoch milliseconds, an RFC 3339 time, or a duration (`2h`).
+        #[arg(long)]
+        since: Option<String>,
+        /// The subscription's QoS (QoS 0 subscriptions get nothing, as in the seed).
+        #[arg(long, default_value_t = 1)]
+        qos: u8,
+        /// Look the filter up as a literal key, as the seed did.
+        #[arg(long)]
+        literal: bool,
+    },
+    /// A client's subscriptions.
+    Subs { clientid: String },
+}
+
+#[derive(Subcommand)]
+enum SubsCommand {
+    /// Store a subscription (PutItem).
+    Add {
+        clientid: String,
+        topic: String,
+        #[arg(long, default_value_t = 0)]
+        qos: u8,
+    },
+    /// Remove a subscription (DeleteItem).
+    Rm { clientid: String, topic: String },
+    /// List a client's subscriptions.
+    List { clientid: String },
 }
 
 #[derive(Subcommand)]
@@ -198,6 +255,14 @@ async fn serve(cfg: Config) -> Result<(), String> {
         None
     };
     let checker = spawn_readiness(cfg.dynamodb.clone(), admin.clone(), readiness);
+    if let Some(reader) = pipeline.handle().reader().cloned() {
+        // Lookups that need the indexes wait for this load (or retry it if it failed).
+        tokio::spawn(async move {
+            if let Err(e) = reader.load_indexes().await {
+                tracing::warn!(error = %e, "topic indexes not loaded yet; the next lookup retries");
+            }
+        });
+    }
     let listeners = mqtt_dynamo::adapter::Listeners::start(&cfg, pipeline.handle())
         .await
         .map_err(|e| e.to_string())?;
@@ -266,6 +331,136 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     Ok(async {
         let _ = tokio::signal::ctrl_c().await;
     })
+}
+
+/// The endpoint the read commands use: the configured one, else a running `serve`'s embedded
+/// DynamoDB (they would find nothing in a fresh embedded one).
+fn read_endpoint(cfg: &Config) -> Option<String> {
+    if cfg.dynamodb.endpoint_url.is_none() && cfg.dynamodb.embedded {
+        return Some(format!("http://{}", cfg.dynamodb.embedded_listen));
+    }
+    None
+}
+
+fn print_json(v: &serde_json::Value) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(v).map_err(|e| e.to_string())?;
+    println!("{text}");
+    Ok(())
+}
+
+async fn lookup_command(cfg: Config, command: LookupCommand) -> Result<(), String> {
+    use mqtt_dynamo::adapter::query::{offline_json, parse_since, retained_json};
+    use mqtt_dynamo::config::MatchMode;
+    use mqtt_dynamo::lookup::{OfflineQuery, ReadState, Reader};
+    let endpoint = read_endpoint(&cfg);
+    let client = dynamo::client(&cfg.dynamodb, endpoint.as_deref(), SdkRetries::Standard).await;
+    let mut lookup = cfg.lookup.clone();
+    let literal = matches!(
+        command,
+        LookupCommand::Retained { literal: true, .. }
+            | LookupCommand::Offline { literal: true, .. }
+    );
+    if literal {
+        lookup.retained = MatchMode::Literal;
+        lookup.offline = MatchMode::Literal;
+    }
+    let reader = Reader::new(
+        client,
+        &cfg.dynamodb,
+        std::sync::Arc::new(ReadState::new(false)),
+        lookup,
+    );
+    let e = |e: mqtt_dynamo::lookup::LookupError| e.to_string();
+    match command {
+        LookupCommand::Retained { filter, .. } => {
+            let r = reader.retained(&filter).await.map_err(e)?;
+            print_json(&retained_json(&filter, &r))
+        }
+        LookupCommand::Offline {
+            filter,
+            limit,
+            since,
+            qos,
+            ..
+        } => {
+            let since_us = since
+                .map(|t| parse_since(&t, std::time::SystemTime::now()))
+                .transpose()?;
+            let o = reader
+                .offline(&OfflineQuery {
+                    filter: filter.clone(),
+                    qos,
+                    limit,
+                    since_us,
+                })
+                .await
+                .map_err(e)?;
+            print_json(&offline_json(&filter, &o))
+        }
+        LookupCommand::Subs { clientid } => subs_list(&reader, &clientid).await,
+    }
+}
+
+async fn subs_list(reader: &mqtt_dynamo::lookup::Reader, clientid: &str) -> Result<(), String> {
+    let subs = reader
+        .subscriptions(clientid)
+        .await
+        .map_err(|e| e.to_string())?;
+    print_json(&mqtt_dynamo::adapter::query::subscriptions_json(
+        clientid, &subs,
+    ))
+}
+
+async fn subs_command(cfg: Config, command: SubsCommand) -> Result<(), String> {
+    use mqtt_dynamo::adapter::query::subscription_key;
+    use mqtt_dynamo::item::Value;
+    let endpoint = read_endpoint(&cfg);
+    let client = dynamo::client(&cfg.dynamodb, endpoint.as_deref(), SdkRetries::Standard).await;
+    let table = cfg.dynamodb.table_name(mqtt_dynamo::item::Table::Sub);
+    match command {
+        SubsCommand::Add {
+            clientid,
+            topic,
+            qos,
+        } => {
+            if qos > 2 {
+                return Err("--qos must be 0, 1 or 2".into());
+            }
+            let key = subscription_key(&clientid, &topic).map_err(|(e, _)| e)?;
+            let mut item = key.to_item();
+            item.insert("qos".into(), Value::N(i64::from(qos)));
+            client
+                .put_item()
+                .table_name(&table)
+                .set_item(Some(dynamo::to_attrs(&item)))
+                .send()
+                .await
+                .map_err(|e| format!("PutItem on {table} failed: {}", dynamo::error_text(&e)))?;
+            println!("stored {clientid} {topic} qos {qos}");
+            Ok(())
+        }
+        SubsCommand::Rm { clientid, topic } => {
+            let key = subscription_key(&clientid, &topic).map_err(|(e, _)| e)?;
+            client
+                .delete_item()
+                .table_name(&table)
+                .set_key(Some(dynamo::key_attrs(&key)))
+                .send()
+                .await
+                .map_err(|e| format!("DeleteItem on {table} failed: {}", dynamo::error_text(&e)))?;
+            println!("removed {clientid} {topic}");
+            Ok(())
+        }
+        SubsCommand::List { clientid } => {
+            let reader = mqtt_dynamo::lookup::Reader::new(
+                client,
+                &cfg.dynamodb,
+                std::sync::Arc::new(mqtt_dynamo::lookup::ReadState::new(false)),
+                cfg.lookup.clone(),
+            );
+            subs_list(&reader, &clientid).await
+        }
+    }
 }
 
 async fn tables_command(cfg: Config, command: TablesCommand) -> Result<(), String> {
@@ -371,6 +566,8 @@ fn main() -> ExitCode {
             Command::Serve => serve(cfg).await,
             Command::Tables { command } => tables_command(cfg, command).await,
             Command::Config { .. } => Ok(()),
+            Command::Lookup { command } => lookup_command(cfg, command).await,
+            Command::Subs { command } => subs_command(cfg, command).await,
         }
     });
     match result {

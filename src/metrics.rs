@@ -129,9 +129,37 @@ fn register() {
     let _ = metrics::histogram!("mqtt_dynamo_batch_requests");
     let _ = metrics::histogram!("mqtt_dynamo_batch_bytes");
     metrics::gauge!("mqtt_dynamo_dynamodb_in_flight_requests").set(0.0);
+    for kind in crate::lookup::LookupKind::ALL {
+        for outcome in ["ok", "error"] {
+            metrics::counter!("mqtt_dynamo_lookups_total", "kind" => kind.as_str(), "outcome" => outcome)
+                .absolute(0);
+        }
+        let _ = metrics::histogram!("mqtt_dynamo_lookup_duration_seconds", "kind" => kind.as_str());
+    }
+    for index in ["retained", "offline"] {
+        metrics::gauge!("mqtt_dynamo_lookup_index_topics", "index" => index).set(0.0);
+    }
+    metrics::gauge!("mqtt_dynamo_lookup_pending_ops").set(0.0);
 }
 
 fn describe() {
+    describe_counter!(
+        "mqtt_dynamo_lookups_total",
+        "Lookups answered (ok) or failed (error), by kind (subscriptions, retained, offline)."
+    );
+    describe_histogram!(
+        "mqtt_dynamo_lookup_duration_seconds",
+        Unit::Seconds,
+        "Time to answer a lookup, DynamoDB reads included, by kind."
+    );
+    describe_gauge!(
+        "mqtt_dynamo_lookup_index_topics",
+        "Topics in the in-memory topic indexes (retained, offline)."
+    );
+    describe_gauge!(
+        "mqtt_dynamo_lookup_pending_ops",
+        "Accepted writes kept for read-your-writes until they settle in DynamoDB."
+    );
     describe_counter!(
         "mqtt_dynamo_events_received_total",
         "Hook events accepted into the pipeline, by hook."

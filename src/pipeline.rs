@@ -16,6 +16,7 @@ use crate::config::{DynamoConfig, PipelineConfig};
 use crate::event::HookEvent;
 use crate::flush::{Flusher, TableNames};
 use crate::ingest::{ByteBudget, Ingest, SubmitError};
+use crate::lookup::{ReadState, Reader};
 use crate::rules::{RuleSet, StorageFormat};
 use crate::shard::{Shard, route};
 use crate::stats::{Stats, StatsSnapshot};
@@ -28,14 +29,17 @@ pub struct Pipeline {
     shards: Vec<tokio::task::JoinHandle<()>>,
     stats: Arc<Stats>,
     limits: Limits,
+    reader: Option<Arc<Reader>>,
 }
 
-/// A cheap, cloneable handle for submitting events from any thread.
+/// A cheap, cloneable handle for submitting events from any thread, and for lookups.
 #[derive(Clone, Debug)]
 pub struct PipelineHandle {
     ingest: Arc<Ingest>,
     stats: Arc<Stats>,
     limits: Limits,
+    /// The read side over the same tables and writes (`None` when `lookup.enabled` is off).
+    reader: Option<Arc<Reader>>,
 }
 
 /// The configured limits, for the capacity gauges.
@@ -82,6 +86,20 @@ impl PipelineHandle {
         self.ingest.probe_scoped(event, scope)
     }
 
+    /// Queues writes that come from no hook (the subscription API), waiting until `deadline`.
+    pub fn submit_ops(
+        &self,
+        ops: Vec<crate::item::Op>,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<(), SubmitError> {
+        self.ingest.submit_ops(ops, deadline)
+    }
+
+    /// Lookups that see this pipeline's accepted writes.
+    pub fn reader(&self) -> Option<&Arc<Reader>> {
+        self.reader.as_ref()
+    }
+
     /// How values are written (for adapters that check events before queueing them).
     pub fn format(&self) -> StorageFormat {
         self.ingest.format()
@@ -126,6 +144,15 @@ impl PipelineHandle {
         metrics::gauge!("mqtt_dynamo_flushes_in_flight")
             .set(self.stats.flushes_in_flight.load(Relaxed).max(0) as f64);
         metrics::gauge!("mqtt_dynamo_flushes_in_flight_limit").set(l.in_flight as f64);
+        if let Some(reader) = &self.reader {
+            let state = reader.state();
+            let (retained, offline) = state.indexed_topics();
+            metrics::gauge!("mqtt_dynamo_lookup_index_topics", "index" => "retained")
+                .set(retained as f64);
+            metrics::gauge!("mqtt_dynamo_lookup_index_topics", "index" => "offline")
+                .set(offline as f64);
+            metrics::gauge!("mqtt_dynamo_lookup_pending_ops").set(state.pending_ops() as f64);
+        }
     }
 
     /// Events waiting in the ingest queue, and its capacity.
@@ -150,13 +177,28 @@ impl Pipeline {
         cfg: &crate::config::Config,
         client: Client,
     ) -> Result<Pipeline, StartError> {
-        Ok(Pipeline::start(
+        let read = cfg
+            .lookup
+            .enabled
+            .then(|| Arc::new(ReadState::new(cfg.lookup.read_your_writes)));
+        let reader = read.as_ref().map(|state| {
+            Arc::new(Reader::new(
+                client.clone(),
+                &cfg.dynamodb,
+                Arc::clone(state),
+                cfg.lookup.clone(),
+            ))
+        });
+        let mut pipeline = Pipeline::start(
             &cfg.pipeline,
             &cfg.dynamodb,
             cfg.storage.format(),
             cfg.rule_set()?,
             client,
-        )?)
+            read,
+        )?;
+        pipeline.reader = reader;
+        Ok(pipeline)
     }
 
     /// Starts the router thread and the shard tasks. Must be called inside a tokio runtime.
@@ -166,6 +208,7 @@ impl Pipeline {
         format: StorageFormat,
         rules: RuleSet,
         client: Client,
+        read: Option<Arc<ReadState>>,
     ) -> std::io::Result<Pipeline> {
         let stats = Arc::new(Stats::default());
         let dead_letters = crate::deadletter::DeadLetters::open(cfg.dead_letter_path.as_deref())
@@ -200,6 +243,7 @@ impl Pipeline {
                 Arc::clone(&permits),
                 cfg.clone(),
                 Arc::clone(&stats),
+                read.clone(),
             );
             shards.push(tokio::spawn(shard.run()));
         }
@@ -216,6 +260,7 @@ impl Pipeline {
             format,
             Arc::clone(&stats),
             cfg.ingest_capacity_events,
+            read,
         ));
         Ok(Pipeline {
             ingest,
@@ -229,6 +274,7 @@ impl Pipeline {
                 pending_bytes: cfg.max_pending_bytes * cfg.shards,
                 in_flight: cfg.max_in_flight,
             },
+            reader: None,
         })
     }
 
@@ -237,6 +283,7 @@ impl Pipeline {
             ingest: Arc::clone(&self.ingest),
             stats: Arc::clone(&self.stats),
             limits: self.limits,
+            reader: self.reader.clone(),
         }
     }
 

@@ -15,18 +15,20 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tracing::error;
 
-use crate::coalesce::{Coalescer, PushOutcome};
+use crate::coalesce::{Coalescer, PushOutcome, Seqs};
 use crate::config::PipelineConfig;
 use crate::flush::{Completed, Flusher};
 use crate::ingest::{ByteBudget, IngestMsg};
 use crate::item::{Key, Op, Table};
+use crate::lookup::ReadState;
 use crate::stats::{FlushTrigger, Stats};
 
 /// What a shard receives from the router.
 #[derive(Debug)]
 pub(crate) enum ShardMsg {
-    /// The writes of one event that hash to this shard, in event order.
-    Ops(Vec<Op>, Instant),
+    /// The writes of one event that hash to this shard, in event order, with their ingest
+    /// sequence numbers.
+    Ops(Vec<(Op, u64)>, Instant),
     /// No more writes will come: flush everything and exit.
     Shutdown,
 }
@@ -47,13 +49,19 @@ pub(crate) fn route(
     budget: Arc<ByteBudget>,
 ) {
     let n = shards.len();
-    let mut per_shard: Vec<Vec<Op>> = (0..n).map(|_| Vec::new()).collect();
+    let mut per_shard: Vec<Vec<(Op, u64)>> = (0..n).map(|_| Vec::new()).collect();
     for msg in rx {
         match msg {
             IngestMsg::Event(env) => {
                 budget.release(env.bytes);
-                for op in env.ops {
-                    per_shard[shard_of(&op.key, n)].push(op);
+                let numbered = env.first_seq != 0;
+                for (i, op) in env.ops.into_iter().enumerate() {
+                    let seq = if numbered {
+                        env.first_seq + i as u64
+                    } else {
+                        0
+                    };
+                    per_shard[shard_of(&op.key, n)].push((op, seq));
                 }
                 for (i, ops) in per_shard.iter_mut().enumerate() {
                     if ops.is_empty() {
@@ -94,7 +102,9 @@ pub(crate) struct Shard {
     spare: Option<OwnedSemaphorePermit>,
     /// Running flushes, and the keys each took (to release them even if a flush task panics).
     flushes: JoinSet<Vec<Completed>>,
-    flush_keys: HashMap<tokio::task::Id, Vec<Key>>,
+    flush_keys: HashMap<tokio::task::Id, Vec<(Key, Seqs)>>,
+    /// Told when a write settles, so lookups stop replaying its ops.
+    read: Option<Arc<ReadState>>,
     cfg: PipelineConfig,
     stats: Arc<Stats>,
     draining: bool,
@@ -109,8 +119,10 @@ impl Shard {
         permits: Arc<Semaphore>,
         cfg: PipelineConfig,
         stats: Arc<Stats>,
+        read: Option<Arc<ReadState>>,
     ) -> Self {
         Shard {
+            read,
             inbox,
             coalescer: Coalescer::new(),
             flusher,
@@ -182,7 +194,7 @@ impl Shard {
             let requests = writes.iter().map(|t| t.write.request_count()).sum();
             let bytes = writes.iter().map(|t| t.key.size() + t.write.size()).sum();
             self.stats.flushed(trigger, requests, bytes);
-            let keys = writes.iter().map(|t| t.key.clone()).collect();
+            let keys = writes.iter().map(|t| (t.key.clone(), t.seqs)).collect();
             let flusher = Arc::clone(&self.flusher);
             let handle = self.flushes.spawn(async move {
                 let done = flusher.flush(writes).await;
@@ -205,6 +217,9 @@ impl Shard {
                 let mut latencies = Vec::with_capacity(done.len());
                 for c in done {
                     self.coalescer.complete(&c.key);
+                    if let Some(read) = &self.read {
+                        read.settled(&c.key, c.seqs);
+                    }
                     if c.durable {
                         latencies.push(now.saturating_duration_since(c.since));
                     }
@@ -218,18 +233,30 @@ impl Shard {
                     crate::stats::DropReason::RetriesExhausted,
                     keys.len() as u64,
                 );
-                for k in keys {
+                for (k, seqs) in keys {
                     self.coalescer.complete(&k);
+                    if let Some(read) = &self.read {
+                        read.settled(&k, seqs);
+                    }
                 }
             }
         }
     }
 
-    fn push(&mut self, ops: Vec<Op>, accepted: Instant) {
+    fn push(&mut self, ops: Vec<(Op, u64)>, accepted: Instant) {
         let mut counts: HashMap<Table, (u64, u64)> = HashMap::new();
-        for op in ops {
+        for (op, seq) in ops {
             let table = op.key.table;
-            match self.coalescer.push(op, accepted) {
+            let key = self
+                .read
+                .as_ref()
+                .filter(|_| crate::lookup::state::tracked(table))
+                .map(|_| op.key.clone());
+            let (outcome, vanished) = self.coalescer.push_numbered(op, accepted, seq);
+            if let (Some(read), Some(key), Some(seqs)) = (&self.read, key, vanished) {
+                read.settled(&key, seqs);
+            }
+            match outcome {
                 PushOutcome::Merged => counts.entry(table).or_default().0 += 1,
                 PushOutcome::Cancelled => {
                     let c = counts.entry(table).or_default();

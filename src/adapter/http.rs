@@ -39,11 +39,19 @@ pub struct HttpState {
     pub publish_actions: HttpPublishActions,
 }
 
-/// The router with both endpoints and the body limit.
+/// The router with both ingest endpoints, the lookup API (when the pipeline has a reader, see
+/// [`super::query`]) and the body limit.
 pub fn router(state: HttpState, max_body_bytes: usize) -> Router {
-    Router::new()
+    let lookups = state.admission.handle().reader().is_some();
+    let router = Router::new()
         .route("/v1/events/emqx-rule", post(emqx_rule))
-        .route("/v1/events/emqx-webhook", post(emqx_webhook))
+        .route("/v1/events/emqx-webhook", post(emqx_webhook));
+    let router = if lookups {
+        router.merge(super::query::routes())
+    } else {
+        router
+    };
+    router
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
@@ -55,7 +63,7 @@ pub struct FieldError {
     pub error: String,
 }
 
-fn error(status: StatusCode, error: impl Into<String>, field: Option<&str>) -> Response {
+pub(crate) fn error(status: StatusCode, error: impl Into<String>, field: Option<&str>) -> Response {
     let mut body = json!({ "error": error.into() });
     if let Some(f) = field {
         body["field"] = json!(f);
@@ -85,7 +93,7 @@ fn token_matches(expected: &str, got: &str) -> bool {
 }
 
 /// `None` when the request may go on, else the 401 to send.
-fn unauthorized(state: &HttpState, headers: &HeaderMap) -> Option<Response> {
+pub(crate) fn unauthorized(state: &HttpState, headers: &HeaderMap) -> Option<Response> {
     let token = state.token.as_ref()?;
     let got = headers
         .get(axum::http::header::AUTHORIZATION)

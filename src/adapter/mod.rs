@@ -5,6 +5,7 @@
 
 pub mod exhook;
 pub mod http;
+pub mod query;
 pub mod tls;
 
 use std::sync::Arc;
@@ -50,6 +51,14 @@ pub struct Admission {
 }
 
 impl Admission {
+    /// How long a write may wait for room under this policy (`None`: not at all).
+    pub fn deadline(&self) -> Option<std::time::Instant> {
+        match self.when_full {
+            WhenFull::Block => Some(std::time::Instant::now() + self.block_timeout),
+            WhenFull::Drop => None,
+        }
+    }
+
     pub fn new(
         handle: PipelineHandle,
         when_full: WhenFull,

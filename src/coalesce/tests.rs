@@ -456,3 +456,62 @@ fn take_respects_request_and_byte_limits_and_age_order() {
     assert_eq!(batch.len(), 3);
     assert_eq!(c.len(), 32);
 }
+
+/// Every pushed op's number ends up in exactly one range: the write it was folded into, or
+/// the cancelled pair it vanished with.
+#[test]
+fn sequence_numbers_follow_the_ops() {
+    use crate::coalesce::Seqs;
+    let now = Instant::now();
+    let mut c = Coalescer::new();
+    let key = Key::new(Table::Retain, "t");
+    let put = |p: &str| {
+        let mut item = key.to_item();
+        item.insert("payload".into(), Value::S(p.into()));
+        Op {
+            key: key.clone(),
+            write: Write::Put { item, fresh: false },
+        }
+    };
+    assert_eq!(c.push_numbered(put("a"), now, 10), (PushOutcome::New, None));
+    assert_eq!(
+        c.push_numbered(put("b"), now, 12),
+        (PushOutcome::Merged, None)
+    );
+    let taken = c.take(25, usize::MAX);
+    assert_eq!(
+        taken[0].seqs,
+        Seqs {
+            first: 10,
+            last: 12
+        }
+    );
+    // While that write is in flight, a fresh message put and its delete cancel out.
+    let msg = Key::new(Table::Msg, "m");
+    let fresh = Op {
+        key: msg.clone(),
+        write: Write::Put {
+            item: msg.to_item(),
+            fresh: true,
+        },
+    };
+    assert_eq!(c.push_numbered(fresh, now, 20), (PushOutcome::New, None));
+    assert_eq!(
+        c.push_numbered(
+            Op {
+                key: msg.clone(),
+                write: Write::Delete
+            },
+            now,
+            21
+        ),
+        (
+            PushOutcome::Cancelled,
+            Some(Seqs {
+                first: 20,
+                last: 21
+            })
+        )
+    );
+    assert!(c.is_empty());
+}

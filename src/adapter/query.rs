@@ -1,0 +1,415 @@
+//! The lookup API on the HTTP listener (JSON; the same bearer token as the ingest):
+//!
+//! - `GET /v1/retained?filter=F`: retained messages matching the subscription filter `F`.
+//! - `GET /v1/offline?filter=F&limit=N&since=T&qos=Q`: offline messages for a subscription,
+//!   oldest first. `since` is epoch milliseconds, an RFC 3339 time, or a duration (`2h`: that long
+//!   ago); `qos` defaults to 1 (a QoS 0 subscription gets none, as in the seed).
+//! - `GET /v1/clients/{clientid}/subscriptions`: a client's stored subscriptions.
+//! - `PUT /v1/clients/{clientid}/subscriptions/{topic}?qos=Q` and `DELETE` the same path: store
+//!   or remove one (through the pipeline, so a lookup right after sees it). `{topic}` is one
+//!   URL-encoded path segment (`a%2F%2B` for `a/+`).
+//!
+//! Filters in query strings must be URL-encoded too: a bare `+` is a space in a query string.
+//! Payloads come back as `payload` when they are UTF-8 text and `payload_base64` otherwise.
+//! Errors: `400` names the bad parameter, `502` carries DynamoDB's error, `503` means the ingest
+//! queue stayed full.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::http::{HttpState, error, unauthorized};
+use crate::item::{Item, Key, Op, Table, Value as ItemValue, Write};
+use crate::lookup::{
+    LookupError, Offline, OfflineQuery, Payload, Reader, Retained, StoredMessage, Subscription,
+};
+
+/// The lookup routes (added to the HTTP router when `lookup.enabled`).
+pub fn routes() -> Router<HttpState> {
+    Router::new()
+        .route("/v1/retained", get(retained))
+        .route("/v1/offline", get(offline))
+        .route("/v1/clients/{clientid}/subscriptions", get(subscriptions))
+        .route(
+            "/v1/clients/{clientid}/subscriptions/{topic}",
+            axum::routing::put(subscribe).delete(unsubscribe),
+        )
+}
+
+/// A message as JSON.
+pub fn message_json(m: &StoredMessage) -> Value {
+    let mut v = json!({ "topic": m.topic, "msgid": m.msgid });
+    let obj = v.as_object_mut().expect("a JSON object literal");
+    if let Some(s) = &m.sender {
+        obj.insert("sender".into(), json!(s));
+    }
+    if let Some(q) = m.qos {
+        obj.insert("qos".into(), json!(q));
+    }
+    if let Some(r) = m.retain {
+        obj.insert("retain".into(), json!(r));
+    }
+    match &m.payload {
+        Some(Payload::Text(t)) => {
+            obj.insert("payload".into(), json!(t));
+        }
+        Some(Payload::Binary(b)) => {
+            obj.insert(
+                "payload_base64".into(),
+                json!(base64::engine::general_purpose::STANDARD.encode(b)),
+            );
+        }
+        None => {}
+    }
+    if let Some(a) = m.arrived {
+        obj.insert("arrived".into(), json!(a));
+    }
+    if let Some(t) = m.time_us {
+        obj.insert("time_us".into(), json!(t));
+    }
+    v
+}
+
+fn lookup_error(e: LookupError) -> Response {
+    match e {
+        LookupError::Filter(f) => error(StatusCode::BAD_REQUEST, f.to_string(), Some("filter")),
+        LookupError::Invalid { what, reason } => error(StatusCode::BAD_REQUEST, reason, Some(what)),
+        other => error(StatusCode::BAD_GATEWAY, other.to_string(), None),
+    }
+}
+
+/// The token check and the reader, or the response that refuses the request (a `Response` is
+/// what every handler returns anyway; boxing it would buy nothing here).
+#[allow(clippy::result_large_err)]
+fn gate(state: &HttpState, headers: &HeaderMap) -> Result<Arc<Reader>, Response> {
+    if let Some(resp) = unauthorized(state, headers) {
+        return Err(resp);
+    }
+    state.admission.handle().reader().cloned().ok_or_else(|| {
+        error(
+            StatusCode::NOT_FOUND,
+            "lookups are disabled (lookup.enabled = false)",
+            None,
+        )
+    })
+}
+
+fn missing_filter() -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "filter is required",
+        Some("filter"),
+    )
+}
+
+/// A retained lookup's answer as JSON (HTTP and CLI).
+pub fn retained_json(filter: &str, r: &Retained) -> Value {
+    json!({
+        "filter": filter,
+        "messages": r.messages.iter().map(message_json).collect::<Vec<_>>(),
+        "truncated": r.truncated,
+    })
+}
+
+/// An offline lookup's answer as JSON (HTTP and CLI).
+pub fn offline_json(filter: &str, o: &Offline) -> Value {
+    json!({
+        "filter": filter,
+        "messages": o.messages.iter().map(message_json).collect::<Vec<_>>(),
+        "topics": o.topics,
+        "ids": o.ids,
+        "undated_ids": o.undated_ids,
+        "truncated": o.truncated,
+    })
+}
+
+/// A client's subscriptions as JSON (HTTP and CLI).
+pub fn subscriptions_json(clientid: &str, subs: &[Subscription]) -> Value {
+    json!({
+        "clientid": clientid,
+        "subscriptions": subs
+            .iter()
+            .map(|s| json!({"topic": s.topic, "qos": s.qos}))
+            .collect::<Vec<_>>(),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct RetainedParams {
+    filter: Option<String>,
+}
+
+async fn retained(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Query(p): Query<RetainedParams>,
+) -> Response {
+    let reader = match gate(&state, &headers) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let Some(filter) = p.filter else {
+        return missing_filter();
+    };
+    match reader.retained(&filter).await {
+        Ok(r) => axum::Json(retained_json(&filter, &r)).into_response(),
+        Err(e) => lookup_error(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct OfflineParams {
+    filter: Option<String>,
+    limit: Option<String>,
+    since: Option<String>,
+    qos: Option<String>,
+}
+
+/// `since` as µs since the epoch: epoch milliseconds, RFC 3339, or a duration before now.
+pub fn parse_since(text: &str, now: std::time::SystemTime) -> Result<u64, String> {
+    let since_epoch = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .map_err(|_| format!("{text:?} is before 1970"))
+    };
+    if let Ok(ms) = text.parse::<u64>() {
+        return Ok(ms.saturating_mul(1000));
+    }
+    if let Ok(t) = humantime::parse_rfc3339_weak(text) {
+        return since_epoch(t);
+    }
+    if let Ok(d) = humantime::parse_duration(text) {
+        // Longer ago than the epoch: everything.
+        let now_us = since_epoch(now)?;
+        return Ok(now_us.saturating_sub(d.as_micros() as u64));
+    }
+    Err(format!(
+        "{text:?} is not epoch milliseconds, an RFC 3339 time or a duration such as 2h"
+    ))
+}
+
+async fn offline(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Query(p): Query<OfflineParams>,
+) -> Response {
+    let reader = match gate(&state, &headers) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let Some(filter) = p.filter else {
+        return missing_filter();
+    };
+    let limit = match p.limit.as_deref().map(str::parse::<usize>) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "limit must be a non-negative integer (0: no limit)",
+                Some("limit"),
+            );
+        }
+    };
+    let qos = match p.qos.as_deref().map(str::parse::<u8>) {
+        None => 1,
+        Some(Ok(q)) if q <= 2 => q,
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "qos must be 0, 1 or 2",
+                Some("qos"),
+            );
+        }
+    };
+    let since_us = match p.since.as_deref() {
+        None => None,
+        Some(t) => match parse_since(t, std::time::SystemTime::now()) {
+            Ok(us) => Some(us),
+            Err(e) => return error(StatusCode::BAD_REQUEST, e, Some("since")),
+        },
+    };
+    let query = OfflineQuery {
+        filter: filter.clone(),
+        qos,
+        limit,
+        since_us,
+    };
+    match reader.offline(&query).await {
+        Ok(o) => axum::Json(offline_json(&filter, &o)).into_response(),
+        Err(e) => lookup_error(e),
+    }
+}
+
+async fn subscriptions(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Path(clientid): Path<String>,
+) -> Response {
+    let reader = match gate(&state, &headers) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    match reader.subscriptions(&clientid).await {
+        Ok(subs) => axum::Json(subscriptions_json(&clientid, &subs)).into_response(),
+        Err(e) => lookup_error(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct SubscribeParams {
+    qos: Option<String>,
+}
+
+/// The `mqtt_sub` key of (clientid, topic), checked like DynamoDB would (and the topic as an
+/// MQTT filter).
+pub fn subscription_key(clientid: &str, topic: &str) -> Result<Key, (String, &'static str)> {
+    if clientid.is_empty() || clientid.len() > 2048 {
+        return Err((
+            "clientid must be 1 to 2048 bytes (DynamoDB's partition key limit)".into(),
+            "clientid",
+        ));
+    }
+    if topic.len() > 1024 {
+        return Err((
+            "topic must be at most 1024 bytes (DynamoDB's sort key limit)".into(),
+            "topic",
+        ));
+    }
+    crate::topic::TopicFilter::new(topic).map_err(|e| (e.to_string(), "topic"))?;
+    Ok(Key::with_range(Table::Sub, clientid, topic))
+}
+
+async fn write_subscription(state: &HttpState, op: Op) -> Response {
+    let handle = state.admission.handle().clone();
+    let deadline = state.admission.deadline();
+    // Waiting for room blocks a thread: off the async workers.
+    let result = tokio::task::spawn_blocking(move || handle.submit_ops(vec![op], deadline))
+        .await
+        .unwrap_or(Err(crate::ingest::SubmitError::Closed));
+    match result {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(crate::ingest::SubmitError::Full) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ingest queue is full",
+            None,
+        ),
+        Err(crate::ingest::SubmitError::Closed) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the service is shutting down",
+            None,
+        ),
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string(), None),
+    }
+}
+
+async fn subscribe(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Path((clientid, topic)): Path<(String, String)>,
+    Query(p): Query<SubscribeParams>,
+) -> Response {
+    if let Err(resp) = gate(&state, &headers) {
+        return resp;
+    }
+    let qos = match p.qos.as_deref().map(str::parse::<u8>) {
+        None => 0,
+        Some(Ok(q)) if q <= 2 => q,
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "qos must be 0, 1 or 2",
+                Some("qos"),
+            );
+        }
+    };
+    let key = match subscription_key(&clientid, &topic) {
+        Ok(k) => k,
+        Err((e, field)) => return error(StatusCode::BAD_REQUEST, e, Some(field)),
+    };
+    let mut item: Item = key.to_item();
+    item.insert("qos".into(), ItemValue::N(i64::from(qos)));
+    let op = Op {
+        key,
+        write: Write::Put { item, fresh: false },
+    };
+    write_subscription(&state, op).await
+}
+
+async fn unsubscribe(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Path((clientid, topic)): Path<(String, String)>,
+) -> Response {
+    if let Err(resp) = gate(&state, &headers) {
+        return resp;
+    }
+    let key = match subscription_key(&clientid, &topic) {
+        Ok(k) => k,
+        Err((e, field)) => return error(StatusCode::BAD_REQUEST, e, Some(field)),
+    };
+    write_subscription(
+        &state,
+        Op {
+            key,
+            write: Write::Delete,
+        },
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    #[test]
+    fn since_forms() {
+        let now = UNIX_EPOCH + Duration::from_secs(10_000);
+        assert_eq!(parse_since("1500", now), Ok(1_500_000));
+        assert_eq!(parse_since("1h", now), Ok(6_400_000_000));
+        assert_eq!(parse_since("1970-01-01T00:00:02Z", now), Ok(2_000_000));
+        assert!(
+            parse_since("yesterday", now)
+                .unwrap_err()
+                .contains("yesterday")
+        );
+        assert_eq!(parse_since("1000h", SystemTime::UNIX_EPOCH), Ok(0));
+    }
+
+    #[test]
+    fn subscription_keys_are_checked() {
+        assert!(subscription_key("c", "a/+").is_ok());
+        assert_eq!(subscription_key("", "a").unwrap_err().1, "clientid");
+        assert_eq!(subscription_key("c", "a/#/b").unwrap_err().1, "topic");
+        assert_eq!(
+            subscription_key("c", &"x".repeat(1025)).unwrap_err().1,
+            "topic"
+        );
+    }
+
+    #[test]
+    fn binary_payloads_are_base64() {
+        let m = StoredMessage {
+            topic: "t".into(),
+            msgid: "m".into(),
+            sender: None,
+            qos: Some(1),
+            retain: Some(true),
+            payload: Some(Payload::Binary(vec![0xff, 0])),
+            arrived: None,
+            time_us: None,
+        };
+        assert_eq!(
+            message_json(&m),
+            json!({"topic": "t", "msgid": "m", "qos": 1, "retain": true, "payload_base64": "/wA="})
+        );
+    }
+}

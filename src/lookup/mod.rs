@@ -1,0 +1,698 @@
+//! The read side: the seed's three lookups, answered from DynamoDB plus what the pipeline has
+//! accepted but not yet written.
+//!
+//! - **Subscriptions** (`on_subscribe_lookup`): a client's rows of `mqtt_sub`, every Query page.
+//! - **Retained** (`on_retain_lookup`): the retained messages matching a subscription filter. With
+//!   `lookup.retained = "index"` the filter is matched (MQTT wildcards) against an in-memory
+//!   [`TopicIndex`] of `mqtt_retain`'s topics, then only those items are read (BatchGetItem); the
+//!   seed's literal-key mode stays available.
+//! - **Offline** (`on_message_fetch_for_queue`): for a QoS > 0 subscription, the message ids of
+//!   every matching topic of `mqtt_topic_msg_map`, ordered by the time inside the GUID (base62
+//!   strings do not sort by time), limited to the newest `limit` published since `since`, and
+//!   the messages read from `mqtt_msg` with BatchGetItem (≤ 100 keys a request, unprocessed keys
+//!   retried), returned oldest first.
+//!
+//! Reads are strongly consistent, and every answer replays the [`ReadState`] overlay of
+//! accepted-but-unsettled writes over what DynamoDB returned (see [`state`] for why that is
+//! exact). The indexes are loaded once with a parallel Scan (on the first lookup that needs
+//! them, or at start by [`Reader::load_indexes`]) and then follow the service's own writes; a
+//! topic written by another process after the load is not in them.
+//!
+//! Shared subscriptions (`$share/group/f`, `$queue/f`) read the offline messages of `f`, and no
+//! retained messages (MQTT does not send retained messages to shared subscriptions).
+
+pub mod index;
+pub mod state;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
+use thiserror::Error;
+
+pub use index::TopicIndex;
+pub use state::ReadState;
+
+use crate::config::{DynamoConfig, LookupConfig, MatchMode};
+use crate::flush::TableNames;
+use crate::item::{Item, Key, Table, Value, Write};
+use crate::topic::{FilterError, TopicFilter};
+
+/// BatchGetItem's limit on keys per request.
+pub const MAX_BATCH_GET_KEYS: usize = 100;
+/// BatchGetItem requests a lookup keeps in flight.
+const PARALLEL_GETS: usize = 8;
+/// Rounds of unprocessed-key retries before a lookup gives up.
+const MAX_GET_ROUNDS: u32 = 12;
+
+/// Why a lookup failed. Nothing is half-answered: a lookup returns everything or this.
+#[derive(Debug, Error)]
+pub enum LookupError {
+    #[error("invalid topic filter: {0}")]
+    Filter(#[from] FilterError),
+    #[error("invalid {what}: {reason}")]
+    Invalid { what: &'static str, reason: String },
+    #[error("DynamoDB {operation} on {table} failed: {message}")]
+    Dynamo {
+        operation: &'static str,
+        table: String,
+        message: String,
+    },
+    #[error("{table} still had unprocessed keys after {rounds} BatchGetItem rounds")]
+    Unprocessed { table: String, rounds: u32 },
+    #[error("an item of {table} cannot be read: {reason}")]
+    BadItem { table: String, reason: String },
+}
+
+/// The lookups, as the closed label set of `mqtt_dynamo_lookups_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupKind {
+    Subscriptions,
+    Retained,
+    Offline,
+}
+
+impl LookupKind {
+    pub const ALL: [LookupKind; 3] = [
+        LookupKind::Subscriptions,
+        LookupKind::Retained,
+        LookupKind::Offline,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LookupKind::Subscriptions => "subscriptions",
+            LookupKind::Retained => "retained",
+            LookupKind::Offline => "offline",
+        }
+    }
+}
+
+/// Counts and times one lookup.
+async fn measured<T>(
+    kind: LookupKind,
+    lookup: impl std::future::Future<Output = Result<T, LookupError>>,
+) -> Result<T, LookupError> {
+    let t0 = std::time::Instant::now();
+    let result = lookup.await;
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    metrics::counter!("mqtt_dynamo_lookups_total", "kind" => kind.as_str(), "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!("mqtt_dynamo_lookup_duration_seconds", "kind" => kind.as_str())
+        .record(t0.elapsed().as_secs_f64());
+    result
+}
+
+/// A payload as stored: text (`S`) or bytes (`B`, payloads that are not UTF-8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    Text(String),
+    Binary(Vec<u8>),
+}
+
+/// One message of `mqtt_msg` or `mqtt_retain`, with the attributes the seed writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub topic: String,
+    pub msgid: String,
+    pub sender: Option<String>,
+    pub qos: Option<i64>,
+    pub retain: Option<bool>,
+    pub payload: Option<Payload>,
+    /// `arrived` as stored (seconds or milliseconds, per `storage.time_unit`).
+    pub arrived: Option<i64>,
+    /// The publish time inside the message id (µs since the epoch), when the id is an EMQX GUID.
+    pub time_us: Option<u64>,
+}
+
+/// One row of `mqtt_sub`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    pub topic: String,
+    pub qos: i64,
+}
+
+/// The answer to a retained lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retained {
+    /// By topic.
+    pub messages: Vec<StoredMessage>,
+    /// More topics matched than `lookup.max_retained`; the rest were not read.
+    pub truncated: bool,
+}
+
+/// An offline-messages request (EMQX's `max_returned_count` and `time_range`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfflineQuery {
+    pub filter: String,
+    /// The subscription's QoS: a QoS 0 subscription gets nothing, as in the seed.
+    pub qos: u8,
+    /// At most this many (the newest); `None` means `lookup.max_returned_count`, `Some(0)` no
+    /// limit.
+    pub limit: Option<usize>,
+    /// Only messages whose GUID time is at or after this (µs since the epoch); `None` means
+    /// `lookup.time_range` before now, if set.
+    pub since_us: Option<u64>,
+}
+
+/// The answer to an offline lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offline {
+    /// Oldest first.
+    pub messages: Vec<StoredMessage>,
+    /// Topics whose message sets were read.
+    pub topics: usize,
+    /// Message ids in those sets.
+    pub ids: usize,
+    /// Ids that are not EMQX GUIDs: their time is unknown, so they sort first and are left out
+    /// when a `since` applies.
+    pub undated_ids: usize,
+    /// Matching messages left out by the limit.
+    pub truncated: bool,
+}
+
+/// Answers lookups. Cheap to share (`Arc`); all methods take `&self`.
+///
+/// `loaded` serializes the one-time index load: the first lookup that needs the indexes runs
+/// the Scan while later ones wait for it; a failed load is retried by the next lookup.
+#[derive(Debug)]
+pub struct Reader {
+    client: Client,
+    tables: TableNames,
+    state: Arc<ReadState>,
+    cfg: LookupConfig,
+    loaded: tokio::sync::Mutex<bool>,
+}
+
+fn dynamo_error<E, R>(
+    operation: &'static str,
+    table: &str,
+    e: aws_sdk_dynamodb::error::SdkError<E, R>,
+) -> LookupError
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    LookupError::Dynamo {
+        operation,
+        table: table.to_string(),
+        message: crate::dynamo::error_text(&e),
+    }
+}
+
+/// `$share/group/f` and `$queue/f` → `f`; `None` for other filters.
+pub fn shared_filter(filter: &str) -> Option<&str> {
+    if let Some(rest) = filter.strip_prefix("$queue/") {
+        return Some(rest);
+    }
+    let rest = filter.strip_prefix("$share/")?;
+    rest.split_once('/').map(|(_group, f)| f)
+}
+
+/// The publish time inside an EMQX message id, hex or base62.
+pub fn guid_time_us(msgid: &str) -> Option<u64> {
+    crate::guid::from_hex(msgid)
+        .or_else(|_| crate::guid::from_base62(msgid))
+        .ok()
+        .map(crate::guid::timestamp_micros)
+}
+
+impl StoredMessage {
+    /// Reads an item of `mqtt_msg` or `mqtt_retain`.
+    pub fn from_item(item: &Item) -> StoredMessage {
+        let s = |name: &str| match item.get(name) {
+            Some(Value::S(s)) => Some(s.clone()),
+            _ => None,
+        };
+        let n = |name: &str| match item.get(name) {
+            Some(Value::N(n)) => Some(*n),
+            _ => None,
+        };
+        let msgid = s("msgid").unwrap_or_default();
+        StoredMessage {
+            topic: s("topic").unwrap_or_default(),
+            time_us: guid_time_us(&msgid),
+            msgid,
+            sender: s("sender"),
+            qos: n("qos"),
+            retain: n("retain").map(|r| r != 0),
+            payload: match item.get("payload") {
+                Some(Value::S(s)) => Some(Payload::Text(s.clone())),
+                Some(Value::B(b)) => Some(Payload::Binary(b.clone())),
+                _ => None,
+            },
+            arrived: n("arrived"),
+        }
+    }
+}
+
+/// `items[key]` after replaying `pending` over it.
+fn replay(items: &mut BTreeMap<Key, Item>, key: &Key, pending: &[Write]) {
+    for w in pending {
+        crate::model::apply_write(items, key, w);
+    }
+}
+
+impl Reader {
+    pub fn new(
+        client: Client,
+        dynamo: &DynamoConfig,
+        state: Arc<ReadState>,
+        cfg: LookupConfig,
+    ) -> Self {
+        Reader {
+            client,
+            tables: TableNames::new(dynamo),
+            state,
+            cfg,
+            loaded: tokio::sync::Mutex::new(false),
+        }
+    }
+
+    pub fn state(&self) -> &Arc<ReadState> {
+        &self.state
+    }
+
+    pub fn config(&self) -> &LookupConfig {
+        &self.cfg
+    }
+
+    /// Loads both topic indexes with a parallel Scan, unless already loaded. Returns the number
+    /// of topics each index holds afterwards.
+    pub async fn load_indexes(&self) -> Result<(usize, usize), LookupError> {
+        let mut loaded = self.loaded.lock().await;
+        if !*loaded {
+            let t0 = std::time::Instant::now();
+            for table in [Table::Retain, Table::TopicMsgMap] {
+                let topics = self.scan_topics(table).await?;
+                let index = match table {
+                    Table::Retain => &self.state.retained,
+                    _ => &self.state.offline,
+                };
+                if let Ok(mut ix) = index.write() {
+                    for t in &topics {
+                        ix.insert(t);
+                    }
+                }
+            }
+            *loaded = true;
+            let (retained, offline) = self.state.indexed_topics();
+            tracing::info!(
+                retained,
+                offline,
+                elapsed_ms = t0.elapsed().as_millis() as u64,
+                "topic indexes loaded"
+            );
+        }
+        Ok(self.state.indexed_topics())
+    }
+
+    /// Every hash key of `table`, read with `lookup.scan_segments` parallel Scan segments.
+    async fn scan_topics(&self, table: Table) -> Result<Vec<String>, LookupError> {
+        let name = self.tables.name(table).to_string();
+        let segments = self.cfg.scan_segments.max(1) as i32;
+        let mut tasks = tokio::task::JoinSet::new();
+        for segment in 0..segments {
+            let client = self.client.clone();
+            let name = name.clone();
+            tasks.spawn(async move {
+                let mut topics = Vec::new();
+                let mut start: Option<HashMap<String, AttributeValue>> = None;
+                loop {
+                    let page = client
+                        .scan()
+                        .table_name(&name)
+                        .segment(segment)
+                        .total_segments(segments)
+                        .projection_expression("#k")
+                        .expression_attribute_names("#k", "topic")
+                        .consistent_read(true)
+                        .set_exclusive_start_key(start.take())
+                        .send()
+                        .await
+                        .map_err(|e| dynamo_error("Scan", &name, e))?;
+                    for item in page.items() {
+                        if let Some(AttributeValue::S(t)) = item.get("topic") {
+                            topics.push(t.clone());
+                        }
+                    }
+                    match page.last_evaluated_key() {
+                        Some(k) if !k.is_empty() => start = Some(k.clone()),
+                        _ => break,
+                    }
+                }
+                Ok::<_, LookupError>(topics)
+            });
+        }
+        let mut all = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(Ok(topics)) => all.extend(topics),
+                Ok(Err(e)) => return Err(e),
+                Err(e) => {
+                    return Err(LookupError::Dynamo {
+                        operation: "Scan",
+                        table: name.clone(),
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(all)
+    }
+
+    /// Reads `keys` of `table` (strongly consistent), ≤ 100 keys a request, several requests in
+    /// flight, unprocessed keys retried with backoff. Missing items are absent from the map.
+    pub async fn batch_get(
+        &self,
+        table: Table,
+        keys: &[Key],
+    ) -> Result<BTreeMap<Key, Item>, LookupError> {
+        let name = self.tables.name(table).to_string();
+        let mut out = BTreeMap::new();
+        let mut chunks = keys.chunks(MAX_BATCH_GET_KEYS);
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            while tasks.len() < PARALLEL_GETS {
+                let Some(chunk) = chunks.next() else { break };
+                let attrs: Vec<HashMap<String, AttributeValue>> =
+                    chunk.iter().map(crate::dynamo::key_attrs).collect();
+                let client = self.client.clone();
+                let name = name.clone();
+                tasks.spawn(async move { get_chunk(client, name, attrs).await });
+            }
+            let Some(joined) = tasks.join_next().await else {
+                break;
+            };
+            let items = joined.map_err(|e| LookupError::Dynamo {
+                operation: "BatchGetItem",
+                table: name.clone(),
+                message: e.to_string(),
+            })??;
+            for attrs in items {
+                let (key, item) =
+                    crate::dynamo::from_attrs(table, &attrs).map_err(|e| LookupError::BadItem {
+                        table: name.clone(),
+                        reason: e.to_string(),
+                    })?;
+                out.insert(key, item);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads `keys` and replays the unsettled writes over them. The overlay is read first (see
+    /// [`state`]).
+    async fn read_through(
+        &self,
+        table: Table,
+        keys: &[Key],
+    ) -> Result<BTreeMap<Key, Item>, LookupError> {
+        let pending: Vec<Vec<Write>> = keys.iter().map(|k| self.state.pending(k)).collect();
+        let mut items = self.batch_get(table, keys).await?;
+        for (key, writes) in keys.iter().zip(&pending) {
+            replay(&mut items, key, writes);
+        }
+        Ok(items)
+    }
+
+    /// A client's subscriptions (`mqtt_sub`, every Query page), by topic.
+    pub async fn subscriptions(&self, clientid: &str) -> Result<Vec<Subscription>, LookupError> {
+        measured(
+            LookupKind::Subscriptions,
+            self.subscriptions_inner(clientid),
+        )
+        .await
+    }
+
+    async fn subscriptions_inner(&self, clientid: &str) -> Result<Vec<Subscription>, LookupError> {
+        if clientid.is_empty() {
+            return Err(LookupError::Invalid {
+                what: "clientid",
+                reason: "must not be empty".into(),
+            });
+        }
+        let pending = self.state.pending_under(Table::Sub, clientid);
+        let name = self.tables.name(Table::Sub);
+        let mut items = BTreeMap::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(name)
+                .key_condition_expression("#c = :c")
+                .expression_attribute_names("#c", "clientid")
+                .expression_attribute_values(":c", AttributeValue::S(clientid.to_string()))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| dynamo_error("Query", name, e))?;
+            for attrs in page.items() {
+                let (key, item) = crate::dynamo::from_attrs(Table::Sub, attrs).map_err(|e| {
+                    LookupError::BadItem {
+                        table: name.to_string(),
+                        reason: e.to_string(),
+                    }
+                })?;
+                items.insert(key, item);
+            }
+            match page.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => break,
+            }
+        }
+        for (key, writes) in &pending {
+            replay(&mut items, key, writes);
+        }
+        Ok(items
+            .into_iter()
+            .filter_map(|(key, item)| {
+                let qos = match item.get("qos") {
+                    Some(Value::N(q)) => *q,
+                    _ => 0,
+                };
+                key.range.map(|topic| Subscription { topic, qos })
+            })
+            .collect())
+    }
+
+    /// The topics of `index` matching `filter`, or the filter itself in literal mode.
+    async fn topics(
+        &self,
+        filter: &TopicFilter,
+        mode: MatchMode,
+        table: Table,
+    ) -> Result<Vec<String>, LookupError> {
+        if mode == MatchMode::Literal || !filter.has_wildcard() {
+            return Ok(vec![filter.as_str().to_string()]);
+        }
+        self.load_indexes().await?;
+        let index = match table {
+            Table::Retain => &self.state.retained,
+            _ => &self.state.offline,
+        };
+        Ok(index
+            .read()
+            .map(|ix| ix.matching(filter.as_str()))
+            .unwrap_or_default())
+    }
+
+    /// The retained messages for a subscription to `filter`, by topic.
+    pub async fn retained(&self, filter: &str) -> Result<Retained, LookupError> {
+        measured(LookupKind::Retained, self.retained_inner(filter)).await
+    }
+
+    async fn retained_inner(&self, filter: &str) -> Result<Retained, LookupError> {
+        let parsed = TopicFilter::new(filter)?;
+        if shared_filter(filter).is_some() {
+            return Ok(Retained {
+                messages: Vec::new(),
+                truncated: false,
+            });
+        }
+        let mut topics = self
+            .topics(&parsed, self.cfg.retained, Table::Retain)
+            .await?;
+        let truncated = topics.len() > self.cfg.max_retained;
+        topics.truncate(self.cfg.max_retained);
+        let keys: Vec<Key> = topics
+            .into_iter()
+            .map(|t| Key::new(Table::Retain, t))
+            .collect();
+        let items = self.read_through(Table::Retain, &keys).await?;
+        Ok(Retained {
+            messages: items.values().map(StoredMessage::from_item).collect(),
+            truncated,
+        })
+    }
+
+    /// The offline messages for a subscription (see [`OfflineQuery`]), oldest first.
+    pub async fn offline(&self, q: &OfflineQuery) -> Result<Offline, LookupError> {
+        measured(LookupKind::Offline, self.offline_inner(q)).await
+    }
+
+    async fn offline_inner(&self, q: &OfflineQuery) -> Result<Offline, LookupError> {
+        TopicFilter::new(&q.filter)?;
+        if q.qos > 2 {
+            return Err(LookupError::Invalid {
+                what: "qos",
+                reason: format!("{} is not 0, 1 or 2", q.qos),
+            });
+        }
+        let filter = TopicFilter::new(shared_filter(&q.filter).unwrap_or(&q.filter))?;
+        let mut answer = Offline {
+            messages: Vec::new(),
+            topics: 0,
+            ids: 0,
+            undated_ids: 0,
+            truncated: false,
+        };
+        if q.qos == 0 {
+            return Ok(answer);
+        }
+        let topics = self
+            .topics(&filter, self.cfg.offline, Table::TopicMsgMap)
+            .await?;
+        let keys: Vec<Key> = topics
+            .into_iter()
+            .map(|t| Key::new(Table::TopicMsgMap, t))
+            .collect();
+        let sets = self.read_through(Table::TopicMsgMap, &keys).await?;
+        answer.topics = sets.len();
+        let since = q.since_us.or_else(|| {
+            self.cfg.time_range.map(|range| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or(Duration::ZERO);
+                now.saturating_sub(range).as_micros() as u64
+            })
+        });
+        let mut ids: Vec<(u64, String)> = Vec::new();
+        for item in sets.values() {
+            let Some(Value::Ss(set)) = item.get("MsgId") else {
+                continue;
+            };
+            for id in set {
+                answer.ids += 1;
+                let time = guid_time_us(id);
+                if time.is_none() {
+                    answer.undated_ids += 1;
+                }
+                match (time, since) {
+                    (Some(t), Some(s)) if t < s => {}
+                    (None, Some(_)) => {}
+                    _ => ids.push((time.unwrap_or(0), id.clone())),
+                }
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        let limit = match q.limit.unwrap_or(self.cfg.max_returned_count) {
+            0 => usize::MAX,
+            n => n,
+        };
+        // Newest first, in chunks, until `limit` messages exist (an id whose message is gone
+        // is skipped).
+        let mut found: Vec<StoredMessage> = Vec::new();
+        let mut remaining = ids.len();
+        while found.len() < limit && remaining > 0 {
+            let want = (limit - found.len()).min(MAX_BATCH_GET_KEYS * PARALLEL_GETS);
+            let from = remaining.saturating_sub(want);
+            let chunk: Vec<Key> = ids[from..remaining]
+                .iter()
+                .map(|(_, id)| Key::new(Table::Msg, id.clone()))
+                .collect();
+            remaining = from;
+            let items = self.read_through(Table::Msg, &chunk).await?;
+            // Newest of the chunk first, to keep the newest `limit` overall.
+            for key in chunk.iter().rev() {
+                if found.len() == limit {
+                    break;
+                }
+                if let Some(item) = items.get(key) {
+                    found.push(StoredMessage::from_item(item));
+                }
+            }
+        }
+        answer.truncated = remaining > 0 && found.len() == limit && limit != usize::MAX;
+        found.reverse();
+        answer.messages = found;
+        Ok(answer)
+    }
+}
+
+/// One BatchGetItem of ≤ 100 keys, retried until no key is unprocessed.
+async fn get_chunk(
+    client: Client,
+    table: String,
+    mut keys: Vec<HashMap<String, AttributeValue>>,
+) -> Result<Vec<HashMap<String, AttributeValue>>, LookupError> {
+    let mut out = Vec::with_capacity(keys.len());
+    for round in 0..MAX_GET_ROUNDS {
+        if round > 0 {
+            tokio::time::sleep(crate::dynamo::backoff(
+                round,
+                Duration::from_millis(25),
+                Duration::from_secs(2),
+            ))
+            .await;
+        }
+        let request = KeysAndAttributes::builder()
+            .set_keys(Some(std::mem::take(&mut keys)))
+            .consistent_read(true)
+            .build()
+            .map_err(|e| LookupError::Dynamo {
+                operation: "BatchGetItem",
+                table: table.clone(),
+                message: e.to_string(),
+            })?;
+        let response = client
+            .batch_get_item()
+            .request_items(&table, request)
+            .send()
+            .await
+            .map_err(|e| dynamo_error("BatchGetItem", &table, e))?;
+        if let Some(items) = response.responses().and_then(|r| r.get(&table)) {
+            out.extend(items.iter().cloned());
+        }
+        match response.unprocessed_keys().and_then(|u| u.get(&table)) {
+            Some(rest) if !rest.keys().is_empty() => keys = rest.keys().to_vec(),
+            _ => return Ok(out),
+        }
+    }
+    Err(LookupError::Unprocessed {
+        table,
+        rounds: MAX_GET_ROUNDS,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_filters_name_their_topic_filter() {
+        assert_eq!(shared_filter("$share/g/a/+"), Some("a/+"));
+        assert_eq!(shared_filter("$queue/a/b"), Some("a/b"));
+        assert_eq!(shared_filter("$share/g"), None);
+        assert_eq!(shared_filter("a/b"), None);
+    }
+
+    #[test]
+    fn guid_times_from_both_encodings() {
+        let guid: u128 = (1_562_308_553_981_613u128 << 64) | 1;
+        assert_eq!(
+            guid_time_us(&crate::guid::to_hex(guid)),
+            Some(1_562_308_553_981_613)
+        );
+        assert_eq!(
+            guid_time_us(&crate::guid::to_base62(guid)),
+            Some(1_562_308_553_981_613)
+        );
+        assert_eq!(guid_time_us("not-a-guid"), None);
+    }
+}
