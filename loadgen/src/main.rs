@@ -1,20 +1,38 @@
 //! loadgen: drives mqtt-dynamo with a seeded, EMQX-like workload and reports what it cost.
 //!
-//! By default it starts the embedded DynamoDB (dynoxide, in memory) on an ephemeral loopback port,
-//! creates the six tables, runs the pipeline in-process (the same code `mqtt-dynamo serve` runs),
-//! submits the workload as fast as the pipeline accepts it (or at `--rate`), drains, and then
-//! verifies that the tables hold exactly what the workload model says they must: nothing lost,
-//! nothing resurrected. The report is printed as a table and written as JSON.
+//! Two ways in:
+//!
+//! - `--via exhook` (default): starts `mqtt-dynamo serve` as its own process (embedded DynamoDB
+//!   on 127.0.0.1:8000, or `--endpoint`), and calls it the way EMQX does — ExHook v3 over 8
+//!   HTTP/2 channels, one client's calls on one channel and in order, retained publishes also
+//!   posted to the HTTP ingest as EMQX's rule would. Reports hook RPC latency, the service's
+//!   counters (from its `/metrics`) and its memory.
+//! - `--via inprocess`: the pipeline in this process, fed through `PipelineHandle::submit`.
+//!
+//! Either way it runs for `--duration` or `--events`, closed loop or at `--rate`, then waits
+//! for the drain and verifies that the tables hold exactly what the workload model says they
+//! must: nothing lost, nothing resurrected. The report is a table and JSON (`--json`). A stream
+//! can be recorded (`--record`) and replayed (`--replay`), and turned into the writes other
+//! writers send (`--ops-out`, for the peer comparison).
+//!
+//! Layout: [`workload`] generates events, [`stream`] reads and writes them, [`exhook`] is the
+//! EMQX-like client, [`service`] runs and watches `mqtt-dynamo serve`, [`report`] verifies.
 
+mod exhook;
+mod report;
+mod service;
+mod stream;
 mod workload;
 
-use std::collections::BTreeMap;
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -22,23 +40,38 @@ use serde_json::json;
 use mqtt_dynamo::config::Config;
 use mqtt_dynamo::dynamo::{self, SdkRetries};
 use mqtt_dynamo::embedded::EmbeddedDynamo;
-use mqtt_dynamo::item::{Item, Key, Table};
+use mqtt_dynamo::event::HookEvent;
 use mqtt_dynamo::model::TableModel;
 use mqtt_dynamo::pipeline::Pipeline;
+use mqtt_dynamo::rules::{RuleSet, StorageFormat};
 use mqtt_dynamo::tables::{self, Capacity};
 
+use report::{Verification, fmt_q, quantiles_ms};
 use workload::{Workload, WorkloadConfig};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Via {
+    /// ExHook gRPC to a spawned `mqtt-dynamo serve`, as EMQX calls it.
+    Exhook,
+    /// The pipeline in this process (`PipelineHandle::submit`).
+    Inprocess,
+}
 
 #[derive(Parser, Debug)]
 #[command(
     name = "loadgen",
-    about = "Drive mqtt-dynamo with a seeded MQTT hook workload and report"
+    about = "Drive mqtt-dynamo with a seeded MQTT hook workload, verify the tables, report"
 )]
 struct Args {
-    /// Events to generate.
-    #[arg(long, default_value_t = 100_000)]
-    events: u64,
-    /// Target events per second; 0 submits as fast as the pipeline accepts (closed loop).
+    #[arg(long, value_enum, default_value = "exhook")]
+    via: Via,
+    /// Stop after this many events.
+    #[arg(long)]
+    events: Option<u64>,
+    /// Stop after this long (default 30s when --events is not given).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Target events per second (open loop); 0 sends as fast as the service answers (closed).
     #[arg(long, default_value_t = 0)]
     rate: u64,
     /// Workload seed; the same seed gives the same event stream.
@@ -51,9 +84,37 @@ struct Args {
     /// An external DynamoDB endpoint (its tables are created if missing); default: embedded.
     #[arg(long)]
     endpoint: Option<String>,
-    /// mqtt-dynamo configuration file for the pipeline settings.
+    /// In-process mode: mqtt-dynamo configuration file for the pipeline settings.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// ExHook mode: TOML appended to the service's generated configuration (e.g. `[pipeline]`).
+    #[arg(long)]
+    service_extra: Option<PathBuf>,
+    /// ExHook mode: the `mqtt-dynamo` binary (default: next to this one).
+    #[arg(long)]
+    service_bin: Option<PathBuf>,
+    /// ExHook mode: sequential workers per channel (a client always maps to the same one).
+    #[arg(long, default_value_t = 4)]
+    workers_per_channel: usize,
+    /// ExHook mode: listen on free ports instead of 8000/9000/8080/9100.
+    #[arg(long)]
+    ephemeral_ports: bool,
+    /// ExHook mode: keep the service (and its DynamoDB) running after the report until Ctrl-C.
+    #[arg(long)]
+    keep_running: bool,
+    /// Write the event stream here (JSON lines).
+    #[arg(long)]
+    record: Option<PathBuf>,
+    /// Read the event stream from here instead of generating it.
+    #[arg(long)]
+    replay: Option<PathBuf>,
+    /// Only write the writes each event makes (JSON lines, for other writers) and exit.
+    #[arg(long)]
+    ops_out: Option<PathBuf>,
+    /// Only check the tables at --endpoint against the first --events events of the stream
+    /// (written by another writer) and exit.
+    #[arg(long)]
+    verify_only: bool,
     /// Where to write the JSON report.
     #[arg(long, default_value = "target/loadgen/report.json")]
     json: PathBuf,
@@ -62,259 +123,237 @@ struct Args {
     quiet: bool,
 }
 
-fn quantiles_ms(h: &Histogram<u64>) -> serde_json::Value {
-    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    json!({"p50": ms(0.5), "p99": ms(0.99), "p999": ms(0.999), "max": h.max() as f64 / 1000.0})
+impl Args {
+    /// (event limit, time limit)
+    fn limits(&self) -> (u64, Option<Duration>) {
+        match (self.events, self.duration) {
+            (Some(n), d) => (n, d),
+            (None, Some(d)) => (u64::MAX, Some(d)),
+            (None, None) => (u64::MAX, Some(Duration::from_secs(30))),
+        }
+    }
+
+    fn workload(&self) -> WorkloadConfig {
+        WorkloadConfig {
+            clients: self.clients,
+            topics: self.topics,
+            seed: self.seed,
+            ..WorkloadConfig::default()
+        }
+    }
 }
 
-fn fmt_q(h: &Histogram<u64>, unit_div: f64, unit: &str) -> String {
-    let v = |q: f64| h.value_at_quantile(q) as f64 / unit_div;
-    format!(
-        "p50 {:.2} {unit}, p99 {:.2} {unit}, p99.9 {:.2} {unit}",
-        v(0.5),
-        v(0.99),
-        v(0.999)
-    )
+/// Where events come from: the generator or a recording.
+enum Source {
+    Gen(Box<Workload>),
+    Replay(stream::Replay),
 }
 
-/// Scans every table (all pages) into a model for comparison.
-async fn read_tables(
-    client: &aws_sdk_dynamodb::Client,
-    cfg: &Config,
-) -> Result<TableModel, String> {
+impl Source {
+    fn open(args: &Args) -> Result<Source, String> {
+        Ok(match &args.replay {
+            Some(path) => Source::Replay(stream::Replay::open(path)?),
+            None => Source::Gen(Box::new(Workload::new(args.workload()))),
+        })
+    }
+
+    fn next(&mut self) -> Option<Result<HookEvent, String>> {
+        match self {
+            Source::Gen(w) => Some(Ok(w.next_event())),
+            Source::Replay(r) => r.next_event(),
+        }
+    }
+}
+
+/// The writes the service makes for `event` when it arrives over ExHook, which carries no
+/// retain flag (so a retained publish is stored as a plain one), plus the retained actions the
+/// EMQX rule posts to the HTTP ingest.
+fn exhook_plan(
+    event: &HookEvent,
+    rules: &RuleSet,
+    format: &StorageFormat,
+) -> Result<Vec<mqtt_dynamo::item::Op>, String> {
+    let e = |e: mqtt_dynamo::rules::EventError| e.to_string();
+    match event {
+        HookEvent::MessagePublish { message } if message.retain => {
+            let mut plain = message.clone();
+            plain.retain = false;
+            let mut ops = rules
+                .plan(&HookEvent::MessagePublish { message: plain }, format)
+                .map_err(e)?;
+            ops.extend(
+                rules
+                    .plan_scoped(event, format, mqtt_dynamo::rules::ActionScope::RetainedOnly)
+                    .map_err(e)?,
+            );
+            Ok(ops)
+        }
+        _ => rules.plan(event, format).map_err(e),
+    }
+}
+
+/// The tables' expected contents: the first `n` events of the stream applied in order (as
+/// they arrive over ExHook when `exhook`), less the refused ones; and the DynamoDB requests
+/// they take at one request per write (what the 4.x backend sends).
+fn expected_model(
+    args: &Args,
+    n: u64,
+    refused: &HashSet<u64>,
+    rules: &RuleSet,
+    format: &StorageFormat,
+) -> Result<(TableModel, u64), String> {
+    let exhook = args.via == Via::Exhook;
     let mut model = TableModel::new();
-    for table in Table::ALL {
-        let mut start = None;
-        loop {
-            let page = client
-                .scan()
-                .table_name(cfg.dynamodb.table_name(table))
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| {
-                    format!(
-                        "scan {table}: {}",
-                        aws_sdk_dynamodb::error::DisplayErrorContext(&e)
-                    )
-                })?;
-            for attrs in page.items() {
-                let (key, item) =
-                    dynamo::from_attrs(table, attrs).map_err(|e| format!("{table}: {e}"))?;
-                model.insert(key, item);
-            }
-            start = page.last_evaluated_key().cloned();
-            if start.is_none() {
-                break;
-            }
-        }
-    }
-    Ok(model)
-}
-
-/// Differences between what the tables hold and what they must hold.
-struct Verification {
-    expected: usize,
-    missing: usize,
-    unexpected: usize,
-    different: usize,
-    examples: Vec<String>,
-}
-
-fn verify(expected: &BTreeMap<Key, Item>, got: &BTreeMap<Key, Item>) -> Verification {
-    let mut v = Verification {
-        expected: expected.len(),
-        missing: 0,
-        unexpected: 0,
-        different: 0,
-        examples: Vec::new(),
-    };
-    for (k, item) in expected {
-        match got.get(k) {
-            None => {
-                v.missing += 1;
-                if v.examples.len() < 5 {
-                    v.examples.push(format!("missing {} {}", k.table, k.hash));
-                }
-            }
-            Some(g) if g != item => {
-                v.different += 1;
-                if v.examples.len() < 5 {
-                    v.examples.push(format!("different {} {}", k.table, k.hash));
-                }
-            }
-            Some(_) => {}
-        }
-    }
-    for k in got.keys() {
-        if !expected.contains_key(k) {
-            v.unexpected += 1;
-            if v.examples.len() < 5 {
-                v.examples
-                    .push(format!("unexpected {} {}", k.table, k.hash));
-            }
-        }
-    }
-    v
-}
-
-async fn run(args: Args) -> Result<bool, String> {
-    let mut cfg = match &args.config {
-        Some(p) => Config::load(p).map_err(|e| e.to_string())?,
-        None => Config::from_env(),
-    };
-    let embedded = match &args.endpoint {
-        Some(url) => {
-            cfg.dynamodb.endpoint_url = Some(url.clone());
-            None
-        }
-        None => {
-            let server = EmbeddedDynamo::start(SocketAddr::from(([127, 0, 0, 1], 0)))
-                .await
-                .map_err(|e| e.to_string())?;
-            Some(server)
-        }
-    };
-    let endpoint = embedded.as_ref().map(EmbeddedDynamo::endpoint);
-    let where_ = endpoint
-        .clone()
-        .map(|e| format!("embedded DynamoDB (dynoxide, in memory) at {e}"))
-        .unwrap_or_else(|| {
-            format!(
-                "DynamoDB at {}",
-                cfg.dynamodb.endpoint_url.clone().unwrap_or_default()
-            )
-        });
-    let admin = dynamo::client(&cfg.dynamodb, endpoint.as_deref(), SdkRetries::Standard).await;
-    tables::create_all(&admin, &cfg.dynamodb, Capacity::OnDemand)
-        .await
-        .map_err(|e| e.to_string())?;
-    let client = dynamo::client(&cfg.dynamodb, endpoint.as_deref(), SdkRetries::Disabled).await;
-    let rules = cfg.rule_set().map_err(|e| e.to_string())?;
-    let format = cfg.storage.format();
-
-    let wl_cfg = WorkloadConfig {
-        clients: args.clients,
-        topics: args.topics,
-        seed: args.seed,
-        ..WorkloadConfig::default()
-    };
-    let wl_cfg_again = wl_cfg.clone();
-    let pipeline = Pipeline::from_config(&cfg, client).map_err(|e| e.to_string())?;
-    let handle = pipeline.handle();
-
-    println!(
-        "mqtt-dynamo loadgen: {} events, seed {}, {}",
-        args.events, args.seed, where_
-    );
-    let bar = if args.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(args.events)
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} events  {per_sec}  {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-
-    // Submitting blocks (up to 4 s per event, below EMQX's 5 s hook timeout) when the pipeline is
-    // full, so run it on a blocking thread.
-    let rate = args.rate;
-    let events = args.events;
-    let bar2 = bar.clone();
-    let submitter = tokio::task::spawn_blocking(move || {
-        let mut workload = Workload::new(wl_cfg);
-        let mut refused_at = Vec::new();
-        let mut submit_latency =
-            Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds");
-        let mut refused = 0u64;
-        let start = Instant::now();
-        for i in 0..events {
-            if rate > 0 {
-                let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
-                if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
-                }
-            }
-            let event = workload.next_event();
-            let t0 = Instant::now();
-            match handle.submit_timeout(&event, Duration::from_secs(4)) {
-                Ok(()) => submit_latency.saturating_record(t0.elapsed().as_nanos() as u64),
-                Err(_) => {
-                    refused += 1;
-                    refused_at.push(i);
-                }
-            }
-            if i % 1024 == 0 {
-                let (depth, cap) = handle.queue_depth();
-                bar2.set_position(i);
-                bar2.set_message(format!("queue {depth}/{cap}  refused {refused}"));
-            }
-        }
-        (refused_at, submit_latency, refused, start.elapsed())
-    });
-    let (refused_at, submit_latency, refused, submit_time) =
-        submitter.await.map_err(|e| e.to_string())?;
-    bar.finish_and_clear();
-    let run_start = Instant::now() - submit_time;
-    let stats = pipeline.shutdown().await;
-    let total_time = run_start.elapsed();
-
-    // The expected final state: the same stream (same seed) applied sequentially, less what was
-    // refused at the door.
-    let mut model = TableModel::new();
-    let mut workload = Workload::new(wl_cfg_again);
-    let mut refused_iter = refused_at.iter().peekable();
-    for i in 0..args.events {
-        let event = workload.next_event();
-        if refused_iter.peek() == Some(&&i) {
-            refused_iter.next();
+    let mut requests = 0u64;
+    let mut source = Source::open(args)?;
+    for i in 0..n {
+        let Some(event) = source.next() else { break };
+        let event = event?;
+        if refused.contains(&i) {
             continue;
         }
-        for op in rules.plan(&event, &format).map_err(|e| e.to_string())? {
+        let ops = if exhook {
+            exhook_plan(&event, rules, format)?
+        } else {
+            rules.plan(&event, format).map_err(|e| e.to_string())?
+        };
+        for op in ops {
+            requests += op.write.request_count() as u64;
             model.apply(&op);
         }
     }
-    let verify_client =
-        dynamo::client(&cfg.dynamodb, endpoint.as_deref(), SdkRetries::Standard).await;
-    let got = read_tables(&verify_client, &cfg).await?;
-    let v = verify(&model.normalized(), &got.normalized());
-    let ok = v.missing == 0 && v.unexpected == 0 && v.different == 0 && refused == 0;
+    Ok((model, requests))
+}
 
-    let per_k = |n: u64| n as f64 * 1000.0 / args.events.max(1) as f64;
-    let naive = stats.ops_planned;
+fn progress(args: &Args, len: u64) -> ProgressBar {
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else if len == u64::MAX {
+        ProgressBar::new_spinner()
+    } else {
+        ProgressBar::new(len)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed:>4} {pos} events  {per_sec}  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar
+}
+
+/// `--ops-out`: the writes of every event, one line per event.
+fn write_ops(args: &Args, out: &std::path::Path) -> Result<(), String> {
+    use std::io::Write as _;
+    let cfg = Config::default();
+    let rules = cfg.rule_set().map_err(|e| e.to_string())?;
+    let format = cfg.storage.format();
+    let (limit, _) = args.limits();
+    let limit = if limit == u64::MAX { 100_000 } else { limit };
+    let mut source = Source::open(args)?;
+    if let Some(dir) = out.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let f = std::fs::File::create(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let mut w = std::io::BufWriter::new(f);
+    let mut recorder = args
+        .record
+        .as_deref()
+        .map(stream::Recorder::create)
+        .transpose()?;
+    let mut n = 0u64;
+    while n < limit {
+        let Some(event) = source.next() else { break };
+        let event = event?;
+        if let Some(r) = recorder.as_mut() {
+            r.write(&event)?;
+        }
+        let ops: Vec<serde_json::Value> = rules
+            .plan(&event, &format)
+            .map_err(|e| e.to_string())?
+            .iter()
+            .flat_map(stream::op_json)
+            .collect();
+        // What orders this event against others, for writers that run events concurrently.
+        let (waits_for, publishes) = match &event {
+            HookEvent::MessageAcked { message, .. } => (Some(message.id.clone()), None),
+            HookEvent::MessagePublish { message } if message.qos > 0 => {
+                (None, Some(message.id.clone()))
+            }
+            _ => (None, None),
+        };
+        let line = json!({
+            "client": exhook::client_of(&event),
+            "waits_for": waits_for,
+            "publishes": publishes,
+            "ops": ops,
+        });
+        writeln!(w, "{line}").map_err(|e| e.to_string())?;
+        n += 1;
+    }
+    w.flush().map_err(|e| e.to_string())?;
+    if let Some(r) = recorder {
+        r.finish()?;
+    }
+    println!("wrote the writes of {n} events to {}", out.display());
+    Ok(())
+}
+
+/// The figures both modes report.
+struct Outcome {
+    mode: &'static str,
+    sent: u64,
+    refused: HashSet<u64>,
+    seconds: f64,
+    /// Hook latency in µs (RPC for ExHook, submit for in-process).
+    latency: Histogram<u64>,
+    latency_name: &'static str,
+    durable_ms: serde_json::Value,
+    requests: f64,
+    naive_requests: f64,
+    wru: f64,
+    throttles: f64,
+    retries: f64,
+    dropped: f64,
+    extra: serde_json::Value,
+    verification: Verification,
+}
+
+fn print_report(args: &Args, o: &Outcome) -> Result<bool, String> {
+    let per_k = |n: f64| n * 1000.0 / o.sent.max(1) as f64;
+    let ok = o.verification.ok() && o.refused.is_empty();
     println!();
     println!(
-        "events                 {} accepted, {} refused",
-        stats.events_received, refused
+        "events                 {} sent, {} refused ({})",
+        o.sent,
+        o.refused.len(),
+        o.mode
     );
     println!(
-        "throughput             {:.0} events/s submitted, {:.0} events/s durable (incl. drain, {:.2} s)",
-        args.events as f64 / submit_time.as_secs_f64(),
-        args.events as f64 / total_time.as_secs_f64(),
-        total_time.as_secs_f64()
+        "throughput             {:.0} events/s (sent and durable, {:.1} s)",
+        o.sent as f64 / o.seconds,
+        o.seconds
+    );
+    println!("{:<22} {}", o.latency_name, fmt_q(&o.latency, 1000.0, "ms"));
+    println!("ingest→durable         {}", o.durable_ms);
+    println!(
+        "DynamoDB requests      {:.0} ({:.1} per 1,000 events; one request per write would be {:.1}: {:.1}× fewer)",
+        o.requests,
+        per_k(o.requests),
+        per_k(o.naive_requests),
+        o.naive_requests / o.requests.max(1.0)
     );
     println!(
-        "hook submit latency    {}",
-        fmt_q(&submit_latency, 1000.0, "µs")
+        "write units            {:.0} ({:.1} per 1,000 events)",
+        o.wru,
+        per_k(o.wru)
     );
-    if let Some(h) = stats.durable_latency.as_ref().filter(|h| !h.is_empty()) {
-        println!("ingest→durable         {}", fmt_q(h, 1000.0, "ms"));
+    println!(
+        "throttles, retries     {:.0}, {:.0}; dropped writes {:.0}",
+        o.throttles, o.retries, o.dropped
+    );
+    if !o.extra.is_null() {
+        println!("service                {}", o.extra);
     }
-    println!(
-        "DynamoDB requests      {} ({:.1} per 1,000 events); one request per write, as the 4.x backend sends: {} ({:.1} per 1,000) → {:.1}× fewer",
-        stats.requests(),
-        per_k(stats.requests()),
-        naive,
-        per_k(naive),
-        naive as f64 / stats.requests().max(1) as f64
-    );
-    println!(
-        "write units            {} ({:.1} per 1,000 events)",
-        stats.consumed_wcu,
-        per_k(stats.consumed_wcu)
-    );
-    println!("\npipeline counters\n{stats}");
+    let v = &o.verification;
     println!(
         "verification           {}: {} items expected, {} missing, {} unexpected, {} different",
         if ok { "PASS" } else { "FAIL" },
@@ -326,33 +365,25 @@ async fn run(args: Args) -> Result<bool, String> {
     for e in &v.examples {
         println!("  {e}");
     }
-
     let report = json!({
-        "events": args.events,
+        "mode": o.mode,
         "seed": args.seed,
-        "endpoint": where_,
-        "accepted": stats.events_received,
-        "refused": refused,
-        "submit_seconds": submit_time.as_secs_f64(),
-        "total_seconds": total_time.as_secs_f64(),
-        "events_per_s": args.events as f64 / total_time.as_secs_f64(),
-        "submit_latency_us": {
-            "p50": submit_latency.value_at_quantile(0.5) as f64 / 1000.0,
-            "p99": submit_latency.value_at_quantile(0.99) as f64 / 1000.0,
-            "p999": submit_latency.value_at_quantile(0.999) as f64 / 1000.0,
-        },
-        "ingest_to_durable_ms": stats.durable_latency.as_ref().map(quantiles_ms),
-        "requests": stats.requests(),
-        "requests_per_1k_events": per_k(stats.requests()),
-        "naive_requests_per_1k_events": per_k(naive),
-        "wru_per_1k_events": per_k(stats.consumed_wcu),
-        "coalesced": stats.coalesced,
-        "cancelled": stats.cancelled,
-        "throttles": stats.throttles,
-        "retries": stats.retries,
-        "dropped": stats.dropped(),
+        "events": o.sent,
+        "refused": o.refused.len(),
+        "seconds": o.seconds,
+        "events_per_s": o.sent as f64 / o.seconds,
+        "hook_latency_ms": quantiles_ms(&o.latency, 1000.0),
+        "ingest_to_durable_ms": o.durable_ms,
+        "requests": o.requests,
+        "requests_per_1k_events": per_k(o.requests),
+        "naive_requests_per_1k_events": per_k(o.naive_requests),
+        "wru_per_1k_events": per_k(o.wru),
+        "throttles": o.throttles,
+        "retries": o.retries,
+        "dropped": o.dropped,
+        "service": o.extra,
         "verified": ok,
-        "verification": {"expected": v.expected, "missing": v.missing, "unexpected": v.unexpected, "different": v.different},
+        "verification": v.json(),
     });
     if let Some(dir) = args.json.parent() {
         let _ = std::fs::create_dir_all(dir);
@@ -363,10 +394,373 @@ async fn run(args: Args) -> Result<bool, String> {
     )
     .map_err(|e| format!("cannot write {}: {e}", args.json.display()))?;
     println!("report written to {}", args.json.display());
+    Ok(ok)
+}
+
+async fn run_exhook(args: &Args) -> Result<bool, String> {
+    let ports = if args.ephemeral_ports {
+        service::Ports::ephemeral()?
+    } else {
+        service::Ports::defaults()
+    };
+    let cfg_for_tables = {
+        let mut c = Config::default();
+        c.dynamodb.access_key_id = Some("loadgen".into());
+        c.dynamodb.secret_access_key = Some(mqtt_dynamo::config::Secret::new("loadgen"));
+        c
+    };
+    if let Some(url) = &args.endpoint {
+        let admin = dynamo::client(&cfg_for_tables.dynamodb, Some(url), SdkRetries::Standard).await;
+        tables::create_all(&admin, &cfg_for_tables.dynamodb, Capacity::OnDemand)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let extra = match &args.service_extra {
+        Some(p) => std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?,
+        None => String::new(),
+    };
+    let binary = args
+        .service_bin
+        .clone()
+        .unwrap_or_else(service::default_binary);
+    let dir = args
+        .json
+        .parent()
+        .map(|d| d.to_path_buf())
+        .unwrap_or_else(|| PathBuf::from("target/loadgen"));
+    let svc =
+        service::Service::start(&binary, &dir, ports, args.endpoint.as_deref(), &extra).await?;
+    println!(
+        "mqtt-dynamo loadgen: ExHook v3 to mqtt-dynamo serve (pid {}) at {} over {} channels × {} workers; DynamoDB at {}; seed {}",
+        svc.pid(),
+        ports.exhook,
+        exhook::CHANNELS,
+        args.workers_per_channel,
+        svc.dynamo_endpoint,
+        args.seed
+    );
+    // Memory, once a second, for the flat-memory check.
+    let rss: Arc<Mutex<Vec<(f64, u64)>>> = Arc::default();
+    let sampler = {
+        let rss = Arc::clone(&rss);
+        let pid = svc.pid();
+        tokio::spawn(async move {
+            let t0 = Instant::now();
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                if let Some((now, _)) = service::memory_of(pid)
+                    && let Ok(mut v) = rss.lock()
+                {
+                    v.push((t0.elapsed().as_secs_f64(), now));
+                }
+            }
+        })
+    };
+    let targets = exhook::Targets {
+        exhook: format!("http://{}", ports.exhook),
+        rule_url: format!(
+            "http://{}/v1/events/emqx-rule?payload_encoding=base64",
+            ports.http
+        ),
+    };
+    let pool = exhook::Pool::connect(&targets, args.workers_per_channel.max(1)).await?;
+    let live = Arc::clone(&pool.live);
+    let (limit, time_limit) = args.limits();
+    let bar = progress(args, limit);
+    let mut source = Source::open(args)?;
+    let mut recorder = args
+        .record
+        .as_deref()
+        .map(stream::Recorder::create)
+        .transpose()?;
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < limit {
+        if time_limit.is_some_and(|d| start.elapsed() >= d) {
+            break;
+        }
+        let Some(event) = source.next() else { break };
+        let event = event?;
+        if let Some(r) = recorder.as_mut() {
+            r.write(&event)?;
+        }
+        if args.rate > 0 {
+            let due = start + Duration::from_secs_f64(sent as f64 / args.rate as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        pool.send(sent, event).await?;
+        sent += 1;
+        if sent.is_multiple_of(512) {
+            bar.set_position(live.done.load(Relaxed));
+            bar.set_message(format!(
+                "queued {}  errors {}",
+                sent - live.done.load(Relaxed),
+                live.errors.load(Relaxed)
+            ));
+        }
+    }
+    if let Some(r) = recorder {
+        r.finish()?;
+    }
+    let driven = pool.finish().await;
+    bar.finish_and_clear();
+    let accepted = sent - driven.errors + driven.rule_posts - driven.rule_errors;
+    let metrics = svc.drained(accepted, Duration::from_secs(300)).await?;
+    let seconds = start.elapsed().as_secs_f64();
+    sampler.abort();
+    let (_, peak) = svc.memory().unwrap_or((0, 0));
+
+    // The expected state, and what the tables hold.
+    let cfg = Config::default();
+    let rules = cfg.rule_set().map_err(|e| e.to_string())?;
+    let format = cfg.storage.format();
+    let refused: HashSet<u64> = driven.refused.iter().copied().collect();
+    let (model, naive_requests) = expected_model(args, sent, &refused, &rules, &format)?;
+    let reader = dynamo::client(
+        &cfg_for_tables.dynamodb,
+        Some(&svc.dynamo_endpoint),
+        SdkRetries::Standard,
+    )
+    .await;
+    let got = report::read_tables(&reader, &cfg_for_tables).await?;
+    let (mut want, mut have) = (model.normalized(), got.normalized());
+    report::without_service_times(&mut want);
+    report::without_service_times(&mut have);
+    let verification = report::verify(&want, &have);
+
+    let m = |name: &str| metrics.sum(name, None);
+    let text = &metrics.0;
+    let q = |p: f64| {
+        report::prometheus_quantile(text, "mqtt_dynamo_ingest_to_durable_seconds", p)
+            .map(|s| s * 1000.0)
+    };
+    let samples = rss.lock().map(|v| v.clone()).unwrap_or_default();
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let at = |frac: f64| {
+        samples
+            .get(((samples.len() as f64 - 1.0) * frac).round().max(0.0) as usize)
+            .map(|(_, b)| mib(*b))
+    };
+    let extra = json!({
+        "pid": svc.pid(),
+        "peak_rss_mib": mib(peak),
+        "rss_mib_at_10_50_100_percent": [at(0.1), at(0.5), at(1.0)],
+        "rule_posts": driven.rule_posts,
+        "rule_errors": driven.rule_errors,
+        "events_received": m("mqtt_dynamo_events_received_total"),
+    });
+    let outcome = Outcome {
+        mode: "exhook",
+        sent,
+        refused,
+        seconds,
+        latency: driven.rpc_latency,
+        latency_name: "hook RPC latency",
+        durable_ms: json!({"p50_le": q(0.5), "p99_le": q(0.99),
+            "note": "upper bounds of the Prometheus buckets the quantiles fall in"}),
+        requests: m("mqtt_dynamo_dynamodb_requests_total"),
+        naive_requests: naive_requests as f64,
+        wru: m("mqtt_dynamo_consumed_write_capacity_units_total"),
+        throttles: m("mqtt_dynamo_dynamodb_throttles_total"),
+        retries: m("mqtt_dynamo_retries_total"),
+        dropped: m("mqtt_dynamo_writes_dropped_total") + m("mqtt_dynamo_hook_events_dropped_total"),
+        extra,
+        verification,
+    };
+    let ok = print_report(args, &outcome)?;
+    println!(
+        "\ninspect the tables: aws dynamodb scan --table-name mqtt_retain --endpoint-url {} (keys: any)\n\
+         or: mqtt-dynamo lookup retained '#'   (both while the service runs: loadgen --keep-running)",
+        svc.dynamo_endpoint
+    );
+    if args.keep_running {
+        println!(
+            "the service keeps running (ExHook {}, HTTP {}, metrics {}, DynamoDB {}); Ctrl-C stops it",
+            ports.exhook, ports.http, ports.metrics, svc.dynamo_endpoint
+        );
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    let report = svc.stop()?;
+    if !args.quiet {
+        println!("\nthe service's own report at shutdown:\n{report}");
+    }
+    Ok(ok)
+}
+
+async fn run_inprocess(args: &Args) -> Result<bool, String> {
+    let mut cfg = match &args.config {
+        Some(p) => Config::load(p).map_err(|e| e.to_string())?,
+        None => Config::from_env(),
+    };
+    let embedded = match &args.endpoint {
+        Some(url) => {
+            cfg.dynamodb.endpoint_url = Some(url.clone());
+            cfg.dynamodb
+                .access_key_id
+                .get_or_insert_with(|| "loadgen".into());
+            if cfg.dynamodb.secret_access_key.is_none() {
+                cfg.dynamodb.secret_access_key = Some(mqtt_dynamo::config::Secret::new("loadgen"));
+            }
+            None
+        }
+        None => Some(
+            EmbeddedDynamo::start(SocketAddr::from(([127, 0, 0, 1], 0)))
+                .await
+                .map_err(|e| e.to_string())?,
+        ),
+    };
+    let endpoint = embedded.as_ref().map(EmbeddedDynamo::endpoint);
+    let admin = dynamo::client(&cfg.dynamodb, endpoint.as_deref(), SdkRetries::Standard).await;
+    tables::create_all(&admin, &cfg.dynamodb, Capacity::OnDemand)
+        .await
+        .map_err(|e| e.to_string())?;
+    let client = dynamo::client(&cfg.dynamodb, endpoint.as_deref(), SdkRetries::Disabled).await;
+    let rules = cfg.rule_set().map_err(|e| e.to_string())?;
+    let format = cfg.storage.format();
+    let pipeline = Pipeline::from_config(&cfg, client).map_err(|e| e.to_string())?;
+    let handle = pipeline.handle();
+    println!(
+        "mqtt-dynamo loadgen: in-process pipeline, DynamoDB at {}; seed {}",
+        endpoint
+            .clone()
+            .or_else(|| cfg.dynamodb.endpoint_url.clone())
+            .unwrap_or_default(),
+        args.seed
+    );
+    let (limit, time_limit) = args.limits();
+    let bar = progress(args, limit);
+    let mut source = Source::open(args)?;
+    let mut recorder = args
+        .record
+        .as_deref()
+        .map(stream::Recorder::create)
+        .transpose()?;
+    let rate = args.rate;
+    // Submitting blocks (up to 4 s per event, below EMQX's 5 s hook timeout) when the pipeline
+    // is full, so run it on a blocking thread.
+    let submitter = tokio::task::spawn_blocking(move || -> Result<_, String> {
+        let mut refused = HashSet::new();
+        let mut latency =
+            Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+        let start = Instant::now();
+        let mut sent = 0u64;
+        while sent < limit {
+            if time_limit.is_some_and(|d| start.elapsed() >= d) {
+                break;
+            }
+            let Some(event) = source.next() else { break };
+            let event = event?;
+            if let Some(r) = recorder.as_mut() {
+                r.write(&event)?;
+            }
+            if rate > 0 {
+                let due = start + Duration::from_secs_f64(sent as f64 / rate as f64);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            let t0 = Instant::now();
+            match handle.submit_timeout(&event, Duration::from_secs(4)) {
+                Ok(()) => latency.saturating_record(t0.elapsed().as_micros() as u64),
+                Err(_) => {
+                    refused.insert(sent);
+                }
+            }
+            sent += 1;
+            if sent.is_multiple_of(1024) {
+                let (depth, cap) = handle.queue_depth();
+                bar.set_position(sent);
+                bar.set_message(format!("queue {depth}/{cap}  refused {}", refused.len()));
+            }
+        }
+        if let Some(r) = recorder {
+            r.finish()?;
+        }
+        bar.finish_and_clear();
+        Ok((refused, latency, sent, start))
+    });
+    let (refused, latency, sent, start) = submitter.await.map_err(|e| e.to_string())??;
+    let stats = pipeline.shutdown().await;
+    let seconds = start.elapsed().as_secs_f64();
+    let (model, naive_requests) = expected_model(args, sent, &refused, &rules, &format)?;
+    let verify_client =
+        dynamo::client(&cfg.dynamodb, endpoint.as_deref(), SdkRetries::Standard).await;
+    let got = report::read_tables(&verify_client, &cfg).await?;
+    let verification = report::verify(&model.normalized(), &got.normalized());
+    let outcome = Outcome {
+        mode: "inprocess",
+        sent,
+        refused,
+        seconds,
+        latency,
+        latency_name: "hook submit latency",
+        durable_ms: stats
+            .durable_latency
+            .as_ref()
+            .map(|h| quantiles_ms(h, 1000.0))
+            .unwrap_or_default(),
+        requests: stats.requests() as f64,
+        naive_requests: naive_requests as f64,
+        wru: stats.consumed_wcu as f64,
+        throttles: stats.throttles as f64,
+        retries: stats.retries as f64,
+        dropped: stats.dropped() as f64,
+        extra: serde_json::Value::Null,
+        verification,
+    };
+    println!("\npipeline counters\n{stats}");
+    let ok = print_report(args, &outcome)?;
     if let Some(server) = embedded {
         server.stop().await;
     }
     Ok(ok)
+}
+
+/// `--verify-only`: the tables another writer left, against the stream's model.
+async fn verify_only(args: &Args) -> Result<bool, String> {
+    let url = args
+        .endpoint
+        .as_deref()
+        .ok_or("--verify-only needs --endpoint")?;
+    let n = args.events.ok_or("--verify-only needs --events")?;
+    let mut cfg = Config::default();
+    cfg.dynamodb.access_key_id = Some("loadgen".into());
+    cfg.dynamodb.secret_access_key = Some(mqtt_dynamo::config::Secret::new("loadgen"));
+    let rules = cfg.rule_set().map_err(|e| e.to_string())?;
+    let format = cfg.storage.format();
+    let mut in_process = Args::parse_from(["loadgen"]);
+    in_process.via = Via::Inprocess;
+    in_process.replay = args.replay.clone();
+    in_process.seed = args.seed;
+    in_process.clients = args.clients;
+    in_process.topics = args.topics;
+    let (model, _) = expected_model(&in_process, n, &HashSet::new(), &rules, &format)?;
+    let client = dynamo::client(&cfg.dynamodb, Some(url), SdkRetries::Standard).await;
+    let got = report::read_tables(&client, &cfg).await?;
+    let v = report::verify(&model.normalized(), &got.normalized());
+    let out = json!({"events": n, "verified": v.ok(), "verification": v.json()});
+    println!("{out}");
+    if let Some(dir) = args.json.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    std::fs::write(&args.json, out.to_string())
+        .map_err(|e| format!("cannot write {}: {e}", args.json.display()))?;
+    Ok(v.ok())
+}
+
+async fn run(args: Args) -> Result<bool, String> {
+    if let Some(out) = &args.ops_out {
+        write_ops(&args, out)?;
+        return Ok(true);
+    }
+    if args.verify_only {
+        return verify_only(&args).await;
+    }
+    match args.via {
+        Via::Exhook => run_exhook(&args).await,
+        Via::Inprocess => run_inprocess(&args).await,
+    }
 }
 
 fn main() -> ExitCode {

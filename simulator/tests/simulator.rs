@@ -1,0 +1,1637 @@
+//! dynamo-sim driven through the real aws-sdk-dynamodb (and raw HTTP where the SDK cannot send
+//! what is needed). Every test starts its own simulator on an ephemeral loopback port; SDK
+//! retries are disabled so each call is exactly one request; nothing sleeps to synchronise.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Debug;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_credential_types::Credentials;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::config::Region;
+use aws_sdk_dynamodb::config::http::HttpResponse;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::batch_write_item::BatchWriteItemError;
+use aws_sdk_dynamodb::operation::put_item::{PutItemError, PutItemOutput};
+use aws_sdk_dynamodb::primitives::Blob;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, DeleteRequest, KeySchemaElement, KeyType,
+    KeysAndAttributes, PutRequest, ReturnConsumedCapacity, ReturnValue, ScalarAttributeType,
+    Select, WriteRequest,
+};
+use dynamo_sim::{
+    FaultConfig, Limits, OutageWindow, SimConfig, SimHandle, Simulator, StallAction, TableDef,
+};
+use serde_json::{Value as Json, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+type Item = HashMap<String, AttributeValue>;
+
+const ARN_PREFIX: &str = "arn:aws:dynamodb:us-east-1:000000000000:table/";
+
+async fn start(config: SimConfig) -> SimHandle {
+    Simulator::start(config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("simulator starts")
+}
+
+/// An SDK client as the root crate builds one (ring rustls, plain http to the loopback
+/// endpoint), with retries disabled and a bound on every call.
+async fn client_with_key(sim: &SimHandle, access_key: &str) -> Client {
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    let config = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .http_client(http)
+        .endpoint_url(sim.endpoint())
+        .credentials_provider(Credentials::new(access_key, "secret", None, None, "test"))
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .operation_timeout(Duration::from_secs(60))
+                .build(),
+        )
+        .load()
+        .await;
+    Client::new(&config)
+}
+
+async fn client(sim: &SimHandle) -> Client {
+    client_with_key(sim, "test-key").await
+}
+
+async fn create_table(c: &Client, name: &str, hash: &str, range: Option<&str>) {
+    let mut req = c
+        .create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest);
+    for (attr, kind) in
+        std::iter::once((hash, KeyType::Hash)).chain(range.map(|r| (r, KeyType::Range)))
+    {
+        req = req
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name(attr)
+                    .key_type(kind)
+                    .build()
+                    .unwrap(),
+            )
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name(attr)
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .unwrap(),
+            );
+    }
+    req.send().await.expect("table created");
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn ss(v: &[&str]) -> AttributeValue {
+    AttributeValue::Ss(v.iter().map(|x| x.to_string()).collect())
+}
+
+fn item(pairs: &[(&str, AttributeValue)]) -> Item {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
+}
+
+fn put(i: Item) -> WriteRequest {
+    WriteRequest::builder()
+        .put_request(PutRequest::builder().set_item(Some(i)).build().unwrap())
+        .build()
+}
+
+fn delete(k: Item) -> WriteRequest {
+    WriteRequest::builder()
+        .delete_request(DeleteRequest::builder().set_key(Some(k)).build().unwrap())
+        .build()
+}
+
+/// The error code and message of a failed call.
+fn err<T: Debug, E: ProvideErrorMetadata + Debug, R: Debug>(
+    result: Result<T, SdkError<E, R>>,
+) -> (String, String) {
+    let e = result.expect_err("the call should fail");
+    (
+        e.code().unwrap_or("<no code>").to_owned(),
+        e.message().unwrap_or("<no message>").to_owned(),
+    )
+}
+
+fn validation(message: &str) -> (String, String) {
+    ("ValidationException".into(), message.into())
+}
+
+/// Writes `items` in batches of 25, asserting nothing comes back unprocessed.
+async fn write_all(c: &Client, table: &str, items: Vec<Item>) {
+    for chunk in items.chunks(25) {
+        let out = c
+            .batch_write_item()
+            .request_items(table, chunk.iter().cloned().map(put).collect())
+            .send()
+            .await
+            .expect("batch written");
+        assert!(out.unprocessed_items().is_none_or(|u| u.is_empty()));
+    }
+}
+
+/// One raw HTTP/1.1 exchange (`Connection: close`); returns status and body.
+async fn raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    target: Option<&str>,
+    body: &[u8],
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: sim\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(t) = target {
+        head.push_str(&format!(
+            "X-Amz-Target: {t}\r\nContent-Type: application/x-amz-json-1.0\r\n"
+        ));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+async fn raw_stats(sim: &SimHandle) -> Json {
+    let (status, body) = raw(sim.addr(), "GET", "/_sim/stats", None, b"").await;
+    assert_eq!(status, 200);
+    serde_json::from_str(&body).unwrap()
+}
+
+/// The documented example: {"shirt-color":"R","shirt-size":"M"} is 23 bytes.
+#[test]
+fn item_size_matches_the_documented_example() {
+    let example = json!({"shirt-color": {"S": "R"}, "shirt-size": {"S": "M"}});
+    assert_eq!(dynamo_sim::item_size(&example), Some(23));
+    assert_eq!(
+        dynamo_sim::item_size(&json!({"n": {"N": "12345"}})),
+        Some(1 + 4)
+    );
+    assert_eq!(dynamo_sim::item_size(&json!({"bad": {"SS": []}})), None);
+    assert_eq!(dynamo_sim::write_units(500), 1);
+    assert_eq!(dynamo_sim::write_units(3584), 4);
+}
+
+/// Tables: create (and duplicate), describe, list with pagination, delete; pre-created project tables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_lifecycle() {
+    let sim = start(SimConfig {
+        tables: TableDef::project_tables("p_"),
+        ..SimConfig::default()
+    })
+    .await;
+    let c = client(&sim).await;
+    create_table(&c, "events", "pk", Some("sk")).await;
+    let dup = c
+        .create_table()
+        .table_name("events")
+        .billing_mode(BillingMode::PayPerRequest)
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("pk")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("pk")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await;
+    assert_eq!(
+        err(dup),
+        (
+            "ResourceInUseException".into(),
+            "Table already exists: events".into()
+        )
+    );
+
+    let d = c
+        .describe_table()
+        .table_name("p_mqtt_acked")
+        .send()
+        .await
+        .unwrap();
+    let t = d.table().unwrap();
+    assert_eq!(t.table_status().unwrap().as_str(), "ACTIVE");
+    let keys: Vec<(&str, &str)> = t
+        .key_schema()
+        .iter()
+        .map(|k| (k.attribute_name(), k.key_type().as_str()))
+        .collect();
+    assert_eq!(keys, [("topic", "HASH"), ("clientid", "RANGE")]);
+    assert_eq!(
+        t.table_arn(),
+        Some(format!("{ARN_PREFIX}p_mqtt_acked").as_str())
+    );
+
+    let mut names = Vec::new();
+    let mut start = None;
+    loop {
+        let page = c
+            .list_tables()
+            .limit(3)
+            .set_exclusive_start_table_name(start)
+            .send()
+            .await
+            .unwrap();
+        names.extend(page.table_names().iter().cloned());
+        start = page.last_evaluated_table_name().map(str::to_owned);
+        if start.is_none() {
+            break;
+        }
+    }
+    assert_eq!(names.len(), 7);
+    assert!(names.windows(2).all(|w| w[0] < w[1]));
+
+    c.delete_table().table_name("events").send().await.unwrap();
+    let (code, _) = err(c.describe_table().table_name("events").send().await);
+    assert_eq!(code, "ResourceNotFoundException");
+    sim.shutdown().await;
+}
+
+/// 25 writes across two tables (13 + 12) are accepted; 26 (13 + 13) reject the whole batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_write_25_accepted_26_rejected() {
+    let sim = start(SimConfig::default()).await;
+    let c = client(&sim).await;
+    create_table(&c, "t_one", "pk", None).await;
+    create_table(&c, "t_two", "pk", None).await;
+    let reqs = |n: usize, tag: &str| -> Vec<WriteRequest> {
+        (0..n)
+            .map(|i| put(item(&[("pk", s(format!("{tag}{i}")))])))
+            .collect()
+    };
+    c.batch_write_item()
+        .request_items("t_one", reqs(13, "a"))
+        .request_items("t_two", reqs(12, "a"))
+        .send()
+        .await
+        .expect("25 requests are fine");
+    let rejected = c
+        .batch_write_item()
+        .request_items("t_one", reqs(13, "b"))
+        .request_items("t_two", reqs(13, "b"))
+        .send()
+        .await;
+    assert_eq!(
+        err(rejected),
+        validation("Too many items requested for the BatchWriteItem call")
+    );
+    let stats = sim.stats();
+    assert_eq!(stats.item_counts["t_one"], 13);
+    assert_eq!(stats.item_counts["t_two"], 12);
+    assert_eq!(stats.items_written, 25);
+    assert_eq!(stats.validation_errors, 1);
+    assert_eq!(stats.requests_by_operation["BatchWriteItem"], 2);
+}
+
+/// Every BatchWriteItem/PutItem validation rule: exact code and message, and nothing written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_write_validation_rules() {
+    let sim = start(SimConfig::default()).await;
+    let c = client(&sim).await;
+    create_table(&c, "val", "pk", Some("sk")).await;
+    let ok = || item(&[("pk", s("ok")), ("sk", s("1"))]);
+    let key = |pk: &str, sk: &str| item(&[("pk", s(pk)), ("sk", s(sk))]);
+    let with = |extra: &[(&str, AttributeValue)]| {
+        let mut i = key("x", "1");
+        i.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        i
+    };
+    let big = "x".repeat(409_600);
+    let cases: Vec<(&str, Vec<WriteRequest>, (String, String))> = vec![
+        (
+            "duplicate puts",
+            vec![put(ok()), put(key("d", "1")), put(key("d", "1"))],
+            validation("Provided list of item keys contains duplicates"),
+        ),
+        (
+            "put and delete of one key",
+            vec![put(ok()), put(key("d", "1")), delete(key("d", "1"))],
+            validation("Provided list of item keys contains duplicates"),
+        ),
+        (
+            "missing key attribute",
+            vec![put(ok()), put(item(&[("pk", s("a"))]))],
+            validation("One or more parameter values were invalid: Missing the key sk in the item"),
+        ),
+        (
+            "key of the wrong type",
+            vec![
+                put(ok()),
+                put(item(&[
+                    ("pk", AttributeValue::N("1".into())),
+                    ("sk", s("1")),
+                ])),
+            ],
+            validation(
+                "One or more parameter values were invalid: Type mismatch for key pk expected: S actual: N",
+            ),
+        ),
+        (
+            "delete key with an extra attribute",
+            vec![put(ok()), delete(with(&[("other", s("v"))]))],
+            validation("The provided key element does not match the schema"),
+        ),
+        (
+            "empty string key",
+            vec![put(ok()), put(key("", "1"))],
+            validation(
+                "One or more parameter values are not valid. The AttributeValue for a key attribute cannot contain an empty string value. Key: pk",
+            ),
+        ),
+        (
+            "partition key over 2048 bytes",
+            vec![put(ok()), put(key(&"p".repeat(2049), "1"))],
+            validation(
+                "One or more parameter values were invalid: Size of hashkey has exceeded the maximum size limit of 2048 bytes",
+            ),
+        ),
+        (
+            "sort key over 1024 bytes",
+            vec![put(ok()), put(key("a", &"s".repeat(1025)))],
+            validation(
+                "One or more parameter values were invalid: Aggregated size of all range keys has exceeded the size limit of 1024 bytes",
+            ),
+        ),
+        (
+            "item over 400 KB",
+            vec![put(ok()), put(with(&[("data", s(big.clone()))]))],
+            validation("Item size has exceeded the maximum allowed size"),
+        ),
+        (
+            "empty string set",
+            vec![
+                put(ok()),
+                put(with(&[("tags", AttributeValue::Ss(vec![]))])),
+            ],
+            validation(
+                "One or more parameter values were invalid: An string set  may not be empty",
+            ),
+        ),
+        (
+            "empty number set",
+            vec![
+                put(ok()),
+                put(with(&[("nums", AttributeValue::Ns(vec![]))])),
+            ],
+            validation(
+                "One or more parameter values were invalid: An number set  may not be empty",
+            ),
+        ),
+        (
+            "empty binary set",
+            vec![
+                put(ok()),
+                put(with(&[("bins", AttributeValue::Bs(vec![]))])),
+            ],
+            validation(
+                "One or more parameter values were invalid: An binary set  may not be empty",
+            ),
+        ),
+        (
+            "string set with duplicates",
+            vec![put(ok()), put(with(&[("tags", ss(&["a", "b", "a"]))]))],
+            validation(
+                "One or more parameter values were invalid: Input collection [a, b, a] contains duplicates.",
+            ),
+        ),
+    ];
+    for (what, requests, expected) in cases {
+        let result = c
+            .batch_write_item()
+            .request_items("val", requests)
+            .send()
+            .await;
+        assert_eq!(err(result), expected, "{what}");
+    }
+    // Exactly at the limit is fine: 409,600 bytes including the names and keys.
+    let at_limit = with(&[("data", s("x".repeat(409_600 - 2 - 1 - 2 - 1 - 4)))]);
+    c.put_item()
+        .table_name("val")
+        .set_item(Some(at_limit))
+        .send()
+        .await
+        .expect("400 KB exactly");
+
+    let unknown = c
+        .batch_write_item()
+        .request_items("nope", vec![put(ok())])
+        .send()
+        .await;
+    assert_eq!(
+        err(unknown),
+        (
+            "ResourceNotFoundException".into(),
+            "Requested resource not found".into()
+        )
+    );
+    let empty_list = c
+        .batch_write_item()
+        .request_items("val", vec![])
+        .send()
+        .await;
+    assert_eq!(err(empty_list).0, "ValidationException");
+    let no_tables = c
+        .batch_write_item()
+        .set_request_items(Some(HashMap::new()))
+        .send()
+        .await;
+    assert_eq!(err(no_tables).0, "ValidationException");
+
+    // The same item rules apply to PutItem.
+    let p = c
+        .put_item()
+        .table_name("val")
+        .set_item(Some(with(&[("tags", ss(&["z", "z"]))])))
+        .send()
+        .await;
+    assert_eq!(
+        err(p),
+        validation(
+            "One or more parameter values were invalid: Input collection [z, z] contains duplicates."
+        )
+    );
+    let p = c
+        .put_item()
+        .table_name("val")
+        .set_item(Some(item(&[("sk", s("1"))])))
+        .send()
+        .await;
+    assert_eq!(
+        err(p),
+        validation("One or more parameter values were invalid: Missing the key pk in the item")
+    );
+    let p = c
+        .put_item()
+        .table_name("val")
+        .set_item(Some(with(&[("data", s(big))])))
+        .send()
+        .await;
+    assert_eq!(
+        err(p),
+        validation("Item size has exceeded the maximum allowed size")
+    );
+    let g = c
+        .get_item()
+        .table_name("val")
+        .set_key(Some(item(&[("pk", s("x"))])))
+        .send()
+        .await;
+    assert_eq!(
+        err(g),
+        validation("The provided key element does not match the schema")
+    );
+
+    let stats = sim.stats();
+    assert_eq!(
+        stats.item_counts["val"], 1,
+        "only the 400 KB item was written"
+    );
+    assert_eq!(stats.items_written, 1);
+    assert_eq!(stats.validation_errors, 13 + 2 + 4);
+}
+
+/// UpdateItem: ADD creates and unions a string set, DELETE removes members and the emptied
+/// attribute, SET/REMOVE and ReturnValues, key and size rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_item_string_sets() {
+    let sim = start(SimConfig::default()).await;
+    let c = client(&sim).await;
+    create_table(&c, "msg", "topic", None).await;
+    let key = item(&[("topic", s("t/1"))]);
+    let update = |expr: &str, values: Vec<(&str, AttributeValue)>| {
+        let mut req = c
+            .update_item()
+            .table_name("msg")
+            .set_key(Some(key.clone()))
+            .update_expression(expr)
+            .expression_attribute_names("#s", "ids")
+            .return_values(ReturnValue::AllNew);
+        for (k, v) in values {
+            req = req.expression_attribute_values(k, v);
+        }
+        req.send()
+    };
+    // Upsert: the item does not exist yet.
+    let out = update("ADD #s :v", vec![(":v", ss(&["a", "b"]))])
+        .await
+        .unwrap();
+    assert_eq!(out.attributes().unwrap()["ids"], ss(&["a", "b"]));
+    let out = update("ADD #s :v", vec![(":v", ss(&["b", "c"]))])
+        .await
+        .unwrap();
+    assert_eq!(out.attributes().unwrap()["ids"], ss(&["a", "b", "c"]));
+    let out = update(
+        "DELETE #s :v SET n = :n",
+        vec![
+            (":v", ss(&["a", "c", "zz"])),
+            (":n", AttributeValue::N("7".into())),
+        ],
+    )
+    .await
+    .unwrap();
+    let attrs = out.attributes().unwrap();
+    assert_eq!(attrs["ids"], ss(&["b"]));
+    assert_eq!(attrs["n"], AttributeValue::N("7".into()));
+    // Emptying the set removes the attribute: DynamoDB never stores an empty set.
+    let out = update("DELETE #s :v", vec![(":v", ss(&["b"]))])
+        .await
+        .unwrap();
+    assert!(!out.attributes().unwrap().contains_key("ids"));
+    let got = c
+        .get_item()
+        .table_name("msg")
+        .set_key(Some(key.clone()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        got.item().unwrap(),
+        &item(&[("topic", s("t/1")), ("n", AttributeValue::N("7".into()))])
+    );
+
+    // UPDATED_NEW returns only the touched attributes; numbers add exactly.
+    let out = c
+        .update_item()
+        .table_name("msg")
+        .set_key(Some(key.clone()))
+        .update_expression("ADD n :one REMOVE gone")
+        .expression_attribute_values(":one", AttributeValue::N("1.5".into()))
+        .return_values(ReturnValue::UpdatedNew)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.attributes().unwrap(),
+        &item(&[("n", AttributeValue::N("8.5".into()))])
+    );
+
+    let (code, message) = err(update("ADD #s :v", vec![(":v", AttributeValue::Ss(vec![]))]).await);
+    assert_eq!(code, "ValidationException");
+    assert_eq!(
+        message,
+        "ExpressionAttributeValues contains invalid value: One or more parameter values were invalid: An string set  may not be empty for key :v"
+    );
+    let key_update = c
+        .update_item()
+        .table_name("msg")
+        .set_key(Some(key.clone()))
+        .update_expression("SET topic = :t")
+        .expression_attribute_values(":t", s("other"))
+        .send()
+        .await;
+    assert_eq!(
+        err(key_update),
+        validation(
+            "One or more parameter values were invalid: Cannot update attribute topic. This attribute is part of the key"
+        )
+    );
+    let wrong_type = update("ADD #s :v", vec![(":v", s("x"))]).await;
+    assert_eq!(
+        err(wrong_type),
+        validation(
+            "Invalid UpdateExpression: Incorrect operand type for operator or function; operator: ADD, operand type: STRING"
+        )
+    );
+    // Growing past 400 KB fails with the update-specific message and changes nothing.
+    let half = "h".repeat(210_000);
+    update("SET a = :a REMOVE #s", vec![(":a", s(half.clone()))])
+        .await
+        .unwrap();
+    let too_big = update("SET b = :b REMOVE #s", vec![(":b", s(half))]).await;
+    assert_eq!(
+        err(too_big),
+        validation("Item size to update has exceeded the maximum allowed size")
+    );
+    let got = c
+        .get_item()
+        .table_name("msg")
+        .set_key(Some(key))
+        .send()
+        .await
+        .unwrap();
+    assert!(!got.item().unwrap().contains_key("b"));
+}
+
+/// Conditions on PutItem, UpdateItem and DeleteItem; failures are ConditionalCheckFailedException.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_writes() {
+    let sim = start(SimConfig::default()).await;
+    let c = client(&sim).await;
+    create_table(&c, "cond", "id", None).await;
+    let key = item(&[("id", s("1"))]);
+    let create = || {
+        c.put_item()
+            .table_name("cond")
+            .set_item(Some(item(&[
+                ("id", s("1")),
+                ("g", AttributeValue::N("1".into())),
+            ])))
+            .condition_expression("attribute_not_exists(#k)")
+            .expression_attribute_names("#k", "id")
+            .send()
+    };
+    create().await.expect("first create");
+    let again = create().await;
+    match again {
+        Err(SdkError::ServiceError(e)) => {
+            assert!(matches!(
+                e.err(),
+                PutItemError::ConditionalCheckFailedException(_)
+            ));
+            assert_eq!(e.err().message(), Some("The conditional request failed"));
+        }
+        other => panic!("expected a condition failure, got {other:?}"),
+    }
+    let bump = |expected: &str| {
+        c.update_item()
+            .table_name("cond")
+            .set_key(Some(key.clone()))
+            .update_expression("SET #g = #g + :one")
+            .condition_expression("#g = :g AND attribute_exists(#k)")
+            .expression_attribute_names("#g", "g")
+            .expression_attribute_names("#k", "id")
+            .expression_attribute_values(":g", AttributeValue::N(expected.into()))
+            .expression_attribute_values(":one", AttributeValue::N("1".into()))
+            .send()
+    };
+    bump("1").await.expect("generation matches");
+    assert_eq!(
+        err(bump("1").await),
+        (
+            "ConditionalCheckFailedException".into(),
+            "The conditional request failed".into()
+        )
+    );
+    let del = c
+        .delete_item()
+        .table_name("cond")
+        .set_key(Some(key.clone()))
+        .condition_expression("g = :g")
+        .expression_attribute_values(":g", AttributeValue::N("5".into()))
+        .send()
+        .await;
+    assert_eq!(err(del).0, "ConditionalCheckFailedException");
+    // An unused placeholder is a validation error, as in DynamoDB.
+    let unused = c
+        .delete_item()
+        .table_name("cond")
+        .set_key(Some(key.clone()))
+        .condition_expression("g = :g")
+        .expression_attribute_values(":g", AttributeValue::N("2".into()))
+        .expression_attribute_values(":x", AttributeValue::N("2".into()))
+        .send()
+        .await;
+    assert_eq!(
+        err(unused),
+        validation("Value provided in ExpressionAttributeValues unused in expressions: keys: {:x}")
+    );
+    let old = c
+        .delete_item()
+        .table_name("cond")
+        .set_key(Some(key))
+        .condition_expression("g = :g")
+        .expression_attribute_values(":g", AttributeValue::N("2".into()))
+        .return_values(ReturnValue::AllOld)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        old.attributes().unwrap()["g"],
+        AttributeValue::N("2".into())
+    );
+    let stats = sim.stats();
+    assert_eq!(stats.conditional_failures, 3);
+    assert_eq!(stats.item_counts["cond"], 0);
+}
+
+/// Query over ~3 MB in one partition: 1 MB pages, every item exactly once and in order;
+/// reverse order, Limit, begins_with, projection and COUNT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_paginates_past_1mb_pages() {
+    let sim = start(SimConfig::default()).await;
+    let c = client(&sim).await;
+    create_table(&c, "qry", "pk", Some("sk")).await;
+    let payload = "p".repeat(10_000);
+    let items: Vec<Item> = (0..300)
+        .map(|i| {
+            item(&[
+                ("pk", s("hot")),
+                ("sk", s(format!("{i:04}"))),
+                ("data", s(payload.clone())),
+            ])
+        })
+        .collect();
+    write_all(&c, "qry", items).await;
+    write_all(
+        &c,
+        "qry",
+        vec![item(&[("pk", s("other")), ("sk", s("0000"))])],
+    )
+    .await;
+
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    let mut start: Option<Item> = None;
+    loop {
+        let page = c
+            .query()
+            .table_name("qry")
+            .key_condition_expression("#p = :p")
+            .expression_attribute_names("#p", "pk")
+            .expression_attribute_values(":p", s("hot"))
+            .set_exclusive_start_key(start.take())
+            .send()
+            .await
+            .unwrap();
+        pages += 1;
+        let items = page.items();
+        // A page stops once it reaches 1 MB: at most 105 items of ~10 KB.
+        assert!(items.len() <= 105, "page of {} items", items.len());
+        seen.extend(items.iter().map(|i| i["sk"].as_s().unwrap().clone()));
+        match page.last_evaluated_key() {
+            Some(k) => start = Some(k.clone()),
+            None => break,
+        }
+        assert!(pages < 10);
+    }
+    assert!(pages >= 3, "{pages} pages");
+    let expected: Vec<String> = (0..300).map(|i| format!("{i:04}")).collect();
+    assert_eq!(seen, expected, "every item exactly once, in sort-key order");
+
+    let reverse = c
+        .query()
+        .table_name("qry")
+        .key_condition_expression("pk = :p AND begins_with(sk, :pre)")
+        .expression_attribute_values(":p", s("hot"))
+        .expression_attribute_values(":pre", s("01"))
+        .scan_index_forward(false)
+        .limit(3)
+        .projection_expression("sk")
+        .send()
+        .await
+        .unwrap();
+    let sks: Vec<&str> = reverse
+        .items()
+        .iter()
+        .map(|i| i["sk"].as_s().unwrap().as_str())
+        .collect();
+    assert_eq!(sks, ["0199", "0198", "0197"]);
+    assert!(
+        reverse.items().iter().all(|i| i.len() == 1),
+        "projection keeps only sk"
+    );
+    assert!(reverse.last_evaluated_key().is_some());
+
+    let between = c
+        .query()
+        .table_name("qry")
+        .key_condition_expression("pk = :p AND sk BETWEEN :a AND :b")
+        .expression_attribute_values(":p", s("hot"))
+        .expression_attribute_values(":a", s("0010"))
+        .expression_attribute_values(":b", s("0019"))
+        .select(Select::Count)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(between.count(), 10);
+    assert!(between.items().is_empty());
+
+    let missing_hash = c
+        .query()
+        .table_name("qry")
+        .key_condition_expression("sk = :a")
+        .expression_attribute_values(":a", s("0010"))
+        .send()
+        .await;
+    assert_eq!(
+        err(missing_hash),
+        validation("Query condition missed key schema element: pk")
+    );
+}
+
+/// A parallel scan with 4 segments covers every item exactly once, across small pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_segments_cover_every_item_once() {
+    let sim = start(SimConfig::default()).await;
+    let c = client(&sim).await;
+    create_table(&c, "seg", "pk", Some("sk")).await;
+    let items: Vec<Item> = (0..1000)
+        .map(|i| {
+            item(&[
+                ("pk", s(format!("client-{}", i % 250))),
+                ("sk", s(format!("{i}"))),
+            ])
+        })
+        .collect();
+    write_all(&c, "seg", items).await;
+
+    let mut all = Vec::new();
+    for segment in 0..4 {
+        let mut in_segment = 0;
+        let mut start: Option<Item> = None;
+        loop {
+            let page = c
+                .scan()
+                .table_name("seg")
+                .segment(segment)
+                .total_segments(4)
+                .limit(37)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .unwrap();
+            in_segment += page.items().len();
+            all.extend(page.items().iter().map(|i| i["sk"].as_s().unwrap().clone()));
+            match page.last_evaluated_key() {
+                Some(k) => start = Some(k.clone()),
+                None => break,
+            }
+        }
+        assert!(in_segment > 100, "segment {segment} has {in_segment} items");
+    }
+    assert_eq!(all.len(), 1000, "no item twice");
+    let distinct: BTreeSet<String> = all.into_iter().collect();
+    assert_eq!(distinct.len(), 1000, "every item once");
+
+    let bad = c
+        .scan()
+        .table_name("seg")
+        .segment(4)
+        .total_segments(4)
+        .send()
+        .await;
+    assert_eq!(
+        err(bad),
+        validation(
+            "The Segment parameter is zero-based and must be less than parameter TotalSegments: Segment: 4 is not less than TotalSegments: 4"
+        )
+    );
+    let counted = c
+        .scan()
+        .table_name("seg")
+        .filter_expression("begins_with(pk, :p)")
+        .expression_attribute_values(":p", s("client-1"))
+        .select(Select::Count)
+        .send()
+        .await
+        .unwrap();
+    // client-1, client-10..19, client-100..199: 111 partition keys of 4 items.
+    assert_eq!(counted.count(), 444);
+    assert_eq!(counted.scanned_count(), 1000);
+}
+
+/// BatchGetItem: 100 keys fine, 101 rejected, duplicates rejected, UnprocessedKeys from the knob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_get_limits_and_unprocessed_keys() {
+    let sim = start(SimConfig::default()).await;
+    let c = client(&sim).await;
+    create_table(&c, "get", "id", None).await;
+    write_all(
+        &c,
+        "get",
+        (0..101)
+            .map(|i| item(&[("id", s(format!("{i}"))), ("v", s("x"))]))
+            .collect(),
+    )
+    .await;
+    let keys = |n: usize| -> KeysAndAttributes {
+        KeysAndAttributes::builder()
+            .set_keys(Some(
+                (0..n).map(|i| item(&[("id", s(format!("{i}")))])).collect(),
+            ))
+            .projection_expression("id")
+            .build()
+            .unwrap()
+    };
+    let out = c
+        .batch_get_item()
+        .request_items("get", keys(100))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.responses().unwrap()["get"].len(), 100);
+    assert!(out.responses().unwrap()["get"].iter().all(|i| i.len() == 1));
+    let too_many = c
+        .batch_get_item()
+        .request_items("get", keys(101))
+        .send()
+        .await;
+    assert_eq!(
+        err(too_many),
+        validation("Too many items requested for the BatchGetItem call")
+    );
+    let dup = KeysAndAttributes::builder()
+        .keys(item(&[("id", s("1"))]))
+        .keys(item(&[("id", s("1"))]))
+        .build()
+        .unwrap();
+    let dup = c.batch_get_item().request_items("get", dup).send().await;
+    assert_eq!(
+        err(dup),
+        validation("Provided list of item keys contains duplicates")
+    );
+
+    sim.set_faults(FaultConfig {
+        unprocessed_keys_rate: 1.0,
+        ..FaultConfig::default()
+    })
+    .unwrap();
+    let out = c
+        .batch_get_item()
+        .request_items("get", keys(10))
+        .send()
+        .await
+        .unwrap();
+    assert!(out.responses().unwrap()["get"].is_empty());
+    let left = &out.unprocessed_keys().unwrap()["get"];
+    assert_eq!(left.keys().len(), 10);
+    assert_eq!(
+        left.projection_expression(),
+        Some("id"),
+        "UnprocessedKeys keep the request's shape"
+    );
+
+    // A retry loop converges with half the keys left over each time.
+    sim.set_faults(FaultConfig {
+        unprocessed_keys_rate: 0.5,
+        ..FaultConfig::default()
+    })
+    .unwrap();
+    let mut pending = Some(HashMap::from([("get".to_owned(), keys(100))]));
+    let mut got = BTreeSet::new();
+    let mut rounds = 0;
+    while let Some(request) = pending.take().filter(|p| !p.is_empty()) {
+        rounds += 1;
+        assert!(rounds < 100);
+        let out = c
+            .batch_get_item()
+            .set_request_items(Some(request))
+            .send()
+            .await
+            .unwrap();
+        for i in &out.responses().unwrap()["get"] {
+            assert!(got.insert(i["id"].as_s().unwrap().clone()), "no key twice");
+        }
+        pending = out.unprocessed_keys().cloned();
+    }
+    assert_eq!(got.len(), 100);
+    assert!(rounds > 1);
+    assert!(sim.stats().unprocessed_keys > 10);
+}
+
+/// Write units: each item rounded up to 1 KB separately (500 B → 1, 3.5 KB → 4), puts and
+/// updates charge the larger of old/new, deletes the deleted item (a missing one costs 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_unit_accounting() {
+    let sim = start(SimConfig::default()).await;
+    let c = client(&sim).await;
+    create_table(&c, "wcu", "id", None).await;
+    // "id" (2) + "a"/"b" (2 + 1) + the value: 500 and 3,584 bytes in total.
+    let small = item(&[("id", s("a")), ("d", s("x".repeat(500 - 4)))]);
+    let large = item(&[("id", s("b")), ("d", s("x".repeat(3584 - 4)))]);
+    assert_eq!(
+        dynamo_sim::item_size(&json!({"id": {"S": "a"}, "d": {"S": "x".repeat(496)}})),
+        Some(500)
+    );
+    let out = c
+        .batch_write_item()
+        .request_items("wcu", vec![put(small.clone()), put(large)])
+        .return_consumed_capacity(ReturnConsumedCapacity::Total)
+        .send()
+        .await
+        .unwrap();
+    let cc = &out.consumed_capacity()[0];
+    assert_eq!(cc.table_name(), Some("wcu"));
+    assert_eq!(
+        cc.capacity_units(),
+        Some(5.0),
+        "1 + 4, not ceil(4084 / 1024)"
+    );
+    assert_eq!(sim.stats().write_units, 5);
+
+    // Overwriting the 3.5 KB item with a 500 B one costs the larger: 4.
+    let shrink = item(&[("id", s("b")), ("d", s("x".repeat(496)))]);
+    let out = c
+        .put_item()
+        .table_name("wcu")
+        .set_item(Some(shrink))
+        .return_consumed_capacity(ReturnConsumedCapacity::Total)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.consumed_capacity().unwrap().capacity_units(), Some(4.0));
+    // An update growing the item to ~2.5 KB costs 3.
+    let out = c
+        .update_item()
+        .table_name("wcu")
+        .set_key(Some(item(&[("id", s("a"))])))
+        .update_expression("SET e = :e")
+        .expression_attribute_values(":e", s("y".repeat(2000)))
+        .return_consumed_capacity(ReturnConsumedCapacity::Total)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.consumed_capacity().unwrap().capacity_units(), Some(3.0));
+    // Deleting that item costs 3; deleting a missing one costs 1.
+    for (id, units) in [("a", 3.0), ("missing", 1.0)] {
+        let out = c
+            .delete_item()
+            .table_name("wcu")
+            .set_key(Some(item(&[("id", s(id))])))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            out.consumed_capacity().unwrap().capacity_units(),
+            Some(units),
+            "{id}"
+        );
+    }
+    let stats = sim.stats();
+    assert_eq!(stats.write_units, 5 + 4 + 3 + 3 + 1);
+    assert_eq!(stats.items_written, 2 + 1 + 1 + 2);
+    let raw = raw_stats(&sim).await;
+    assert_eq!(raw["write_units"], 16);
+    assert_eq!(raw["item_counts"]["wcu"], 1);
+}
+
+/// 10 KB items, so each write costs 10 units.
+fn ten_kb(pk: &str, sk: usize) -> Item {
+    item(&[
+        ("pk", s(pk)),
+        ("sk", s(format!("{sk}"))),
+        ("d", s("d".repeat(10_000))),
+    ])
+}
+
+/// key_wcu: what fits is written, the rest comes back as UnprocessedItems (same shape); when
+/// nothing fits the SDK sees ThrottlingException with ThrottlingReasons.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_throttling() {
+    // 1 unit/s per key with 30 s of burst: 3 writes of 10 units, then 10 s until the next.
+    let sim = start(SimConfig {
+        limits: Limits {
+            key_wcu: Some(1),
+            table_wcu: None,
+            burst_seconds: 30.0,
+        },
+        ..SimConfig::default()
+    })
+    .await;
+    let c = client(&sim).await;
+    create_table(&c, "key", "pk", Some("sk")).await;
+    let batch: Vec<WriteRequest> = (0..5).map(|i| put(ten_kb("hot", i))).collect();
+    let out = c
+        .batch_write_item()
+        .request_items("key", batch.clone())
+        .send()
+        .await
+        .unwrap();
+    let left = &out.unprocessed_items().unwrap()["key"];
+    assert_eq!(left.len(), 2);
+    assert_eq!(left, &batch[3..], "UnprocessedItems echo the requests");
+
+    match c
+        .batch_write_item()
+        .request_items("key", left.clone())
+        .send()
+        .await
+    {
+        Err(SdkError::ServiceError(e)) => match e.err() {
+            BatchWriteItemError::ThrottlingException(t) => {
+                let reasons = t.throttling_reasons();
+                assert_eq!(reasons.len(), 1);
+                assert_eq!(
+                    reasons[0].reason(),
+                    Some("TableWriteKeyRangeThroughputExceeded")
+                );
+                assert_eq!(
+                    reasons[0].resource(),
+                    Some(format!("{ARN_PREFIX}key").as_str())
+                );
+            }
+            other => panic!("expected ThrottlingException, got {other:?}"),
+        },
+        other => panic!("expected ThrottlingException, got {other:?}"),
+    }
+    let single = c
+        .put_item()
+        .table_name("key")
+        .set_item(Some(ten_kb("hot", 9)))
+        .send()
+        .await;
+    match single {
+        Err(SdkError::ServiceError(e)) => match e.err() {
+            PutItemError::ThrottlingException(t) => assert!(!t.throttling_reasons().is_empty()),
+            other => panic!("expected ThrottlingException, got {other:?}"),
+        },
+        other => panic!("expected ThrottlingException, got {other:?}"),
+    }
+    // Other keys are not affected.
+    c.put_item()
+        .table_name("key")
+        .set_item(Some(ten_kb("cold", 0)))
+        .send()
+        .await
+        .unwrap();
+    let stats = sim.stats();
+    assert_eq!(stats.throttled_items, 2);
+    assert_eq!(stats.throttled_requests, 2);
+    assert_eq!(stats.item_counts["key"], 4);
+}
+
+/// table_wcu: a table out of capacity answers ProvisionedThroughputExceededException.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_throttling() {
+    let sim = start(SimConfig {
+        limits: Limits {
+            table_wcu: Some(1),
+            key_wcu: None,
+            burst_seconds: 25.0,
+        },
+        ..SimConfig::default()
+    })
+    .await;
+    let c = client(&sim).await;
+    create_table(&c, "tbl", "pk", Some("sk")).await;
+    let batch: Vec<WriteRequest> = (0..3).map(|i| put(ten_kb(&format!("k{i}"), i))).collect();
+    let out = c
+        .batch_write_item()
+        .request_items("tbl", batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.unprocessed_items().unwrap()["tbl"].len(),
+        1,
+        "25 units: two 10-unit writes fit"
+    );
+    match c
+        .put_item()
+        .table_name("tbl")
+        .set_item(Some(ten_kb("other", 0)))
+        .send()
+        .await
+    {
+        Err(SdkError::ServiceError(e)) => match e.err() {
+            PutItemError::ProvisionedThroughputExceededException(p) => {
+                let reasons = p.throttling_reasons();
+                assert_eq!(
+                    reasons[0].reason(),
+                    Some("TableWriteProvisionedThroughputExceeded")
+                );
+                assert_eq!(
+                    reasons[0].resource(),
+                    Some(format!("{ARN_PREFIX}tbl").as_str())
+                );
+            }
+            other => panic!("expected ProvisionedThroughputExceededException, got {other:?}"),
+        },
+        other => panic!("expected ProvisionedThroughputExceededException, got {other:?}"),
+    }
+    // Raising the limit at run time lets writes through again.
+    // (A 1-unit write: the bucket still holds the ~5 units left over.)
+    sim.set_limits(Limits {
+        table_wcu: Some(1000),
+        key_wcu: None,
+        burst_seconds: 1.0,
+    })
+    .unwrap();
+    let small = item(&[("pk", s("other")), ("sk", s("1"))]);
+    c.put_item()
+        .table_name("tbl")
+        .set_item(Some(small))
+        .send()
+        .await
+        .unwrap();
+}
+
+/// throttle_rate 1.0: every write of a batch comes back unprocessed, nothing is written, no exception.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_throttle_rate() {
+    let sim = start(SimConfig {
+        faults: FaultConfig {
+            throttle_rate: 1.0,
+            ..FaultConfig::default()
+        },
+        ..SimConfig::default()
+    })
+    .await;
+    let c = client(&sim).await;
+    create_table(&c, "rnd", "pk", None).await;
+    let batch: Vec<WriteRequest> = (0..10)
+        .map(|i| put(item(&[("pk", s(format!("{i}")))])))
+        .collect();
+    let out = c
+        .batch_write_item()
+        .request_items("rnd", batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.unprocessed_items().unwrap()["rnd"].len(), 10);
+    assert_eq!(sim.stats().throttled_items, 10);
+    assert_eq!(sim.stats().item_counts["rnd"], 0);
+}
+
+/// Faults at rate 1.0: 5xx is a service error, a reset is a dispatch/IO error, stalls answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_errors_resets_and_stalls() {
+    let sim = start(SimConfig {
+        seed: Some(42),
+        ..SimConfig::default()
+    })
+    .await;
+    let c = client(&sim).await;
+    create_table(&c, "flt", "pk", None).await;
+    let write = || {
+        c.put_item()
+            .table_name("flt")
+            .set_item(Some(item(&[("pk", s("1"))])))
+            .send()
+    };
+
+    sim.set_faults(FaultConfig {
+        error_rate: 1.0,
+        ..FaultConfig::default()
+    })
+    .unwrap();
+    for _ in 0..4 {
+        match write().await {
+            Err(SdkError::ServiceError(e)) => {
+                let status = e.raw().status().as_u16();
+                assert!(status == 500 || status == 503, "status {status}");
+                let code = e.err().code().unwrap();
+                assert!(
+                    code == "InternalServerError" || code == "ServiceUnavailable",
+                    "{code}"
+                );
+            }
+            other => panic!("expected a 5xx service error, got {other:?}"),
+        }
+    }
+    assert_eq!(sim.stats().faults.errors, 4);
+    assert_eq!(
+        sim.stats().item_counts["flt"],
+        0,
+        "failed requests are not applied"
+    );
+
+    sim.set_faults(FaultConfig {
+        reset_rate: 1.0,
+        ..FaultConfig::default()
+    })
+    .unwrap();
+    // The socket is aborted (RST): the SDK sees an I/O dispatch failure, "connection reset".
+    match write().await {
+        Err(SdkError::DispatchFailure(e)) => assert!(e.is_io(), "{e:?}"),
+        other => panic!("expected a connection reset, got {other:?}"),
+    }
+    assert_eq!(sim.stats().faults.resets, 1);
+    assert_eq!(sim.stats().item_counts["flt"], 0);
+
+    sim.set_faults(FaultConfig {
+        stall_rate: 1.0,
+        stall: Duration::from_millis(20),
+        stall_action: StallAction::Answer,
+        ..FaultConfig::default()
+    })
+    .unwrap();
+    write().await.expect("a stall still answers");
+    sim.set_faults(FaultConfig {
+        stall_rate: 1.0,
+        stall: Duration::from_millis(1),
+        stall_action: StallAction::Drop,
+        ..FaultConfig::default()
+    })
+    .unwrap();
+    assert!(matches!(write().await, Err(SdkError::DispatchFailure(e)) if e.is_io()));
+    sim.set_faults(FaultConfig::default()).unwrap();
+    write().await.expect("healthy again");
+    let stats = sim.stats();
+    assert_eq!(stats.faults.stalls, 2);
+    assert_eq!(stats.faults.resets, 2);
+}
+
+/// Outages via the handle, via POST /_sim/outage and via a scheduled window; control
+/// endpoints keep working during an outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outages() {
+    let sim = start(SimConfig::default()).await;
+    let c = client(&sim).await;
+    create_table(&c, "out", "pk", None).await;
+    let write = || {
+        c.put_item()
+            .table_name("out")
+            .set_item(Some(item(&[("pk", s("1"))])))
+            .send()
+    };
+    let unavailable = |r: Result<PutItemOutput, SdkError<PutItemError, HttpResponse>>| match r {
+        Err(SdkError::ServiceError(e)) => {
+            assert_eq!(e.raw().status().as_u16(), 503);
+            assert_eq!(e.err().code(), Some("ServiceUnavailable"));
+        }
+        other => panic!("expected 503, got {other:?}"),
+    };
+
+    sim.set_outage(true);
+    unavailable(write().await);
+    assert_eq!(raw_stats(&sim).await["outage_active"], true);
+    sim.set_outage(false);
+    write().await.expect("outage over");
+
+    let (status, body) = raw(sim.addr(), "POST", "/_sim/outage?on=true", None, b"").await;
+    assert_eq!((status, body.as_str()), (200, r#"{"outage":true}"#));
+    unavailable(write().await);
+    let (status, _) = raw(sim.addr(), "POST", "/_sim/outage?on=false", None, b"").await;
+    assert_eq!(status, 200);
+    write().await.expect("outage over");
+    let (status, _) = raw(sim.addr(), "POST", "/_sim/outage?on=maybe", None, b"").await;
+    assert_eq!(status, 400);
+
+    sim.set_faults(FaultConfig {
+        outages: vec![OutageWindow {
+            start: Duration::ZERO,
+            duration: Duration::from_secs(3600),
+        }],
+        ..FaultConfig::default()
+    })
+    .unwrap();
+    unavailable(write().await);
+    sim.set_faults(FaultConfig::default()).unwrap();
+    write().await.expect("window removed");
+    assert_eq!(sim.stats().faults.outage_rejections, 3);
+}
+
+/// With --access-key set, a request signed with another key id is UnrecognizedClientException.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_access_key_is_rejected() {
+    let sim = start(SimConfig {
+        access_key: Some("RIGHTKEY".into()),
+        ..SimConfig::default()
+    })
+    .await;
+    let wrong = client_with_key(&sim, "WRONGKEY").await;
+    assert_eq!(
+        err(wrong.list_tables().send().await),
+        (
+            "UnrecognizedClientException".into(),
+            "The security token included in the request is invalid.".into()
+        )
+    );
+    let right = client_with_key(&sim, "RIGHTKEY").await;
+    right
+        .list_tables()
+        .send()
+        .await
+        .expect("the right key works");
+    assert_eq!(sim.stats().auth_failures, 1);
+}
+
+/// A deterministic pseudo-random JSON value (nested, of every JSON type).
+fn random_json(rng: &mut fastrand::Rng, depth: u32) -> Json {
+    let names = [
+        "TableName",
+        "Item",
+        "Key",
+        "S",
+        "N",
+        "SS",
+        "L",
+        "M",
+        "RequestItems",
+        "PutRequest",
+        "Keys",
+        "x",
+    ];
+    match rng.u8(0..if depth > 3 { 4 } else { 6 }) {
+        0 => Json::Null,
+        1 => json!(rng.bool()),
+        2 => json!(rng.i64(-5..100)),
+        3 => json!(["t", "", "1", "abc", "#a", ":v", "DynamoDB"][rng.usize(0..7)]),
+        4 => Json::Array(
+            (0..rng.usize(0..4))
+                .map(|_| random_json(rng, depth + 1))
+                .collect(),
+        ),
+        _ => Json::Object(
+            (0..rng.usize(0..4))
+                .map(|_| {
+                    (
+                        names[rng.usize(0..names.len())].to_owned(),
+                        random_json(rng, depth + 1),
+                    )
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// Garbage never panics the simulator: malformed JSON is SerializationException, an unknown
+/// target UnknownOperationException, random structures a 4xx; the server keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_bodies_are_rejected_without_panics() {
+    let sim = start(SimConfig {
+        tables: TableDef::project_tables(""),
+        ..SimConfig::default()
+    })
+    .await;
+    let addr = sim.addr();
+    let put_target = Some("DynamoDB_20120810.PutItem");
+    for body in [
+        &b""[..],
+        b"{",
+        b"nul",
+        b"\xff\xfe\x00",
+        b"{\"TableName\": }",
+        b"[1,2",
+    ] {
+        let (status, text) = raw(addr, "POST", "/", put_target, body).await;
+        assert_eq!(status, 400, "{body:?}");
+        let v: Json = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            v["__type"],
+            "com.amazon.coral.service#SerializationException"
+        );
+    }
+    let (status, text) = raw(
+        addr,
+        "POST",
+        "/",
+        Some("DynamoDB_20120810.Frobnicate"),
+        b"{}",
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(text.contains("UnknownOperationException"));
+    let (status, text) = raw(addr, "POST", "/", None, b"{}").await;
+    assert_eq!(status, 400);
+    assert!(text.contains("UnknownOperationException"));
+
+    let ops = [
+        "PutItem",
+        "GetItem",
+        "DeleteItem",
+        "UpdateItem",
+        "BatchWriteItem",
+        "BatchGetItem",
+        "Query",
+        "Scan",
+        "CreateTable",
+        "DescribeTable",
+        "ListTables",
+        "DeleteTable",
+    ];
+    let mut rng = fastrand::Rng::with_seed(7);
+    for i in 0..400 {
+        let op = ops[i % ops.len()];
+        let mut body = random_json(&mut rng, 0);
+        if let Json::Object(m) = &mut body
+            && rng.bool()
+        {
+            m.insert("TableName".into(), json!("mqtt_acked"));
+        }
+        let bytes = if i % 7 == 0 {
+            // Truncated or byte-mangled JSON.
+            let mut b = serde_json::to_vec(&body).unwrap();
+            b.truncate(b.len() / 2);
+            b
+        } else {
+            serde_json::to_vec(&body).unwrap()
+        };
+        let target = format!("DynamoDB_20120810.{op}");
+        let (status, text) = raw(addr, "POST", "/", Some(&target), &bytes).await;
+        assert!(
+            status == 200 || status == 400,
+            "{op} {body} -> {status} {text}"
+        );
+    }
+    let stats = raw_stats(&sim).await;
+    assert!(stats["requests_total"].as_u64().unwrap() >= 408);
+    assert_eq!(stats["faults"]["errors"], 0);
+    // Still healthy.
+    client(&sim).await.list_tables().send().await.unwrap();
+}
+
+/// The control endpoints: stats JSON, reset, unknown paths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_endpoints() {
+    let sim = start(SimConfig::default()).await;
+    let c = client(&sim).await;
+    create_table(&c, "ctl", "pk", None).await;
+    c.put_item()
+        .table_name("ctl")
+        .set_item(Some(item(&[("pk", s("1"))])))
+        .send()
+        .await
+        .unwrap();
+    let stats = raw_stats(&sim).await;
+    assert_eq!(stats["requests_by_operation"]["PutItem"], 1);
+    assert_eq!(stats["requests_by_operation"]["CreateTable"], 1);
+    assert_eq!(stats["requests_total"], 2);
+    assert_eq!(stats["items_written"], 1);
+    assert_eq!(stats["item_counts"]["ctl"], 1);
+    let (status, _) = raw(sim.addr(), "POST", "/_sim/reset", None, b"").await;
+    assert_eq!(status, 200);
+    let stats = raw_stats(&sim).await;
+    assert_eq!(stats["requests_total"], 0);
+    assert_eq!(stats["item_counts"]["ctl"], 1, "reset keeps the data");
+    assert_eq!(raw(sim.addr(), "GET", "/_sim/nope", None, b"").await.0, 404);
+    assert_eq!(
+        raw(sim.addr(), "GET", "/_sim/reset", None, b"").await.0,
+        405
+    );
+    assert_eq!(raw(sim.addr(), "GET", "/", None, b"").await.0, 200);
+    sim.reset_stats();
+    assert_eq!(sim.stats().requests_total, 0);
+}
+
+/// Concurrent writers on several connections: every item lands once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers() {
+    let sim = start(SimConfig::default()).await;
+    let c = client(&sim).await;
+    create_table(&c, "cwr", "pk", Some("sk")).await;
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let items = (0..100)
+                .map(|i| {
+                    item(&[
+                        ("pk", s(format!("w{w}-{}", i % 10))),
+                        ("sk", s(format!("{i}"))),
+                    ])
+                })
+                .collect();
+            write_all(&c, "cwr", items).await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(sim.stats().item_counts["cwr"], 800);
+    let blob = c
+        .put_item()
+        .table_name("cwr")
+        .set_item(Some(item(&[
+            ("pk", s("b")),
+            ("sk", s("1")),
+            ("bin", AttributeValue::B(Blob::new(vec![0, 1, 2]))),
+        ])))
+        .send()
+        .await;
+    blob.unwrap();
+    let got = c
+        .get_item()
+        .table_name("cwr")
+        .set_key(Some(item(&[("pk", s("b")), ("sk", s("1"))])))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        got.item().unwrap()["bin"],
+        AttributeValue::B(Blob::new(vec![0, 1, 2]))
+    );
+}
