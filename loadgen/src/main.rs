@@ -49,6 +49,11 @@ use mqtt_dynamo::tables::{self, Capacity};
 use report::{Verification, fmt_q, quantiles_ms};
 use workload::{Workload, WorkloadConfig};
 
+/// mimalloc instead of glibc malloc: under load glibc's allocator took about a third of the CPU
+/// (perf; ARCHITECTURE.md, "Measuring").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Via {
     /// ExHook gRPC to a spawned `mqtt-dynamo serve`, as EMQX calls it.
@@ -81,6 +86,9 @@ struct Args {
     clients: usize,
     #[arg(long, default_value_t = 500)]
     topics: usize,
+    /// What the generated stream is made of.
+    #[arg(long, value_enum, default_value = "emqx")]
+    mix: workload::Mix,
     /// An external DynamoDB endpoint (its tables are created if missing); default: embedded.
     #[arg(long)]
     endpoint: Option<String>,
@@ -135,6 +143,7 @@ impl Args {
 
     fn workload(&self) -> WorkloadConfig {
         WorkloadConfig {
+            mix: self.mix,
             clients: self.clients,
             topics: self.topics,
             seed: self.seed,
@@ -735,6 +744,7 @@ async fn verify_only(args: &Args) -> Result<bool, String> {
     in_process.seed = args.seed;
     in_process.clients = args.clients;
     in_process.topics = args.topics;
+    in_process.mix = args.mix;
     let (model, _) = expected_model(&in_process, n, &HashSet::new(), &rules, &format)?;
     let client = dynamo::client(&cfg.dynamodb, Some(url), SdkRetries::Standard).await;
     let got = report::read_tables(&client, &cfg).await?;

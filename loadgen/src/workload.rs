@@ -16,9 +16,21 @@ use std::collections::VecDeque;
 
 use mqtt_dynamo::event::{ClientInfo, HookEvent, Message};
 
+/// What the stream is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Mix {
+    /// The EMQX-like mix described in the module docs.
+    #[default]
+    Emqx,
+    /// Only retained QoS 0 publishes, each to a topic of its own: one ~300-byte put per event
+    /// and nothing to coalesce, to measure the pipeline's write ceiling.
+    Puts,
+}
+
 /// Shape of the workload.
 #[derive(Debug, Clone)]
 pub struct WorkloadConfig {
+    pub mix: Mix,
     pub clients: usize,
     pub topics: usize,
     pub nodes: usize,
@@ -34,6 +46,7 @@ pub struct WorkloadConfig {
 impl Default for WorkloadConfig {
     fn default() -> Self {
         WorkloadConfig {
+            mix: Mix::Emqx,
             clients: 2_000,
             topics: 500,
             nodes: 3,
@@ -184,9 +197,34 @@ impl Workload {
         }
     }
 
+    /// One `Mix::Puts` event: a retained QoS 0 publish to a fresh topic.
+    fn put_event(&mut self) -> HookEvent {
+        let n = self.clock_ms;
+        let c = (n as usize) % self.clients.len();
+        let node = c % self.cfg.nodes;
+        let id = self.guid(node);
+        let payload = (0..250).map(|_| self.rng.alphanumeric() as u8).collect();
+        HookEvent::MessagePublish {
+            message: Message {
+                node: self.node(node),
+                id,
+                qos: 0,
+                from: self.clients[c].id.clone(),
+                topic: format!("bulk/{n}"),
+                payload,
+                retain: true,
+                timestamp_ms: self.clock_ms,
+                username: None,
+            },
+        }
+    }
+
     /// The next event.
     pub fn next_event(&mut self) -> HookEvent {
         self.clock_ms += 1;
+        if self.cfg.mix == Mix::Puts {
+            return self.put_event();
+        }
         if let Some((c, old)) = self.late.pop_front() {
             return HookEvent::ClientDisconnected {
                 client: self.info(c, old),

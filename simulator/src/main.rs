@@ -11,6 +11,11 @@ use std::time::Duration;
 use clap::Parser;
 use dynamo_sim::{FaultConfig, Limits, OutageWindow, SimConfig, Simulator, StallAction, TableDef};
 
+/// mimalloc instead of glibc malloc: under load glibc's allocator took about a third of the CPU
+/// (perf; ARCHITECTURE.md, "Measuring").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A DynamoDB-compatible simulator for throttling, fault injection and throughput measurements.
 // No `Debug`: the access key must never end up in a log line.
 #[derive(Parser)]

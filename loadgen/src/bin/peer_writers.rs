@@ -29,6 +29,11 @@ use tokio::sync::{Notify, mpsc};
 use mqtt_dynamo::config::{Config, Secret};
 use mqtt_dynamo::dynamo::{self, SdkRetries};
 
+/// mimalloc instead of glibc malloc: under load glibc's allocator took about a third of the CPU
+/// (perf; ARCHITECTURE.md, "Measuring").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "peer-writers", about = "Writers to compare mqtt-dynamo with")]
 struct Cli {
