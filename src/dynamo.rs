@@ -215,7 +215,7 @@ where
 
 /// The throttling reasons DynamoDB documents (`<Table|Index><Read|Write><LimitType>`), the closed
 /// label set of `mqtt_dynamo_dynamodb_throttling_reasons_total`; anything else is `other`.
-const THROTTLING_REASONS: [&str; 16] = [
+pub const THROTTLING_REASONS: [&str; 16] = [
     "TableReadProvisionedThroughputExceeded",
     "TableWriteProvisionedThroughputExceeded",
     "TableReadAccountLimitExceeded",

@@ -121,6 +121,13 @@ fn register() {
         metrics::counter!("mqtt_dynamo_dynamodb_throttles_total", "error_code" => code).absolute(0);
     }
     metrics::counter!("mqtt_dynamo_dynamodb_unprocessed_items_total").absolute(0);
+    for reason in crate::dynamo::THROTTLING_REASONS
+        .into_iter()
+        .chain(["other"])
+    {
+        metrics::counter!("mqtt_dynamo_dynamodb_throttling_reasons_total", "reason" => reason)
+            .absolute(0);
+    }
     for reason in [DropReason::Rejected, DropReason::RetriesExhausted] {
         metrics::counter!("mqtt_dynamo_writes_dropped_total", "reason" => reason.as_str())
             .absolute(0);
@@ -143,6 +150,10 @@ fn register() {
 }
 
 fn describe() {
+    describe_counter!(
+        "mqtt_dynamo_dynamodb_throttling_reasons_total",
+        "ThrottlingReasons attached to DynamoDB throttling errors, by reason (hot key vs capacity)."
+    );
     describe_counter!(
         "mqtt_dynamo_lookups_total",
         "Lookups answered (ok) or failed (error), by kind (subscriptions, retained, offline)."
