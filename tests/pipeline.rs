@@ -342,18 +342,13 @@ async fn hex_ids_and_milliseconds_on_dynalite() {
     hex_and_milliseconds(Backend::dynalite().await).await;
 }
 
-/// 10,000 events on 100 hot keys through the real flusher into dynalite, which rejects duplicate
-/// keys in a batch and more than 25 requests like DynamoDB: no request fails, nothing is dropped,
-/// and the tables equal the sequential model.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_events_on_hot_keys_into_dynalite() {
-    let backend = Backend::dynalite().await;
-    let mut cfg = backend.config();
-    cfg.pipeline.max_batch_age = Duration::from_millis(20);
-    let mut events = Vec::with_capacity(10_000);
-    for i in 0..10_000u32 {
+/// A stream on 50 hot topics and 50 clients: connects and disconnects from two nodes (late
+/// disconnects included), retained messages set and cleared, QoS 1 publishes and their acks.
+fn hot_key_events(n: u32) -> Vec<HookEvent> {
+    let mut events = Vec::with_capacity(n as usize);
+    for i in 0..n {
         let k = i % 100;
-        let n = (i % 60_000) as u16;
+        let m = (i % 60_000) as u16;
         let ts = 1_700_000_000_000 + u64::from(i);
         events.push(match i % 5 {
             0 => connect(
@@ -367,7 +362,7 @@ async fn ten_thousand_events_on_hot_keys_into_dynalite() {
                 ts,
             ),
             2 => publish(
-                n,
+                m,
                 (i % 2) as u8,
                 &format!("hot/{}", k % 50),
                 format!("p{i}").as_bytes(),
@@ -375,7 +370,7 @@ async fn ten_thousand_events_on_hot_keys_into_dynalite() {
                 ts,
             ),
             3 => publish(
-                n,
+                m,
                 1,
                 &format!("hot/{}", k % 50),
                 format!("q{i}").as_bytes(),
@@ -389,6 +384,30 @@ async fn ten_thousand_events_on_hot_keys_into_dynalite() {
             ),
         });
     }
+    events
+}
+
+/// What the tables must hold after `events`, applied one by one.
+fn expected(events: &[HookEvent], cfg: &Config) -> BTreeMap<Key, Item> {
+    let mut model = TableModel::new();
+    let rules = RuleSet::default();
+    for e in events {
+        for op in rules.plan(e, &cfg.storage.format()).unwrap() {
+            model.apply(&op);
+        }
+    }
+    model.normalized()
+}
+
+/// 10,000 events on 100 hot keys through the real flusher into dynalite, which rejects duplicate
+/// keys in a batch and more than 25 requests like DynamoDB: no request fails, nothing is dropped,
+/// and the tables equal the sequential model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_events_on_hot_keys_into_dynalite() {
+    let backend = Backend::dynalite().await;
+    let mut cfg = backend.config();
+    cfg.pipeline.max_batch_age = Duration::from_millis(20);
+    let events = hot_key_events(10_000);
     let (stats, counter) = run(&backend, &cfg, &events, false).await;
     assert_eq!(stats.events_received, 10_000);
     assert_eq!(
@@ -399,17 +418,94 @@ async fn ten_thousand_events_on_hot_keys_into_dynalite() {
     assert_eq!(counter.get("BatchWriteItem"), stats.batch_write_requests);
     assert_eq!(counter.get("UpdateItem"), stats.update_requests);
     assert!(stats.coalesced > 0, "hot keys coalesce: {stats}");
-
-    let mut model = TableModel::new();
-    let rules = RuleSet::default();
-    for e in &events {
-        for op in rules.plan(e, &cfg.storage.format()).unwrap() {
-            model.apply(&op);
-        }
-    }
+    let want = expected(&events, &cfg);
     let got = scan_all(&backend.prepare(&cfg).await.0, &cfg).await;
-    assert_eq!(normalized(&got), model.normalized());
-    assert!(model.normalized().len() > 100);
+    assert_eq!(normalized(&got), want);
+    assert!(want.len() > 100);
+}
+
+/// A fifth of the batched writes come back unprocessed and hot keys run into a per-key write
+/// limit (ThrottlingException on UpdateItem): everything is retried until written, a put that
+/// was throttled never lands after a later delete of its key, and the tables equal the model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_percent_throttled_then_tables_equal_the_model() {
+    let backend = Backend::simulator(dynamo_sim::SimConfig {
+        faults: dynamo_sim::FaultConfig {
+            throttle_rate: 0.2,
+            ..Default::default()
+        },
+        limits: dynamo_sim::Limits {
+            key_wcu: Some(25),
+            ..Default::default()
+        },
+        seed: Some(7),
+        ..Default::default()
+    })
+    .await;
+    let mut cfg = backend.config();
+    cfg.pipeline.max_batch_age = Duration::from_millis(5);
+    cfg.pipeline.retry.initial_backoff = Duration::from_millis(5);
+    cfg.pipeline.retry.max_backoff = Duration::from_millis(100);
+    let events = hot_key_events(10_000);
+    let (stats, _) = run(&backend, &cfg, &events, false).await;
+    let sim = backend.sim_stats().unwrap();
+    assert!(
+        sim.throttled_items > 0 && sim.throttled_requests > 0,
+        "both kinds of throttling happened: {sim:?}"
+    );
+    assert_eq!(stats.dropped(), 0, "{stats}");
+    assert!(stats.retries > 0 && stats.throttles > 0, "{stats}");
+    let got = scan_all(&backend.prepare(&cfg).await.0, &cfg).await;
+    assert_eq!(normalized(&got), expected(&events, &cfg));
+    eprintln!(
+        "goodput: {} items written in {} write requests; {} items and {} requests throttled",
+        sim.items_written,
+        sim.requests_by_operation["BatchWriteItem"] + sim.requests_by_operation["UpdateItem"],
+        sim.throttled_items,
+        sim.throttled_requests
+    );
+}
+
+/// 5xx answers, connection resets and responses stalled past the attempt timeout: every write
+/// is retried within its deadline and applied once in effect (the tables equal the model).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_resets_and_stalls_are_retried_without_duplicate_effects() {
+    let backend = Backend::simulator(dynamo_sim::SimConfig {
+        seed: Some(11),
+        ..Default::default()
+    })
+    .await;
+    let mut cfg = backend.config();
+    cfg.dynamodb.attempt_timeout = Duration::from_millis(300);
+    cfg.pipeline.max_batch_age = Duration::from_millis(5);
+    cfg.pipeline.retry.initial_backoff = Duration::from_millis(5);
+    cfg.pipeline.retry.max_backoff = Duration::from_millis(100);
+    let (client, _) = backend.prepare(&cfg).await;
+    // Faults only for the pipeline's writes, not for creating the tables.
+    backend.set_faults(dynamo_sim::FaultConfig {
+        error_rate: 0.05,
+        reset_rate: 0.03,
+        stall_rate: 0.02,
+        stall: Duration::from_secs(2),
+        ..Default::default()
+    });
+    let events = hot_key_events(3_000);
+    let pipeline = Pipeline::from_config(&cfg, client.clone()).unwrap();
+    let handle = pipeline.handle();
+    for e in &events {
+        handle.submit_timeout(e, Duration::from_secs(10)).unwrap();
+    }
+    let stats = pipeline.shutdown().await;
+    backend.set_faults(dynamo_sim::FaultConfig::default());
+    let faults = backend.sim_stats().unwrap().faults;
+    assert!(
+        faults.errors > 0 && faults.resets > 0 && faults.stalls > 0,
+        "every fault kind happened: {faults:?}"
+    );
+    assert_eq!(stats.dropped(), 0, "{stats}");
+    assert!(stats.retries > 0, "{stats}");
+    let got = scan_all(&client, &cfg).await;
+    assert_eq!(normalized(&got), expected(&events, &cfg));
 }
 
 /// A publish followed by its ack before the flush costs no mqtt_msg or topic-map write at all:

@@ -30,6 +30,8 @@ pub enum Backend {
         child: std::process::Child,
         addr: SocketAddr,
     },
+    /// The project's simulator (throttling, faults), in-process.
+    Sim(dynamo_sim::SimHandle),
 }
 
 impl Backend {
@@ -38,6 +40,30 @@ impl Backend {
             .await
             .expect("dynoxide starts on an ephemeral port");
         Backend::Dynoxide(server)
+    }
+
+    /// Starts the simulator with `config` on an ephemeral loopback port (no tables: `prepare`
+    /// creates them as for the other backends).
+    pub async fn simulator(config: dynamo_sim::SimConfig) -> Backend {
+        let sim = dynamo_sim::Simulator::start(config, SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .expect("the simulator starts on an ephemeral port");
+        Backend::Sim(sim)
+    }
+
+    /// Switches the simulator's faults (the emulators have none to switch).
+    pub fn set_faults(&self, faults: dynamo_sim::FaultConfig) {
+        if let Backend::Sim(sim) = self {
+            sim.set_faults(faults).expect("valid fault rates");
+        }
+    }
+
+    /// The simulator's counters (`None` for the emulators).
+    pub fn sim_stats(&self) -> Option<dynamo_sim::SimStats> {
+        match self {
+            Backend::Sim(sim) => Some(sim.stats()),
+            _ => None,
+        }
     }
 
     /// Starts dynalite (installed by `scripts/test` into tools/dynalite) on a free loopback port.
@@ -84,6 +110,7 @@ impl Backend {
         match self {
             Backend::Dynoxide(s) => s.endpoint(),
             Backend::Dynalite { addr, .. } => format!("http://{addr}"),
+            Backend::Sim(sim) => sim.endpoint(),
         }
     }
 
@@ -91,6 +118,7 @@ impl Backend {
         match self {
             Backend::Dynoxide(_) => "dynoxide",
             Backend::Dynalite { .. } => "dynalite",
+            Backend::Sim(_) => "dynamo-sim",
         }
     }
 
