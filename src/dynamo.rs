@@ -169,6 +169,9 @@ pub enum Failure {
     Invalid { message: String },
     /// A guarded update's condition did not hold.
     ConditionFailed,
+    /// DynamoDB refused the credentials: nothing changes until someone fixes them, so retries
+    /// wait the longest backoff (no retry storm) and readiness fails.
+    Credentials { code: String, message: String },
     /// Anything else — 5xx, transport errors, timeouts, missing tables, credentials: retried
     /// with backoff until the retry budget runs out.
     Transient { code: String, message: String },
@@ -180,6 +183,18 @@ pub(crate) const THROTTLE_CODES: [&str; 4] = [
     "ThrottlingException",
     "RequestLimitExceeded",
     "Throttling",
+];
+
+/// Error codes meaning the credentials were refused (wrong, expired, missing or not allowed).
+pub const CREDENTIAL_CODES: [&str; 8] = [
+    "UnrecognizedClientException",
+    "InvalidSignatureException",
+    "IncompleteSignatureException",
+    "ExpiredTokenException",
+    "ExpiredToken",
+    "MissingAuthenticationTokenException",
+    "AccessDeniedException",
+    "InvalidClientTokenId",
 ];
 
 /// Classifies an SDK error.
@@ -196,6 +211,10 @@ where
     match code {
         "ValidationException" => Failure::Invalid { message },
         "ConditionalCheckFailedException" => Failure::ConditionFailed,
+        code if CREDENTIAL_CODES.contains(&code) => Failure::Credentials {
+            code: code.to_string(),
+            message,
+        },
         _ => {
             let code = match err {
                 SdkError::TimeoutError(_) => "timeout".to_string(),

@@ -28,6 +28,7 @@ use crate::stats::{DropReason, LogGate, Operation, Outcome, Stats};
 
 /// Rate limits for the flusher's warnings and errors: an outage must not flood the log.
 static RETRY_LOG: LogGate = LogGate::new();
+static AUTH_LOG: LogGate = LogGate::new();
 static DROP_LOG: LogGate = LogGate::new();
 
 /// Counts a DynamoDB request in the in-flight gauge while it lives.
@@ -223,18 +224,34 @@ impl Flusher {
     }
 
     /// Waits before the next attempt, or reports that the budget is spent.
-    async fn pause(&self, op: Operation, attempt: u32, started: Instant) -> bool {
+    async fn pause(&self, op: Operation, attempt: u32, started: Instant, longest: bool) -> bool {
         if started.elapsed() >= self.retry.max_elapsed {
             return false;
         }
         self.stats.retried(op);
-        tokio::time::sleep(dynamo::backoff(
-            attempt,
-            self.retry.initial_backoff,
-            self.retry.max_backoff,
-        ))
-        .await;
+        // Refused credentials do not heal in milliseconds: wait the longest backoff.
+        let wait = if longest {
+            self.retry.max_backoff
+        } else {
+            dynamo::backoff(attempt, self.retry.initial_backoff, self.retry.max_backoff)
+        };
+        tokio::time::sleep(wait).await;
         true
+    }
+
+    /// Says, at most once a second, that DynamoDB refused the credentials and what happens now.
+    fn credentials_refused(&self, op: Operation, code: &str, message: &str) {
+        if let Some(held) = AUTH_LOG.allow() {
+            error!(
+                operation = op.as_str(),
+                %code,
+                %message,
+                held_back = held,
+                retry_every_s = self.retry.max_backoff.as_secs_f64(),
+                give_up_after_s = self.retry.max_elapsed.as_secs_f64(),
+                "DynamoDB refused the credentials; writes wait and retry, then go to the dead-letter file. Check [dynamodb] access_key_id / secret_access_key or the AWS credential chain"
+            );
+        }
     }
 
     /// One BatchWriteItem of ≤ 25 puts/deletes on distinct keys, retried until done.
@@ -249,6 +266,7 @@ impl Flusher {
         // What went wrong last, for the dead-letter record if the retries run out.
         let mut last_error = String::new();
         while !pending.is_empty() {
+            let mut refused = false;
             let mut request: HashMap<String, Vec<WriteRequest>> = HashMap::new();
             for (key, req) in &pending {
                 request
@@ -358,11 +376,21 @@ impl Flusher {
                         self.stats
                             .request(Operation::BatchWriteItem, Outcome::Error, elapsed);
                     }
+                    Failure::Credentials { code, message } => {
+                        last_error = format!("{code}: {message}");
+                        self.stats.request(
+                            Operation::BatchWriteItem,
+                            Outcome::Unauthorized,
+                            elapsed,
+                        );
+                        self.credentials_refused(Operation::BatchWriteItem, &code, &message);
+                        refused = true;
+                    }
                 },
             }
             if !pending.is_empty() {
                 if !self
-                    .pause(Operation::BatchWriteItem, attempt, started)
+                    .pause(Operation::BatchWriteItem, attempt, started, refused)
                     .await
                 {
                     if let Some(held) = DROP_LOG.allow() {
@@ -464,6 +492,7 @@ impl Flusher {
         // Set by every failure that leads to a retry; read if the retries run out.
         let mut last_error: String;
         loop {
+            let mut refused = false;
             let t0 = Instant::now();
             let in_flight = InFlight::start();
             let result = self
@@ -523,9 +552,19 @@ impl Flusher {
                             warn!(%code, %message, attempt, held_back = held, table = %key.table, "UpdateItem failed; retrying");
                         }
                     }
+                    Failure::Credentials { code, message } => {
+                        last_error = format!("{code}: {message}");
+                        self.stats
+                            .request(Operation::UpdateItem, Outcome::Unauthorized, elapsed);
+                        self.credentials_refused(Operation::UpdateItem, &code, &message);
+                        refused = true;
+                    }
                 },
             }
-            if !self.pause(Operation::UpdateItem, attempt, started).await {
+            if !self
+                .pause(Operation::UpdateItem, attempt, started, refused)
+                .await
+            {
                 if let Some(held) = DROP_LOG.allow() {
                     error!(held_back = held, table = %key.table, elapsed_s = started.elapsed().as_secs_f64(), "UpdateItem retries exhausted; write dropped");
                 }

@@ -110,6 +110,7 @@ fn register() {
             Outcome::ConditionFailed,
             Outcome::Rejected,
             Outcome::Error,
+            Outcome::Unauthorized,
         ] {
             metrics::counter!("mqtt_dynamo_dynamodb_requests_total", "operation" => op.as_str(), "outcome" => outcome.as_str())
                 .absolute(0);

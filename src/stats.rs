@@ -105,6 +105,8 @@ pub enum Outcome {
     ConditionFailed,
     Rejected,
     Error,
+    /// DynamoDB refused the credentials (wrong, expired or missing keys).
+    Unauthorized,
 }
 
 impl Outcome {
@@ -116,6 +118,7 @@ impl Outcome {
             Outcome::ConditionFailed => "condition_failed",
             Outcome::Rejected => "rejected",
             Outcome::Error => "error",
+            Outcome::Unauthorized => "unauthorized",
         }
     }
 }
@@ -131,7 +134,7 @@ pub struct Stats {
     /// Writes that vanished entirely (put∘delete of a fresh message, ADD∘DELETE of one id).
     cancelled: [AtomicU64; 6],
     flushes: [AtomicU64; 4],
-    requests: [[AtomicU64; 6]; 2],
+    requests: [[AtomicU64; 7]; 2],
     items_written: [AtomicU64; 6],
     unprocessed: AtomicU64,
     throttles: AtomicU64,
@@ -301,13 +304,18 @@ impl Stats {
             .map(|t| (t.as_str(), self.flushes[t as usize].load(Relaxed))),
             batch_write_requests: sum(&self.requests[Operation::BatchWriteItem as usize]),
             update_requests: sum(&self.requests[Operation::UpdateItem as usize]),
-            failed_requests: [Outcome::Throttled, Outcome::Rejected, Outcome::Error]
-                .iter()
-                .map(|o| {
-                    self.requests[0][*o as usize].load(Relaxed)
-                        + self.requests[1][*o as usize].load(Relaxed)
-                })
-                .sum(),
+            failed_requests: [
+                Outcome::Throttled,
+                Outcome::Rejected,
+                Outcome::Error,
+                Outcome::Unauthorized,
+            ]
+            .iter()
+            .map(|o| {
+                self.requests[0][*o as usize].load(Relaxed)
+                    + self.requests[1][*o as usize].load(Relaxed)
+            })
+            .sum(),
             condition_failed: self.requests[Operation::UpdateItem as usize]
                 [Outcome::ConditionFailed as usize]
                 .load(Relaxed),

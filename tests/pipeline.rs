@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use mqtt_dynamo::config::Config;
+use mqtt_dynamo::dynamo::{self, SdkRetries};
 use mqtt_dynamo::event::{ClientInfo, HookEvent, Message};
 use mqtt_dynamo::guid;
 use mqtt_dynamo::item::{Item, Key, Table, Value};
@@ -506,6 +507,61 @@ async fn server_errors_resets_and_stalls_are_retried_without_duplicate_effects()
     assert!(stats.retries > 0, "{stats}");
     let got = scan_all(&client, &cfg).await;
     assert_eq!(normalized(&got), expected(&events, &cfg));
+}
+
+/// Credentials DynamoDB refuses: a clear error (readiness's table check names it, every
+/// dead-lettered write carries it) and no retry storm — refused requests wait the longest
+/// backoff, so each write is tried about `max_elapsed / max_backoff` times, not dozens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_are_a_clear_error_not_a_retry_storm() {
+    let backend = Backend::simulator(dynamo_sim::SimConfig {
+        access_key: Some("the-right-key".into()),
+        tables: dynamo_sim::TableDef::project_tables(""),
+        ..Default::default()
+    })
+    .await;
+    let mut cfg = backend.config(); // signs with the key "test"
+    let dlq = std::env::temp_dir().join(format!("mqtt-dynamo-auth-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&dlq);
+    cfg.pipeline.dead_letter_path = Some(dlq.clone());
+    cfg.pipeline.retry.initial_backoff = Duration::from_millis(10);
+    cfg.pipeline.retry.max_backoff = Duration::from_millis(400);
+    cfg.pipeline.retry.max_elapsed = Duration::from_secs(2);
+    cfg.pipeline.max_batch_age = Duration::from_millis(5);
+    let client = dynamo::client(&cfg.dynamodb, None, SdkRetries::Disabled).await;
+    // What `serve`'s readiness check reports.
+    let ready = tables::check_exist(&client, &cfg.dynamodb).await;
+    let why = ready.expect_err("readiness fails").to_string();
+    assert!(why.contains("UnrecognizedClientException"), "{why}");
+    let events = hot_key_events(60);
+    let pipeline = Pipeline::from_config(&cfg, client).unwrap();
+    for e in &events {
+        pipeline
+            .handle()
+            .submit_timeout(e, Duration::from_secs(10))
+            .unwrap();
+    }
+    let stats = pipeline.shutdown().await;
+    let refused = backend.sim_stats().unwrap().auth_failures;
+    assert!(stats.dropped() > 0, "{stats}");
+    // Every request was refused (and the readiness check's DescribeTable before them).
+    assert_eq!(refused, stats.requests() + 1, "{stats}");
+    // Each write is tried at most about 2 s / 400 ms + 1 times.
+    let first_tries = stats.requests() - stats.retries;
+    assert!(
+        stats.retries <= 6 * first_tries,
+        "{} retries for {first_tries} first tries: {stats}",
+        stats.retries
+    );
+    let lines = std::fs::read_to_string(&dlq).unwrap();
+    assert_eq!(lines.lines().count() as u64, stats.dropped());
+    assert!(
+        lines
+            .lines()
+            .all(|l| l.contains("UnrecognizedClientException")),
+        "{lines}"
+    );
+    let _ = std::fs::remove_file(&dlq);
 }
 
 /// A publish followed by its ack before the flush costs no mqtt_msg or topic-map write at all:
