@@ -394,11 +394,25 @@ impl Default for RetryConfig {
 }
 
 /// `[storage]`: how values are written.
-#[derive(Debug, Clone, Copy, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     pub msgid_format: MsgIdFormat,
     pub time_unit: TimeUnit,
+    /// The largest a topic's `MsgId` set item may grow, in KB (DynamoDB refuses items over
+    /// 400 KB): past it the oldest ids (by the time in the GUID) are removed from the set, down
+    /// to three quarters of it. 0 turns the cap off (the 400 KB refusal is still handled).
+    pub max_msgid_set_kb: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            msgid_format: MsgIdFormat::default(),
+            time_unit: TimeUnit::default(),
+            max_msgid_set_kb: 300,
+        }
+    }
 }
 
 impl StorageConfig {

@@ -29,6 +29,7 @@ use crate::stats::{DropReason, LogGate, Operation, Outcome, Stats};
 /// Rate limits for the flusher's warnings and errors: an outage must not flood the log.
 static RETRY_LOG: LogGate = LogGate::new();
 static AUTH_LOG: LogGate = LogGate::new();
+static TRIM_LOG: LogGate = LogGate::new();
 static DROP_LOG: LogGate = LogGate::new();
 
 /// Counts a DynamoDB request in the in-flight gauge while it lives.
@@ -94,11 +95,15 @@ pub struct Flusher {
     stats: Arc<Stats>,
     /// Where given-up writes are recorded.
     dead_letters: crate::deadletter::DeadLetters,
+    /// `storage.max_msgid_set_kb` in bytes (0: no cap); set once after start.
+    msgid_cap: std::sync::atomic::AtomicUsize,
 }
 
 /// One UpdateItem, ready to send (and resend).
 #[derive(Debug, Clone)]
 struct UpdateSpec {
+    /// The set attribute this ADDs to (for the size cap), if it is a set ADD.
+    adds_to: Option<String>,
     expression: String,
     condition: Option<String>,
     names: HashMap<String, String>,
@@ -119,6 +124,81 @@ impl Flusher {
             retry,
             stats,
             dead_letters,
+            msgid_cap: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Caps the size of `mqtt_topic_msg_map` items (bytes; 0 = no cap).
+    pub fn set_msgid_cap(&self, bytes: usize) {
+        self.msgid_cap
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Removes the oldest ids (by GUID: time, then sequence; ids that are not GUIDs first) from `key`'s set
+    /// until the item is at most `target` bytes. Runs while the key is in flight, so no write of
+    /// ours races it. Best effort: a failure is logged and the caller goes on.
+    async fn trim_set(&self, key: &Key, attr: &str, target: usize) {
+        let table = self.tables.name(key.table);
+        let got = self
+            .client
+            .get_item()
+            .table_name(table)
+            .set_key(Some(dynamo::key_attrs(key)))
+            .consistent_read(true)
+            .send()
+            .await;
+        let ids: Vec<String> = match &got {
+            Ok(out) => match out.item().and_then(|i| i.get(attr)) {
+                Some(AttributeValue::Ss(ids)) => ids.clone(),
+                _ => return,
+            },
+            Err(e) => {
+                if let Some(held) = TRIM_LOG.allow() {
+                    warn!(held_back = held, topic = %key.hash, error = %dynamo::error_text(e), "cannot read a MsgId set to trim it");
+                }
+                return;
+            }
+        };
+        let mut size = key.size() + attr.len() + ids.iter().map(String::len).sum::<usize>();
+        let mut by_age: Vec<(u128, String)> = ids
+            .into_iter()
+            .map(|id| (crate::lookup::guid_of(&id).unwrap_or(0), id))
+            .collect();
+        by_age.sort_unstable();
+        let mut oldest = Vec::new();
+        for (_, id) in by_age {
+            if size <= target {
+                break;
+            }
+            size -= id.len();
+            oldest.push(id);
+        }
+        if oldest.is_empty() {
+            return;
+        }
+        let n = oldest.len() as u64;
+        let result = self
+            .client
+            .update_item()
+            .table_name(table)
+            .set_key(Some(dynamo::key_attrs(key)))
+            .update_expression("DELETE #s :m")
+            .expression_attribute_names("#s", attr)
+            .expression_attribute_values(":m", AttributeValue::Ss(oldest))
+            .send()
+            .await;
+        match result {
+            Ok(_) => {
+                self.stats.trimmed(n);
+                if let Some(held) = TRIM_LOG.allow() {
+                    warn!(held_back = held, topic = %key.hash, removed = n, bytes_after = size, "MsgId set at its size cap; the oldest ids were removed (their messages stay in mqtt_msg)");
+                }
+            }
+            Err(e) => {
+                if let Some(held) = TRIM_LOG.allow() {
+                    warn!(held_back = held, topic = %key.hash, error = %dynamo::error_text(&e), "cannot trim a MsgId set");
+                }
+            }
         }
     }
 
@@ -438,6 +518,7 @@ impl Flusher {
                     "#g = :g".to_string()
                 });
                 vec![UpdateSpec {
+                    adds_to: None,
                     expression: format!("SET {}", parts.join(", ")),
                     condition,
                     names,
@@ -448,6 +529,7 @@ impl Flusher {
                 let mut specs = Vec::new();
                 if !add.is_empty() {
                     specs.push(UpdateSpec {
+                        adds_to: (key.table == Table::TopicMsgMap).then(|| attr.clone()),
                         expression: "ADD #s :m".into(),
                         condition: None,
                         names: [("#s".to_string(), attr.clone())].into(),
@@ -458,6 +540,7 @@ impl Flusher {
                 if !del.is_empty() {
                     // Never create an item just to delete from it.
                     specs.push(UpdateSpec {
+                        adds_to: None,
                         expression: "DELETE #s :m".into(),
                         condition: Some("attribute_exists(#k)".into()),
                         names: [
@@ -491,6 +574,8 @@ impl Flusher {
         let mut attempt = 0u32;
         // Set by every failure that leads to a retry; read if the retries run out.
         let mut last_error: String;
+        // The set was trimmed after DynamoDB refused it as too large (once per write).
+        let mut trimmed = false;
         loop {
             let mut refused = false;
             let t0 = Instant::now();
@@ -513,10 +598,20 @@ impl Flusher {
                 Ok(out) => {
                     self.stats
                         .request(Operation::UpdateItem, Outcome::Success, elapsed);
-                    if let Some(units) = out.consumed_capacity().and_then(|c| c.capacity_units()) {
+                    let units = out.consumed_capacity().and_then(|c| c.capacity_units());
+                    if let Some(units) = units {
                         self.stats.consumed(key.table, units);
                     }
                     self.stats.written(key.table, 1);
+                    // An update costs the larger of the item before and after, in KB: the set
+                    // item's size, without reading it.
+                    let cap = self.msgid_cap.load(std::sync::atomic::Ordering::Relaxed);
+                    if let (Some(attr), Some(units)) = (spec.adds_to.as_deref(), units)
+                        && cap > 0
+                        && units * 1024.0 > cap as f64
+                    {
+                        self.trim_set(key, attr, cap * 3 / 4).await;
+                    }
                     return true;
                 }
                 Err(err) => match dynamo::classify(&err) {
@@ -534,6 +629,23 @@ impl Flusher {
                             .request(Operation::UpdateItem, Outcome::Throttled, elapsed);
                         self.stats.throttled(code);
                         dynamo::record_throttling_reasons(dynamo::update_throttling_reasons(&err));
+                    }
+                    Failure::Invalid { message }
+                        if !trimmed
+                            && spec.adds_to.is_some()
+                            && message.contains("Item size to update has exceeded") =>
+                    {
+                        // The set reached DynamoDB's 400 KB: make room, then add again.
+                        self.stats
+                            .request(Operation::UpdateItem, Outcome::Rejected, elapsed);
+                        let cap = match self.msgid_cap.load(std::sync::atomic::Ordering::Relaxed) {
+                            0 => crate::item::MAX_ITEM_BYTES,
+                            c => c.min(crate::item::MAX_ITEM_BYTES),
+                        };
+                        let attr = spec.adds_to.clone().unwrap_or_default();
+                        self.trim_set(key, &attr, cap * 3 / 4).await;
+                        trimmed = true;
+                        continue;
                     }
                     Failure::Invalid { message } => {
                         self.stats

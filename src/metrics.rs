@@ -122,6 +122,7 @@ fn register() {
         metrics::counter!("mqtt_dynamo_dynamodb_throttles_total", "error_code" => code).absolute(0);
     }
     metrics::counter!("mqtt_dynamo_dynamodb_unprocessed_items_total").absolute(0);
+    metrics::counter!("mqtt_dynamo_msgids_trimmed_total").absolute(0);
     for reason in crate::dynamo::THROTTLING_REASONS
         .into_iter()
         .chain(["other"])
@@ -151,6 +152,10 @@ fn register() {
 }
 
 fn describe() {
+    describe_counter!(
+        "mqtt_dynamo_msgids_trimmed_total",
+        "Message ids removed from mqtt_topic_msg_map sets at their size cap (storage.max_msgid_set_kb)."
+    );
     describe_counter!(
         "mqtt_dynamo_dynamodb_throttling_reasons_total",
         "ThrottlingReasons attached to DynamoDB throttling errors, by reason (hot key vs capacity)."

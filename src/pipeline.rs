@@ -30,6 +30,8 @@ pub struct Pipeline {
     stats: Arc<Stats>,
     limits: Limits,
     reader: Option<Arc<Reader>>,
+    /// Shared with the shards; kept here to configure it after start.
+    flusher: Arc<Flusher>,
 }
 
 /// A cheap, cloneable handle for submitting events from any thread, and for lookups.
@@ -197,6 +199,9 @@ impl Pipeline {
             client,
             read,
         )?;
+        pipeline
+            .flusher
+            .set_msgid_cap(cfg.storage.max_msgid_set_kb * 1024);
         pipeline.reader = reader;
         Ok(pipeline)
     }
@@ -232,6 +237,7 @@ impl Pipeline {
             dead_letters,
         ));
         let permits = Arc::new(Semaphore::new(cfg.max_in_flight));
+        let shard_flusher = Arc::clone(&flusher);
         let mut senders = Vec::with_capacity(cfg.shards);
         let mut shards = Vec::with_capacity(cfg.shards);
         for _ in 0..cfg.shards {
@@ -239,7 +245,7 @@ impl Pipeline {
             senders.push(tx);
             let shard = Shard::new(
                 rx,
-                Arc::clone(&flusher),
+                Arc::clone(&shard_flusher),
                 Arc::clone(&permits),
                 cfg.clone(),
                 Arc::clone(&stats),
@@ -275,6 +281,7 @@ impl Pipeline {
                 in_flight: cfg.max_in_flight,
             },
             reader: None,
+            flusher,
         })
     }
 

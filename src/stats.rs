@@ -141,6 +141,8 @@ pub struct Stats {
     retries: AtomicU64,
     dropped: [AtomicU64; 2],
     consumed_wcu: [AtomicU64; 6],
+    /// Message ids removed from sets at their size cap.
+    trimmed: AtomicU64,
     /// Ingest-to-durable latency in microseconds; recorded per flush.
     durable_latency: Mutex<Histogram<u64>>,
     /// Keys and bytes pending in all shards' coalescers (each shard adds its changes).
@@ -166,6 +168,7 @@ impl Default for Stats {
             retries: Default::default(),
             dropped: Default::default(),
             consumed_wcu: Default::default(),
+            trimmed: Default::default(),
             durable_latency: Mutex::new(
                 Histogram::new_with_bounds(1, 3_600_000_000, 3)
                     .expect("static histogram bounds are valid"),
@@ -250,6 +253,11 @@ impl Stats {
             .increment(units);
     }
 
+    pub(crate) fn trimmed(&self, n: u64) {
+        self.trimmed.fetch_add(n, Relaxed);
+        metrics::counter!("mqtt_dynamo_msgids_trimmed_total").increment(n);
+    }
+
     pub(crate) fn dropped(&self, reason: DropReason, n: u64) {
         self.dropped[reason as usize].fetch_add(n, Relaxed);
         metrics::counter!("mqtt_dynamo_writes_dropped_total", "reason" => reason.as_str())
@@ -327,6 +335,7 @@ impl Stats {
             dropped_retries_exhausted: self.dropped[DropReason::RetriesExhausted as usize]
                 .load(Relaxed),
             consumed_wcu: sum(&self.consumed_wcu),
+            msgids_trimmed: self.trimmed.load(Relaxed),
             durable_latency: latency,
         }
     }
@@ -386,6 +395,8 @@ pub struct StatsSnapshot {
     pub dropped_rejected: u64,
     pub dropped_retries_exhausted: u64,
     pub consumed_wcu: u64,
+    /// Message ids removed from `MsgId` sets at their size cap.
+    pub msgids_trimmed: u64,
     /// Ingest-to-durable latency, microseconds.
     pub durable_latency: Option<Histogram<u64>>,
 }

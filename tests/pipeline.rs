@@ -564,6 +564,76 @@ async fn refused_credentials_are_a_clear_error_not_a_retry_storm() {
     let _ = std::fs::remove_file(&dlq);
 }
 
+/// Publishes `n` QoS 1 messages to one topic (never acked) into the simulator with
+/// `max_msgid_set_kb = cap_kb`, drains, and returns the topic's set and the pipeline's counters.
+async fn one_topic_set(n: u16, cap_kb: usize) -> (Vec<String>, StatsSnapshot, Config, Backend) {
+    let backend = Backend::simulator(dynamo_sim::SimConfig {
+        limits: dynamo_sim::Limits {
+            key_wcu: None,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let mut cfg = backend.config();
+    cfg.storage.max_msgid_set_kb = cap_kb;
+    cfg.pipeline.max_batch_age = Duration::from_millis(2);
+    let events: Vec<HookEvent> = (1..=n)
+        .map(|i| publish(i, 1, "big/topic", b"x", false, 1_700_000_000_000))
+        .collect();
+    let (stats, _) = run(&backend, &cfg, &events, false).await;
+    let got = scan_all(&backend.prepare(&cfg).await.0, &cfg).await;
+    let set = match got
+        .get(&Key::new(Table::TopicMsgMap, "big/topic"))
+        .and_then(|i| i.get("MsgId"))
+    {
+        Some(Value::Ss(ids)) => ids.iter().cloned().collect(),
+        other => panic!("no MsgId set: {other:?}"),
+    };
+    let msgs = got.keys().filter(|k| k.table == Table::Msg).count();
+    assert_eq!(msgs, usize::from(n), "every message stays in mqtt_msg");
+    (set, stats, cfg, backend)
+}
+
+/// The ids left are the newest ones, in GUID time order (the test ids are 1..=n).
+fn newest(set: &[String], n: u16) -> bool {
+    let mut want: Vec<String> = ((n - set.len() as u16 + 1)..=n).map(b62).collect();
+    let mut got = set.to_vec();
+    want.sort();
+    got.sort();
+    got == want
+}
+
+/// A topic whose MsgId set passes `max_msgid_set_kb` is trimmed to the newest ids (three
+/// quarters of the cap), nothing is dropped, and the messages stay in mqtt_msg.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn msgid_sets_stop_at_their_cap() {
+    let (set, stats, _, _) = one_topic_set(600, 10).await;
+    let bytes: usize = "topic".len()
+        + "big/topic".len()
+        + "MsgId".len()
+        + set.iter().map(String::len).sum::<usize>();
+    assert!(bytes <= 10 * 1024, "{bytes} bytes");
+    assert!(stats.msgids_trimmed > 0 && stats.dropped() == 0, "{stats}");
+    assert_eq!(set.len() as u64 + stats.msgids_trimmed, 600, "{stats}");
+    assert!(newest(&set, 600), "the newest ids are kept");
+}
+
+/// Without a cap, the set still never fails at DynamoDB's 400 KB: the refused ADD trims the
+/// set to 300 KB and is sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_refused_at_400_kb_is_trimmed_and_the_add_retried() {
+    let (set, stats, _, backend) = one_topic_set(9_000, 0).await;
+    let sim = backend.sim_stats().unwrap();
+    assert!(
+        sim.validation_errors > 0,
+        "DynamoDB's limit was hit: {sim:?}"
+    );
+    assert!(stats.msgids_trimmed > 0 && stats.dropped() == 0, "{stats}");
+    assert_eq!(set.len() as u64 + stats.msgids_trimmed, 9_000, "{stats}");
+    assert!(newest(&set, 9_000));
+}
+
 /// A publish followed by its ack before the flush costs no mqtt_msg or topic-map write at all:
 /// the only request on the wire is the mqtt_acked put.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -211,12 +211,17 @@ pub fn shared_filter(filter: &str) -> Option<&str> {
     rest.split_once('/').map(|(_group, f)| f)
 }
 
-/// The publish time inside an EMQX message id, hex or base62.
-pub fn guid_time_us(msgid: &str) -> Option<u64> {
+/// An EMQX message id, hex or base62, as its 128-bit GUID: ordering GUIDs orders by publish
+/// time, then node and process, then the per-process sequence.
+pub fn guid_of(msgid: &str) -> Option<u128> {
     crate::guid::from_hex(msgid)
         .or_else(|_| crate::guid::from_base62(msgid))
         .ok()
-        .map(crate::guid::timestamp_micros)
+}
+
+/// The publish time inside an EMQX message id, hex or base62.
+pub fn guid_time_us(msgid: &str) -> Option<u64> {
+    guid_of(msgid).map(crate::guid::timestamp_micros)
 }
 
 impl StoredMessage {
@@ -571,21 +576,22 @@ impl Reader {
                 now.saturating_sub(range).as_micros() as u64
             })
         });
-        let mut ids: Vec<(u64, String)> = Vec::new();
+        // (GUID, id): sorting by the GUID orders by time, with the sequence breaking ties.
+        let mut ids: Vec<(u128, String)> = Vec::new();
         for item in sets.values() {
             let Some(Value::Ss(set)) = item.get("MsgId") else {
                 continue;
             };
             for id in set {
                 answer.ids += 1;
-                let time = guid_time_us(id);
-                if time.is_none() {
+                let guid = guid_of(id);
+                if guid.is_none() {
                     answer.undated_ids += 1;
                 }
-                match (time, since) {
+                match (guid.map(crate::guid::timestamp_micros), since) {
                     (Some(t), Some(s)) if t < s => {}
                     (None, Some(_)) => {}
-                    _ => ids.push((time.unwrap_or(0), id.clone())),
+                    _ => ids.push((guid.unwrap_or(0), id.clone())),
                 }
             }
         }
