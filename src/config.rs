@@ -343,8 +343,13 @@ pub struct PipelineConfig {
     #[serde(with = "humantime_serde")]
     pub max_batch_age: Duration,
     /// Flushes (one BatchWriteItem plus the UpdateItems taken with it) in flight at once,
-    /// across all shards.
+    /// across all shards: the upper bound of the adaptive limit.
     pub max_in_flight: usize,
+    /// The lower bound of the adaptive limit.
+    pub min_in_flight: usize,
+    /// Adapt the limit (AIMD): halve it when DynamoDB throttles or slows down, grow it by one
+    /// per limit's worth of clean requests. Off: always `max_in_flight`.
+    pub adaptive_concurrency: bool,
     /// Append every write given up (rejected by DynamoDB, or out of retry budget) to this file as
     /// JSON lines; unset: such writes are only counted and logged.
     pub dead_letter_path: Option<std::path::PathBuf>,
@@ -364,6 +369,8 @@ impl Default for PipelineConfig {
             max_batch_bytes: 4 * 1024 * 1024,
             max_batch_age: Duration::from_millis(50),
             max_in_flight: 32,
+            min_in_flight: 2,
+            adaptive_concurrency: true,
             dead_letter_path: None,
             retry: RetryConfig::default(),
         }
@@ -528,11 +535,18 @@ impl Config {
             ("pipeline.ingest_capacity_events", p.ingest_capacity_events),
             ("pipeline.shard_queue_capacity", p.shard_queue_capacity),
             ("pipeline.max_in_flight", p.max_in_flight),
+            ("pipeline.min_in_flight", p.min_in_flight),
             ("pipeline.max_pending_keys", p.max_pending_keys),
         ] {
             if v == 0 {
                 return invalid(key, "must be at least 1");
             }
+        }
+        if p.min_in_flight > p.max_in_flight {
+            return invalid(
+                "pipeline.min_in_flight",
+                "must not exceed pipeline.max_in_flight",
+            );
         }
         if p.ingest_capacity_bytes < crate::item::MAX_ITEM_BYTES * 2 {
             return invalid(

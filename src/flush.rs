@@ -97,6 +97,8 @@ pub struct Flusher {
     dead_letters: crate::deadletter::DeadLetters,
     /// `storage.max_msgid_set_kb` in bytes (0: no cap); set once after start.
     msgid_cap: std::sync::atomic::AtomicUsize,
+    /// Told how each request went, so the limit on flushes in flight adapts.
+    concurrency: Arc<crate::concurrency::Concurrency>,
 }
 
 /// One UpdateItem, ready to send (and resend).
@@ -112,6 +114,7 @@ struct UpdateSpec {
 
 impl Flusher {
     pub fn new(
+        concurrency: Arc<crate::concurrency::Concurrency>,
         client: Client,
         tables: TableNames,
         retry: RetryConfig,
@@ -125,6 +128,7 @@ impl Flusher {
             stats,
             dead_letters,
             msgid_cap: std::sync::atomic::AtomicUsize::new(0),
+            concurrency,
         }
     }
 
@@ -383,8 +387,10 @@ impl Flusher {
                         })
                         .collect();
                     let outcome = if unprocessed.is_empty() {
+                        self.concurrency.success(elapsed);
                         Outcome::Success
                     } else {
+                        self.concurrency.backoff();
                         Outcome::Partial
                     };
                     self.stats
@@ -409,6 +415,7 @@ impl Flusher {
                 Err(err) => match dynamo::classify(&err) {
                     Failure::Throttled { code } => {
                         last_error = code.to_string();
+                        self.concurrency.backoff();
                         self.stats
                             .request(Operation::BatchWriteItem, Outcome::Throttled, elapsed);
                         self.stats.throttled(code);
@@ -596,6 +603,7 @@ impl Flusher {
             let elapsed: Duration = t0.elapsed();
             match result {
                 Ok(out) => {
+                    self.concurrency.success(elapsed);
                     self.stats
                         .request(Operation::UpdateItem, Outcome::Success, elapsed);
                     let units = out.consumed_capacity().and_then(|c| c.capacity_units());
@@ -625,6 +633,7 @@ impl Flusher {
                     }
                     Failure::Throttled { code } => {
                         last_error = code.to_string();
+                        self.concurrency.backoff();
                         self.stats
                             .request(Operation::UpdateItem, Outcome::Throttled, elapsed);
                         self.stats.throttled(code);

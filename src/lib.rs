@@ -14,6 +14,7 @@
 //! - [`shard`]: the router thread that spreads writes over shards by key hash, and the shard task
 //!   that owns a [`coalesce::Coalescer`] and starts flushes.
 //! - [`coalesce`]: the write algebra — at most one pending write per key — as a pure structure.
+//! - [`concurrency`]: the adaptive (AIMD) limit on flushes in flight.
 //! - [`flush`]: one flush on the wire: BatchWriteItem for puts and deletes, UpdateItem for updates
 //!   and set changes, retries with full-jitter backoff, poison isolation.
 //! - [`pipeline`]: wires the stages together; start, submit handle, drain on shutdown.
@@ -39,6 +40,7 @@
 
 pub mod adapter;
 pub mod coalesce;
+pub mod concurrency;
 pub mod config;
 pub mod deadletter;
 pub mod dynamo;

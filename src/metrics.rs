@@ -280,7 +280,7 @@ fn describe() {
     describe_gauge!("mqtt_dynamo_flushes_in_flight", "Flushes running.");
     describe_gauge!(
         "mqtt_dynamo_flushes_in_flight_limit",
-        "The limit on flushes running (pipeline.max_in_flight)."
+        "The adaptive limit on flushes running (AIMD within pipeline.min_in_flight..=max_in_flight)."
     );
     describe_gauge!("mqtt_dynamo_build_info", "1, labelled with the version.");
 }

@@ -9,7 +9,9 @@
 use std::sync::Arc;
 
 use aws_sdk_dynamodb::Client;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
+
+use crate::concurrency::Concurrency;
 use tracing::error;
 
 use crate::config::{DynamoConfig, PipelineConfig};
@@ -32,6 +34,8 @@ pub struct Pipeline {
     reader: Option<Arc<Reader>>,
     /// Shared with the shards; kept here to configure it after start.
     flusher: Arc<Flusher>,
+    /// The adaptive limit on flushes in flight (for the gauge).
+    concurrency: Arc<Concurrency>,
 }
 
 /// A cheap, cloneable handle for submitting events from any thread, and for lookups.
@@ -42,6 +46,7 @@ pub struct PipelineHandle {
     limits: Limits,
     /// The read side over the same tables and writes (`None` when `lookup.enabled` is off).
     reader: Option<Arc<Reader>>,
+    concurrency: Arc<Concurrency>,
 }
 
 /// The configured limits, for the capacity gauges.
@@ -51,7 +56,6 @@ struct Limits {
     ingest_bytes: usize,
     pending_keys: usize,
     pending_bytes: usize,
-    in_flight: usize,
 }
 
 impl PipelineHandle {
@@ -95,6 +99,11 @@ impl PipelineHandle {
         deadline: Option<std::time::Instant>,
     ) -> Result<(), SubmitError> {
         self.ingest.submit_ops(ops, deadline)
+    }
+
+    /// The current (adaptive) limit on flushes in flight.
+    pub fn in_flight_limit(&self) -> usize {
+        self.concurrency.limit()
     }
 
     /// Lookups that see this pipeline's accepted writes.
@@ -145,7 +154,7 @@ impl PipelineHandle {
         }
         metrics::gauge!("mqtt_dynamo_flushes_in_flight")
             .set(self.stats.flushes_in_flight.load(Relaxed).max(0) as f64);
-        metrics::gauge!("mqtt_dynamo_flushes_in_flight_limit").set(l.in_flight as f64);
+        metrics::gauge!("mqtt_dynamo_flushes_in_flight_limit").set(self.concurrency.limit() as f64);
         if let Some(reader) = &self.reader {
             let state = reader.state();
             let (retained, offline) = state.indexed_topics();
@@ -229,14 +238,19 @@ impl Pipeline {
                     ),
                 )
             })?;
+        let concurrency = Arc::new(Concurrency::new(
+            cfg.min_in_flight,
+            cfg.max_in_flight,
+            cfg.adaptive_concurrency,
+        ));
         let flusher = Arc::new(Flusher::new(
+            Arc::clone(&concurrency),
             client,
             TableNames::new(dynamo),
             cfg.retry.clone(),
             Arc::clone(&stats),
             dead_letters,
         ));
-        let permits = Arc::new(Semaphore::new(cfg.max_in_flight));
         let shard_flusher = Arc::clone(&flusher);
         let mut senders = Vec::with_capacity(cfg.shards);
         let mut shards = Vec::with_capacity(cfg.shards);
@@ -246,7 +260,7 @@ impl Pipeline {
             let shard = Shard::new(
                 rx,
                 Arc::clone(&shard_flusher),
-                Arc::clone(&permits),
+                Arc::clone(&concurrency),
                 cfg.clone(),
                 Arc::clone(&stats),
                 read.clone(),
@@ -278,10 +292,10 @@ impl Pipeline {
                 ingest_bytes: cfg.ingest_capacity_bytes,
                 pending_keys: cfg.max_pending_keys * cfg.shards,
                 pending_bytes: cfg.max_pending_bytes * cfg.shards,
-                in_flight: cfg.max_in_flight,
             },
             reader: None,
             flusher,
+            concurrency,
         })
     }
 
@@ -291,6 +305,7 @@ impl Pipeline {
             stats: Arc::clone(&self.stats),
             limits: self.limits,
             reader: self.reader.clone(),
+            concurrency: Arc::clone(&self.concurrency),
         }
     }
 

@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use tracing::error;
 
 use crate::coalesce::{Coalescer, PushOutcome, Seqs};
+use crate::concurrency::Concurrency;
 use crate::config::PipelineConfig;
 use crate::flush::{Completed, Flusher};
 use crate::ingest::{ByteBudget, IngestMsg};
@@ -96,7 +97,9 @@ pub(crate) struct Shard {
     inbox: mpsc::Receiver<ShardMsg>,
     coalescer: Coalescer,
     flusher: Arc<Flusher>,
-    /// Flushes in flight across all shards (`pipeline.max_in_flight`).
+    /// The adaptive limit on flushes in flight across all shards; its semaphore hands out one
+    /// permit per flush.
+    concurrency: Arc<Concurrency>,
     permits: Arc<Semaphore>,
     /// A permit acquired while waiting, used by the next flush.
     spare: Option<OwnedSemaphorePermit>,
@@ -116,7 +119,7 @@ impl Shard {
     pub fn new(
         inbox: mpsc::Receiver<ShardMsg>,
         flusher: Arc<Flusher>,
-        permits: Arc<Semaphore>,
+        concurrency: Arc<Concurrency>,
         cfg: PipelineConfig,
         stats: Arc<Stats>,
         read: Option<Arc<ReadState>>,
@@ -126,7 +129,8 @@ impl Shard {
             inbox,
             coalescer: Coalescer::new(),
             flusher,
-            permits,
+            permits: Arc::clone(concurrency.permits()),
+            concurrency,
             spare: None,
             flushes: JoinSet::new(),
             flush_keys: HashMap::new(),
@@ -196,9 +200,10 @@ impl Shard {
             self.stats.flushed(trigger, requests, bytes);
             let keys = writes.iter().map(|t| (t.key.clone(), t.seqs)).collect();
             let flusher = Arc::clone(&self.flusher);
+            let concurrency = Arc::clone(&self.concurrency);
             let handle = self.flushes.spawn(async move {
                 let done = flusher.flush(writes).await;
-                drop(permit);
+                concurrency.release(permit);
                 done
             });
             self.flush_keys.insert(handle.id(), keys);

@@ -467,6 +467,57 @@ async fn twenty_percent_throttled_then_tables_equal_the_model() {
     );
 }
 
+/// A table write limit (60 WCU/s per table) DynamoDB enforces (ProvisionedThroughputExceeded
+/// and UnprocessedItems):
+/// the flushes in flight drop from 32 towards the floor instead of hammering it, and everything
+/// is still written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_halves_the_flushes_in_flight() {
+    let backend = Backend::simulator(dynamo_sim::SimConfig {
+        limits: dynamo_sim::Limits {
+            table_wcu: Some(60),
+            key_wcu: None,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let mut cfg = backend.config();
+    cfg.pipeline.max_batch_age = Duration::from_millis(2);
+    cfg.pipeline.retry.initial_backoff = Duration::from_millis(5);
+    cfg.pipeline.retry.max_backoff = Duration::from_millis(200);
+    let (client, _) = backend.prepare(&cfg).await;
+    let pipeline = Pipeline::from_config(&cfg, client.clone()).unwrap();
+    let handle = pipeline.handle();
+    assert_eq!(handle.in_flight_limit(), 32);
+    let events = hot_key_events(1_500);
+    for e in &events {
+        handle.submit_timeout(e, Duration::from_secs(10)).unwrap();
+    }
+    // Watch the limit while the pipeline works through the backlog.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let handle = handle.clone();
+        let stop = std::sync::Arc::clone(&stop);
+        tokio::spawn(async move {
+            let mut lowest = usize::MAX;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                lowest = lowest.min(handle.in_flight_limit());
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            lowest.min(handle.in_flight_limit())
+        })
+    };
+    let stats = pipeline.shutdown().await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let lowest = watcher.await.unwrap();
+    assert!(lowest <= 4, "the limit came down to {lowest}: {stats}");
+    assert!(stats.throttles > 0, "{stats}");
+    assert_eq!(stats.dropped(), 0, "{stats}");
+    let got = scan_all(&client, &cfg).await;
+    assert_eq!(normalized(&got), expected(&events, &cfg));
+}
+
 /// 5xx answers, connection resets and responses stalled past the attempt timeout: every write
 /// is retried within its deadline and applied once in effect (the tables equal the model).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
