@@ -95,8 +95,8 @@ pub struct Flusher {
     stats: Arc<Stats>,
     /// Where given-up writes are recorded.
     dead_letters: crate::deadletter::DeadLetters,
-    /// `storage.max_msgid_set_kb` in bytes (0: no cap); set once after start.
-    msgid_cap: std::sync::atomic::AtomicUsize,
+    /// `storage.max_msgid_set_kb` in bytes (0: no cap).
+    msgid_cap: usize,
     /// Told how each request went, so the limit on flushes in flight adapts.
     concurrency: Arc<crate::concurrency::Concurrency>,
 }
@@ -120,6 +120,7 @@ impl Flusher {
         retry: RetryConfig,
         stats: Arc<Stats>,
         dead_letters: crate::deadletter::DeadLetters,
+        msgid_cap: usize,
     ) -> Self {
         Flusher {
             client,
@@ -127,15 +128,9 @@ impl Flusher {
             retry,
             stats,
             dead_letters,
-            msgid_cap: std::sync::atomic::AtomicUsize::new(0),
+            msgid_cap,
             concurrency,
         }
-    }
-
-    /// Caps the size of `mqtt_topic_msg_map` items (bytes; 0 = no cap).
-    pub fn set_msgid_cap(&self, bytes: usize) {
-        self.msgid_cap
-            .store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Removes the oldest ids (by GUID: time, then sequence; ids that are not GUIDs first) from `key`'s set
@@ -613,7 +608,7 @@ impl Flusher {
                     self.stats.written(key.table, 1);
                     // An update costs the larger of the item before and after, in KB: the set
                     // item's size, without reading it.
-                    let cap = self.msgid_cap.load(std::sync::atomic::Ordering::Relaxed);
+                    let cap = self.msgid_cap;
                     if let (Some(attr), Some(units)) = (spec.adds_to.as_deref(), units)
                         && cap > 0
                         && units * 1024.0 > cap as f64
@@ -647,7 +642,7 @@ impl Flusher {
                         // The set reached DynamoDB's 400 KB: make room, then add again.
                         self.stats
                             .request(Operation::UpdateItem, Outcome::Rejected, elapsed);
-                        let cap = match self.msgid_cap.load(std::sync::atomic::Ordering::Relaxed) {
+                        let cap = match self.msgid_cap {
                             0 => crate::item::MAX_ITEM_BYTES,
                             c => c.min(crate::item::MAX_ITEM_BYTES),
                         };

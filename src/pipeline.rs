@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use crate::concurrency::Concurrency;
 use tracing::error;
 
-use crate::config::{DynamoConfig, PipelineConfig};
+use crate::config::{DynamoConfig, PipelineConfig, StorageConfig};
 use crate::event::HookEvent;
 use crate::flush::{Flusher, TableNames};
 use crate::ingest::{ByteBudget, Ingest, SubmitError};
@@ -32,8 +32,6 @@ pub struct Pipeline {
     stats: Arc<Stats>,
     limits: Limits,
     reader: Option<Arc<Reader>>,
-    /// Shared with the shards; kept here to configure it after start.
-    flusher: Arc<Flusher>,
     /// The adaptive limit on flushes in flight (for the gauge).
     concurrency: Arc<Concurrency>,
 }
@@ -203,14 +201,11 @@ impl Pipeline {
         let mut pipeline = Pipeline::start(
             &cfg.pipeline,
             &cfg.dynamodb,
-            cfg.storage.format(),
+            &cfg.storage,
             cfg.rule_set()?,
             client,
             read,
         )?;
-        pipeline
-            .flusher
-            .set_msgid_cap(cfg.storage.max_msgid_set_kb * 1024);
         pipeline.reader = reader;
         Ok(pipeline)
     }
@@ -219,11 +214,12 @@ impl Pipeline {
     pub fn start(
         cfg: &PipelineConfig,
         dynamo: &DynamoConfig,
-        format: StorageFormat,
+        storage: &StorageConfig,
         rules: RuleSet,
         client: Client,
         read: Option<Arc<ReadState>>,
     ) -> std::io::Result<Pipeline> {
+        let format = storage.format();
         let stats = Arc::new(Stats::default());
         let dead_letters = crate::deadletter::DeadLetters::open(cfg.dead_letter_path.as_deref())
             .map_err(|e| {
@@ -250,8 +246,8 @@ impl Pipeline {
             cfg.retry.clone(),
             Arc::clone(&stats),
             dead_letters,
+            storage.max_msgid_set_kb * 1024,
         ));
-        let shard_flusher = Arc::clone(&flusher);
         let mut senders = Vec::with_capacity(cfg.shards);
         let mut shards = Vec::with_capacity(cfg.shards);
         for _ in 0..cfg.shards {
@@ -259,7 +255,7 @@ impl Pipeline {
             senders.push(tx);
             let shard = Shard::new(
                 rx,
-                Arc::clone(&shard_flusher),
+                Arc::clone(&flusher),
                 Arc::clone(&concurrency),
                 cfg.clone(),
                 Arc::clone(&stats),
@@ -294,7 +290,6 @@ impl Pipeline {
                 pending_bytes: cfg.max_pending_bytes * cfg.shards,
             },
             reader: None,
-            flusher,
             concurrency,
         })
     }

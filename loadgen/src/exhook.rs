@@ -87,21 +87,9 @@ impl Published {
     }
 }
 
-/// The client an event belongs to (the publisher of a publish).
-pub fn client_of(e: &HookEvent) -> &str {
-    match e {
-        HookEvent::ClientConnected { client, .. }
-        | HookEvent::ClientDisconnected { client, .. }
-        | HookEvent::SessionSubscribed { client, .. }
-        | HookEvent::SessionUnsubscribed { client, .. }
-        | HookEvent::MessageAcked { client, .. } => &client.clientid,
-        HookEvent::MessagePublish { message } => &message.from,
-    }
-}
-
 fn worker_of(e: &HookEvent, workers: usize) -> usize {
     let mut h = DefaultHasher::new();
-    client_of(e).hash(&mut h);
+    e.clientid().hash(&mut h);
     (h.finish() % workers as u64) as usize
 }
 

@@ -290,7 +290,7 @@ fn write_ops(args: &Args, out: &std::path::Path) -> Result<(), String> {
             _ => (None, None),
         };
         let line = json!({
-            "client": exhook::client_of(&event),
+            "client": event.clientid(),
             "waits_for": waits_for,
             "publishes": publishes,
             "ops": ops,
