@@ -228,6 +228,14 @@ impl Coalescer {
         Self::default()
     }
 
+    /// The lowest op number folded into any pending write (not counting writes handed out).
+    pub fn min_seq(&self) -> Option<u64> {
+        self.entries
+            .values()
+            .flat_map(|e| e.writes.iter().map(|(_, seqs)| seqs.first))
+            .min()
+    }
+
     /// Folds `op`, accepted at `accepted`, into the pending writes.
     pub fn push(&mut self, op: Op, accepted: Instant) -> PushOutcome {
         self.push_numbered(op, accepted, 0).0

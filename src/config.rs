@@ -354,6 +354,58 @@ pub struct PipelineConfig {
     /// JSON lines; unset: such writes are only counted and logged.
     pub dead_letter_path: Option<std::path::PathBuf>,
     pub retry: RetryConfig,
+    /// The durable spool between ingest and the router (off by default).
+    pub spool: SpoolConfig,
+}
+
+/// When the spool makes an appended event durable before the hook is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    /// Acknowledge after the fsync that covers the event (group commit: one fsync covers every
+    /// event appended while the previous one ran). Survives a crash of the machine.
+    #[default]
+    Always,
+    /// Acknowledge once the event is written to the operating system; fsync every
+    /// `fsync_interval`. Survives a crash of the service (kill -9), not of the machine: a power
+    /// loss can lose the last interval.
+    Interval,
+}
+
+/// `[pipeline.spool]`: the on-disk write-ahead log between ingest and the router.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    pub enabled: bool,
+    /// Directory of the segment files (created if missing). One service per directory.
+    pub dir: std::path::PathBuf,
+    pub fsync: FsyncPolicy,
+    /// How often `fsync = "interval"` syncs.
+    #[serde(with = "humantime_serde")]
+    pub fsync_interval: Duration,
+    /// A segment is sealed and a new one started past this size …
+    pub segment_mb: u64,
+    /// … or when it has events and is this old (so a quiet spool still frees disk).
+    #[serde(with = "humantime_serde")]
+    pub segment_age: Duration,
+    /// The bound on the spool's disk use. When it is reached, new events are refused as if the
+    /// ingest queue were full: the adapters' `when_full` policy applies (block, then drop and
+    /// count), and nothing already spooled is touched.
+    pub max_mb: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            enabled: false,
+            dir: std::path::PathBuf::from("mqtt-dynamo-spool"),
+            fsync: FsyncPolicy::Always,
+            fsync_interval: Duration::from_millis(10),
+            segment_mb: 16,
+            segment_age: Duration::from_secs(10),
+            max_mb: 1024,
+        }
+    }
 }
 
 impl Default for PipelineConfig {
@@ -373,6 +425,7 @@ impl Default for PipelineConfig {
             adaptive_concurrency: true,
             dead_letter_path: None,
             retry: RetryConfig::default(),
+            spool: SpoolConfig::default(),
         }
     }
 }
@@ -565,6 +618,24 @@ impl Config {
                 "pipeline.retry",
                 "initial_backoff must be positive and at most max_backoff",
             );
+        }
+        let spool = &p.spool;
+        if spool.enabled {
+            if spool.segment_mb == 0 {
+                return invalid("pipeline.spool.segment_mb", "must be at least 1");
+            }
+            if spool.max_mb < 2 * spool.segment_mb {
+                return invalid(
+                    "pipeline.spool.max_mb",
+                    "must be at least twice pipeline.spool.segment_mb",
+                );
+            }
+            if spool.fsync == FsyncPolicy::Interval && spool.fsync_interval.is_zero() {
+                return invalid("pipeline.spool.fsync_interval", "must be positive");
+            }
+            if spool.segment_age.is_zero() {
+                return invalid("pipeline.spool.segment_age", "must be positive");
+            }
         }
         if self.exhook.tls_cert.is_some() != self.exhook.tls_key.is_some() {
             return invalid("exhook.tls_cert", "tls_cert and tls_key go together");

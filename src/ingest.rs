@@ -5,6 +5,10 @@
 //! [`Ingest::submit_timeout`] waits up to its deadline for room, then fails the same way. Either way
 //! the refusal is counted (`mqtt_dynamo_events_rejected_total{reason="queue_full"}`) and the caller
 //! decides what the broker sees. Nothing that was accepted is dropped here.
+//!
+//! With the spool on (`[pipeline.spool]`), an accepted event is appended to the spool instead and
+//! the spool's feeder queues it; "full" then means the spool's disk bound, and an accepted event
+//! is acknowledged only once it is durable under the spool's fsync policy.
 
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -16,6 +20,7 @@ use crate::event::HookEvent;
 use crate::item::Op;
 use crate::lookup::ReadState;
 use crate::rules::{ActionScope, EventError, RuleSet, StorageFormat};
+use crate::spool::{Spool, SpoolError};
 use crate::stats::{RejectReason, Stats};
 
 /// Why an event was not accepted. Nothing of a refused event is queued.
@@ -31,6 +36,41 @@ pub enum SubmitError {
     TooLarge { needed: usize, limit: usize },
     #[error("the pipeline is shut down")]
     Closed,
+    /// The spool could not take the event (a write or fsync error); nothing of it is queued.
+    #[error("{0}")]
+    Spool(String),
+}
+
+/// What an accepted event still waits for before it may be acknowledged: nothing without the
+/// spool, the fsync covering its record with it.
+#[derive(Debug)]
+#[must_use = "an event is durable only once its receipt says so"]
+pub struct Receipt(Option<(Arc<Spool>, u64)>);
+
+impl Receipt {
+    /// Waits (async) until the event is durable under the spool's fsync policy.
+    pub async fn durable(self) -> Result<(), SubmitError> {
+        match self.0 {
+            Some((spool, ticket)) => spool.synced(ticket).await.map_err(spool_error),
+            None => Ok(()),
+        }
+    }
+
+    /// Blocks until the event is durable under the spool's fsync policy.
+    pub fn wait(self) -> Result<(), SubmitError> {
+        match self.0 {
+            Some((spool, ticket)) => spool.wait_synced(ticket).map_err(spool_error),
+            None => Ok(()),
+        }
+    }
+}
+
+fn spool_error(e: SpoolError) -> SubmitError {
+    match e {
+        SpoolError::Full { .. } => SubmitError::Full,
+        SpoolError::Closed => SubmitError::Closed,
+        other => SubmitError::Spool(other.to_string()),
+    }
 }
 
 /// One accepted event's writes.
@@ -48,7 +88,11 @@ pub(crate) struct Envelope {
 #[derive(Debug)]
 pub(crate) enum IngestMsg {
     Event(Envelope),
-    /// Sent once, after the last event, by [`Ingest::close`].
+    /// From the spool's feeder, after the last record of a segment: every op numbered up to this
+    /// has been queued; shards acknowledge it once those ops are settled.
+    Barrier(u64),
+    /// Sent once, after the last event, by [`Ingest::close`] (by the spool's feeder when the
+    /// spool is on).
     Shutdown,
 }
 
@@ -59,7 +103,7 @@ pub(crate) enum IngestMsg {
 pub(crate) struct ByteBudget {
     used: Mutex<usize>,
     freed: Condvar,
-    limit: usize,
+    pub(crate) limit: usize,
 }
 
 impl ByteBudget {
@@ -72,7 +116,7 @@ impl ByteBudget {
     }
 
     /// Reserves `n` bytes, waiting until `deadline` (if any) for room.
-    fn reserve(&self, n: usize, deadline: Option<Instant>) -> bool {
+    pub(crate) fn reserve(&self, n: usize, deadline: Option<Instant>) -> bool {
         let Ok(mut used) = self.used.lock() else {
             return false;
         };
@@ -123,6 +167,8 @@ pub struct Ingest {
     capacity: usize,
     /// Where accepted ops are numbered and recorded for lookups (read-your-writes, indexes).
     read: Option<Arc<ReadState>>,
+    /// The durable spool, when on: accepted events go there, and its feeder queues them.
+    spool: Option<Arc<Spool>>,
 }
 
 impl Ingest {
@@ -144,7 +190,32 @@ impl Ingest {
             stats,
             capacity,
             read,
+            spool: None,
         }
+    }
+
+    /// Sends accepted events through `spool` (whose feeder then queues them).
+    pub(crate) fn with_spool(mut self, spool: Option<Arc<Spool>>) -> Self {
+        self.spool = spool;
+        self
+    }
+
+    fn receipt(&self, ticket: Option<u64>) -> Receipt {
+        Receipt(
+            self.spool
+                .as_ref()
+                .zip(ticket)
+                .map(|(s, t)| (Arc::clone(s), t)),
+        )
+    }
+
+    /// Waits for an accepted event's durability (blocking), counting a failure as a refusal.
+    fn settle(&self, result: Result<Option<u64>, SubmitError>) -> Result<(), SubmitError> {
+        let waited = result.and_then(|ticket| self.receipt(ticket).wait());
+        if let Err(e @ SubmitError::Spool(_)) = &waited {
+            self.count_rejection(e);
+        }
+        waited.map(|_| ())
     }
 
     /// Queues writes that come from no hook (the subscription API), waiting until `deadline`
@@ -154,17 +225,17 @@ impl Ingest {
         if let Err(e) = &result {
             self.count_rejection(e);
         }
-        result
+        self.settle(result)
     }
 
     /// Accepts `event` if there is room now; never blocks.
     pub fn submit(&self, event: &HookEvent) -> Result<(), SubmitError> {
-        self.enqueue(event, None, ActionScope::All)
+        self.settle(self.enqueue(event, None, ActionScope::All))
     }
 
     /// Accepts `event`, waiting up to `timeout` for room.
     pub fn submit_timeout(&self, event: &HookEvent, timeout: Duration) -> Result<(), SubmitError> {
-        self.enqueue(event, Some(Instant::now() + timeout), ActionScope::All)
+        self.settle(self.enqueue(event, Some(Instant::now() + timeout), ActionScope::All))
     }
 
     /// Accepts `event` for the rules `scope` admits, waiting until `deadline` (if any) for room.
@@ -174,19 +245,24 @@ impl Ingest {
         scope: ActionScope,
         deadline: Option<Instant>,
     ) -> Result<(), SubmitError> {
-        self.enqueue(event, deadline, scope)
+        self.settle(self.enqueue(event, deadline, scope))
     }
 
-    /// Like [`Ingest::submit_scoped`] without waiting, and without counting a `Full` refusal: for
-    /// callers that will wait and try again (and count the final outcome).
-    pub fn probe_scoped(&self, event: &HookEvent, scope: ActionScope) -> Result<(), SubmitError> {
+    /// Like [`Ingest::submit_scoped`] without waiting for room, and without counting a `Full`
+    /// refusal: for callers that will wait and try again (and count the final outcome). The
+    /// receipt says when the event is durable (at once without the spool).
+    pub fn probe_scoped(
+        &self,
+        event: &HookEvent,
+        scope: ActionScope,
+    ) -> Result<Receipt, SubmitError> {
         match self.try_enqueue(event, None, scope) {
             Err(SubmitError::Full) => Err(SubmitError::Full),
             other => {
                 if let Err(e) = &other {
                     self.count_rejection(e);
                 }
-                other
+                other.map(|ticket| self.receipt(ticket))
             }
         }
     }
@@ -196,7 +272,7 @@ impl Ingest {
         event: &HookEvent,
         deadline: Option<Instant>,
         scope: ActionScope,
-    ) -> Result<(), SubmitError> {
+    ) -> Result<Option<u64>, SubmitError> {
         let result = self.try_enqueue(event, deadline, scope);
         if let Err(e) = &result {
             self.count_rejection(e);
@@ -204,11 +280,17 @@ impl Ingest {
         result
     }
 
+    /// Counts a `Full` refusal [`Ingest::probe_scoped`] left uncounted.
+    pub fn count_full(&self) {
+        self.count_rejection(&SubmitError::Full);
+    }
+
     fn count_rejection(&self, e: &SubmitError) {
         self.stats.event_rejected(match e {
             SubmitError::Full | SubmitError::TooLarge { .. } => RejectReason::QueueFull,
             SubmitError::Invalid(_) => RejectReason::Invalid,
             SubmitError::Closed => RejectReason::Closed,
+            SubmitError::Spool(_) => RejectReason::SpoolError,
         });
     }
 
@@ -217,18 +299,19 @@ impl Ingest {
         event: &HookEvent,
         deadline: Option<Instant>,
         scope: ActionScope,
-    ) -> Result<(), SubmitError> {
+    ) -> Result<Option<u64>, SubmitError> {
         let ops = self.rules.plan_scoped(event, &self.format, scope)?;
         self.enqueue_ops(ops, deadline, Some(event.hook()))
     }
 
-    /// Queues one event's (or one API call's) writes, all or nothing.
+    /// Queues one event's (or one API call's) writes, all or nothing. Returns the spool ticket
+    /// to wait on when the spool is on.
     fn enqueue_ops(
         &self,
         ops: Vec<Op>,
         deadline: Option<Instant>,
         hook: Option<crate::event::HookPoint>,
-    ) -> Result<(), SubmitError> {
+    ) -> Result<Option<u64>, SubmitError> {
         let closed = self.closed.read().map_err(|_| SubmitError::Closed)?;
         if *closed {
             return Err(SubmitError::Closed);
@@ -238,7 +321,7 @@ impl Ingest {
             if let Some(hook) = hook {
                 self.stats.event_received(hook, 0);
             }
-            return Ok(());
+            return Ok(None);
         }
         let bytes: usize = ops.iter().map(Op::size).sum();
         if bytes > self.budget.limit {
@@ -246,6 +329,18 @@ impl Ingest {
                 needed: bytes,
                 limit: self.budget.limit,
             });
+        }
+        if let Some(spool) = &self.spool {
+            let changes = self.read.as_ref().map(|_| ReadState::index_changes(&ops));
+            // Numbered (and recorded for lookups) inside the append, in file order.
+            let appended = spool.append(&ops, deadline).map_err(spool_error)?;
+            if let (Some(read), Some(changes)) = (&self.read, changes) {
+                read.apply_index(changes);
+            }
+            if let Some(hook) = hook {
+                self.stats.event_received(hook, n_ops);
+            }
+            return Ok(Some(appended.ticket));
         }
         if !self.budget.reserve(bytes, deadline) {
             return Err(SubmitError::Full);
@@ -280,7 +375,7 @@ impl Ingest {
                 if let Some(hook) = hook {
                     self.stats.event_received(hook, n_ops);
                 }
-                Ok(())
+                Ok(None)
             }
             Err((e, refused)) => {
                 self.budget.release(bytes);
@@ -300,8 +395,14 @@ impl Ingest {
         };
         if !*closed {
             *closed = true;
-            // The receiver lives as long as the router; if it is gone there is nothing to stop.
-            let _ = self.tx.send(IngestMsg::Shutdown);
+            match &self.spool {
+                // The feeder queues the marker after the spool's last record.
+                Some(spool) => spool.close(),
+                // The receiver lives as long as the router; if it is gone there is nothing to stop.
+                None => {
+                    let _ = self.tx.send(IngestMsg::Shutdown);
+                }
+            }
         }
     }
 

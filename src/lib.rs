@@ -11,6 +11,8 @@
 //!   turns one event into the writes of the storage contract. [`topic`] matches MQTT filters;
 //!   [`guid`] converts EMQX message ids between hex and base62.
 //! - [`ingest`]: the bounded crossbeam queue callers submit into (limits in events and bytes).
+//! - [`spool`]: the optional on-disk write-ahead log between ingest and the router (group-commit
+//!   fsync, replay after a crash, segments deleted once durable in DynamoDB, bounded disk).
 //! - [`shard`]: the router thread that spreads writes over shards by key hash, and the shard task
 //!   that owns a [`coalesce::Coalescer`] and starts flushes.
 //! - [`coalesce`]: the write algebra — at most one pending write per key — as a pure structure.
@@ -58,6 +60,7 @@ pub mod model;
 pub mod pipeline;
 pub mod rules;
 pub mod shard;
+pub mod spool;
 pub mod stats;
 pub mod tables;
 pub mod topic;

@@ -76,10 +76,23 @@ fn register() {
         RejectReason::QueueFull,
         RejectReason::Invalid,
         RejectReason::Closed,
+        RejectReason::SpoolError,
     ] {
         metrics::counter!("mqtt_dynamo_events_rejected_total", "reason" => reason.as_str())
             .absolute(0);
     }
+    for outcome in ["appended", "replayed", "refused", "failed", "cut"] {
+        metrics::counter!("mqtt_dynamo_spool_records_total", "outcome" => outcome).absolute(0);
+    }
+    for gauge in [
+        "mqtt_dynamo_spool_bytes",
+        "mqtt_dynamo_spool_capacity_bytes",
+        "mqtt_dynamo_spool_backlog_bytes",
+        "mqtt_dynamo_spool_segments",
+    ] {
+        metrics::gauge!(gauge).set(0.0);
+    }
+    let _ = metrics::histogram!("mqtt_dynamo_spool_fsync_duration_seconds");
     for adapter in ["exhook", "http"] {
         metrics::counter!("mqtt_dynamo_hook_events_dropped_total", "adapter" => adapter, "reason" => "queue_full")
             .absolute(0);
@@ -152,6 +165,27 @@ fn register() {
 }
 
 fn describe() {
+    describe_counter!(
+        "mqtt_dynamo_spool_records_total",
+        "Spool records by outcome: appended, replayed after a restart, refused (full or write error), failed, cut (torn or damaged)."
+    );
+    describe_gauge!(
+        "mqtt_dynamo_spool_bytes",
+        "Bytes of spool segments on disk."
+    );
+    describe_gauge!(
+        "mqtt_dynamo_spool_capacity_bytes",
+        "The spool's disk bound (pipeline.spool.max_mb), in bytes."
+    );
+    describe_gauge!(
+        "mqtt_dynamo_spool_backlog_bytes",
+        "Spooled bytes not yet handed to the pipeline."
+    );
+    describe_gauge!("mqtt_dynamo_spool_segments", "Spool segment files.");
+    describe_histogram!(
+        "mqtt_dynamo_spool_fsync_duration_seconds",
+        "Duration of one spool fsync, seconds."
+    );
     describe_counter!(
         "mqtt_dynamo_msgids_trimmed_total",
         "Message ids removed from mqtt_topic_msg_map sets at their size cap (storage.max_msgid_set_kb)."

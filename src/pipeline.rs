@@ -5,6 +5,9 @@
 //!  (any thread; plans writes,          (splits by key      (bounded)                   (coalesce, flush,
 //!   bounded in events and bytes)        hash)                                           ≤ max_in_flight)
 //! ```
+//!
+//! With `[pipeline.spool]` on, submit appends to the [`crate::spool`] instead, and the spool's
+//! feeder thread is the only sender on the ingest queue.
 
 use std::sync::Arc;
 
@@ -21,6 +24,7 @@ use crate::ingest::{ByteBudget, Ingest, SubmitError};
 use crate::lookup::{ReadState, Reader};
 use crate::rules::{RuleSet, StorageFormat};
 use crate::shard::{Shard, route};
+use crate::spool::Spool;
 use crate::stats::{Stats, StatsSnapshot};
 
 /// A running pipeline. Dropping it without [`Pipeline::shutdown`] abandons pending writes.
@@ -34,6 +38,9 @@ pub struct Pipeline {
     reader: Option<Arc<Reader>>,
     /// The adaptive limit on flushes in flight (for the gauge).
     concurrency: Arc<Concurrency>,
+    /// The spool's feeder and syncer threads (when the spool is on); they end after the router
+    /// has its shutdown marker and the last fsync.
+    spool_threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// A cheap, cloneable handle for submitting events from any thread, and for lookups.
@@ -81,13 +88,19 @@ impl PipelineHandle {
         self.ingest.submit_scoped(event, scope, deadline)
     }
 
-    /// Tries once without waiting; a `Full` refusal is not counted (the caller retries or counts).
+    /// Tries once without waiting for room; a `Full` refusal is not counted (the caller retries
+    /// or calls [`PipelineHandle::count_full`]). The receipt says when the event is durable.
     pub fn probe_scoped(
         &self,
         event: &HookEvent,
         scope: crate::rules::ActionScope,
-    ) -> Result<(), SubmitError> {
+    ) -> Result<crate::ingest::Receipt, SubmitError> {
         self.ingest.probe_scoped(event, scope)
+    }
+
+    /// Counts a `Full` refusal that [`PipelineHandle::probe_scoped`] left uncounted.
+    pub fn count_full(&self) {
+        self.ingest.count_full();
     }
 
     /// Queues writes that come from no hook (the subscription API), waiting until `deadline`.
@@ -250,10 +263,44 @@ impl Pipeline {
         ));
         let mut senders = Vec::with_capacity(cfg.shards);
         let mut shards = Vec::with_capacity(cfg.shards);
-        for _ in 0..cfg.shards {
+        let spool = if cfg.spool.enabled {
+            Some(
+                Spool::open(&cfg.spool, cfg.shards, read.clone()).map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("cannot open the spool {}: {e}", cfg.spool.dir.display()),
+                    )
+                })?,
+            )
+        } else {
+            None
+        };
+        let (tx, rx) = crossbeam_channel::bounded(cfg.ingest_capacity_events);
+        let budget = Arc::new(ByteBudget::new(cfg.ingest_capacity_bytes));
+        let mut spool_threads = Vec::new();
+        if let Some(spool) = &spool {
+            let (spool_feed, tx, budget, read) = (
+                Arc::clone(spool),
+                tx.clone(),
+                Arc::clone(&budget),
+                read.clone(),
+            );
+            spool_threads.push(
+                std::thread::Builder::new()
+                    .name("mqtt-dynamo-spool-feed".into())
+                    .spawn(move || crate::spool::feed::run(spool_feed, tx, budget, read))?,
+            );
+            let spool_sync = Arc::clone(spool);
+            spool_threads.push(
+                std::thread::Builder::new()
+                    .name("mqtt-dynamo-spool-sync".into())
+                    .spawn(move || spool_sync.run_syncer())?,
+            );
+        }
+        for index in 0..cfg.shards {
             let (tx, rx) = mpsc::channel(cfg.shard_queue_capacity);
             senders.push(tx);
-            let shard = Shard::new(
+            let mut shard = Shard::new(
                 rx,
                 Arc::clone(&flusher),
                 Arc::clone(&concurrency),
@@ -261,23 +308,27 @@ impl Pipeline {
                 Arc::clone(&stats),
                 read.clone(),
             );
+            if let Some(spool) = &spool {
+                shard = shard.with_spool(Arc::clone(spool), index);
+            }
             shards.push(tokio::spawn(shard.run()));
         }
-        let (tx, rx) = crossbeam_channel::bounded(cfg.ingest_capacity_events);
-        let budget = Arc::new(ByteBudget::new(cfg.ingest_capacity_bytes));
         let router_budget = Arc::clone(&budget);
         let router = std::thread::Builder::new()
             .name("mqtt-dynamo-router".into())
             .spawn(move || route(rx, senders, router_budget))?;
-        let ingest = Arc::new(Ingest::new(
-            tx,
-            budget,
-            rules,
-            format,
-            Arc::clone(&stats),
-            cfg.ingest_capacity_events,
-            read,
-        ));
+        let ingest = Arc::new(
+            Ingest::new(
+                tx,
+                budget,
+                rules,
+                format,
+                Arc::clone(&stats),
+                cfg.ingest_capacity_events,
+                read,
+            )
+            .with_spool(spool),
+        );
         Ok(Pipeline {
             ingest,
             router: Some(router),
@@ -291,6 +342,7 @@ impl Pipeline {
             },
             reader: None,
             concurrency,
+            spool_threads,
         })
     }
 
@@ -322,6 +374,13 @@ impl Pipeline {
             if let Err(e) = shard.await {
                 error!(error = %e, "a shard task failed during shutdown");
             }
+        }
+        let threads = std::mem::take(&mut self.spool_threads);
+        let joined =
+            tokio::task::spawn_blocking(move || threads.into_iter().all(|t| t.join().is_ok()))
+                .await;
+        if !matches!(joined, Ok(true)) {
+            error!("a spool thread failed during shutdown");
         }
         self.stats.snapshot()
     }

@@ -30,9 +30,15 @@ pub(crate) enum ShardMsg {
     /// The writes of one event that hash to this shard, in event order, with their ingest
     /// sequence numbers.
     Ops(Vec<(Op, u64)>, Instant),
+    /// Every op numbered up to this that belongs to this shard is in its inbox ahead of the
+    /// barrier; acknowledge it to the spool once they are all settled.
+    Barrier(u64),
     /// No more writes will come: flush everything and exit.
     Shutdown,
 }
+
+/// How often a shard with barriers waiting checks them.
+const BARRIER_CHECK_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The shard a key belongs to. `DefaultHasher::new()` uses fixed keys, so this is stable.
 pub fn shard_of(key: &Key, shards: usize) -> usize {
@@ -78,6 +84,11 @@ pub(crate) fn route(
                     }
                 }
             }
+            IngestMsg::Barrier(b) => {
+                for shard in &shards {
+                    let _ = shard.blocking_send(ShardMsg::Barrier(b));
+                }
+            }
             IngestMsg::Shutdown => break,
         }
     }
@@ -113,6 +124,12 @@ pub(crate) struct Shard {
     draining: bool,
     /// The pending keys and bytes last added to the shared gauges.
     published: (i64, i64),
+    /// The spool to acknowledge barriers to, and this shard's index there.
+    spool: Option<(Arc<crate::spool::Spool>, usize)>,
+    /// Barriers received and not yet passed, oldest first.
+    barriers: std::collections::VecDeque<u64>,
+    /// When the barriers were last checked (a check walks every pending write).
+    barriers_checked: Instant,
 }
 
 impl Shard {
@@ -138,6 +155,52 @@ impl Shard {
             stats,
             draining: false,
             published: (0, 0),
+            spool: None,
+            barriers: Default::default(),
+            barriers_checked: Instant::now(),
+        }
+    }
+
+    /// Acknowledges barriers to `spool` as shard number `index`.
+    pub fn with_spool(mut self, spool: Arc<crate::spool::Spool>, index: usize) -> Self {
+        self.spool = Some((spool, index));
+        self
+    }
+
+    /// The lowest op number in any write this shard holds, pending or in flight.
+    fn lowest_live_seq(&self) -> Option<u64> {
+        let pending = self.coalescer.min_seq();
+        let in_flight = self
+            .flush_keys
+            .values()
+            .flat_map(|keys| keys.iter().map(|(_, seqs)| seqs.first))
+            .min();
+        pending.into_iter().chain(in_flight).min()
+    }
+
+    /// Passes every barrier no held write is older than. A check walks every pending write, so
+    /// it runs at most every 10 ms unless `force`d (at the end of a drain).
+    fn pass_barriers(&mut self, force: bool) {
+        let Some((spool, index)) = &self.spool else {
+            return;
+        };
+        if self.barriers.is_empty()
+            || (!force && self.barriers_checked.elapsed() < BARRIER_CHECK_INTERVAL)
+        {
+            return;
+        }
+        self.barriers_checked = Instant::now();
+        let low = self.lowest_live_seq();
+        let mut passed = None;
+        while let Some(&b) = self.barriers.front() {
+            if low.is_some_and(|low| low <= b) {
+                break;
+            }
+            passed = Some(b);
+            self.barriers.pop_front();
+        }
+        if let Some(b) = passed {
+            spool.barrier_passed(*index, b);
         }
     }
 
@@ -280,7 +343,9 @@ impl Shard {
         loop {
             self.dispatch();
             self.publish();
+            self.pass_barriers(false);
             if self.draining && self.coalescer.is_empty() && self.flushes.is_empty() {
+                self.pass_barriers(true);
                 return;
             }
             let now = Instant::now();
@@ -288,12 +353,16 @@ impl Shard {
             let accepting = !self.draining
                 && self.coalescer.len() < self.cfg.max_pending_keys
                 && self.coalescer.bytes() < self.cfg.max_pending_bytes;
-            let wake = match self.coalescer.oldest() {
+            let mut wake = match self.coalescer.oldest() {
                 Some(t) if !want_flush && self.coalescer.ready() > 0 => {
                     Some(t + self.cfg.max_batch_age)
                 }
                 _ => None,
             };
+            if !self.barriers.is_empty() {
+                let check = self.barriers_checked + BARRIER_CHECK_INTERVAL;
+                wake = Some(wake.map_or(check, |w| w.min(check)));
+            }
             let far = now + Duration::from_secs(3600);
             tokio::select! {
                 Some(joined) = self.flushes.join_next_with_id(), if !self.flushes.is_empty() => {
@@ -301,6 +370,10 @@ impl Shard {
                 }
                 msg = self.inbox.recv(), if accepting => match msg {
                     Some(ShardMsg::Ops(ops, accepted)) => self.push(ops, accepted),
+                    Some(ShardMsg::Barrier(b)) => {
+                        self.barriers.push_back(b);
+                        self.pass_barriers(true);
+                    }
                     Some(ShardMsg::Shutdown) | None => self.draining = true,
                 },
                 _ = tokio::time::sleep_until(wake.unwrap_or(far).into()), if wake.is_some() => {}

@@ -28,6 +28,8 @@ pub enum RejectReason {
     QueueFull,
     Invalid,
     Closed,
+    /// The spool could not write or sync the event.
+    SpoolError,
 }
 
 impl RejectReason {
@@ -36,6 +38,7 @@ impl RejectReason {
             RejectReason::QueueFull => "queue_full",
             RejectReason::Invalid => "invalid",
             RejectReason::Closed => "closed",
+            RejectReason::SpoolError => "spool_error",
         }
     }
 }
@@ -127,7 +130,7 @@ impl Outcome {
 #[derive(Debug)]
 pub struct Stats {
     events_received: [AtomicU64; 6],
-    rejected: [AtomicU64; 3],
+    rejected: [AtomicU64; 4],
     ops_planned: AtomicU64,
     /// Ops folded into an already pending write (including cancellations).
     coalesced: [AtomicU64; 6],

@@ -97,6 +97,7 @@ impl ExhookService {
                 "mqtt-dynamo's ingest queue is full; event dropped",
             )),
             Err(AdmitError::Closed) => Err(Status::unavailable("mqtt-dynamo is shutting down")),
+            Err(AdmitError::Unavailable(reason)) => Err(Status::unavailable(reason)),
         }
     }
 

@@ -534,6 +534,9 @@ async fn handle_ingest(
                     None,
                 );
             }
+            Err(AdmitError::Unavailable(reason)) => {
+                return error(StatusCode::SERVICE_UNAVAILABLE, reason, None);
+            }
             Err(AdmitError::Invalid(e)) => {
                 return error(StatusCode::BAD_REQUEST, e, Some(&format!("[{accepted}]")));
             }

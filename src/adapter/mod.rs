@@ -33,6 +33,9 @@ pub enum AdmitError {
     Dropped,
     #[error("the service is shutting down")]
     Closed,
+    /// The event could not be made durable (a spool write or fsync failed).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// The door between an adapter and the pipeline: submit, and when the queue is full apply the
@@ -95,7 +98,17 @@ impl Admission {
         let hook = event.hook().as_str();
         let first = match self.when_full {
             WhenFull::Block => self.handle.probe_scoped(&event, scope),
-            WhenFull::Drop => self.handle.submit_scoped(&event, scope, None),
+            WhenFull::Drop => self.handle.probe_scoped(&event, scope).inspect_err(|e| {
+                if matches!(e, SubmitError::Full) {
+                    self.handle.count_full();
+                }
+            }),
+        };
+        // Without the spool the receipt is ready at once; with it, wait for the fsync here
+        // (async), not on a runtime worker.
+        let first = match first {
+            Ok(receipt) => receipt.durable().await,
+            Err(e) => Err(e),
         };
         let result = match (first, self.when_full) {
             (Err(SubmitError::Full), WhenFull::Block) => {
@@ -132,6 +145,7 @@ impl Admission {
             }
             Err(SubmitError::Invalid(e)) => Err(AdmitError::Invalid(e.to_string())),
             Err(SubmitError::Closed) => Err(AdmitError::Closed),
+            Err(SubmitError::Spool(e)) => Err(AdmitError::Unavailable(e)),
         }
     }
 }

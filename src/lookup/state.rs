@@ -81,6 +81,12 @@ impl ReadState {
         self.overlay.is_some()
     }
 
+    /// Takes `n` numbers without recording anything (ops replayed from the spool, numbered before
+    /// any new event); returns the first.
+    pub(crate) fn reserve(&self, n: u64) -> u64 {
+        self.next_seq.fetch_add(n, Ordering::Relaxed)
+    }
+
     /// Numbers `ops` (the first gets the returned number, the next one more, …) and records the
     /// tracked ones. Called before they are queued.
     pub(crate) fn record(&self, ops: &[Op]) -> u64 {

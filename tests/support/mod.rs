@@ -58,6 +58,13 @@ impl Backend {
         }
     }
 
+    /// Switches the simulator's forced outage (every request answered 503) on or off.
+    pub fn set_outage(&self, on: bool) {
+        if let Backend::Sim(sim) = self {
+            sim.set_outage(on);
+        }
+    }
+
     /// The simulator's counters (`None` for the emulators).
     pub fn sim_stats(&self) -> Option<dynamo_sim::SimStats> {
         match self {

@@ -1,0 +1,622 @@
+//! The durable spool: an optional write-ahead log between ingest and the router
+//! (`[pipeline.spool]`).
+//!
+//! ```text
+//! submit ─▶ append (segment file, fsync per policy) ─▶ ack ─┐
+//!                                                           ▼
+//!            feeder thread: reads segments in order ─▶ crossbeam ingest queue ─▶ router ─▶ shards
+//!                                    └─ after a sealed segment: Barrier(last seq) ─▶ every shard
+//! ```
+//!
+//! - **Append.** An accepted event's writes are encoded ([`codec`]) and appended to the active
+//!   segment under one lock, where they are also numbered (the same sequence numbers the
+//!   coalescer and the lookup overlay use), so file order, number order and queue order agree.
+//!   With `fsync = "always"` the caller is acknowledged after the fsync that covers its record
+//!   (group commit by the syncer thread); with `"interval"`, once the record is in the OS.
+//! - **Feed.** The feeder ([`feed`]) reads records back in order (from the page cache in the
+//!   normal case) and queues them for the router, blocking while the queue is full. The spool,
+//!   not memory, holds the backlog: during a DynamoDB outage events keep being accepted until
+//!   `max_mb` is reached.
+//! - **Delete.** After the last record of a sealed segment the feeder queues a barrier carrying
+//!   the segment's last sequence number. A shard acknowledges a barrier once no write it holds
+//!   (pending or in flight) contains an op numbered at or below it, i.e. once every op of the
+//!   segment it was given is durable in DynamoDB, dead-lettered, or cancelled out. When every shard
+//!   has passed it, the segment and every older one are deleted; segments go strictly oldest
+//!   first, so a replay always covers a suffix of the history.
+//! - **Replay.** [`Spool::open`] scans what a previous run left: each segment is checked record by
+//!   record (length, CRC-32); a torn or damaged tail is cut off (counted and logged) and the
+//!   surviving records are numbered ahead of any new event, then fed first. Replaying a write that
+//!   had already landed is harmless: every write is idempotent (puts, deletes, guarded updates,
+//!   set ADD/DELETE of unique message ids) and the whole suffix is replayed in its original order,
+//!   so a later delete is replayed after the put it removed.
+//! - **Bound.** When the segments would exceed `max_mb`, an append waits up to the caller's
+//!   deadline for deleted segments to make room, then fails with `Full`: the adapters' `when_full`
+//!   policy applies. Nothing already spooled is ever dropped.
+
+pub mod codec;
+pub(crate) mod feed;
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+use thiserror::Error;
+use tracing::{error, info, warn};
+
+use crate::config::{FsyncPolicy, SpoolConfig};
+use crate::item::Op;
+use crate::lookup::ReadState;
+use crate::stats::LogGate;
+
+static FULL_LOG: LogGate = LogGate::new();
+
+/// Why an append was refused. The event is not spooled; nothing else is affected.
+#[derive(Debug, Error)]
+pub enum SpoolError {
+    #[error("the spool is full ({used} of {limit} bytes)")]
+    Full { used: u64, limit: u64 },
+    #[error("the spool is closed")]
+    Closed,
+    #[error("spool write failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("the spool could not be synced to disk; events are not durable")]
+    SyncFailed,
+}
+
+/// One segment file, as the spool knows it.
+#[derive(Debug)]
+struct Segment {
+    id: u64,
+    path: PathBuf,
+    /// Bytes of whole records written (the feeder reads up to here).
+    bytes: u64,
+    /// The number of the segment's first op, and one past its last.
+    first_seq: u64,
+    end_seq: u64,
+    /// No more appends: the feeder may pass its end.
+    sealed: bool,
+    /// The feeder has queued every record and the barrier.
+    fed: bool,
+    /// Left by an earlier run (its ops were not recorded for lookups when appended).
+    replayed: bool,
+    created: Instant,
+}
+
+/// What the append lock protects.
+#[derive(Debug)]
+struct Inner {
+    /// Every segment on disk, oldest first; the last one is the active segment.
+    segments: VecDeque<Segment>,
+    /// The active segment's file (shared with the syncer, which syncs it outside the lock).
+    active: Arc<File>,
+    next_id: u64,
+    /// Records appended by this run: the ticket a caller waits on.
+    ticket: u64,
+    /// Bytes of all segments.
+    bytes: u64,
+    /// The next op number when no [`ReadState`] numbers ops.
+    next_seq: u64,
+    closed: bool,
+}
+
+/// The spool. Shared by ingest (appends), the feeder thread, the syncer thread and the shards
+/// (barrier acknowledgements).
+///
+/// - `inner` is held for one `write(2)` of an append, a segment roll (one fsync of the segment
+///   being sealed) or a deletion; never across a feed or a queue send.
+/// - `changed` wakes the feeder and the syncer when records are appended, a segment rolls, or the
+///   spool closes; `freed` wakes appends waiting for room when segments are deleted.
+/// - `synced` is the highest ticket known to be on stable storage; blocking callers wait on
+///   `synced_cv`, async callers on `synced_watch`.
+/// - `acked[i]` is the highest barrier shard `i` has passed.
+#[derive(Debug)]
+pub struct Spool {
+    dir: PathBuf,
+    cfg: SpoolConfig,
+    inner: Mutex<Inner>,
+    changed: Condvar,
+    freed: Condvar,
+    synced: Mutex<u64>,
+    synced_cv: Condvar,
+    synced_watch: tokio::sync::watch::Sender<u64>,
+    sync_failed: AtomicBool,
+    acked: Vec<AtomicU64>,
+    /// Where ops are numbered and recorded for lookups.
+    read: Option<Arc<ReadState>>,
+}
+
+/// A successful append: the ticket to wait on, and the number of the record's first op.
+#[derive(Debug, Clone, Copy)]
+pub struct Appended {
+    pub ticket: u64,
+    pub first_seq: u64,
+}
+
+fn segment_name(id: u64) -> String {
+    format!("segment-{id:020}.spool")
+}
+
+fn segment_id(name: &str) -> Option<u64> {
+    name.strip_prefix("segment-")?
+        .strip_suffix(".spool")?
+        .parse()
+        .ok()
+}
+
+/// What scanning one segment found.
+struct Scanned {
+    /// Bytes of whole, valid records.
+    good: u64,
+    ops: u64,
+    records: u64,
+    /// Why the scan stopped before the end of the file, if it did.
+    damage: Option<String>,
+}
+
+/// Reads every record of `path`, stopping at the first torn or damaged one.
+fn scan(path: &Path) -> io::Result<Scanned> {
+    let mut file = io::BufReader::with_capacity(1 << 20, File::open(path)?);
+    let len = fs::metadata(path)?.len();
+    let mut s = Scanned {
+        good: 0,
+        ops: 0,
+        records: 0,
+        damage: None,
+    };
+    let mut payload = Vec::new();
+    while s.good < len {
+        let mut header = [0u8; codec::HEADER];
+        if s.good + codec::HEADER as u64 > len {
+            s.damage = Some("torn record header".into());
+            break;
+        }
+        file.read_exact(&mut header)?;
+        let n = match codec::payload_len(&header) {
+            Ok(n) => n,
+            Err(e) => {
+                s.damage = Some(e.to_string());
+                break;
+            }
+        };
+        if s.good + (codec::HEADER + n) as u64 > len {
+            s.damage = Some("torn record".into());
+            break;
+        }
+        payload.resize(n, 0);
+        file.read_exact(&mut payload)?;
+        let count = codec::verify(&header, &payload).and_then(|()| codec::op_count(&payload));
+        match count {
+            Ok(ops) => {
+                s.ops += ops;
+                s.records += 1;
+                s.good += (codec::HEADER + n) as u64;
+            }
+            Err(e) => {
+                s.damage = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    Ok(s)
+}
+
+/// Makes a directory entry change (a new or removed segment) durable.
+fn sync_dir(dir: &Path) {
+    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+        warn!(dir = %dir.display(), error = %e, "cannot sync the spool directory");
+    }
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool directory, checks and numbers what an earlier run
+    /// left, and starts a new active segment. Ops are numbered by `read` when given (so lookups
+    /// and the spool agree), otherwise by the spool itself.
+    pub fn open(
+        cfg: &SpoolConfig,
+        shards: usize,
+        read: Option<Arc<ReadState>>,
+    ) -> io::Result<Arc<Spool>> {
+        let dir = cfg.dir.clone();
+        fs::create_dir_all(&dir).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot create the spool directory {}: {e}", dir.display()),
+            )
+        })?;
+        let mut ids = Vec::new();
+        for entry in fs::read_dir(&dir)? {
+            let entry = entry?;
+            if let Some(id) = entry.file_name().to_str().and_then(segment_id) {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+        let mut segments = VecDeque::new();
+        let mut total_ops = 0u64;
+        let mut scanned = Vec::new();
+        for id in &ids {
+            let path = dir.join(segment_name(*id));
+            let s = scan(&path)?;
+            if let Some(why) = &s.damage {
+                let len = fs::metadata(&path)?.len();
+                warn!(
+                    segment = %path.display(),
+                    kept_bytes = s.good,
+                    cut_bytes = len - s.good,
+                    reason = %why,
+                    "spool segment ends in a torn or damaged record (expected after a crash mid-write); cut there"
+                );
+                metrics::counter!("mqtt_dynamo_spool_records_total", "outcome" => "cut")
+                    .increment(1);
+                OpenOptions::new()
+                    .write(true)
+                    .open(&path)?
+                    .set_len(s.good)?;
+            }
+            total_ops += s.ops;
+            scanned.push((path, s));
+        }
+        // Numbers for the replayed ops come before any new event's.
+        let mut first = match &read {
+            Some(r) => r.reserve(total_ops),
+            None => 1,
+        };
+        let next_seq = first + total_ops;
+        let mut bytes = 0;
+        let mut records = 0;
+        for ((path, s), id) in scanned.into_iter().zip(&ids) {
+            bytes += s.good;
+            records += s.records;
+            segments.push_back(Segment {
+                id: *id,
+                path,
+                bytes: s.good,
+                first_seq: first,
+                end_seq: first + s.ops,
+                sealed: true,
+                fed: false,
+                replayed: true,
+                created: Instant::now(),
+            });
+            first += s.ops;
+        }
+        if records > 0 {
+            info!(
+                dir = %dir.display(),
+                segments = segments.len(),
+                records,
+                ops = total_ops,
+                bytes,
+                "spool holds events from an earlier run; replaying them before new events"
+            );
+        }
+        let next_id = ids.last().map_or(1, |id| id + 1);
+        let (active, segment) = Self::create_segment(&dir, next_id, next_seq)?;
+        segments.push_back(segment);
+        let (synced_watch, _) = tokio::sync::watch::channel(0);
+        let spool = Arc::new(Spool {
+            dir,
+            cfg: cfg.clone(),
+            inner: Mutex::new(Inner {
+                segments,
+                active: Arc::new(active),
+                next_id: next_id + 1,
+                ticket: 0,
+                bytes,
+                next_seq,
+                closed: false,
+            }),
+            changed: Condvar::new(),
+            freed: Condvar::new(),
+            synced: Mutex::new(0),
+            synced_cv: Condvar::new(),
+            synced_watch,
+            sync_failed: AtomicBool::new(false),
+            acked: (0..shards).map(|_| AtomicU64::new(0)).collect(),
+            read,
+        });
+        metrics::gauge!("mqtt_dynamo_spool_capacity_bytes").set((cfg.max_mb << 20) as f64);
+        spool.publish(&spool.lock());
+        Ok(spool)
+    }
+
+    fn create_segment(dir: &Path, id: u64, first_seq: u64) -> io::Result<(File, Segment)> {
+        let path = dir.join(segment_name(id));
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot create spool segment {}: {e}", path.display()),
+                )
+            })?;
+        sync_dir(dir);
+        Ok((
+            file,
+            Segment {
+                id,
+                path,
+                bytes: 0,
+                first_seq,
+                end_seq: first_seq,
+                sealed: false,
+                fed: false,
+                replayed: false,
+                created: Instant::now(),
+            },
+        ))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock would be a bug in this module; the state it guards is
+        // still consistent (every field is updated after the I/O it describes), so go on.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self, g: &Inner) {
+        metrics::gauge!("mqtt_dynamo_spool_bytes").set(g.bytes as f64);
+        metrics::gauge!("mqtt_dynamo_spool_segments").set(g.segments.len() as f64);
+    }
+
+    pub fn policy(&self) -> FsyncPolicy {
+        self.cfg.fsync
+    }
+
+    /// Bytes on disk and segment count.
+    pub fn usage(&self) -> (u64, usize) {
+        let g = self.lock();
+        (g.bytes, g.segments.len())
+    }
+
+    /// Appends one event's writes, waiting until `deadline` (if any) for room. Numbers the ops
+    /// (and records them for lookups) under the append lock.
+    pub fn append(&self, ops: &[Op], deadline: Option<Instant>) -> Result<Appended, SpoolError> {
+        let record = codec::encode(ops);
+        let len = record.len() as u64;
+        let limit = self.cfg.max_mb << 20;
+        let mut g = self.lock();
+        loop {
+            if g.closed {
+                return Err(SpoolError::Closed);
+            }
+            if g.bytes + len <= limit {
+                break;
+            }
+            let now = Instant::now();
+            match deadline {
+                Some(d) if now < d => {
+                    g = self
+                        .freed
+                        .wait_timeout(g, d - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+                _ => {
+                    metrics::counter!("mqtt_dynamo_spool_records_total", "outcome" => "refused")
+                        .increment(1);
+                    if let Some(held) = FULL_LOG.allow() {
+                        warn!(
+                            used_bytes = g.bytes,
+                            limit_bytes = limit,
+                            held_back = held,
+                            "spool full (pipeline.spool.max_mb): new events refused until DynamoDB catches up"
+                        );
+                    }
+                    return Err(SpoolError::Full {
+                        used: g.bytes,
+                        limit,
+                    });
+                }
+            }
+        }
+        if let Err(e) = (&*g.active).write_all(&record) {
+            // Cut a partial record off so the segment stays readable; the event is refused.
+            let good = g.segments.back().map_or(0, |s| s.bytes);
+            if let Err(e2) = g.active.set_len(good) {
+                error!(error = %e2, "cannot cut a failed append off the spool segment");
+            }
+            error!(error = %e, "spool append failed; event refused");
+            metrics::counter!("mqtt_dynamo_spool_records_total", "outcome" => "failed")
+                .increment(1);
+            return Err(SpoolError::Io(e));
+        }
+        let n = ops.len() as u64;
+        let first_seq = match &self.read {
+            Some(read) => read.record(ops),
+            None => {
+                let s = g.next_seq;
+                g.next_seq += n;
+                s
+            }
+        };
+        g.ticket += 1;
+        g.bytes += len;
+        let ticket = g.ticket;
+        let roll = match g.segments.back_mut() {
+            Some(seg) => {
+                seg.bytes += len;
+                seg.end_seq = first_seq + n;
+                seg.bytes >= self.cfg.segment_mb << 20
+            }
+            None => false,
+        };
+        if roll && let Err(e) = self.roll(&mut g) {
+            error!(error = %e, "cannot start a new spool segment; appending to the current one");
+        }
+        drop(g);
+        metrics::counter!("mqtt_dynamo_spool_records_total", "outcome" => "appended").increment(1);
+        self.changed.notify_all();
+        Ok(Appended { ticket, first_seq })
+    }
+
+    /// Seals the active segment (synced) and starts the next one.
+    fn roll(&self, g: &mut Inner) -> io::Result<()> {
+        let first_seq = g.segments.back().map_or(g.next_seq, |s| s.end_seq);
+        let (file, segment) = Self::create_segment(&self.dir, g.next_id, first_seq)?;
+        g.next_id += 1;
+        if let Err(e) = g.active.sync_data() {
+            self.sync_error(&e);
+        }
+        if let Some(seg) = g.segments.back_mut() {
+            seg.sealed = true;
+        }
+        g.segments.push_back(segment);
+        g.active = Arc::new(file);
+        self.publish(g);
+        Ok(())
+    }
+
+    fn sync_error(&self, e: &io::Error) {
+        error!(error = %e, "spool fsync failed: events are not known to be durable; refusing to acknowledge them");
+        self.sync_failed.store(true, Ordering::Relaxed);
+        self.synced_cv.notify_all();
+        self.synced_watch.send_modify(|_| {});
+    }
+
+    /// Blocks until `ticket` is on stable storage (returns at once under `fsync = "interval"`).
+    pub fn wait_synced(&self, ticket: u64) -> Result<(), SpoolError> {
+        if self.cfg.fsync == FsyncPolicy::Interval {
+            return Ok(());
+        }
+        let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        while *synced < ticket {
+            if self.sync_failed.load(Ordering::Relaxed) {
+                return Err(SpoolError::SyncFailed);
+            }
+            synced = self
+                .synced_cv
+                .wait(synced)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        Ok(())
+    }
+
+    /// Waits (async) until `ticket` is on stable storage.
+    pub async fn synced(&self, ticket: u64) -> Result<(), SpoolError> {
+        if self.cfg.fsync == FsyncPolicy::Interval {
+            return Ok(());
+        }
+        let mut rx = self.synced_watch.subscribe();
+        let failed = &self.sync_failed;
+        match rx
+            .wait_for(|s| *s >= ticket || failed.load(Ordering::Relaxed))
+            .await
+        {
+            Ok(s) if *s >= ticket => Ok(()),
+            _ => Err(SpoolError::SyncFailed),
+        }
+    }
+
+    /// The syncer thread: fsyncs the active segment whenever records were appended since the
+    /// last fsync (`always`: at once, so one fsync covers everything appended while the previous
+    /// ran; `interval`: every `fsync_interval`). Ends when the spool is closed and synced.
+    pub(crate) fn run_syncer(self: Arc<Self>) {
+        let interval = self.cfg.fsync_interval;
+        let mut done = 0u64;
+        loop {
+            let (file, ticket, closed) = {
+                let mut g = self.lock();
+                while g.ticket == done && !g.closed {
+                    g = match self.cfg.fsync {
+                        FsyncPolicy::Always => {
+                            self.changed.wait(g).unwrap_or_else(|p| p.into_inner())
+                        }
+                        FsyncPolicy::Interval => {
+                            self.changed
+                                .wait_timeout(g, interval)
+                                .unwrap_or_else(|p| p.into_inner())
+                                .0
+                        }
+                    };
+                }
+                (Arc::clone(&g.active), g.ticket, g.closed)
+            };
+            if ticket > done {
+                if self.cfg.fsync == FsyncPolicy::Interval {
+                    std::thread::sleep(interval);
+                }
+                let started = Instant::now();
+                match file.sync_data() {
+                    Ok(()) => {
+                        metrics::histogram!("mqtt_dynamo_spool_fsync_duration_seconds")
+                            .record(started.elapsed().as_secs_f64());
+                        done = ticket;
+                        *self.synced.lock().unwrap_or_else(|p| p.into_inner()) = ticket;
+                        self.synced_cv.notify_all();
+                        self.synced_watch.send_replace(ticket);
+                    }
+                    Err(e) => {
+                        self.sync_error(&e);
+                        return;
+                    }
+                }
+            } else if closed {
+                return;
+            }
+        }
+    }
+
+    /// Shard `shard` has passed `barrier`: every op numbered up to it that the shard was given is
+    /// settled. Deletes the segments every shard has passed, oldest first.
+    pub(crate) fn barrier_passed(&self, shard: usize, barrier: u64) {
+        if let Some(a) = self.acked.get(shard) {
+            a.fetch_max(barrier, Ordering::Relaxed);
+        }
+        let low = self
+            .acked
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0);
+        let mut g = self.lock();
+        let mut deleted = false;
+        // The active segment stays (appends go there) unless the spool is closed.
+        while g.segments.len() > 1 || g.closed {
+            let Some(front) = g.segments.front() else {
+                break;
+            };
+            if !(front.sealed && front.fed && front.end_seq <= low + 1) {
+                break;
+            }
+            if let Err(e) = fs::remove_file(&front.path)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                error!(segment = %front.path.display(), error = %e, "cannot delete a spool segment whose events are durable; will retry");
+                break;
+            }
+            g.bytes -= front.bytes;
+            g.segments.pop_front();
+            deleted = true;
+        }
+        if deleted {
+            self.publish(&g);
+            drop(g);
+            sync_dir(&self.dir);
+            self.freed.notify_all();
+        }
+    }
+
+    /// Refuses new appends, seals the active segment and lets the feeder finish.
+    pub(crate) fn close(&self) {
+        let mut g = self.lock();
+        g.closed = true;
+        if let Some(seg) = g.segments.back_mut() {
+            seg.sealed = true;
+        }
+        if let Err(e) = g.active.sync_data() {
+            self.sync_error(&e);
+        }
+        drop(g);
+        self.changed.notify_all();
+        self.freed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,224 @@
+//! The spool on real files: replay after a crash, torn tails, the disk bound, group commit.
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+
+use super::*;
+use crate::ingest::{ByteBudget, IngestMsg};
+use crate::item::{Key, Table, Value, Write};
+
+fn config(dir: &Path) -> SpoolConfig {
+    SpoolConfig {
+        enabled: true,
+        dir: dir.to_path_buf(),
+        ..SpoolConfig::default()
+    }
+}
+
+fn put(topic: &str, payload_len: usize) -> Op {
+    let mut item = crate::item::Item::new();
+    item.insert("topic".into(), Value::S(topic.into()));
+    item.insert("payload".into(), Value::B(vec![7; payload_len]));
+    Op {
+        key: Key::new(Table::Retain, topic),
+        write: Write::Put { item, fresh: false },
+    }
+}
+
+fn segment_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Starts the feeder on `spool`; returns what it queues.
+fn feed(spool: &Arc<Spool>) -> Receiver<IngestMsg> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let spool = Arc::clone(spool);
+    let budget = Arc::new(ByteBudget::new(64 << 20));
+    let releaser = Arc::clone(&budget);
+    let (out_tx, out_rx) = crossbeam_channel::unbounded();
+    std::thread::spawn(move || super::feed::run(spool, tx, budget, None));
+    std::thread::spawn(move || {
+        for msg in rx {
+            if let IngestMsg::Event(env) = &msg {
+                releaser.release(env.bytes);
+            }
+            if out_tx.send(msg).is_err() {
+                break;
+            }
+        }
+    });
+    out_rx
+}
+
+fn next(rx: &Receiver<IngestMsg>) -> IngestMsg {
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the feeder queues the next message")
+}
+
+#[test]
+fn a_crash_leaves_records_that_are_replayed_first_in_order_and_a_torn_tail_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let first = [put("a", 10), put("b", 20)];
+    let second = [put("c", 30)];
+    {
+        let spool = Spool::open(&cfg, 1, None).unwrap();
+        assert_eq!(spool.append(&first, None).unwrap().first_seq, 1);
+        assert_eq!(spool.append(&second, None).unwrap().first_seq, 3);
+        // The process dies here: no close, no feed. A record was being written when it died.
+    }
+    let files = segment_files(dir.path());
+    assert_eq!(files, ["segment-00000000000000000001.spool"]);
+    let path = dir.path().join(&files[0]);
+    let whole = fs::metadata(&path).unwrap().len();
+    let torn = &codec::encode(&[put("d", 40)])[..20];
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(torn)
+        .unwrap();
+
+    let spool = Spool::open(&cfg, 2, None).unwrap();
+    assert_eq!(
+        fs::metadata(&path).unwrap().len(),
+        whole,
+        "the torn record is cut off"
+    );
+    // The replayed ops keep numbers 1..=3; a new event comes after them.
+    assert_eq!(spool.append(&[put("e", 5)], None).unwrap().first_seq, 4);
+    let rx = feed(&spool);
+    match next(&rx) {
+        IngestMsg::Event(env) => {
+            assert_eq!((env.first_seq, env.ops.as_slice()), (1, &first[..]));
+        }
+        other => panic!("expected the first replayed record, got {other:?}"),
+    }
+    match next(&rx) {
+        IngestMsg::Event(env) => assert_eq!((env.first_seq, env.ops.as_slice()), (3, &second[..])),
+        other => panic!("expected the second replayed record, got {other:?}"),
+    }
+    assert!(matches!(next(&rx), IngestMsg::Barrier(3)));
+    match next(&rx) {
+        IngestMsg::Event(env) => assert_eq!(env.first_seq, 4),
+        other => panic!("expected the new record, got {other:?}"),
+    }
+    // One shard passing the barrier is not enough; both are.
+    spool.barrier_passed(0, 3);
+    assert_eq!(segment_files(dir.path()).len(), 2);
+    spool.barrier_passed(1, 3);
+    assert_eq!(
+        segment_files(dir.path()),
+        ["segment-00000000000000000002.spool"],
+        "the replayed segment is deleted once every shard passed it"
+    );
+    spool.close();
+    assert!(matches!(next(&rx), IngestMsg::Barrier(4)));
+    assert!(matches!(next(&rx), IngestMsg::Shutdown));
+    spool.barrier_passed(0, 4);
+    spool.barrier_passed(1, 4);
+    assert!(
+        segment_files(dir.path()).is_empty(),
+        "a drained spool leaves no segment"
+    );
+    assert!(matches!(
+        spool.append(&[put("f", 1)], None),
+        Err(SpoolError::Closed)
+    ));
+}
+
+#[test]
+fn damage_in_the_middle_keeps_what_comes_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    {
+        let spool = Spool::open(&cfg, 1, None).unwrap();
+        for i in 0..3 {
+            spool.append(&[put(&format!("t{i}"), 100)], None).unwrap();
+        }
+    }
+    let path = dir.path().join("segment-00000000000000000001.spool");
+    let mut bytes = fs::read(&path).unwrap();
+    let record = bytes.len() / 3;
+    bytes[record + 30] ^= 0xff;
+    fs::write(&path, &bytes).unwrap();
+    let spool = Spool::open(&cfg, 1, None).unwrap();
+    assert_eq!(fs::metadata(&path).unwrap().len() as usize, record);
+    let rx = feed(&spool);
+    assert!(matches!(next(&rx), IngestMsg::Event(env) if env.first_seq == 1));
+    assert!(matches!(next(&rx), IngestMsg::Barrier(1)));
+}
+
+#[test]
+fn a_full_spool_refuses_with_a_clear_error_until_segments_are_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SpoolConfig {
+        segment_mb: 1,
+        max_mb: 2,
+        ..config(dir.path())
+    };
+    let spool = Spool::open(&cfg, 1, None).unwrap();
+    let mut accepted = 0u64;
+    let err = loop {
+        match spool.append(&[put(&format!("t{accepted}"), 100_000)], None) {
+            Ok(_) => accepted += 1,
+            Err(e) => break e,
+        }
+        assert!(accepted < 100, "the bound must be reached");
+    };
+    assert!(matches!(err, SpoolError::Full { .. }), "{err}");
+    assert!(
+        err.to_string().starts_with("the spool is full (")
+            && err.to_string().ends_with(" of 2097152 bytes)"),
+        "{err}"
+    );
+    assert!(accepted >= 19, "about 2 MB fit: {accepted}");
+    // A waiting append gives up at its deadline …
+    let started = Instant::now();
+    let waited = spool.append(
+        &[put("w", 100_000)],
+        Some(started + Duration::from_millis(50)),
+    );
+    assert!(matches!(waited, Err(SpoolError::Full { .. })));
+    // … and goes through once the feeder and the shard free a segment.
+    let rx = feed(&spool);
+    let mut barrier = None;
+    while barrier.is_none() {
+        if let IngestMsg::Barrier(b) = next(&rx) {
+            barrier = Some(b);
+        }
+    }
+    spool.barrier_passed(0, barrier.unwrap_or_default());
+    spool.append(&[put("after", 100_000)], None).unwrap();
+}
+
+#[test]
+fn always_acknowledges_after_the_fsync_that_covers_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(&config(dir.path()), 1, None).unwrap();
+    let syncer = {
+        let spool = Arc::clone(&spool);
+        std::thread::spawn(move || spool.run_syncer())
+    };
+    let tickets: Vec<u64> = (0..10)
+        .map(|i| {
+            spool
+                .append(&[put(&format!("t{i}"), 10)], None)
+                .unwrap()
+                .ticket
+        })
+        .collect();
+    assert_eq!(tickets, (1..=10).collect::<Vec<_>>());
+    spool.wait_synced(10).unwrap();
+    assert!(*spool.synced.lock().unwrap() >= 10);
+    spool.close();
+    syncer.join().unwrap();
+}
