@@ -171,6 +171,13 @@ impl Seqs {
             last: self.last.max(seq),
         }
     }
+
+    fn union(self, other: Seqs) -> Self {
+        Seqs {
+            first: self.first.min(other.first),
+            last: self.last.max(other.last),
+        }
+    }
 }
 
 /// A write taken out for sending.
@@ -207,8 +214,9 @@ impl Entry {
 /// The pending-write table of one shard: at most one pending write per key (see the module docs),
 /// kept in arrival order, and the set of keys that have a write in flight.
 ///
-/// Invariants: a key in `in_flight` is never handed out again until [`Coalescer::complete`];
-/// `ready` counts entries whose key is not in flight; `bytes` sums every entry's size.
+/// Invariants: a key in `in_flight` is never handed out again until [`Coalescer::complete`], a key
+/// in `held` not before [`Coalescer::release_due`] passes its instant; `ready` counts entries whose
+/// key is neither in flight nor held; `bytes` sums every entry's size.
 #[derive(Debug, Default)]
 pub struct Coalescer {
     /// Pending writes by key.
@@ -218,6 +226,8 @@ pub struct Coalescer {
     order: VecDeque<(Key, u64)>,
     /// Keys with a write handed out and not yet completed.
     in_flight: HashSet<Key>,
+    /// Hot keys whose next write waits until the given instant (see [`Coalescer::hold`]).
+    held: HashMap<Key, Instant>,
     next_seq: u64,
     ready: usize,
     bytes: usize,
@@ -258,7 +268,7 @@ impl Coalescer {
                 let writes = VecDeque::from([(write, Seqs::one(seq))]);
                 let bytes = Entry::measure(&key, &writes);
                 self.bytes += bytes;
-                if !self.in_flight.contains(&key) {
+                if self.available(&key) {
                     self.ready += 1;
                 }
                 self.order.push_back((key.clone(), slot));
@@ -294,7 +304,7 @@ impl Coalescer {
                 self.bytes -= entry.bytes;
                 if entry.writes.is_empty() {
                     self.entries.remove(&key);
-                    if !self.in_flight.contains(&key) {
+                    if !self.in_flight.contains(&key) && !self.held.contains_key(&key) {
                         self.ready -= 1;
                     }
                 } else {
@@ -328,7 +338,7 @@ impl Coalescer {
             if entry.seq != seq {
                 continue;
             }
-            if self.in_flight.contains(&key) {
+            if self.in_flight.contains(&key) || self.held.contains_key(&key) {
                 skipped.push((key, seq));
                 continue;
             }
@@ -368,22 +378,130 @@ impl Coalescer {
     /// Marks the in-flight write of `key` as finished (written or given up), so the key's next
     /// pending write may go.
     pub fn complete(&mut self, key: &Key) {
-        if self.in_flight.remove(key) && self.entries.contains_key(key) {
+        if self.in_flight.remove(key) && self.available(key) && self.entries.contains_key(key) {
             self.ready += 1;
         }
     }
 
-    /// When the oldest pending write was accepted.
+    /// Puts back a write that was handed out and not applied (DynamoDB throttled its key), ahead
+    /// of the key's pending writes, which are folded into it in order. Call after
+    /// [`Coalescer::complete`]. Returns the ops that cancelled out on the way (nobody will report
+    /// them settled), one range per cancellation.
+    pub fn requeue(&mut self, key: Key, write: Write, seqs: Seqs, since: Instant) -> Vec<Seqs> {
+        let Some(entry) = self.entries.remove(&key) else {
+            let slot = self.next_seq;
+            self.next_seq += 1;
+            let writes = VecDeque::from([(write, seqs)]);
+            let bytes = Entry::measure(&key, &writes);
+            self.bytes += bytes;
+            if self.available(&key) {
+                self.ready += 1;
+            }
+            // The oldest write of all: first in line.
+            self.order.push_front((key.clone(), slot));
+            self.entries.insert(
+                key,
+                Entry {
+                    writes,
+                    since,
+                    seq: slot,
+                    bytes,
+                },
+            );
+            return Vec::new();
+        };
+        self.bytes -= entry.bytes;
+        let mut writes: VecDeque<(Write, Seqs)> = VecDeque::from([(write, seqs)]);
+        let mut vanished = Vec::new();
+        for (w, s) in entry.writes {
+            match writes.pop_back() {
+                None => writes.push_back((w, s)),
+                Some((last, ls)) => match merge(&key, last, w) {
+                    Merged::One(m) => writes.push_back((m, ls.union(s))),
+                    Merged::Two(a, b) => {
+                        writes.push_back((a, ls));
+                        writes.push_back((b, s));
+                    }
+                    Merged::Cancelled => vanished.push(ls.union(s)),
+                },
+            }
+        }
+        if writes.is_empty() {
+            if self.available(&key) {
+                self.ready -= 1;
+            }
+            return vanished;
+        }
+        let bytes = Entry::measure(&key, &writes);
+        self.bytes += bytes;
+        self.entries.insert(
+            key,
+            Entry {
+                writes,
+                since: since.min(entry.since),
+                seq: entry.seq,
+                bytes,
+            },
+        );
+        vanished
+    }
+
+    /// Neither in flight nor held.
+    fn available(&self, key: &Key) -> bool {
+        !self.in_flight.contains(key) && !self.held.contains_key(key)
+    }
+
+    /// Keeps `key`'s next write back until `until` (a hot key's window: its ops keep merging
+    /// meanwhile). Other keys are not affected. A later hold replaces an earlier one.
+    pub fn hold(&mut self, key: &Key, until: Instant) {
+        let was_available = self.available(key);
+        self.held.insert(key.clone(), until);
+        if was_available && self.entries.contains_key(key) {
+            self.ready -= 1;
+        }
+    }
+
+    /// Ends the holds due at `now`; returns when the next one ends.
+    pub fn release_due(&mut self, now: Instant) -> Option<Instant> {
+        if self.held.is_empty() {
+            return None;
+        }
+        let due: Vec<Key> = self
+            .held
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            self.held.remove(&key);
+            if !self.in_flight.contains(&key) && self.entries.contains_key(&key) {
+                self.ready += 1;
+            }
+        }
+        self.held.values().min().copied()
+    }
+
+    /// Keys held back as hot.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// When the oldest pending write that could be sent now was accepted (writes of held keys do
+    /// not count: a hot key's window must not make every other write flush early).
     pub fn oldest(&mut self) -> Option<Instant> {
         while let Some((key, seq)) = self.order.front() {
             match self.entries.get(key) {
-                Some(e) if e.seq == *seq => return Some(e.since),
+                Some(e) if e.seq == *seq => break,
                 _ => {
                     self.order.pop_front();
                 }
             }
         }
-        None
+        self.order
+            .iter()
+            .filter(|(key, _)| !self.held.contains_key(key))
+            .find_map(|(key, seq)| self.entries.get(key).filter(|e| e.seq == *seq))
+            .map(|e| e.since)
     }
 
     /// Keys with pending writes.

@@ -350,6 +350,14 @@ pub struct PipelineConfig {
     /// Adapt the limit (AIMD): halve it when DynamoDB throttles or slows down, grow it by one
     /// per limit's worth of clean requests. Off: always `max_in_flight`.
     pub adaptive_concurrency: bool,
+    /// A key DynamoDB throttles itself (UnprocessedItems, or a key-range ThrottlingReason) waits
+    /// this long before its next write is sent, so its ops merge meanwhile; each further throttle
+    /// doubles the wait up to `hot_key_max_window`, each clean write halves it. Other keys are
+    /// not held. 0 turns it off.
+    #[serde(with = "humantime_serde")]
+    pub hot_key_window: Duration,
+    #[serde(with = "humantime_serde")]
+    pub hot_key_max_window: Duration,
     /// Append every write given up (rejected by DynamoDB, or out of retry budget) to this file as
     /// JSON lines; unset: such writes are only counted and logged.
     pub dead_letter_path: Option<std::path::PathBuf>,
@@ -423,6 +431,8 @@ impl Default for PipelineConfig {
             max_in_flight: 32,
             min_in_flight: 2,
             adaptive_concurrency: true,
+            hot_key_window: Duration::from_millis(100),
+            hot_key_max_window: Duration::from_secs(2),
             dead_letter_path: None,
             retry: RetryConfig::default(),
             spool: SpoolConfig::default(),
@@ -617,6 +627,12 @@ impl Config {
             return invalid(
                 "pipeline.retry",
                 "initial_backoff must be positive and at most max_backoff",
+            );
+        }
+        if p.hot_key_max_window < p.hot_key_window {
+            return invalid(
+                "pipeline.hot_key_max_window",
+                "must be at least pipeline.hot_key_window",
             );
         }
         let spool = &p.spool;

@@ -253,6 +253,15 @@ pub const THROTTLING_REASONS: [&str; 16] = [
     "IndexWriteMaxOnDemandThroughputExceeded",
 ];
 
+/// Whether any of `reasons` is a key-range limit (a hot partition key), as opposed to table or
+/// account capacity.
+pub fn names_key_range(reasons: &[aws_sdk_dynamodb::types::ThrottlingReason]) -> bool {
+    reasons.iter().any(|r| {
+        r.reason()
+            .is_some_and(|r| r.contains("KeyRangeThroughputExceeded"))
+    })
+}
+
 /// Counts the ThrottlingReasons a throttling error carries, when DynamoDB sends them (hot key
 /// versus capacity).
 pub fn record_throttling_reasons(reasons: &[aws_sdk_dynamodb::types::ThrottlingReason]) {

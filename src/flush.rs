@@ -84,6 +84,33 @@ pub struct Completed {
     pub durable: bool,
     /// The ops folded into the write (for [`crate::lookup::ReadState::settled`]).
     pub seqs: crate::coalesce::Seqs,
+    /// DynamoDB throttled this key itself (UnprocessedItems, or a throttled UpdateItem whose
+    /// ThrottlingReasons, when present, name a key range rather than table capacity).
+    pub hot: bool,
+    /// What is left of the write when it was handed back instead of retried (a hot key, with
+    /// `hot_key_window` on): the shard puts it back ahead of the key's newer ops, which merge
+    /// into it during the key's window. Not durable, not dropped.
+    pub requeue: Option<Write>,
+}
+
+/// How one key's write ended in a flush.
+#[derive(Debug)]
+enum KeyEnd {
+    /// Written, or a guarded update that did its job by doing nothing.
+    Written,
+    /// Given up: counted, logged, dead-lettered.
+    Dropped,
+    /// Throttled on its own key: handed back to the shard (what is left of it).
+    Requeue(Write),
+}
+
+/// How one UpdateItem of a write ended.
+#[derive(Debug)]
+enum SpecEnd {
+    Done,
+    Dropped,
+    /// Throttled on its own key, and the write may be handed back.
+    HotThrottled,
 }
 
 /// Sends flushes. Shared by every shard; holds no per-flush state.
@@ -99,6 +126,9 @@ pub struct Flusher {
     msgid_cap: usize,
     /// Told how each request went, so the limit on flushes in flight adapts.
     concurrency: Arc<crate::concurrency::Concurrency>,
+    /// Hand writes of keys DynamoDB throttles back to their shard instead of retrying them here
+    /// (`pipeline.hot_key_window` > 0).
+    requeue_hot: bool,
 }
 
 /// One UpdateItem, ready to send (and resend).
@@ -130,7 +160,14 @@ impl Flusher {
             dead_letters,
             msgid_cap,
             concurrency,
+            requeue_hot: false,
         }
+    }
+
+    /// Hands throttled hot keys' writes back to their shard instead of retrying them.
+    pub fn with_hot_key_requeue(mut self, on: bool) -> Self {
+        self.requeue_hot = on;
+        self
     }
 
     /// Removes the oldest ids (by GUID: time, then sequence; ids that are not GUIDs first) from `key`'s set
@@ -214,25 +251,46 @@ impl Flusher {
             .iter()
             .map(|t| (t.key.clone(), (t.since, t.seqs)))
             .collect();
+        // A write may be handed back only while it is young enough that its retry deadline
+        // (measured from its oldest op) has not passed; older ones retry here until it does.
+        let requeue_ok = |t: &Taken| self.requeue_hot && t.since.elapsed() < self.retry.max_elapsed;
         let (batchable, updates): (Vec<Taken>, Vec<Taken>) =
             writes.into_iter().partition(|t| t.write.is_batchable());
         let mut tasks = tokio::task::JoinSet::new();
         for t in updates {
             let this = Arc::clone(&self);
+            let may_requeue = requeue_ok(&t);
             tasks.spawn(async move {
-                let ok = this.update(&t.key, &t.write).await;
-                vec![(t.key, ok)]
+                let mut hot = false;
+                let end = this.update(&t.key, &t.write, &mut hot, may_requeue).await;
+                (t.key, end, hot)
             });
         }
-        let mut results = if batchable.is_empty() {
+        let mut hot_keys = HashSet::new();
+        let may_requeue: HashSet<Key> = batchable
+            .iter()
+            .filter(|t| requeue_ok(t))
+            .map(|t| t.key.clone())
+            .collect();
+        let mut results: Vec<(Key, KeyEnd, bool)> = if batchable.is_empty() {
             Vec::new()
         } else {
-            self.batch(batchable.into_iter().map(|t| (t.key, t.write)).collect())
-                .await
+            self.batch(
+                batchable.into_iter().map(|t| (t.key, t.write)).collect(),
+                &mut hot_keys,
+                &may_requeue,
+            )
+            .await
+            .into_iter()
+            .map(|(key, end)| {
+                let hot = hot_keys.contains(&key);
+                (key, end, hot)
+            })
+            .collect()
         };
         while let Some(joined) = tasks.join_next().await {
             match joined {
-                Ok(r) => results.extend(r),
+                Ok(r) => results.push(r),
                 // The update task panicked: a bug, not input. Its key must still be released,
                 // but we no longer know it here; the shard treats missing keys as dropped.
                 Err(e) => error!(error = %e, "update task failed"),
@@ -240,16 +298,23 @@ impl Flusher {
         }
         let mut completed: Vec<Completed> = results
             .into_iter()
-            .map(|(key, durable)| {
+            .map(|(key, end, hot)| {
                 let (since, seqs) = since
                     .get(&key)
                     .copied()
                     .unwrap_or_else(|| (Instant::now(), Default::default()));
+                let (durable, requeue) = match end {
+                    KeyEnd::Written => (true, None),
+                    KeyEnd::Dropped => (false, None),
+                    KeyEnd::Requeue(w) => (false, Some(w)),
+                };
                 Completed {
                     since,
                     key,
                     durable,
                     seqs,
+                    hot,
+                    requeue,
                 }
             })
             .collect();
@@ -263,6 +328,8 @@ impl Flusher {
                 since: *since,
                 durable: false,
                 seqs: *seqs,
+                hot: false,
+                requeue: None,
             })
             .collect();
         if !lost.is_empty() {
@@ -333,8 +400,15 @@ impl Flusher {
         }
     }
 
-    /// One BatchWriteItem of ≤ 25 puts/deletes on distinct keys, retried until done.
-    async fn batch(&self, writes: Vec<(Key, Write)>) -> Vec<(Key, bool)> {
+    /// One BatchWriteItem of ≤ 25 puts/deletes on distinct keys, retried until done. Keys
+    /// DynamoDB returned as UnprocessedItems are added to `hot`; those in `may_requeue` are
+    /// handed back instead of retried.
+    async fn batch(
+        &self,
+        writes: Vec<(Key, Write)>,
+        hot: &mut HashSet<Key>,
+        may_requeue: &HashSet<Key>,
+    ) -> Vec<(Key, KeyEnd)> {
         let mut pending: Vec<(Key, WriteRequest)> = writes
             .iter()
             .map(|(k, w)| (k.clone(), Self::write_request(k, w)))
@@ -396,7 +470,7 @@ impl Flusher {
                     let mut per_table: HashMap<Table, u64> = HashMap::new();
                     for (key, _) in written {
                         *per_table.entry(key.table).or_default() += 1;
-                        done.push((key, true));
+                        done.push((key, KeyEnd::Written));
                     }
                     for (table, n) in per_table {
                         self.stats.written(table, n);
@@ -404,6 +478,14 @@ impl Flusher {
                     if !rest.is_empty() {
                         self.stats.unprocessed(rest.len() as u64);
                         last_error = "returned as UnprocessedItems".into();
+                        hot.extend(rest.iter().map(|(k, _)| k.clone()));
+                    }
+                    let (back, rest): (Vec<_>, Vec<_>) =
+                        rest.into_iter().partition(|(k, _)| may_requeue.contains(k));
+                    for (key, _) in back {
+                        if let Some((_, w)) = writes.iter().find(|(k, _)| *k == key) {
+                            done.push((key, KeyEnd::Requeue(w.clone())));
+                        }
                     }
                     pending = rest;
                 }
@@ -425,8 +507,12 @@ impl Flusher {
                             let by_key: HashMap<Key, Write> = writes.iter().cloned().collect();
                             for (key, _) in std::mem::take(&mut pending) {
                                 if let Some(w) = by_key.get(&key) {
-                                    let single =
-                                        Box::pin(self.batch(vec![(key.clone(), w.clone())])).await;
+                                    let single = Box::pin(self.batch(
+                                        vec![(key.clone(), w.clone())],
+                                        hot,
+                                        may_requeue,
+                                    ))
+                                    .await;
                                     done.extend(single);
                                 }
                             }
@@ -441,7 +527,7 @@ impl Flusher {
                                     }
                                     None => self.stats.dropped(DropReason::Rejected, 1),
                                 }
-                                done.push((key, false));
+                                done.push((key, KeyEnd::Dropped));
                             }
                         }
                         continue;
@@ -494,7 +580,7 @@ impl Flusher {
                             }
                             None => self.stats.dropped(DropReason::RetriesExhausted, 1),
                         }
-                        done.push((key, false));
+                        done.push((key, KeyEnd::Dropped));
                     }
                 }
                 attempt += 1;
@@ -561,17 +647,41 @@ impl Flusher {
         }
     }
 
-    /// The UpdateItem(s) of one write, in order, each retried until done.
-    async fn update(&self, key: &Key, write: &Write) -> bool {
-        for spec in Self::update_specs(key, write) {
-            if !self.update_one(key, write, &spec).await {
-                return false;
+    /// The UpdateItem(s) of one write, in order, each retried until done. Sets `hot` when
+    /// DynamoDB throttled the key itself; with `may_requeue`, such a throttle hands what is left
+    /// of the write back instead of retrying it.
+    async fn update(&self, key: &Key, write: &Write, hot: &mut bool, may_requeue: bool) -> KeyEnd {
+        for (i, spec) in Self::update_specs(key, write).iter().enumerate() {
+            match self.update_one(key, write, spec, hot, may_requeue).await {
+                SpecEnd::Done => {}
+                SpecEnd::Dropped => return KeyEnd::Dropped,
+                SpecEnd::HotThrottled => return KeyEnd::Requeue(Self::remainder(write, i)),
             }
         }
-        true
+        KeyEnd::Written
     }
 
-    async fn update_one(&self, key: &Key, write: &Write, spec: &UpdateSpec) -> bool {
+    /// What is left of `write` when its UpdateItems before number `done` went through: a set
+    /// delta's ADD goes first, so after it only the DELETE is left.
+    fn remainder(write: &Write, done: usize) -> Write {
+        match write {
+            Write::SetDelta { attr, add, del } if done > 0 && !add.is_empty() => Write::SetDelta {
+                attr: attr.clone(),
+                add: Default::default(),
+                del: del.clone(),
+            },
+            other => other.clone(),
+        }
+    }
+
+    async fn update_one(
+        &self,
+        key: &Key,
+        write: &Write,
+        spec: &UpdateSpec,
+        hot: &mut bool,
+        may_requeue: bool,
+    ) -> SpecEnd {
         let started = Instant::now();
         let mut attempt = 0u32;
         // Set by every failure that leads to a retry; read if the retries run out.
@@ -615,7 +725,7 @@ impl Flusher {
                     {
                         self.trim_set(key, attr, cap * 3 / 4).await;
                     }
-                    return true;
+                    return SpecEnd::Done;
                 }
                 Err(err) => match dynamo::classify(&err) {
                     Failure::ConditionFailed => {
@@ -624,7 +734,7 @@ impl Flusher {
                             Outcome::ConditionFailed,
                             elapsed,
                         );
-                        return true;
+                        return SpecEnd::Done;
                     }
                     Failure::Throttled { code } => {
                         last_error = code.to_string();
@@ -632,7 +742,15 @@ impl Flusher {
                         self.stats
                             .request(Operation::UpdateItem, Outcome::Throttled, elapsed);
                         self.stats.throttled(code);
-                        dynamo::record_throttling_reasons(dynamo::update_throttling_reasons(&err));
+                        let reasons = dynamo::update_throttling_reasons(&err);
+                        dynamo::record_throttling_reasons(reasons);
+                        // Without reasons (older DynamoDB, emulators) a throttled single-key
+                        // request is taken as a hot key; with them, only a key range is.
+                        let key_throttled = reasons.is_empty() || dynamo::names_key_range(reasons);
+                        *hot |= key_throttled;
+                        if key_throttled && may_requeue {
+                            return SpecEnd::HotThrottled;
+                        }
                     }
                     Failure::Invalid { message }
                         if !trimmed
@@ -658,7 +776,7 @@ impl Flusher {
                             error!(held_back = held, table = %key.table, %message, "DynamoDB rejected an update; dropped");
                         }
                         self.give_up(key, write, DropReason::Rejected, &message);
-                        return false;
+                        return SpecEnd::Dropped;
                     }
                     Failure::Transient { code, message } => {
                         last_error = format!("{code}: {message}");
@@ -689,7 +807,7 @@ impl Flusher {
                     started.elapsed().as_secs_f64()
                 );
                 self.give_up(key, write, DropReason::RetriesExhausted, &why);
-                return false;
+                return SpecEnd::Dropped;
             }
             attempt += 1;
         }

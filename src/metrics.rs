@@ -93,6 +93,8 @@ fn register() {
         metrics::gauge!(gauge).set(0.0);
     }
     let _ = metrics::histogram!("mqtt_dynamo_spool_fsync_duration_seconds");
+    metrics::gauge!("mqtt_dynamo_hot_keys").set(0.0);
+    metrics::counter!("mqtt_dynamo_hot_key_requeues_total").absolute(0);
     for adapter in ["exhook", "http"] {
         metrics::counter!("mqtt_dynamo_hook_events_dropped_total", "adapter" => adapter, "reason" => "queue_full")
             .absolute(0);
@@ -165,6 +167,14 @@ fn register() {
 }
 
 fn describe() {
+    describe_gauge!(
+        "mqtt_dynamo_hot_keys",
+        "Keys DynamoDB throttled that wait a window of their own before their next write."
+    );
+    describe_counter!(
+        "mqtt_dynamo_hot_key_requeues_total",
+        "Writes of keys DynamoDB throttled, handed back to their shard to wait the key's window instead of being retried."
+    );
     describe_counter!(
         "mqtt_dynamo_spool_records_total",
         "Spool records by outcome: appended, replayed after a restart, refused (full or write error), failed, cut (torn or damaged)."

@@ -166,6 +166,8 @@ impl PipelineHandle {
         metrics::gauge!("mqtt_dynamo_flushes_in_flight")
             .set(self.stats.flushes_in_flight.load(Relaxed).max(0) as f64);
         metrics::gauge!("mqtt_dynamo_flushes_in_flight_limit").set(self.concurrency.limit() as f64);
+        metrics::gauge!("mqtt_dynamo_hot_keys")
+            .set(self.stats.hot_keys.load(Relaxed).max(0) as f64);
         if let Some(reader) = &self.reader {
             let state = reader.state();
             let (retained, offline) = state.indexed_topics();
@@ -252,15 +254,18 @@ impl Pipeline {
             cfg.max_in_flight,
             cfg.adaptive_concurrency,
         ));
-        let flusher = Arc::new(Flusher::new(
-            Arc::clone(&concurrency),
-            client,
-            TableNames::new(dynamo),
-            cfg.retry.clone(),
-            Arc::clone(&stats),
-            dead_letters,
-            storage.max_msgid_set_kb * 1024,
-        ));
+        let flusher = Arc::new(
+            Flusher::new(
+                Arc::clone(&concurrency),
+                client,
+                TableNames::new(dynamo),
+                cfg.retry.clone(),
+                Arc::clone(&stats),
+                dead_letters,
+                storage.max_msgid_set_kb * 1024,
+            )
+            .with_hot_key_requeue(!cfg.hot_key_window.is_zero()),
+        );
         let mut senders = Vec::with_capacity(cfg.shards);
         let mut shards = Vec::with_capacity(cfg.shards);
         let spool = if cfg.spool.enabled {

@@ -37,6 +37,11 @@ pub(crate) enum ShardMsg {
     Shutdown,
 }
 
+/// At most this many hot keys per shard are remembered …
+const HOT_KEYS_MAX: usize = 10_000;
+/// … and a key not throttled or written for this long is forgotten when room is needed.
+const HOT_KEY_MEMORY: Duration = Duration::from_secs(60);
+
 /// How often a shard with barriers waiting checks them.
 const BARRIER_CHECK_INTERVAL: Duration = Duration::from_millis(10);
 
@@ -122,14 +127,16 @@ pub(crate) struct Shard {
     cfg: PipelineConfig,
     stats: Arc<Stats>,
     draining: bool,
-    /// The pending keys and bytes last added to the shared gauges.
-    published: (i64, i64),
+    /// The pending keys, bytes and hot keys last added to the shared gauges.
+    published: (i64, i64, i64),
     /// The spool to acknowledge barriers to, and this shard's index there.
     spool: Option<(Arc<crate::spool::Spool>, usize)>,
     /// Barriers received and not yet passed, oldest first.
     barriers: std::collections::VecDeque<u64>,
     /// When the barriers were last checked (a check walks every pending write).
     barriers_checked: Instant,
+    /// Hot keys: each one's current window, and when it was last throttled or written.
+    hot: HashMap<Key, (Duration, Instant)>,
 }
 
 impl Shard {
@@ -154,11 +161,42 @@ impl Shard {
             cfg,
             stats,
             draining: false,
-            published: (0, 0),
+            published: (0, 0, 0),
             spool: None,
             barriers: Default::default(),
             barriers_checked: Instant::now(),
+            hot: HashMap::new(),
         }
+    }
+
+    /// A hot key's window after one more write: doubled when DynamoDB throttled the key again,
+    /// halved when it did not (and the key forgotten below `hot_key_window`). The key's next
+    /// write is held back for the window.
+    fn cool_or_heat(&mut self, key: &Key, throttled: bool, now: Instant) {
+        let (base, max) = (self.cfg.hot_key_window, self.cfg.hot_key_max_window);
+        if base.is_zero() {
+            return;
+        }
+        let window = match (self.hot.get(key), throttled) {
+            (None, false) => return,
+            (None, true) => base,
+            (Some((w, _)), true) => (*w * 2).min(max),
+            (Some((w, _)), false) => *w / 2,
+        };
+        if window < base {
+            self.hot.remove(key);
+            return;
+        }
+        if self.hot.len() >= HOT_KEYS_MAX && !self.hot.contains_key(key) {
+            // Forget keys not seen for a minute rather than grow without bound.
+            self.hot
+                .retain(|_, (_, seen)| now.saturating_duration_since(*seen) < HOT_KEY_MEMORY);
+            if self.hot.len() >= HOT_KEYS_MAX {
+                return;
+            }
+        }
+        self.hot.insert(key.clone(), (window, now));
+        self.coalescer.hold(key, now + window);
     }
 
     /// Acknowledges barriers to `spool` as shard number `index`.
@@ -206,8 +244,16 @@ impl Shard {
 
     /// Adds this shard's change in pending keys and bytes to the shared gauges.
     fn publish(&mut self) {
-        let now = (self.coalescer.len() as i64, self.coalescer.bytes() as i64);
+        let now = (
+            self.coalescer.len() as i64,
+            self.coalescer.bytes() as i64,
+            self.hot.len() as i64,
+        );
         if now != self.published {
+            self.stats.hot_keys.fetch_add(
+                now.2 - self.published.2,
+                std::sync::atomic::Ordering::Relaxed,
+            );
             self.stats.pending_keys.fetch_add(
                 now.0 - self.published.0,
                 std::sync::atomic::Ordering::Relaxed,
@@ -285,6 +331,22 @@ impl Shard {
                 let mut latencies = Vec::with_capacity(done.len());
                 for c in done {
                     self.coalescer.complete(&c.key);
+                    if let Some(write) = c.requeue {
+                        // Throttled on its own key: back in line, ahead of the key's newer ops,
+                        // which merge into it while the key waits its window.
+                        self.stats.requeued();
+                        let vanished =
+                            self.coalescer
+                                .requeue(c.key.clone(), write, c.seqs, c.since);
+                        if let Some(read) = &self.read {
+                            for seqs in vanished {
+                                read.settled(&c.key, seqs);
+                            }
+                        }
+                        self.cool_or_heat(&c.key, true, now);
+                        continue;
+                    }
+                    self.cool_or_heat(&c.key, c.hot, now);
                     if let Some(read) = &self.read {
                         read.settled(&c.key, c.seqs);
                     }
@@ -341,6 +403,7 @@ impl Shard {
 
     pub async fn run(mut self) {
         loop {
+            let next_release = self.coalescer.release_due(Instant::now());
             self.dispatch();
             self.publish();
             self.pass_barriers(false);
@@ -362,6 +425,9 @@ impl Shard {
             if !self.barriers.is_empty() {
                 let check = self.barriers_checked + BARRIER_CHECK_INTERVAL;
                 wake = Some(wake.map_or(check, |w| w.min(check)));
+            }
+            if let Some(release) = next_release {
+                wake = Some(wake.map_or(release, |w| w.min(release)));
             }
             let far = now + Duration::from_secs(3600);
             tokio::select! {

@@ -142,6 +142,8 @@ pub struct Stats {
     unprocessed: AtomicU64,
     throttles: AtomicU64,
     retries: AtomicU64,
+    /// Writes of hot keys handed back to their shard instead of retried.
+    requeued: AtomicU64,
     dropped: [AtomicU64; 2],
     consumed_wcu: [AtomicU64; 6],
     /// Message ids removed from sets at their size cap.
@@ -150,6 +152,8 @@ pub struct Stats {
     durable_latency: Mutex<Histogram<u64>>,
     /// Keys and bytes pending in all shards' coalescers (each shard adds its changes).
     pub(crate) pending_keys: AtomicI64,
+    /// Keys held back as hot, across shards.
+    pub(crate) hot_keys: AtomicI64,
     pub(crate) pending_bytes: AtomicI64,
     /// Flushes started and not yet completed.
     pub(crate) flushes_in_flight: AtomicI64,
@@ -169,6 +173,7 @@ impl Default for Stats {
             unprocessed: Default::default(),
             throttles: Default::default(),
             retries: Default::default(),
+            requeued: Default::default(),
             dropped: Default::default(),
             consumed_wcu: Default::default(),
             trimmed: Default::default(),
@@ -177,6 +182,7 @@ impl Default for Stats {
                     .expect("static histogram bounds are valid"),
             ),
             pending_keys: AtomicI64::new(0),
+            hot_keys: AtomicI64::new(0),
             pending_bytes: AtomicI64::new(0),
             flushes_in_flight: AtomicI64::new(0),
         }
@@ -236,6 +242,11 @@ impl Stats {
     pub(crate) fn unprocessed(&self, n: u64) {
         self.unprocessed.fetch_add(n, Relaxed);
         metrics::counter!("mqtt_dynamo_dynamodb_unprocessed_items_total").increment(n);
+    }
+
+    pub(crate) fn requeued(&self) {
+        self.requeued.fetch_add(1, Relaxed);
+        metrics::counter!("mqtt_dynamo_hot_key_requeues_total").increment(1);
     }
 
     pub(crate) fn retried(&self, op: Operation) {
@@ -334,6 +345,7 @@ impl Stats {
             unprocessed: self.unprocessed.load(Relaxed),
             throttles: self.throttles.load(Relaxed),
             retries: self.retries.load(Relaxed),
+            requeued: self.requeued.load(Relaxed),
             dropped_rejected: self.dropped[DropReason::Rejected as usize].load(Relaxed),
             dropped_retries_exhausted: self.dropped[DropReason::RetriesExhausted as usize]
                 .load(Relaxed),
@@ -395,6 +407,8 @@ pub struct StatsSnapshot {
     pub unprocessed: u64,
     pub throttles: u64,
     pub retries: u64,
+    /// Writes of hot keys handed back to their shard (to wait a window) instead of retried.
+    pub requeued: u64,
     pub dropped_rejected: u64,
     pub dropped_retries_exhausted: u64,
     pub consumed_wcu: u64,
@@ -466,8 +480,8 @@ impl std::fmt::Display for StatsSnapshot {
         writeln!(f, "write capacity units   {}", self.consumed_wcu)?;
         writeln!(
             f,
-            "throttles / unprocessed / retries  {} / {} / {}",
-            self.throttles, self.unprocessed, self.retries
+            "throttles / unprocessed / retries / hot-key requeues  {} / {} / {} / {}",
+            self.throttles, self.unprocessed, self.retries, self.requeued
         )?;
         writeln!(
             f,

@@ -42,6 +42,10 @@ enum Step {
     Take(usize),
     /// Complete (apply) up to this many in-flight writes, oldest first.
     Complete(usize),
+    /// The same, as throttled: each completed key is held for this many milliseconds (hot key).
+    CompleteHot(usize, u8),
+    /// Hand up to this many in-flight writes back unapplied (throttled) and hold their keys.
+    Requeue(usize, u8),
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -61,6 +65,8 @@ fn step() -> impl Strategy<Value = Step> {
         (0..4u8, 0..3u8).prop_map(|(client, topic)| Step::Unsubscribe { client, topic }),
         (1..30usize).prop_map(Step::Take),
         (1..30usize).prop_map(Step::Complete),
+        (1..30usize, 0..20u8).prop_map(|(n, ms)| Step::CompleteHot(n, ms)),
+        (1..30usize, 0..20u8).prop_map(|(n, ms)| Step::Requeue(n, ms)),
     ]
 }
 
@@ -85,6 +91,7 @@ fn run(steps: &[Step], rules: &RuleSet, initial: &TableModel) -> (TableModel, Ta
     let mut ops_total = 0u64;
     for (i, step) in steps.iter().enumerate() {
         let at = now + Duration::from_millis(i as u64);
+        coalescer.release_due(at);
         let event = match *step {
             Step::Connect { client: c, node } => Some(HookEvent::ClientConnected {
                 client: client(c, node),
@@ -166,6 +173,31 @@ fn run(steps: &[Step], rules: &RuleSet, initial: &TableModel) -> (TableModel, Ta
                 }
                 None
             }
+            Step::CompleteHot(n, ms) => {
+                for _ in 0..n {
+                    let Some(t) = in_flight.pop_front() else {
+                        break;
+                    };
+                    coalesced.apply(&Op {
+                        key: t.key.clone(),
+                        write: t.write,
+                    });
+                    coalescer.complete(&t.key);
+                    coalescer.hold(&t.key, at + Duration::from_millis(u64::from(ms)));
+                }
+                None
+            }
+            Step::Requeue(n, ms) => {
+                for _ in 0..n {
+                    let Some(t) = in_flight.pop_front() else {
+                        break;
+                    };
+                    coalescer.complete(&t.key);
+                    coalescer.requeue(t.key.clone(), t.write, t.seqs, t.since);
+                    coalescer.hold(&t.key, at + Duration::from_millis(u64::from(ms)));
+                }
+                None
+            }
         };
         if let Some(event) = event {
             for op in rules
@@ -187,6 +219,7 @@ fn run(steps: &[Step], rules: &RuleSet, initial: &TableModel) -> (TableModel, Ta
             });
             coalescer.complete(&t.key);
         }
+        coalescer.release_due(now + Duration::from_secs(3600));
         let batch = coalescer.take(25, usize::MAX);
         if batch.is_empty() {
             break;
@@ -514,4 +547,63 @@ fn sequence_numbers_follow_the_ops() {
         )
     );
     assert!(c.is_empty());
+}
+
+#[test]
+fn a_held_key_waits_its_window_while_others_go_and_its_ops_merge() {
+    let hot = Key::new(Table::Retain, "hot");
+    let cold = Key::new(Table::Retain, "cold");
+    let put = |key: &Key, p: &str| {
+        let mut item = key.to_item();
+        item.insert("payload".into(), Value::S(p.into()));
+        Op {
+            key: key.clone(),
+            write: Write::Put { item, fresh: false },
+        }
+    };
+    let t0 = Instant::now();
+    let mut c = Coalescer::new();
+    c.push(put(&hot, "1"), t0);
+    let first = c.take(25, usize::MAX);
+    assert_eq!(first.len(), 1);
+    // Throttled: the key waits 100 ms after its write completes.
+    c.complete(&hot);
+    c.hold(&hot, t0 + Duration::from_millis(100));
+    assert_eq!(c.held(), 1);
+    c.push(put(&hot, "2"), t0 + Duration::from_millis(1));
+    c.push(put(&cold, "x"), t0 + Duration::from_millis(2));
+    assert_eq!(
+        c.push(put(&hot, "3"), t0 + Duration::from_millis(3)),
+        PushOutcome::Merged
+    );
+    assert_eq!(c.ready(), 1, "only the cold key is ready");
+    assert_eq!(
+        c.oldest(),
+        Some(t0 + Duration::from_millis(2)),
+        "a held write does not count towards the flush age"
+    );
+    let taken = c.take(25, usize::MAX);
+    assert_eq!(taken.iter().map(|t| &t.key).collect::<Vec<_>>(), [&cold]);
+    c.complete(&cold);
+    assert_eq!(
+        c.release_due(t0 + Duration::from_millis(99)),
+        Some(t0 + Duration::from_millis(100))
+    );
+    assert!(c.take(25, usize::MAX).is_empty());
+    assert_eq!(c.release_due(t0 + Duration::from_millis(100)), None);
+    assert_eq!(c.ready(), 1);
+    let taken = c.take(25, usize::MAX);
+    assert_eq!(taken.len(), 1);
+    assert_eq!(
+        taken[0].write,
+        put(&hot, "3").write,
+        "2 and 3 merged into one write"
+    );
+    // Held while in flight: not ready after completing until the hold ends.
+    c.push(put(&hot, "4"), t0);
+    c.hold(&hot, t0 + Duration::from_millis(500));
+    c.complete(&hot);
+    assert_eq!(c.ready(), 0);
+    c.release_due(t0 + Duration::from_millis(500));
+    assert_eq!(c.ready(), 1);
 }
