@@ -160,41 +160,31 @@ fn run(steps: &[Step], rules: &RuleSet, initial: &TableModel) -> (TableModel, Ta
                 in_flight.extend(coalescer.take(n, usize::MAX));
                 None
             }
-            Step::Complete(n) => {
-                for _ in 0..n {
-                    let Some(t) = in_flight.pop_front() else {
-                        break;
-                    };
-                    coalesced.apply(&Op {
-                        key: t.key.clone(),
-                        write: t.write,
-                    });
-                    coalescer.complete(&t.key);
-                }
-                None
-            }
-            Step::CompleteHot(n, ms) => {
-                for _ in 0..n {
-                    let Some(t) = in_flight.pop_front() else {
-                        break;
-                    };
-                    coalesced.apply(&Op {
-                        key: t.key.clone(),
-                        write: t.write,
-                    });
-                    coalescer.complete(&t.key);
-                    coalescer.hold(&t.key, at + Duration::from_millis(u64::from(ms)));
-                }
-                None
-            }
-            Step::Requeue(n, ms) => {
+            Step::Complete(n) | Step::CompleteHot(n, _) | Step::Requeue(n, _) => {
+                // How the flush ended: written, written but throttled (the key waits a window),
+                // or throttled and handed back unapplied.
+                let (apply, hold) = match *step {
+                    Step::Complete(_) => (true, None),
+                    Step::CompleteHot(_, ms) => (true, Some(ms)),
+                    Step::Requeue(_, ms) => (false, Some(ms)),
+                    _ => unreachable!("matched above"),
+                };
                 for _ in 0..n {
                     let Some(t) = in_flight.pop_front() else {
                         break;
                     };
                     coalescer.complete(&t.key);
-                    coalescer.requeue(t.key.clone(), t.write, t.seqs, t.since);
-                    coalescer.hold(&t.key, at + Duration::from_millis(u64::from(ms)));
+                    if apply {
+                        coalesced.apply(&Op {
+                            key: t.key.clone(),
+                            write: t.write,
+                        });
+                    } else {
+                        coalescer.requeue(t.key.clone(), t.write, t.seqs, t.since);
+                    }
+                    if let Some(ms) = hold {
+                        coalescer.hold(&t.key, at + Duration::from_millis(u64::from(ms)));
+                    }
                 }
                 None
             }
