@@ -54,7 +54,8 @@ struct Cli {
     /// Drop the connection at the end of a stall instead of answering.
     #[arg(long)]
     stall_drop: bool,
-    /// Fraction of the write requests inside each BatchWriteItem returned as UnprocessedItems, regardless of capacity (drawn per item).
+    /// Fraction of the write requests inside each BatchWriteItem returned as UnprocessedItems,
+    /// regardless of capacity (drawn per item).
     #[arg(long, default_value_t = 0.0)]
     throttle_rate: f64,
     /// Fraction of BatchGetItem keys returned as UnprocessedKeys.
