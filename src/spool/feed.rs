@@ -2,7 +2,8 @@
 //! router, then a barrier after each sealed segment; after the spool closes, the shutdown marker.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,9 @@ use crate::lookup::ReadState;
 /// Where the feeder is: one open segment.
 struct Cursor {
     id: u64,
-    file: BufReader<File>,
+    /// Read with positional reads only: the writer fills a preallocated file in place, so a
+    /// buffered reader could hold zeros that have since been overwritten.
+    file: File,
     /// Bytes of the segment already queued.
     pos: u64,
     /// The number of the next op.
@@ -45,7 +48,7 @@ impl Spool {
                     Some(seg) => {
                         *cur = Some(Cursor {
                             id: seg.id,
-                            file: BufReader::with_capacity(1 << 20, File::open(&seg.path)?),
+                            file: File::open(&seg.path)?,
                             pos: 0,
                             seq: seg.first_seq,
                             replayed: seg.replayed,
@@ -106,10 +109,14 @@ impl Spool {
 /// Reads one record at the cursor: its ops and its size on disk.
 fn read_record(c: &mut Cursor, payload: &mut Vec<u8>) -> Result<(Vec<Op>, u64), String> {
     let mut header = [0u8; codec::HEADER];
-    c.file.read_exact(&mut header).map_err(|e| e.to_string())?;
+    c.file
+        .read_exact_at(&mut header, c.pos)
+        .map_err(|e| e.to_string())?;
     let n = codec::payload_len(&header).map_err(|e| e.to_string())?;
     payload.resize(n, 0);
-    c.file.read_exact(payload).map_err(|e| e.to_string())?;
+    c.file
+        .read_exact_at(payload, c.pos + codec::HEADER as u64)
+        .map_err(|e| e.to_string())?;
     codec::verify(&header, payload).map_err(|e| e.to_string())?;
     let ops = codec::decode(payload).map_err(|e| e.to_string())?;
     Ok((ops, (codec::HEADER + n) as u64))
@@ -127,6 +134,7 @@ pub(crate) fn run(
     let mut cur: Option<Cursor> = None;
     let mut payload = Vec::new();
     loop {
+        spool.prepare_spare();
         let step = match spool.next_step(&mut cur) {
             Ok(step) => step,
             Err(e) => {

@@ -1,6 +1,6 @@
 //! The spool on real files: replay after a crash, torn tails, the disk bound, group commit.
 
-use std::io::Write as _;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -78,20 +78,25 @@ fn a_crash_leaves_records_that_are_replayed_first_in_order_and_a_torn_tail_is_cu
     let files = segment_files(dir.path());
     assert_eq!(files, ["segment-00000000000000000001.spool"]);
     let path = dir.path().join(&files[0]);
-    let whole = fs::metadata(&path).unwrap().len();
+    assert_eq!(
+        fs::metadata(&path).unwrap().len(),
+        16 << 20,
+        "segments are preallocated"
+    );
+    let whole = (codec::encode(&first).len() + codec::encode(&second).len()) as u64;
     let torn = &codec::encode(&[put("d", 40)])[..20];
     fs::OpenOptions::new()
-        .append(true)
+        .write(true)
         .open(&path)
         .unwrap()
-        .write_all(torn)
+        .write_all_at(torn, whole)
         .unwrap();
 
     let spool = Spool::open(&cfg, 2, None).unwrap();
     assert_eq!(
         fs::metadata(&path).unwrap().len(),
         whole,
-        "the torn record is cut off"
+        "the torn record and the zero tail are cut off"
     );
     // The replayed ops keep numbers 1..=3; a new event comes after them.
     assert_eq!(spool.append(&[put("e", 5)], None).unwrap().first_seq, 4);
@@ -147,7 +152,7 @@ fn damage_in_the_middle_keeps_what_comes_before_it() {
     }
     let path = dir.path().join("segment-00000000000000000001.spool");
     let mut bytes = fs::read(&path).unwrap();
-    let record = bytes.len() / 3;
+    let record = codec::encode(&[put("t0", 100)]).len();
     bytes[record + 30] ^= 0xff;
     fs::write(&path, &bytes).unwrap();
     let spool = Spool::open(&cfg, 1, None).unwrap();
