@@ -5,6 +5,11 @@
 //!   exponential backoff; throttling errors and transient failures retry the whole request the
 //!   same way. The key of every write stays in flight in its shard until this returns, so nothing
 //!   newer for that key can overtake a retry.
+//! - **Hot keys** (with `pipeline.hot_key_window` on): a write throttled on its own key — returned
+//!   in UnprocessedItems, or an UpdateItem throttled with a key-range ThrottlingReason or none — is
+//!   not retried here but handed back (`Completed::requeue`), so its shard can merge the key's newer
+//!   ops into it while the key waits its window. Throttling that names table or account capacity,
+//!   and writes older than `max_elapsed`, are retried here as above.
 //! - **ValidationException** on a batch is never retried whole: each write is resent alone, so one
 //!   poison write is dropped (counted, logged with DynamoDB's message) and the rest are written.
 //! - A guarded update whose condition fails (a late disconnect from a node the client has left)
