@@ -165,18 +165,37 @@ impl Seqs {
         }
     }
 
-    fn with(self, seq: u64) -> Self {
-        Seqs {
-            first: self.first.min(seq),
-            last: self.last.max(seq),
-        }
-    }
-
     fn union(self, other: Seqs) -> Self {
         Seqs {
             first: self.first.min(other.first),
             last: self.last.max(other.last),
         }
+    }
+}
+
+/// Folds `write` (the ops `seqs`) onto the last of a key's pending `writes` (see [`merge`]);
+/// returns how, and the ops that cancelled out, if any.
+fn fold(
+    key: &Key,
+    writes: &mut VecDeque<(Write, Seqs)>,
+    write: Write,
+    seqs: Seqs,
+) -> (PushOutcome, Option<Seqs>) {
+    let Some((last, last_seqs)) = writes.pop_back() else {
+        writes.push_back((write, seqs));
+        return (PushOutcome::New, None);
+    };
+    match merge(key, last, write) {
+        Merged::One(w) => {
+            writes.push_back((w, last_seqs.union(seqs)));
+            (PushOutcome::Merged, None)
+        }
+        Merged::Two(a, b) => {
+            writes.push_back((a, last_seqs));
+            writes.push_back((b, seqs));
+            (PushOutcome::Queued, None)
+        }
+        Merged::Cancelled => (PushOutcome::Cancelled, Some(last_seqs.union(seqs))),
     }
 }
 
@@ -261,64 +280,64 @@ impl Coalescer {
         seq: u64,
     ) -> (PushOutcome, Option<Seqs>) {
         let Op { key, write } = op;
-        match self.entries.get_mut(&key) {
-            None => {
-                let slot = self.next_seq;
-                self.next_seq += 1;
-                let writes = VecDeque::from([(write, Seqs::one(seq))]);
-                let bytes = Entry::measure(&key, &writes);
-                self.bytes += bytes;
-                if self.available(&key) {
-                    self.ready += 1;
-                }
-                self.order.push_back((key.clone(), slot));
-                self.entries.insert(
-                    key,
-                    Entry {
-                        writes,
-                        since: accepted,
-                        seq: slot,
-                        bytes,
-                    },
-                );
-                (PushOutcome::New, None)
+        let Some(entry) = self.entries.get_mut(&key) else {
+            self.insert_entry(
+                key,
+                VecDeque::from([(write, Seqs::one(seq))]),
+                accepted,
+                false,
+            );
+            return (PushOutcome::New, None);
+        };
+        let (outcome, vanished) = fold(&key, &mut entry.writes, write, Seqs::one(seq));
+        self.bytes -= entry.bytes;
+        if entry.writes.is_empty() {
+            self.entries.remove(&key);
+            if self.available(&key) {
+                self.ready -= 1;
             }
-            Some(entry) => {
-                let (last, seqs) = entry.writes.pop_back().expect("entries are never empty");
-                let mut vanished = None;
-                let outcome = match merge(&key, last, write) {
-                    Merged::One(w) => {
-                        entry.writes.push_back((w, seqs.with(seq)));
-                        PushOutcome::Merged
-                    }
-                    Merged::Two(a, b) => {
-                        entry.writes.push_back((a, seqs));
-                        entry.writes.push_back((b, Seqs::one(seq)));
-                        PushOutcome::Queued
-                    }
-                    Merged::Cancelled => {
-                        vanished = Some(seqs.with(seq));
-                        PushOutcome::Cancelled
-                    }
-                };
-                self.bytes -= entry.bytes;
-                if entry.writes.is_empty() {
-                    self.entries.remove(&key);
-                    if !self.in_flight.contains(&key) && !self.held.contains_key(&key) {
-                        self.ready -= 1;
-                    }
-                } else {
-                    entry.bytes = Entry::measure(&key, &entry.writes);
-                    self.bytes += entry.bytes;
-                }
-                // A cancelled write whose entry still has an earlier write is still a merge.
-                if outcome == PushOutcome::Cancelled && self.entries.contains_key(&key) {
-                    (PushOutcome::Merged, vanished)
-                } else {
-                    (outcome, vanished)
-                }
-            }
+        } else {
+            entry.bytes = Entry::measure(&key, &entry.writes);
+            self.bytes += entry.bytes;
         }
+        // A cancelled write whose entry still has an earlier write is still a merge.
+        if outcome == PushOutcome::Cancelled && self.entries.contains_key(&key) {
+            (PushOutcome::Merged, vanished)
+        } else {
+            (outcome, vanished)
+        }
+    }
+
+    /// Adds a new entry for `key` (which has none): last in line, or first when it holds the
+    /// oldest write of all (a requeued one).
+    fn insert_entry(
+        &mut self,
+        key: Key,
+        writes: VecDeque<(Write, Seqs)>,
+        since: Instant,
+        first_in_line: bool,
+    ) {
+        let slot = self.next_seq;
+        self.next_seq += 1;
+        let bytes = Entry::measure(&key, &writes);
+        self.bytes += bytes;
+        if self.available(&key) {
+            self.ready += 1;
+        }
+        if first_in_line {
+            self.order.push_front((key.clone(), slot));
+        } else {
+            self.order.push_back((key.clone(), slot));
+        }
+        self.entries.insert(
+            key,
+            Entry {
+                writes,
+                since,
+                seq: slot,
+                bytes,
+            },
+        );
     }
 
     /// Takes the oldest ready writes, one per key, until `max_requests` DynamoDB requests or
@@ -389,41 +408,15 @@ impl Coalescer {
     /// them settled), one range per cancellation.
     pub fn requeue(&mut self, key: Key, write: Write, seqs: Seqs, since: Instant) -> Vec<Seqs> {
         let Some(entry) = self.entries.remove(&key) else {
-            let slot = self.next_seq;
-            self.next_seq += 1;
-            let writes = VecDeque::from([(write, seqs)]);
-            let bytes = Entry::measure(&key, &writes);
-            self.bytes += bytes;
-            if self.available(&key) {
-                self.ready += 1;
-            }
-            // The oldest write of all: first in line.
-            self.order.push_front((key.clone(), slot));
-            self.entries.insert(
-                key,
-                Entry {
-                    writes,
-                    since,
-                    seq: slot,
-                    bytes,
-                },
-            );
+            self.insert_entry(key, VecDeque::from([(write, seqs)]), since, true);
             return Vec::new();
         };
         self.bytes -= entry.bytes;
         let mut writes: VecDeque<(Write, Seqs)> = VecDeque::from([(write, seqs)]);
         let mut vanished = Vec::new();
         for (w, s) in entry.writes {
-            match writes.pop_back() {
-                None => writes.push_back((w, s)),
-                Some((last, ls)) => match merge(&key, last, w) {
-                    Merged::One(m) => writes.push_back((m, ls.union(s))),
-                    Merged::Two(a, b) => {
-                        writes.push_back((a, ls));
-                        writes.push_back((b, s));
-                    }
-                    Merged::Cancelled => vanished.push(ls.union(s)),
-                },
+            if let (_, Some(gone)) = fold(&key, &mut writes, w, s) {
+                vanished.push(gone);
             }
         }
         if writes.is_empty() {

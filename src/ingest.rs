@@ -215,7 +215,7 @@ impl Ingest {
         if let Err(e @ SubmitError::Spool(_)) = &waited {
             self.count_rejection(e);
         }
-        waited.map(|_| ())
+        waited
     }
 
     /// Queues writes that come from no hook (the subscription API), waiting until `deadline`

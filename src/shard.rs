@@ -331,9 +331,11 @@ impl Shard {
                 let mut latencies = Vec::with_capacity(done.len());
                 for c in done {
                     self.coalescer.complete(&c.key);
+                    // A requeued write is always a hot one (throttled on its own key).
+                    self.cool_or_heat(&c.key, c.hot, now);
                     if let Some(write) = c.requeue {
-                        // Throttled on its own key: back in line, ahead of the key's newer ops,
-                        // which merge into it while the key waits its window.
+                        // Back in line, ahead of the key's newer ops, which merge into it while
+                        // the key waits its window.
                         self.stats.requeued();
                         let vanished =
                             self.coalescer
@@ -343,10 +345,8 @@ impl Shard {
                                 read.settled(&c.key, seqs);
                             }
                         }
-                        self.cool_or_heat(&c.key, true, now);
                         continue;
                     }
-                    self.cool_or_heat(&c.key, c.hot, now);
                     if let Some(read) = &self.read {
                         read.settled(&c.key, c.seqs);
                     }

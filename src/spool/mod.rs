@@ -434,16 +434,6 @@ impl Spool {
         metrics::gauge!("mqtt_dynamo_spool_segments").set(g.segments.len() as f64);
     }
 
-    pub fn policy(&self) -> FsyncPolicy {
-        self.cfg.fsync
-    }
-
-    /// Bytes on disk and segment count.
-    pub fn usage(&self) -> (u64, usize) {
-        let g = self.lock();
-        (g.bytes, g.segments.len())
-    }
-
     /// Appends one event's writes, waiting until `deadline` (if any) for room. Numbers the ops
     /// (and records them for lookups) under the append lock.
     pub fn append(&self, ops: &[Op], deadline: Option<Instant>) -> Result<Appended, SpoolError> {
