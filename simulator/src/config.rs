@@ -125,6 +125,17 @@ pub struct FaultConfig {
     pub throttle_rate: f64,
     /// Fraction of the keys of a BatchGetItem returned in `UnprocessedKeys`.
     pub unprocessed_keys_rate: f64,
+    /// Fraction of data-plane write requests (PutItem, UpdateItem, DeleteItem, BatchWriteItem)
+    /// that are applied exactly as usual (validation, conditions, capacity, `UnprocessedItems`)
+    /// and then answered `500 InternalServerError` instead of their real answer: DynamoDB's
+    /// "the request may or may not have succeeded". Reads are never affected.
+    pub apply_then_error_rate: f64,
+    /// Fraction of data-plane write requests held unanswered for `apply_late_delay`, then
+    /// applied as usual, then dropped without any response (RST): a write that lands after the
+    /// client gave up. The write is applied even if the client has disconnected meanwhile. Tests
+    /// set the client's attempt timeout below `apply_late_delay`. Reads are never affected.
+    pub apply_late_rate: f64,
+    pub apply_late_delay: Duration,
     /// Scheduled outages.
     pub outages: Vec<OutageWindow>,
 }
@@ -137,6 +148,8 @@ impl FaultConfig {
             ("stall_rate", self.stall_rate),
             ("throttle_rate", self.throttle_rate),
             ("unprocessed_keys_rate", self.unprocessed_keys_rate),
+            ("apply_then_error_rate", self.apply_then_error_rate),
+            ("apply_late_rate", self.apply_late_rate),
         ] {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(SimError::Config(format!(
@@ -193,5 +206,31 @@ mod tests {
             !text.contains("AKIDSECRET") && text.contains("<redacted>"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn ambiguous_write_rates_are_validated() {
+        for bad in [-0.1, 1.5, f64::NAN] {
+            for faults in [
+                FaultConfig {
+                    apply_then_error_rate: bad,
+                    ..FaultConfig::default()
+                },
+                FaultConfig {
+                    apply_late_rate: bad,
+                    ..FaultConfig::default()
+                },
+            ] {
+                assert!(faults.validate().is_err(), "{faults:?}");
+            }
+        }
+        FaultConfig {
+            apply_then_error_rate: 1.0,
+            apply_late_rate: 0.5,
+            apply_late_delay: Duration::from_secs(2),
+            ..FaultConfig::default()
+        }
+        .validate()
+        .unwrap();
     }
 }

@@ -19,6 +19,10 @@ pub enum Decision {
     Error(ApiError),
     /// Hold the request this long, then act.
     Stall(Duration, StallAction),
+    /// A write only: apply it as usual, then answer 500 instead of the real answer.
+    ApplyThenError,
+    /// A write only: hold it this long unanswered, apply it, then drop the connection.
+    ApplyLate(Duration),
 }
 
 /// The per-request part of [`FaultConfig`], copied out of the lock.
@@ -28,6 +32,9 @@ struct Rates {
     stall_rate: f64,
     stall: Duration,
     stall_action: StallAction,
+    apply_then_error_rate: f64,
+    apply_late_rate: f64,
+    apply_late_delay: Duration,
 }
 
 /// Faults, latency and the random knobs.
@@ -119,8 +126,9 @@ impl Faults {
         (c.throttle_rate, c.unprocessed_keys_rate)
     }
 
-    /// Outage first, then reset, error and stall, each drawn independently.
-    pub fn decide(&self) -> Decision {
+    /// Outage first, then reset, error and stall, then (for a data-plane write only)
+    /// apply-then-error and apply-late, each drawn independently; the first that hits wins.
+    pub fn decide(&self, write: bool) -> Decision {
         if self.outage_active() {
             return Decision::Outage;
         }
@@ -132,6 +140,9 @@ impl Faults {
                 stall_rate: c.stall_rate,
                 stall: c.stall,
                 stall_action: c.stall_action,
+                apply_then_error_rate: c.apply_then_error_rate,
+                apply_late_rate: c.apply_late_rate,
+                apply_late_delay: c.apply_late_delay,
             }
         };
         if self.roll(c.reset_rate) {
@@ -146,6 +157,14 @@ impl Faults {
         }
         if self.roll(c.stall_rate) {
             return Decision::Stall(c.stall, c.stall_action);
+        }
+        if write {
+            if self.roll(c.apply_then_error_rate) {
+                return Decision::ApplyThenError;
+            }
+            if self.roll(c.apply_late_rate) {
+                return Decision::ApplyLate(c.apply_late_delay);
+            }
         }
         Decision::Proceed
     }
@@ -168,11 +187,38 @@ mod tests {
             7,
         );
         let errors = (0..10_000)
-            .filter(|_| matches!(f.decide(), Decision::Error(_)))
+            .filter(|_| matches!(f.decide(true), Decision::Error(_)))
             .count();
         assert!((2_000..3_000).contains(&errors), "{errors}");
         assert!(!f.roll(0.0));
         assert!(f.roll(1.0));
+    }
+
+    #[test]
+    fn ambiguous_write_faults_spare_reads() {
+        let f = Faults::new(
+            FaultConfig {
+                apply_then_error_rate: 0.5,
+                apply_late_rate: 1.0,
+                apply_late_delay: Duration::from_millis(300),
+                ..FaultConfig::default()
+            },
+            Duration::ZERO,
+            Duration::ZERO,
+            3,
+        );
+        assert_eq!(f.decide(false), Decision::Proceed);
+        let decisions: Vec<Decision> = (0..1000).map(|_| f.decide(true)).collect();
+        let then_error = decisions
+            .iter()
+            .filter(|d| **d == Decision::ApplyThenError)
+            .count();
+        let late = decisions
+            .iter()
+            .filter(|d| **d == Decision::ApplyLate(Duration::from_millis(300)))
+            .count();
+        assert!((400..600).contains(&then_error), "{then_error}");
+        assert_eq!(then_error + late, 1000);
     }
 
     #[test]
@@ -203,9 +249,9 @@ mod tests {
             Duration::ZERO,
             1,
         );
-        assert_eq!(f.decide(), Decision::Outage);
+        assert_eq!(f.decide(true), Decision::Outage);
         f.set_config(FaultConfig::default());
-        assert_eq!(f.decide(), Decision::Proceed);
+        assert_eq!(f.decide(true), Decision::Proceed);
         f.set_outage(true);
         assert!(f.outage_active());
     }

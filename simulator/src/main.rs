@@ -61,6 +61,15 @@ struct Cli {
     /// Fraction of BatchGetItem keys returned as UnprocessedKeys.
     #[arg(long, default_value_t = 0.0)]
     unprocessed_keys_rate: f64,
+    /// Fraction of write requests applied as usual and then answered 500 InternalServerError.
+    #[arg(long, default_value_t = 0.0)]
+    apply_then_error_rate: f64,
+    /// Fraction of write requests held for --apply-late-delay, then applied, then reset unanswered.
+    #[arg(long, default_value_t = 0.0)]
+    apply_late_rate: f64,
+    /// How long an apply-late write is held before it is applied (e.g. 2s, 500ms, 1.5s, 1m).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    apply_late_delay: Duration,
     /// An outage window START_S:DURATION_S (seconds after start; repeatable): every request gets 503.
     #[arg(long = "outage", value_name = "START_S:DURATION_S", value_parser = parse_outage)]
     outages: Vec<OutageWindow>,
@@ -96,6 +105,28 @@ fn parse_outage(s: &str) -> Result<OutageWindow, String> {
     })
 }
 
+/// A duration with a unit: `500ms`, `2s`, `1.5s`, `1m`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("expected a number with a unit (ms, s, m), got {s:?}"))?;
+    let (number, unit) = s.split_at(split);
+    let scale = match unit.trim() {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" => 60.0,
+        other => return Err(format!("unknown unit {other:?} in {s:?} (use ms, s or m)")),
+    };
+    number
+        .parse::<f64>()
+        .ok()
+        .map(|x| x * scale)
+        .filter(|x| x.is_finite() && *x >= 0.0)
+        .and_then(|x| Duration::try_from_secs_f64(x).ok())
+        .ok_or_else(|| format!("not a duration: {s:?}"))
+}
+
 impl Cli {
     fn config(&self) -> SimConfig {
         let nonzero = |n: u32| (n > 0).then_some(n);
@@ -119,6 +150,9 @@ impl Cli {
                 },
                 throttle_rate: self.throttle_rate,
                 unprocessed_keys_rate: self.unprocessed_keys_rate,
+                apply_then_error_rate: self.apply_then_error_rate,
+                apply_late_rate: self.apply_late_rate,
+                apply_late_delay: self.apply_late_delay,
                 outages: self.outages.clone(),
             },
             access_key: self.access_key.clone(),
@@ -192,5 +226,43 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_need_a_unit() {
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("300ms"), Ok(Duration::from_millis(300)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        for bad in ["2", "", "s", "2h", "-1s", "1.2.3s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ambiguous_write_flags() {
+        let cli = Cli::try_parse_from([
+            "dynamo-sim",
+            "--apply-then-error-rate",
+            "0.1",
+            "--apply-late-rate",
+            "0.2",
+            "--apply-late-delay",
+            "2s",
+        ])
+        .unwrap();
+        let faults = cli.config().faults;
+        assert_eq!(faults.apply_then_error_rate, 0.1);
+        assert_eq!(faults.apply_late_rate, 0.2);
+        assert_eq!(faults.apply_late_delay, Duration::from_secs(2));
+        let defaults = Cli::try_parse_from(["dynamo-sim"]).unwrap().config().faults;
+        assert_eq!(defaults.apply_then_error_rate, 0.0);
+        assert_eq!(defaults.apply_late_rate, 0.0);
+        assert_eq!(defaults.apply_late_delay, Duration::from_secs(30));
     }
 }

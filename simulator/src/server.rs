@@ -2,8 +2,10 @@
 //! the control endpoints (`/_sim/...`), and [`Simulator`] / [`SimHandle`].
 //!
 //! Each connection is served by its own task on the multi-threaded runtime. A request goes
-//! through: latency → fault decision (outage, reset, error, stall) → access-key check →
-//! operation. Latency and stalls are `tokio::time::sleep`s, so they hold no thread.
+//! through: latency → fault decision (outage, reset, error, stall, and for writes
+//! apply-then-error and apply-late) → access-key check → operation. Latency and stalls are
+//! `tokio::time::sleep`s, so they hold no thread. An apply-late write sleeps and is applied on
+//! a task of its own, so it lands even when the client has disconnected.
 
 use std::io;
 use std::net::SocketAddr;
@@ -282,7 +284,7 @@ async fn handle(
     }
 }
 
-async fn data_plane(shared: &Shared, req: Request<Incoming>) -> Result<HttpResponse, Dropped> {
+async fn data_plane(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<HttpResponse, Dropped> {
     let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
     let op = Op::from_target(header("x-amz-target"));
     shared.stats.request(op);
@@ -305,7 +307,7 @@ async fn data_plane(shared: &Shared, req: Request<Incoming>) -> Result<HttpRespo
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    match shared.faults.decide() {
+    match shared.faults.decide(op.is_write()) {
         Decision::Proceed => {}
         Decision::Outage => {
             add(&shared.stats.fault_outages, 1);
@@ -329,23 +331,47 @@ async fn data_plane(shared: &Shared, req: Request<Incoming>) -> Result<HttpRespo
                 return Err(Dropped);
             }
         }
+        Decision::ApplyThenError => {
+            // Applied exactly as usual; the real answer (success or error) is never sent, so
+            // it is not counted among the error responses either.
+            let _ = execute(shared, op, authorized, &body);
+            add(&shared.stats.fault_applied_then_failed, 1);
+            return Ok(error_response(&ApiError::internal()));
+        }
+        Decision::ApplyLate(delay) => {
+            // On its own task: hyper drops this request's future when the client disconnects
+            // (the client has given up long before `delay`), and the write must still land.
+            let shared = shared.clone();
+            let late = tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                add(&shared.stats.fault_applied_late, 1);
+                let _ = execute(&shared, op, authorized, &body);
+            });
+            // Still connected (a client with a longer timeout): wait for the write, then reset.
+            let _ = late.await;
+            return Err(Dropped);
+        }
     }
 
-    let result = if !authorized {
+    match execute(shared, op, authorized, &body) {
+        Ok(out) => Ok(json_response(StatusCode::OK, &out)),
+        Err(e) => {
+            shared.stats.error(e.code);
+            Ok(error_response(&e))
+        }
+    }
+}
+
+/// The access-key check, then the operation.
+fn execute(shared: &Shared, op: Op, authorized: bool, body: &[u8]) -> Result<Json, ApiError> {
+    if !authorized {
         Err(ApiError::unrecognized_client())
     } else if op == Op::Unknown {
         Err(ApiError::unknown_operation(
             "The operation is not known to dynamo-sim",
         ))
     } else {
-        run(shared, op, &body)
-    };
-    match result {
-        Ok(out) => Ok(json_response(StatusCode::OK, &out)),
-        Err(e) => {
-            shared.stats.error(e.code);
-            Ok(error_response(&e))
-        }
+        run(shared, op, body)
     }
 }
 

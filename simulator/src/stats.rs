@@ -60,6 +60,11 @@ pub struct FaultStats {
     pub stalls: u64,
     /// 503 answers during an outage.
     pub outage_rejections: u64,
+    /// Writes applied and then answered 500 (`apply_then_error_rate`).
+    pub applied_then_failed: u64,
+    /// Writes applied after `apply_late_delay` and then dropped unanswered (`apply_late_rate`);
+    /// counted just before the write is applied.
+    pub applied_late: u64,
 }
 
 /// The live counters. Relaxed atomics: each counter is independent and a snapshot is allowed
@@ -81,6 +86,8 @@ pub struct Counters {
     pub fault_resets: AtomicU64,
     pub fault_stalls: AtomicU64,
     pub fault_outages: AtomicU64,
+    pub fault_applied_then_failed: AtomicU64,
+    pub fault_applied_late: AtomicU64,
     /// When counting (re)started.
     since: Mutex<Instant>,
 }
@@ -103,6 +110,8 @@ impl Counters {
             fault_resets: AtomicU64::new(0),
             fault_stalls: AtomicU64::new(0),
             fault_outages: AtomicU64::new(0),
+            fault_applied_then_failed: AtomicU64::new(0),
+            fault_applied_late: AtomicU64::new(0),
             since: Mutex::new(Instant::now()),
         }
     }
@@ -141,6 +150,8 @@ impl Counters {
             &self.fault_resets,
             &self.fault_stalls,
             &self.fault_outages,
+            &self.fault_applied_then_failed,
+            &self.fault_applied_late,
         ])
     }
 
@@ -179,6 +190,8 @@ impl Counters {
                 resets: get(&self.fault_resets),
                 stalls: get(&self.fault_stalls),
                 outage_rejections: get(&self.fault_outages),
+                applied_then_failed: get(&self.fault_applied_then_failed),
+                applied_late: get(&self.fault_applied_late),
             },
             outage_active: false,
             item_counts: BTreeMap::new(),

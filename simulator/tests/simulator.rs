@@ -1,11 +1,12 @@
 //! dynamo-sim driven through the real aws-sdk-dynamodb (and raw HTTP where the SDK cannot send
 //! what is needed). Every test starts its own simulator on an ephemeral loopback port; SDK
-//! retries are disabled so each call is exactly one request; nothing sleeps to synchronise.
+//! retries are disabled so each call is exactly one request; nothing sleeps to synchronise
+//! (a write that lands late is awaited by a bounded polling loop).
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
@@ -43,6 +44,18 @@ async fn start(config: SimConfig) -> SimHandle {
 /// An SDK client as the root crate builds one (ring rustls, plain http to the loopback
 /// endpoint), with retries disabled and a bound on every call.
 async fn client_with_key(sim: &SimHandle, access_key: &str) -> Client {
+    sdk_client(
+        sim,
+        access_key,
+        TimeoutConfig::builder()
+            .operation_timeout(Duration::from_secs(60))
+            .build(),
+    )
+    .await
+}
+
+/// The same client with `timeouts` instead of the 60 s bound.
+async fn sdk_client(sim: &SimHandle, access_key: &str, timeouts: TimeoutConfig) -> Client {
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
             aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
@@ -54,11 +67,7 @@ async fn client_with_key(sim: &SimHandle, access_key: &str) -> Client {
         .endpoint_url(sim.endpoint())
         .credentials_provider(Credentials::new(access_key, "secret", None, None, "test"))
         .retry_config(RetryConfig::disabled())
-        .timeout_config(
-            TimeoutConfig::builder()
-                .operation_timeout(Duration::from_secs(60))
-                .build(),
-        )
+        .timeout_config(timeouts)
         .load()
         .await;
     Client::new(&config)
@@ -1352,6 +1361,201 @@ async fn injected_errors_resets_and_stalls() {
     let stats = sim.stats();
     assert_eq!(stats.faults.stalls, 2);
     assert_eq!(stats.faults.resets, 2);
+}
+
+/// A strongly consistent GetItem of `{pk: <pk>}` from `table`.
+async fn get_pk(c: &Client, table: &str, pk: &str) -> Option<Item> {
+    c.get_item()
+        .table_name(table)
+        .key("pk", s(pk))
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("read")
+        .item()
+        .cloned()
+}
+
+/// The status and error code of a call that must have been answered 500 InternalServerError.
+fn assert_internal_error<T: Debug, E: ProvideErrorMetadata + Debug>(
+    result: Result<T, SdkError<E, HttpResponse>>,
+) {
+    match result {
+        Err(SdkError::ServiceError(e)) => {
+            assert_eq!(e.raw().status().as_u16(), 500);
+            assert_eq!(e.err().code(), Some("InternalServerError"));
+        }
+        other => panic!("expected a 500 InternalServerError, got {other:?}"),
+    }
+}
+
+/// apply_then_error_rate: every kind of write is applied, then answered 500; reads are spared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_then_error_applies_writes_and_answers_500() {
+    let sim = start(SimConfig {
+        seed: Some(5),
+        ..SimConfig::default()
+    })
+    .await;
+    let c = client(&sim).await;
+    create_table(&c, "ate", "pk", None).await;
+    c.put_item()
+        .table_name("ate")
+        .set_item(Some(item(&[("pk", s("gone"))])))
+        .send()
+        .await
+        .unwrap();
+    sim.set_faults(FaultConfig {
+        apply_then_error_rate: 1.0,
+        ..FaultConfig::default()
+    })
+    .unwrap();
+
+    assert_internal_error(
+        c.put_item()
+            .table_name("ate")
+            .set_item(Some(item(&[("pk", s("put")), ("v", s("1"))])))
+            .send()
+            .await,
+    );
+    assert_internal_error(
+        c.batch_write_item()
+            .request_items(
+                "ate",
+                vec![put(item(&[("pk", s("b1"))])), put(item(&[("pk", s("b2"))]))],
+            )
+            .send()
+            .await,
+    );
+    for _ in 0..2 {
+        assert_internal_error(
+            c.update_item()
+                .table_name("ate")
+                .key("pk", s("ctr"))
+                .update_expression("ADD n :five")
+                .expression_attribute_values(":five", AttributeValue::N("5".into()))
+                .send()
+                .await,
+        );
+    }
+    assert_internal_error(
+        c.delete_item()
+            .table_name("ate")
+            .key("pk", s("gone"))
+            .send()
+            .await,
+    );
+    // The wire shape, as the error_rate fault sends it.
+    let (status, body) = raw(
+        sim.addr(),
+        "POST",
+        "/",
+        Some("DynamoDB_20120810.PutItem"),
+        br#"{"TableName":"ate","Item":{"pk":{"S":"raw"}}}"#,
+    )
+    .await;
+    assert_eq!(status, 500);
+    let body: Json = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        body["__type"],
+        "com.amazonaws.dynamodb.v20120810#InternalServerError"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Internal server error")
+    );
+    // Reads are not affected, even with the fault on.
+    assert!(get_pk(&c, "ate", "put").await.is_some());
+
+    sim.set_faults(FaultConfig::default()).unwrap();
+    assert_eq!(
+        get_pk(&c, "ate", "put").await.unwrap(),
+        item(&[("pk", s("put")), ("v", s("1"))])
+    );
+    for pk in ["b1", "b2", "raw"] {
+        assert!(get_pk(&c, "ate", pk).await.is_some(), "{pk} was applied");
+    }
+    assert_eq!(
+        get_pk(&c, "ate", "ctr").await.unwrap()["n"],
+        AttributeValue::N("10".into()),
+        "both ADDs were applied"
+    );
+    assert!(
+        get_pk(&c, "ate", "gone").await.is_none(),
+        "the delete was applied"
+    );
+
+    let stats = sim.stats();
+    assert_eq!(stats.faults.applied_then_failed, 6);
+    assert_eq!(stats.faults.errors, 0);
+    assert_eq!(stats.items_written, 1 + 1 + 2 + 2 + 1 + 1);
+    assert_eq!(stats.item_counts["ate"], 5);
+    assert_eq!(raw_stats(&sim).await["faults"]["applied_then_failed"], 6);
+}
+
+/// apply_late_rate: the client (attempt timeout 100 ms < apply_late_delay 300 ms) times out,
+/// and the write lands after the delay anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_late_lands_after_the_client_timed_out() {
+    let delay = Duration::from_millis(300);
+    let sim = start(SimConfig {
+        seed: Some(6),
+        ..SimConfig::default()
+    })
+    .await;
+    let c = client(&sim).await;
+    create_table(&c, "late", "pk", None).await;
+    let impatient = sdk_client(
+        &sim,
+        "test-key",
+        TimeoutConfig::builder()
+            .operation_attempt_timeout(Duration::from_millis(100))
+            .build(),
+    )
+    .await;
+    sim.set_faults(FaultConfig {
+        apply_late_rate: 1.0,
+        apply_late_delay: delay,
+        ..FaultConfig::default()
+    })
+    .unwrap();
+
+    let sent = Instant::now();
+    let result = impatient
+        .put_item()
+        .table_name("late")
+        .set_item(Some(item(&[("pk", s("k")), ("v", s("late"))])))
+        .send()
+        .await;
+    assert!(
+        matches!(result, Err(SdkError::TimeoutError(_))),
+        "expected an attempt timeout, got {result:?}"
+    );
+    assert!(
+        sent.elapsed() < delay,
+        "the client gave up before the write"
+    );
+    // Reads are not affected, even with the fault on (the item may not be there yet).
+    let _ = get_pk(&c, "late", "k").await;
+
+    let deadline = sent + Duration::from_secs(3);
+    let landed = loop {
+        if let Some(found) = get_pk(&c, "late", "k").await {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "the late write never landed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(sent.elapsed() >= delay, "applied only after the delay");
+    assert_eq!(landed, item(&[("pk", s("k")), ("v", s("late"))]));
+
+    let stats = sim.stats();
+    assert_eq!(stats.faults.applied_late, 1);
+    assert_eq!(stats.items_written, 1);
+    assert_eq!(stats.faults.resets, 0);
+    assert_eq!(raw_stats(&sim).await["faults"]["applied_late"], 1);
 }
 
 /// Outages via the handle, via POST /_sim/outage and via a scheduled window; control

@@ -71,6 +71,14 @@ impl Op {
         }
     }
 
+    /// A data-plane write (the operations `apply_then_error_rate` and `apply_late_rate` apply to).
+    pub fn is_write(self) -> bool {
+        matches!(
+            self,
+            Op::PutItem | Op::DeleteItem | Op::UpdateItem | Op::BatchWriteItem
+        )
+    }
+
     /// From `X-Amz-Target: DynamoDB_20120810.<Op>`.
     pub fn from_target(target: Option<&str>) -> Op {
         target
