@@ -5,16 +5,30 @@
 //!
 //! | earlier ∘ later | result |
 //! |---|---|
-//! | put ∘ put | the later put |
-//! | put ∘ delete | delete; **nothing at all** when the put was `fresh` (a unique message id never written) |
+//! | put ∘ put | the later put (certain only if the earlier one was) |
+//! | put ∘ delete | delete; **nothing at all** when the put is certain (`fresh`, below) |
 //! | put ∘ update | the put with the update applied (its guard evaluated against the put) |
 //! | put ∘ set delta | the put with the set changed |
 //! | delete ∘ put | the put |
 //! | delete ∘ update | delete when guarded (the guard fails on a missing item); otherwise a put of key + SETs |
 //! | delete ∘ set delta | a put of key + the added members; delete when nothing is added |
 //! | update ∘ update | one update, later SETs winning, when both have the same guard and the first does not SET the guard attribute |
-//! | set delta ∘ set delta | one delta: an ADD withdraws a pending DELETE of that member; a DELETE withdraws a pending ADD (members are unique ids) or joins the DELETEs |
+//! | set delta ∘ set delta | one delta: an ADD withdraws a pending DELETE of that member; a DELETE of a pending ADD withdraws the ADD, and when the earlier delta is not certain, also stays as a DELETE |
 //! | anything ∘ put / delete | the put / delete |
+//!
+//! **The certainty rule.** Cancelling — put∘delete to nothing, ADD∘DELETE of one member to
+//! nothing — is sound only while no attempt that carried the earlier write can have been applied
+//! and nothing earlier can have put it there. A write is *certain* (`fresh` on
+//! [`Write::Put`] and [`Write::SetDelta`]) when it was planned from a message id seen for the
+//! first time and has never been sent, or every attempt that carried it ended with a definite
+//! "not applied" (UnprocessedItems, a throttling or validation error). It is *maybe applied* —
+//! [`Write::maybe_applied`] — when an attempt ended ambiguously (a timeout, a 5xx, a reset:
+//! DynamoDB says such a request "may or may not have succeeded") and the write is then handed back
+//! to its shard, when it was replayed from the spool (a suffix of which may already be in the
+//! table), or when its message id was already seen (a sender that repeats itself). Anything folded
+//! into a maybe-applied write is maybe applied too. For a maybe-applied write the later delete /
+//! `DELETE` is written: costlier by one write, never a resurrection. Without faults, replays and
+//! duplicates every write is certain, so the rule costs nothing.
 //!
 //! The few pairs the algebra cannot fold into one write (two updates guarded by different values,
 //! an update and a set delta on one key) stay as a short queue for that key, sent one after the
@@ -43,7 +57,10 @@ pub enum Merged {
 pub fn merge(key: &Key, earlier: Write, later: Write) -> Merged {
     use Write::*;
     match (earlier, later) {
-        (Put { fresh, .. }, Put { item, .. }) => Merged::One(Put { item, fresh }),
+        (Put { fresh: f1, .. }, Put { item, fresh: f2 }) => Merged::One(Put {
+            item,
+            fresh: f1 && f2,
+        }),
         (Put { fresh: true, .. }, Delete) => Merged::Cancelled,
         (_, Delete) => Merged::One(Delete),
         (_, Put { item, .. }) => Merged::One(Put { item, fresh: false }),
@@ -56,7 +73,7 @@ pub fn merge(key: &Key, earlier: Write, later: Write) -> Merged {
             }
             Merged::One(Put { item, fresh })
         }
-        (Put { mut item, fresh }, SetDelta { attr, add, del }) => {
+        (Put { mut item, fresh }, SetDelta { attr, add, del, .. }) => {
             let mut members = match item.remove(&attr) {
                 Some(Value::Ss(set)) => set,
                 _ => Default::default(),
@@ -105,19 +122,23 @@ pub fn merge(key: &Key, earlier: Write, later: Write) -> Merged {
                 attr: a1,
                 add: mut add1,
                 del: mut del1,
+                fresh: f1,
             },
             SetDelta {
                 attr: a2,
                 add: add2,
                 del: del2,
+                fresh: f2,
             },
         ) if a1 == a2 => {
             for m in add2 {
                 del1.remove(&m);
                 add1.insert(m);
             }
+            // Members of a pending ADD are certain not to be stored only while the delta is
+            // certain; otherwise the DELETE must go out too (the certainty rule).
             for m in del2 {
-                if !add1.remove(&m) {
+                if !(add1.remove(&m) && f1) {
                     del1.insert(m);
                 }
             }
@@ -128,6 +149,7 @@ pub fn merge(key: &Key, earlier: Write, later: Write) -> Merged {
                     attr: a1,
                     add: add1,
                     del: del1,
+                    fresh: f1 && f2,
                 })
             }
         }
@@ -454,6 +476,13 @@ impl Coalescer {
         }
     }
 
+    /// Like [`Coalescer::hold`], but never shortens a hold already in place.
+    pub fn hold_at_least(&mut self, key: &Key, until: Instant) {
+        if self.held.get(key).is_none_or(|held| *held < until) {
+            self.hold(key, until);
+        }
+    }
+
     /// Ends the holds due at `now`; returns when the next one ends.
     pub fn release_due(&mut self, now: Instant) -> Option<Instant> {
         if self.held.is_empty() {
@@ -474,13 +503,36 @@ impl Coalescer {
         self.held.values().min().copied()
     }
 
+    /// Takes every pending write out, oldest key first, each key's writes in order (the shutdown
+    /// deadline: they will not be sent). Keys in flight stay in flight.
+    pub fn drain_pending(&mut self) -> Vec<(Key, Write, Seqs)> {
+        let mut out = Vec::new();
+        for (key, slot) in std::mem::take(&mut self.order) {
+            let Some(entry) = self.entries.get(&key) else {
+                continue;
+            };
+            if entry.seq != slot {
+                continue;
+            }
+            if let Some(entry) = self.entries.remove(&key) {
+                out.extend(entry.writes.into_iter().map(|(w, s)| (key.clone(), w, s)));
+            }
+        }
+        self.entries.clear();
+        self.held.clear();
+        self.ready = 0;
+        self.bytes = 0;
+        out
+    }
+
     /// Keys held back as hot.
     pub fn held(&self) -> usize {
         self.held.len()
     }
 
-    /// When the oldest pending write that could be sent now was accepted (writes of held keys do
-    /// not count: a hot key's window must not make every other write flush early).
+    /// When the oldest pending write that could be sent now was accepted. Writes of held keys and
+    /// of keys with a write in flight do not count: a hot key's window, or one key in a long
+    /// retry, must not make every other write flush early (and alone).
     pub fn oldest(&mut self) -> Option<Instant> {
         while let Some((key, seq)) = self.order.front() {
             match self.entries.get(key) {
@@ -492,7 +544,7 @@ impl Coalescer {
         }
         self.order
             .iter()
-            .filter(|(key, _)| !self.held.contains_key(key))
+            .filter(|(key, _)| self.available(key))
             .find_map(|(key, seq)| self.entries.get(key).filter(|e| e.seq == *seq))
             .map(|e| e.since)
     }

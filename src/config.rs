@@ -329,8 +329,10 @@ pub struct PipelineConfig {
     pub ingest_capacity_events: usize,
     /// Ingest queue limit in bytes of planned writes.
     pub ingest_capacity_bytes: usize,
-    /// Per-shard inbox limit, in accepted events.
+    /// Per-shard inbox limit, in accepted events …
     pub shard_queue_capacity: usize,
+    /// … and in bytes of planned writes (the router waits while a shard's inbox holds this).
+    pub shard_queue_bytes: usize,
     /// A shard stops taking from its inbox while it holds this many pending keys …
     pub max_pending_keys: usize,
     /// … or this many bytes of pending writes.
@@ -358,10 +360,31 @@ pub struct PipelineConfig {
     pub hot_key_window: Duration,
     #[serde(with = "humantime_serde")]
     pub hot_key_max_window: Duration,
+    /// After an attempt that ended ambiguously (a timeout, a 5xx, a reset) DynamoDB may still
+    /// apply that attempt later; the key's next write waits this long, so such a late landing
+    /// comes before it instead of overwriting it. 0 turns it off.
+    #[serde(with = "humantime_serde")]
+    pub ambiguous_hold: Duration,
     /// Append every write given up (rejected by DynamoDB, or out of retry budget) to this file as
     /// JSON lines; unset: such writes are only counted and logged.
     pub dead_letter_path: Option<std::path::PathBuf>,
     pub retry: RetryConfig,
+    /// How long a shutdown (SIGTERM, SIGINT) may take. Without the spool, accepted writes are
+    /// drained until then and whatever is still unwritten is dead-lettered (counted as
+    /// `writes_dropped_total{reason="shutdown"}` and logged); with the spool, the service stops
+    /// at the deadline and leaves the backlog on disk for the next start (nothing given up).
+    /// Below Kubernetes' default 30 s grace period.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// A publish of a message id whose ack was seen within this window is a repeat (a sender
+    /// that resends, one message through two adapters) and is not stored again (counted as
+    /// `duplicate_publishes_total{kind="acked"}`); a repeat of an id not yet acked is stored
+    /// with its writes treated as maybe applied. 0 turns it off.
+    #[serde(with = "humantime_serde")]
+    pub dedup_window: Duration,
+    /// … remembering at most this many message ids (published and acked, each); the oldest are
+    /// forgotten first.
+    pub dedup_max_ids: usize,
     /// The durable spool between ingest and the router (off by default).
     pub spool: SpoolConfig,
 }
@@ -423,6 +446,7 @@ impl Default for PipelineConfig {
             ingest_capacity_events: 65_536,
             ingest_capacity_bytes: 64 * 1024 * 1024,
             shard_queue_capacity: 4096,
+            shard_queue_bytes: 16 * 1024 * 1024,
             max_pending_keys: 200_000,
             max_pending_bytes: 128 * 1024 * 1024,
             max_batch_requests: MAX_BATCH_REQUESTS,
@@ -433,8 +457,12 @@ impl Default for PipelineConfig {
             adaptive_concurrency: true,
             hot_key_window: Duration::from_millis(100),
             hot_key_max_window: Duration::from_secs(2),
+            ambiguous_hold: Duration::from_secs(1),
             dead_letter_path: None,
             retry: RetryConfig::default(),
+            shutdown_timeout: Duration::from_secs(25),
+            dedup_window: Duration::from_secs(600),
+            dedup_max_ids: 200_000,
             spool: SpoolConfig::default(),
         }
     }
@@ -448,7 +476,8 @@ pub struct RetryConfig {
     pub initial_backoff: Duration,
     #[serde(with = "humantime_serde")]
     pub max_backoff: Duration,
-    /// Give a write up (counted and logged as dropped) after retrying this long.
+    /// Without the spool: give a write up (counted, logged and dead-lettered) after retrying it
+    /// this long. With the spool on a write is never given up for time.
     #[serde(with = "humantime_serde")]
     pub max_elapsed: Duration,
 }
@@ -597,6 +626,7 @@ impl Config {
             ("pipeline.shards", p.shards),
             ("pipeline.ingest_capacity_events", p.ingest_capacity_events),
             ("pipeline.shard_queue_capacity", p.shard_queue_capacity),
+            ("pipeline.shard_queue_bytes", p.shard_queue_bytes),
             ("pipeline.max_in_flight", p.max_in_flight),
             ("pipeline.min_in_flight", p.min_in_flight),
             ("pipeline.max_pending_keys", p.max_pending_keys),

@@ -68,6 +68,7 @@ pub fn line(
             attr: name,
             add,
             del,
+            ..
         } => json!({
             "set_delta": { "attribute": name, "add": add, "delete": del }
         }),

@@ -14,6 +14,15 @@
 //!   poison write is dropped (counted, logged with DynamoDB's message) and the rest are written.
 //! - A guarded update whose condition fails (a late disconnect from a node the client has left)
 //!   did its job by doing nothing.
+//! - **What to do after a failure** is [`crate::retry::RetryPolicy::decide`]: retry after a
+//!   backoff, hand back, give up (never for time while the spool is on), or — past the shutdown
+//!   deadline — leave the write to the spool or dead-letter it.
+//! - **Ambiguous attempts**: a write whose attempt ended in a timeout, a 5xx or a reset may have
+//!   been applied. If it is then handed back to its shard it is marked maybe applied
+//!   ([`Write::maybe_applied`]), so the coalescer never cancels a later delete against it (the
+//!   certainty rule, [`crate::coalesce`]).
+//! - **Set deltas** go out in UpdateItems of at most [`crate::item::MAX_SET_CHUNK_BYTES`] of
+//!   members each, ADDs first, so a long-merged hot key's delta never exceeds what DynamoDB takes.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -26,9 +35,10 @@ use aws_sdk_dynamodb::types::{
 use tracing::{error, warn};
 
 use crate::coalesce::Taken;
-use crate::config::{DynamoConfig, RetryConfig};
+use crate::config::DynamoConfig;
 use crate::dynamo::{self, Failure};
 use crate::item::{Key, Table, Value, Write};
+use crate::retry::{Deadline, Decision, Failed, RetryPolicy};
 use crate::stats::{DropReason, LogGate, Operation, Outcome, Stats};
 
 /// Rate limits for the flusher's warnings and errors: an outage must not flood the log.
@@ -85,28 +95,32 @@ pub struct Completed {
     pub key: Key,
     /// When its oldest event was accepted.
     pub since: Instant,
-    /// Written (or a guarded no-op); false when it was dropped (counted and logged).
-    pub durable: bool,
     /// The ops folded into the write (for [`crate::lookup::ReadState::settled`]).
     pub seqs: crate::coalesce::Seqs,
     /// DynamoDB throttled this key itself (UnprocessedItems, or a throttled UpdateItem whose
     /// ThrottlingReasons, when present, name a key range rather than table capacity).
     pub hot: bool,
-    /// What is left of the write when it was handed back instead of retried (a hot key, with
-    /// `hot_key_window` on): the shard puts it back ahead of the key's newer ops, which merge
-    /// into it during the key's window. Not durable, not dropped.
-    pub requeue: Option<Write>,
+    /// An attempt of this write ended ambiguously (a timeout, a 5xx, a reset): DynamoDB may still
+    /// apply it later, so the shard holds the key for `pipeline.ambiguous_hold` before its next
+    /// write, which a late landing could otherwise overwrite.
+    pub ambiguous: bool,
+    pub end: KeyEnd,
 }
 
-/// How one key's write ended in a flush.
-#[derive(Debug)]
-enum KeyEnd {
+/// How one key's write ended in a flush: exactly one of these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyEnd {
     /// Written, or a guarded update that did its job by doing nothing.
     Written,
     /// Given up: counted, logged, dead-lettered.
     Dropped,
-    /// Throttled on its own key: handed back to the shard (what is left of it).
+    /// Throttled on its own key: what is left of the write, handed back to the shard, which puts
+    /// it ahead of the key's newer ops (they merge into it during the key's window). Marked maybe
+    /// applied when an earlier attempt of it ended ambiguously.
     Requeue(Write),
+    /// The shutdown deadline passed with the spool on: not written, not given up; the spool
+    /// replays it at the next start.
+    Left,
 }
 
 /// How one UpdateItem of a write ended.
@@ -116,6 +130,8 @@ enum SpecEnd {
     Dropped,
     /// Throttled on its own key, and the write may be handed back.
     HotThrottled,
+    /// Past the shutdown deadline, left to the spool.
+    Left,
 }
 
 /// Sends flushes. Shared by every shard; holds no per-flush state.
@@ -123,7 +139,11 @@ enum SpecEnd {
 pub struct Flusher {
     client: Client,
     tables: TableNames,
-    retry: RetryConfig,
+    /// What to do after a failed attempt (spool on or off, hot-key windows).
+    policy: RetryPolicy,
+    /// Fired when `pipeline.shutdown_timeout` runs out: pauses end and requests in flight are
+    /// abandoned, their writes left to the spool or dead-lettered.
+    deadline: Arc<Deadline>,
     stats: Arc<Stats>,
     /// Where given-up writes are recorded.
     dead_letters: crate::deadletter::DeadLetters,
@@ -131,9 +151,6 @@ pub struct Flusher {
     msgid_cap: usize,
     /// Told how each request went, so the limit on flushes in flight adapts.
     concurrency: Arc<crate::concurrency::Concurrency>,
-    /// Hand writes of keys DynamoDB throttles back to their shard instead of retrying them here
-    /// (`pipeline.hot_key_window` > 0).
-    requeue_hot: bool,
 }
 
 /// One UpdateItem, ready to send (and resend).
@@ -141,6 +158,9 @@ pub struct Flusher {
 struct UpdateSpec {
     /// The set attribute this ADDs to (for the size cap), if it is a set ADD.
     adds_to: Option<String>,
+    /// For a set delta: the members this request adds (`true`) or deletes, so that what is left
+    /// after a hand-back can be rebuilt.
+    members: Option<(bool, std::collections::BTreeSet<String>)>,
     expression: String,
     condition: Option<String>,
     names: HashMap<String, String>,
@@ -148,11 +168,13 @@ struct UpdateSpec {
 }
 
 impl Flusher {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         concurrency: Arc<crate::concurrency::Concurrency>,
         client: Client,
         tables: TableNames,
-        retry: RetryConfig,
+        policy: RetryPolicy,
+        deadline: Arc<Deadline>,
         stats: Arc<Stats>,
         dead_letters: crate::deadletter::DeadLetters,
         msgid_cap: usize,
@@ -160,19 +182,69 @@ impl Flusher {
         Flusher {
             client,
             tables,
-            retry,
+            policy,
+            deadline,
             stats,
             dead_letters,
             msgid_cap,
             concurrency,
-            requeue_hot: false,
         }
     }
 
-    /// Hands throttled hot keys' writes back to their shard instead of retrying them.
-    pub fn with_hot_key_requeue(mut self, on: bool) -> Self {
-        self.requeue_hot = on;
-        self
+    /// Sends `request`, unless the shutdown deadline passes first (`None`: abandoned; whether
+    /// DynamoDB applied it is unknown).
+    async fn send_or_stop<T>(&self, request: impl std::future::Future<Output = T>) -> Option<T> {
+        if self.deadline.passed() {
+            return None;
+        }
+        tokio::select! {
+            r = request => Some(r),
+            () = self.deadline.wait() => None,
+        }
+    }
+
+    /// After attempt `attempt` failed as `failed`: the policy's decision, with the pause of a
+    /// retry already waited out (cut short by the shutdown deadline, which then decides).
+    async fn after_failure(
+        &self,
+        op: Operation,
+        failed: Failed,
+        attempt: u32,
+        started: Instant,
+        age: Duration,
+    ) -> Decision {
+        let decide = |stopping: bool| {
+            self.policy.decide(
+                failed,
+                attempt,
+                started.elapsed(),
+                age,
+                stopping,
+                fastrand::f64(),
+            )
+        };
+        let decision = decide(self.deadline.passed());
+        if let Decision::RetryAfter(wait) = decision {
+            self.stats.retried(op);
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.deadline.wait() => return decide(true),
+            }
+        }
+        decision
+    }
+
+    /// The log line and dead-letter reason text for a write given up with `reason`.
+    fn give_up_text(reason: DropReason, started: Instant, last_error: &str) -> String {
+        match reason {
+            DropReason::Shutdown => {
+                format!("not written when pipeline.shutdown_timeout ran out; last: {last_error}")
+            }
+            _ => format!(
+                "retries exhausted after {:.1} s; last: {last_error}",
+                started.elapsed().as_secs_f64()
+            ),
+        }
     }
 
     /// Removes the oldest ids (by GUID: time, then sequence; ids that are not GUIDs first) from `key`'s set
@@ -244,7 +316,7 @@ impl Flusher {
     }
 
     /// Counts a given-up write and records it in the dead-letter file.
-    fn give_up(&self, key: &Key, write: &Write, reason: DropReason, error_text: &str) {
+    pub(crate) fn give_up(&self, key: &Key, write: &Write, reason: DropReason, error_text: &str) {
         self.stats.dropped(reason, 1);
         self.dead_letters
             .record(self.tables.name(key.table), key, write, reason, error_text);
@@ -256,40 +328,45 @@ impl Flusher {
             .iter()
             .map(|t| (t.key.clone(), (t.since, t.seqs)))
             .collect();
-        // A write may be handed back only while it is young enough that its retry deadline
-        // (measured from its oldest op) has not passed; older ones retry here until it does.
-        let requeue_ok = |t: &Taken| self.requeue_hot && t.since.elapsed() < self.retry.max_elapsed;
         let (batchable, updates): (Vec<Taken>, Vec<Taken>) =
             writes.into_iter().partition(|t| t.write.is_batchable());
         let mut tasks = tokio::task::JoinSet::new();
         for t in updates {
             let this = Arc::clone(&self);
-            let may_requeue = requeue_ok(&t);
             tasks.spawn(async move {
-                let mut hot = false;
-                let end = this.update(&t.key, &t.write, &mut hot, may_requeue).await;
-                (t.key, end, hot)
+                let (mut hot, mut ambiguous) = (false, false);
+                let end = this
+                    .update(
+                        &t.key,
+                        &t.write,
+                        &mut hot,
+                        &mut ambiguous,
+                        t.since.elapsed(),
+                    )
+                    .await;
+                (t.key, end, hot, ambiguous)
             });
         }
         let mut hot_keys = HashSet::new();
-        let may_requeue: HashSet<Key> = batchable
-            .iter()
-            .filter(|t| requeue_ok(t))
-            .map(|t| t.key.clone())
-            .collect();
-        let mut results: Vec<(Key, KeyEnd, bool)> = if batchable.is_empty() {
+        let mut ambiguous_keys = HashSet::new();
+        let mut results: Vec<(Key, KeyEnd, bool, bool)> = if batchable.is_empty() {
             Vec::new()
         } else {
+            let ages: HashMap<Key, Duration> = batchable
+                .iter()
+                .map(|t| (t.key.clone(), t.since.elapsed()))
+                .collect();
             self.batch(
                 batchable.into_iter().map(|t| (t.key, t.write)).collect(),
                 &mut hot_keys,
-                &may_requeue,
+                &mut ambiguous_keys,
+                &ages,
             )
             .await
             .into_iter()
             .map(|(key, end)| {
-                let hot = hot_keys.contains(&key);
-                (key, end, hot)
+                let (hot, ambiguous) = (hot_keys.contains(&key), ambiguous_keys.contains(&key));
+                (key, end, hot, ambiguous)
             })
             .collect()
         };
@@ -303,23 +380,18 @@ impl Flusher {
         }
         let mut completed: Vec<Completed> = results
             .into_iter()
-            .map(|(key, end, hot)| {
+            .map(|(key, end, hot, ambiguous)| {
                 let (since, seqs) = since
                     .get(&key)
                     .copied()
                     .unwrap_or_else(|| (Instant::now(), Default::default()));
-                let (durable, requeue) = match end {
-                    KeyEnd::Written => (true, None),
-                    KeyEnd::Dropped => (false, None),
-                    KeyEnd::Requeue(w) => (false, Some(w)),
-                };
                 Completed {
                     since,
                     key,
-                    durable,
                     seqs,
                     hot,
-                    requeue,
+                    ambiguous,
+                    end,
                 }
             })
             .collect();
@@ -331,10 +403,10 @@ impl Flusher {
             .map(|(k, (since, seqs))| Completed {
                 key: k.clone(),
                 since: *since,
-                durable: false,
                 seqs: *seqs,
                 hot: false,
-                requeue: None,
+                ambiguous: true,
+                end: KeyEnd::Dropped,
             })
             .collect();
         if !lost.is_empty() {
@@ -374,22 +446,6 @@ impl Flusher {
         }
     }
 
-    /// Waits before the next attempt, or reports that the budget is spent.
-    async fn pause(&self, op: Operation, attempt: u32, started: Instant, longest: bool) -> bool {
-        if started.elapsed() >= self.retry.max_elapsed {
-            return false;
-        }
-        self.stats.retried(op);
-        // Refused credentials do not heal in milliseconds: wait the longest backoff.
-        let wait = if longest {
-            self.retry.max_backoff
-        } else {
-            dynamo::backoff(attempt, self.retry.initial_backoff, self.retry.max_backoff)
-        };
-        tokio::time::sleep(wait).await;
-        true
-    }
-
     /// Says, at most once a second, that DynamoDB refused the credentials and what happens now.
     fn credentials_refused(&self, op: Operation, code: &str, message: &str) {
         if let Some(held) = AUTH_LOG.allow() {
@@ -398,33 +454,34 @@ impl Flusher {
                 %code,
                 %message,
                 held_back = held,
-                retry_every_s = self.retry.max_backoff.as_secs_f64(),
-                give_up_after_s = self.retry.max_elapsed.as_secs_f64(),
+                retry_every_s = self.policy.max_backoff.as_secs_f64(),
+                give_up_after_s = (!self.policy.spooled).then_some(self.policy.max_elapsed.as_secs_f64()),
                 "DynamoDB refused the credentials; writes wait and retry, then go to the dead-letter file. Check [dynamodb] access_key_id / secret_access_key or the AWS credential chain"
             );
         }
     }
 
     /// One BatchWriteItem of ≤ 25 puts/deletes on distinct keys, retried until done. Keys
-    /// DynamoDB returned as UnprocessedItems are added to `hot`; those in `may_requeue` are
-    /// handed back instead of retried.
+    /// DynamoDB returned as UnprocessedItems are added to `hot`; the policy decides whether they
+    /// are handed back instead of retried (`ages`: each write's age, for that decision).
     async fn batch(
         &self,
         writes: Vec<(Key, Write)>,
         hot: &mut HashSet<Key>,
-        may_requeue: &HashSet<Key>,
+        ambiguous: &mut HashSet<Key>,
+        ages: &HashMap<Key, Duration>,
     ) -> Vec<(Key, KeyEnd)> {
         let mut pending: Vec<(Key, WriteRequest)> = writes
             .iter()
             .map(|(k, w)| (k.clone(), Self::write_request(k, w)))
             .collect();
+        let write_of = |key: &Key| writes.iter().find(|(k, _)| k == key).map(|(_, w)| w);
         let mut done = Vec::with_capacity(pending.len());
         let started = Instant::now();
         let mut attempt = 0u32;
-        // What went wrong last, for the dead-letter record if the retries run out.
-        let mut last_error = String::new();
+        // What went wrong last, for the dead-letter record if the writes are given up.
+        let mut last_error: String;
         while !pending.is_empty() {
-            let mut refused = false;
             let mut request: HashMap<String, Vec<WriteRequest>> = HashMap::new();
             for (key, req) in &pending {
                 request
@@ -434,17 +491,26 @@ impl Flusher {
             }
             let t0 = Instant::now();
             let in_flight = InFlight::start();
-            let result = self
-                .client
-                .batch_write_item()
-                .set_request_items(Some(request))
-                .return_consumed_capacity(ReturnConsumedCapacity::Total)
-                .send()
+            let sent = self
+                .send_or_stop(
+                    self.client
+                        .batch_write_item()
+                        .set_request_items(Some(request))
+                        .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                        .send(),
+                )
                 .await;
             drop(in_flight);
             let elapsed = t0.elapsed();
-            match result {
-                Ok(out) => {
+            // How this attempt failed, for the retry decision of what is still pending.
+            let failed = match sent {
+                None => {
+                    // Abandoned at the shutdown deadline: it may have been applied.
+                    last_error = "request abandoned at the shutdown deadline".into();
+                    ambiguous.extend(pending.iter().map(|(k, _)| k.clone()));
+                    Failed::Transient
+                }
+                Some(Ok(out)) => {
                     for cc in out.consumed_capacity() {
                         if let (Some(name), Some(units)) = (cc.table_name(), cc.capacity_units())
                             && let Some(table) = self.tables.table(name)
@@ -480,21 +546,16 @@ impl Flusher {
                     for (table, n) in per_table {
                         self.stats.written(table, n);
                     }
-                    if !rest.is_empty() {
-                        self.stats.unprocessed(rest.len() as u64);
-                        last_error = "returned as UnprocessedItems".into();
-                        hot.extend(rest.iter().map(|(k, _)| k.clone()));
-                    }
-                    let (back, rest): (Vec<_>, Vec<_>) =
-                        rest.into_iter().partition(|(k, _)| may_requeue.contains(k));
-                    for (key, _) in back {
-                        if let Some((_, w)) = writes.iter().find(|(k, _)| *k == key) {
-                            done.push((key, KeyEnd::Requeue(w.clone())));
-                        }
-                    }
                     pending = rest;
+                    if pending.is_empty() {
+                        break;
+                    }
+                    self.stats.unprocessed(pending.len() as u64);
+                    last_error = "returned as UnprocessedItems".into();
+                    hot.extend(pending.iter().map(|(k, _)| k.clone()));
+                    Failed::Throttled { own_key: true }
                 }
-                Err(err) => match dynamo::classify(&err) {
+                Some(Err(err)) => match dynamo::classify(&err) {
                     Failure::Throttled { code } => {
                         last_error = code.to_string();
                         self.concurrency.backoff();
@@ -502,6 +563,7 @@ impl Flusher {
                             .request(Operation::BatchWriteItem, Outcome::Throttled, elapsed);
                         self.stats.throttled(code);
                         dynamo::record_throttling_reasons(dynamo::batch_throttling_reasons(&err));
+                        Failed::Throttled { own_key: false }
                     }
                     Failure::Invalid { message } => {
                         self.stats
@@ -509,16 +571,19 @@ impl Flusher {
                         if pending.len() > 1 {
                             // Find the poison: every write alone.
                             warn!(requests = pending.len(), %message, "BatchWriteItem rejected; resending its writes one by one");
-                            let by_key: HashMap<Key, Write> = writes.iter().cloned().collect();
                             for (key, _) in std::mem::take(&mut pending) {
-                                if let Some(w) = by_key.get(&key) {
+                                if let Some(w) = write_of(&key) {
+                                    let was_ambiguous = ambiguous.contains(&key);
                                     let single = Box::pin(self.batch(
                                         vec![(key.clone(), w.clone())],
                                         hot,
-                                        may_requeue,
+                                        ambiguous,
+                                        ages,
                                     ))
                                     .await;
-                                    done.extend(single);
+                                    done.extend(single.into_iter().map(|(k, end)| {
+                                        (k, Self::carry_doubt(end, was_ambiguous))
+                                    }));
                                 }
                             }
                         } else {
@@ -526,8 +591,8 @@ impl Flusher {
                                 if let Some(held) = DROP_LOG.allow() {
                                     error!(held_back = held, table = %key.table, %message, "DynamoDB rejected a write; dropped");
                                 }
-                                match writes.iter().find(|(k, _)| *k == key) {
-                                    Some((_, w)) => {
+                                match write_of(&key) {
+                                    Some(w) => {
                                         self.give_up(&key, w, DropReason::Rejected, &message)
                                     }
                                     None => self.stats.dropped(DropReason::Rejected, 1),
@@ -535,19 +600,24 @@ impl Flusher {
                                 done.push((key, KeyEnd::Dropped));
                             }
                         }
-                        continue;
+                        break;
                     }
                     Failure::Transient { code, message } => {
                         last_error = format!("{code}: {message}");
+                        ambiguous.extend(pending.iter().map(|(k, _)| k.clone()));
                         self.stats
                             .request(Operation::BatchWriteItem, Outcome::Error, elapsed);
                         if let Some(held) = RETRY_LOG.allow() {
                             warn!(%code, %message, attempt, held_back = held, "BatchWriteItem failed; retrying");
                         }
+                        Failed::Transient
                     }
                     Failure::ConditionFailed => {
+                        // BatchWriteItem carries no conditions; treat it like any other error.
+                        last_error = "unexpected ConditionalCheckFailed".into();
                         self.stats
                             .request(Operation::BatchWriteItem, Outcome::Error, elapsed);
+                        Failed::Transient
                     }
                     Failure::Credentials { code, message } => {
                         last_error = format!("{code}: {message}");
@@ -557,41 +627,100 @@ impl Flusher {
                             elapsed,
                         );
                         self.credentials_refused(Operation::BatchWriteItem, &code, &message);
-                        refused = true;
+                        Failed::Credentials
                     }
                 },
-            }
-            if !pending.is_empty() {
-                if !self
-                    .pause(Operation::BatchWriteItem, attempt, started, refused)
-                    .await
-                {
-                    if let Some(held) = DROP_LOG.allow() {
-                        error!(
-                            held_back = held,
-                            writes = pending.len(),
-                            elapsed_s = started.elapsed().as_secs_f64(),
-                            "BatchWriteItem retries exhausted; writes dropped"
-                        );
-                    }
-                    let why = format!(
-                        "retries exhausted after {:.1} s; last: {last_error}",
-                        started.elapsed().as_secs_f64()
-                    );
-                    for (key, _) in pending.drain(..) {
-                        match writes.iter().find(|(k, _)| *k == key) {
-                            Some((_, w)) => {
-                                self.give_up(&key, w, DropReason::RetriesExhausted, &why)
+            };
+            // One decision per write still pending (their ages differ for hand-backs).
+            let mut keep = Vec::with_capacity(pending.len());
+            for (key, req) in std::mem::take(&mut pending) {
+                let age = ages.get(&key).copied().unwrap_or_default();
+                let decision = self.policy.decide(
+                    failed,
+                    attempt,
+                    started.elapsed(),
+                    age,
+                    self.deadline.passed(),
+                    0.0,
+                );
+                match decision {
+                    Decision::HandBack => {
+                        if let Some(w) = write_of(&key) {
+                            let mut w = w.clone();
+                            if ambiguous.contains(&key) {
+                                w.maybe_applied();
                             }
-                            None => self.stats.dropped(DropReason::RetriesExhausted, 1),
+                            done.push((key, KeyEnd::Requeue(w)));
                         }
+                    }
+                    Decision::RetryAfter(_) => keep.push((key, req)),
+                    Decision::GiveUp(reason) => {
+                        self.give_up_pending(&key, write_of(&key), reason, started, &last_error);
+                        done.push((key, KeyEnd::Dropped));
+                    }
+                    Decision::Leave => done.push((key, KeyEnd::Left)),
+                }
+            }
+            pending = keep;
+            if pending.is_empty() {
+                break;
+            }
+            // The pause (with jitter), cut short by the shutdown deadline.
+            let age = pending
+                .iter()
+                .filter_map(|(k, _)| ages.get(k))
+                .min()
+                .copied()
+                .unwrap_or_default();
+            match self
+                .after_failure(Operation::BatchWriteItem, failed, attempt, started, age)
+                .await
+            {
+                // (Writes to hand back left the batch above.)
+                Decision::RetryAfter(_) | Decision::HandBack => {}
+                Decision::GiveUp(reason) => {
+                    for (key, _) in pending.drain(..) {
+                        self.give_up_pending(&key, write_of(&key), reason, started, &last_error);
                         done.push((key, KeyEnd::Dropped));
                     }
                 }
-                attempt += 1;
+                Decision::Leave => {
+                    done.extend(pending.drain(..).map(|(key, _)| (key, KeyEnd::Left)));
+                }
             }
+            attempt += 1;
         }
         done
+    }
+
+    /// A hand-back from a nested send keeps the doubt of the attempts before it.
+    fn carry_doubt(end: KeyEnd, ambiguous: bool) -> KeyEnd {
+        match end {
+            KeyEnd::Requeue(mut w) if ambiguous => {
+                w.maybe_applied();
+                KeyEnd::Requeue(w)
+            }
+            other => other,
+        }
+    }
+
+    /// Gives up one pending write of a batch: logged (rate limited), counted, dead-lettered.
+    fn give_up_pending(
+        &self,
+        key: &Key,
+        write: Option<&Write>,
+        reason: DropReason,
+        started: Instant,
+        last_error: &str,
+    ) {
+        let why = Self::give_up_text(reason, started, last_error);
+        if let Some(held) = DROP_LOG.allow() {
+            error!(held_back = held, table = %key.table, reason = reason.as_str(), %why, "write given up");
+        }
+        match write {
+            Some(w) => self.give_up(key, w, reason, &why),
+            None => self.stats.dropped(reason, 1),
+        }
     }
 
     fn update_specs(key: &Key, write: &Write) -> Vec<UpdateSpec> {
@@ -612,25 +741,27 @@ impl Flusher {
                 });
                 vec![UpdateSpec {
                     adds_to: None,
+                    members: None,
                     expression: format!("SET {}", parts.join(", ")),
                     condition,
                     names,
                     values,
                 }]
             }
-            Write::SetDelta { attr, add, del } => {
+            Write::SetDelta { attr, add, del, .. } => {
                 let mut specs = Vec::new();
-                if !add.is_empty() {
+                for chunk in crate::item::split_set(add) {
                     specs.push(UpdateSpec {
                         adds_to: (key.table == Table::TopicMsgMap).then(|| attr.clone()),
                         expression: "ADD #s :m".into(),
                         condition: None,
                         names: [("#s".to_string(), attr.clone())].into(),
-                        values: [(":m".to_string(), dynamo::to_attr(&Value::Ss(add.clone())))]
+                        values: [(":m".to_string(), dynamo::to_attr(&Value::Ss(chunk.clone())))]
                             .into(),
+                        members: Some((true, chunk)),
                     });
                 }
-                if !del.is_empty() {
+                for chunk in crate::item::split_set(del) {
                     // Never create an item just to delete from it.
                     specs.push(UpdateSpec {
                         adds_to: None,
@@ -641,8 +772,9 @@ impl Flusher {
                             ("#k".to_string(), key.table.key_names().0.to_string()),
                         ]
                         .into(),
-                        values: [(":m".to_string(), dynamo::to_attr(&Value::Ss(del.clone())))]
+                        values: [(":m".to_string(), dynamo::to_attr(&Value::Ss(chunk.clone())))]
                             .into(),
+                        members: Some((false, chunk)),
                     });
                 }
                 specs
@@ -653,28 +785,56 @@ impl Flusher {
     }
 
     /// The UpdateItem(s) of one write, in order, each retried until done. Sets `hot` when
-    /// DynamoDB throttled the key itself; with `may_requeue`, such a throttle hands what is left
-    /// of the write back instead of retrying it.
-    async fn update(&self, key: &Key, write: &Write, hot: &mut bool, may_requeue: bool) -> KeyEnd {
-        for (i, spec) in Self::update_specs(key, write).iter().enumerate() {
-            match self.update_one(key, write, spec, hot, may_requeue).await {
+    /// DynamoDB throttled the key itself; the policy decides whether such a throttle hands what
+    /// is left of the write back instead of retrying it (`age`: the write's age).
+    /// `ambiguous` is set once an attempt of it ended ambiguously (it may have been applied).
+    async fn update(
+        &self,
+        key: &Key,
+        write: &Write,
+        hot: &mut bool,
+        ambiguous: &mut bool,
+        age: Duration,
+    ) -> KeyEnd {
+        let specs = Self::update_specs(key, write);
+        for (i, spec) in specs.iter().enumerate() {
+            match self.update_one(key, write, spec, hot, age, ambiguous).await {
                 SpecEnd::Done => {}
                 SpecEnd::Dropped => return KeyEnd::Dropped,
-                SpecEnd::HotThrottled => return KeyEnd::Requeue(Self::remainder(write, i)),
+                SpecEnd::Left => return KeyEnd::Left,
+                SpecEnd::HotThrottled => {
+                    let mut rest = Self::remainder(write, &specs[i..]);
+                    if *ambiguous {
+                        rest.maybe_applied();
+                    }
+                    return KeyEnd::Requeue(rest);
+                }
             }
         }
         KeyEnd::Written
     }
 
-    /// What is left of `write` when its UpdateItems before number `done` went through: a set
-    /// delta's ADD goes first, so after it only the DELETE is left.
-    fn remainder(write: &Write, done: usize) -> Write {
+    /// What is left of `write` when only the UpdateItems `rest` are still to go: for a set
+    /// delta, the members those requests carry (ADD chunks go first, then DELETE chunks).
+    fn remainder(write: &Write, rest: &[UpdateSpec]) -> Write {
         match write {
-            Write::SetDelta { attr, add, del } if done > 0 && !add.is_empty() => Write::SetDelta {
-                attr: attr.clone(),
-                add: Default::default(),
-                del: del.clone(),
-            },
+            Write::SetDelta { attr, fresh, .. } => {
+                let (mut add, mut del) = (
+                    std::collections::BTreeSet::new(),
+                    std::collections::BTreeSet::new(),
+                );
+                for spec in rest {
+                    if let Some((adds, members)) = &spec.members {
+                        if *adds { &mut add } else { &mut del }.extend(members.iter().cloned());
+                    }
+                }
+                Write::SetDelta {
+                    attr: attr.clone(),
+                    add,
+                    del,
+                    fresh: *fresh,
+                }
+            }
             other => other.clone(),
         }
     }
@@ -685,34 +845,41 @@ impl Flusher {
         write: &Write,
         spec: &UpdateSpec,
         hot: &mut bool,
-        may_requeue: bool,
+        age: Duration,
+        ambiguous: &mut bool,
     ) -> SpecEnd {
         let started = Instant::now();
         let mut attempt = 0u32;
-        // Set by every failure that leads to a retry; read if the retries run out.
+        // Set by every failure that leads to a retry; read if the write is given up.
         let mut last_error: String;
         // The set was trimmed after DynamoDB refused it as too large (once per write).
         let mut trimmed = false;
         loop {
-            let mut refused = false;
             let t0 = Instant::now();
             let in_flight = InFlight::start();
-            let result = self
-                .client
-                .update_item()
-                .table_name(self.tables.name(key.table))
-                .set_key(Some(dynamo::key_attrs(key)))
-                .update_expression(&spec.expression)
-                .set_condition_expression(spec.condition.clone())
-                .set_expression_attribute_names(Some(spec.names.clone()))
-                .set_expression_attribute_values(Some(spec.values.clone()))
-                .return_consumed_capacity(ReturnConsumedCapacity::Total)
-                .send()
+            let sent = self
+                .send_or_stop(
+                    self.client
+                        .update_item()
+                        .table_name(self.tables.name(key.table))
+                        .set_key(Some(dynamo::key_attrs(key)))
+                        .update_expression(&spec.expression)
+                        .set_condition_expression(spec.condition.clone())
+                        .set_expression_attribute_names(Some(spec.names.clone()))
+                        .set_expression_attribute_values(Some(spec.values.clone()))
+                        .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                        .send(),
+                )
                 .await;
             drop(in_flight);
             let elapsed: Duration = t0.elapsed();
-            match result {
-                Ok(out) => {
+            let failed = match sent {
+                None => {
+                    last_error = "request abandoned at the shutdown deadline".into();
+                    *ambiguous = true;
+                    Failed::Transient
+                }
+                Some(Ok(out)) => {
                     self.concurrency.success(elapsed);
                     self.stats
                         .request(Operation::UpdateItem, Outcome::Success, elapsed);
@@ -732,7 +899,7 @@ impl Flusher {
                     }
                     return SpecEnd::Done;
                 }
-                Err(err) => match dynamo::classify(&err) {
+                Some(Err(err)) => match dynamo::classify(&err) {
                     Failure::ConditionFailed => {
                         self.stats.request(
                             Operation::UpdateItem,
@@ -753,8 +920,8 @@ impl Flusher {
                         // request is taken as a hot key; with them, only a key range is.
                         let key_throttled = reasons.is_empty() || dynamo::names_key_range(reasons);
                         *hot |= key_throttled;
-                        if key_throttled && may_requeue {
-                            return SpecEnd::HotThrottled;
+                        Failed::Throttled {
+                            own_key: key_throttled,
                         }
                     }
                     Failure::Invalid { message }
@@ -785,34 +952,38 @@ impl Flusher {
                     }
                     Failure::Transient { code, message } => {
                         last_error = format!("{code}: {message}");
+                        *ambiguous = true;
                         self.stats
                             .request(Operation::UpdateItem, Outcome::Error, elapsed);
                         if let Some(held) = RETRY_LOG.allow() {
                             warn!(%code, %message, attempt, held_back = held, table = %key.table, "UpdateItem failed; retrying");
                         }
+                        Failed::Transient
                     }
                     Failure::Credentials { code, message } => {
                         last_error = format!("{code}: {message}");
                         self.stats
                             .request(Operation::UpdateItem, Outcome::Unauthorized, elapsed);
                         self.credentials_refused(Operation::UpdateItem, &code, &message);
-                        refused = true;
+                        Failed::Credentials
                     }
                 },
-            }
-            if !self
-                .pause(Operation::UpdateItem, attempt, started, refused)
+            };
+            match self
+                .after_failure(Operation::UpdateItem, failed, attempt, started, age)
                 .await
             {
-                if let Some(held) = DROP_LOG.allow() {
-                    error!(held_back = held, table = %key.table, elapsed_s = started.elapsed().as_secs_f64(), "UpdateItem retries exhausted; write dropped");
+                Decision::RetryAfter(_) => {}
+                Decision::HandBack => return SpecEnd::HotThrottled,
+                Decision::Leave => return SpecEnd::Left,
+                Decision::GiveUp(reason) => {
+                    let why = Self::give_up_text(reason, started, &last_error);
+                    if let Some(held) = DROP_LOG.allow() {
+                        error!(held_back = held, table = %key.table, reason = reason.as_str(), %why, "update given up");
+                    }
+                    self.give_up(key, write, reason, &why);
+                    return SpecEnd::Dropped;
                 }
-                let why = format!(
-                    "retries exhausted after {:.1} s; last: {last_error}",
-                    started.elapsed().as_secs_f64()
-                );
-                self.give_up(key, write, DropReason::RetriesExhausted, &why);
-                return SpecEnd::Dropped;
             }
             attempt += 1;
         }

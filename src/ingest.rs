@@ -6,6 +6,12 @@
 //! the refusal is counted (`mqtt_dynamo_events_rejected_total{reason="queue_full"}`) and the caller
 //! decides what the broker sees. Nothing that was accepted is dropped here.
 //!
+//! **Repeats.** A sender that resends (an HTTP client retrying a partly accepted request, one
+//! publish through two adapters) must not bring back a message that was acked: a publish whose
+//! message id was acked within `pipeline.dedup_window` is not stored again, and one whose id was
+//! already published is stored with its writes marked maybe applied, so that its ack is written
+//! rather than cancelled ([`Dedup`]; the certainty rule in [`crate::coalesce`]).
+//!
 //! With the spool on (`[pipeline.spool]`), an accepted event is appended to the spool instead and
 //! the spool's feeder queues it; "full" then means the spool's disk bound, and an accepted event
 //! is acknowledged only once it is durable under the spool's fsync policy.
@@ -22,6 +28,9 @@ use crate::lookup::ReadState;
 use crate::rules::{ActionScope, EventError, RuleSet, StorageFormat};
 use crate::spool::{Spool, SpoolError};
 use crate::stats::{RejectReason, Stats};
+
+/// Rate limit for the duplicate-publish log line.
+static DUPLICATE_LOG: crate::stats::LogGate = crate::stats::LogGate::new();
 
 /// Why an event was not accepted. Nothing of a refused event is queued.
 #[derive(Debug, Error)]
@@ -139,6 +148,23 @@ impl ByteBudget {
         }
     }
 
+    /// Reserves `n` bytes (at most the whole limit, so one message larger than the limit still
+    /// goes, alone), waiting as long as it takes; returns the bytes reserved, to release later.
+    pub(crate) fn reserve_wait(&self, n: usize) -> usize {
+        let n = n.min(self.limit);
+        let Ok(mut used) = self.used.lock() else {
+            return 0;
+        };
+        while *used + n > self.limit {
+            match self.freed.wait(used) {
+                Ok(guard) => used = guard,
+                Err(_) => return 0,
+            }
+        }
+        *used += n;
+        n
+    }
+
     pub fn release(&self, n: usize) {
         if let Ok(mut used) = self.used.lock() {
             *used = used.saturating_sub(n);
@@ -148,6 +174,129 @@ impl ByteBudget {
 
     pub fn used(&self) -> usize {
         self.used.lock().map(|u| *u).unwrap_or(0)
+    }
+}
+
+/// Recently seen message ids, published and acked, bounded in count and age.
+///
+/// Striped by id hash (16 mutexes, each held for a few hash-set operations per publish or ack)
+/// so that adapter threads rarely meet. Ids are kept as 64-bit hashes: a false match needs two
+/// of ~10^5 ids to collide in 64 bits.
+#[derive(Debug)]
+pub(crate) struct Dedup {
+    window: Duration,
+    stripes: Vec<Mutex<DedupStripe>>,
+}
+
+#[derive(Debug)]
+struct DedupStripe {
+    published: RecentIds,
+    acked: RecentIds,
+}
+
+/// A set of ids that forgets the oldest past `cap` entries or `window` of age.
+#[derive(Debug)]
+struct RecentIds {
+    set: std::collections::HashSet<u64>,
+    order: std::collections::VecDeque<(u64, Instant)>,
+    cap: usize,
+}
+
+impl RecentIds {
+    fn new(cap: usize) -> Self {
+        RecentIds {
+            set: Default::default(),
+            order: Default::default(),
+            cap: cap.max(1),
+        }
+    }
+
+    fn expire(&mut self, now: Instant, window: Duration) {
+        while let Some(&(id, at)) = self.order.front() {
+            if self.order.len() <= self.cap && now.saturating_duration_since(at) < window {
+                break;
+            }
+            self.order.pop_front();
+            self.set.remove(&id);
+        }
+    }
+
+    /// Inserts `id`; returns whether it was already there.
+    fn insert(&mut self, id: u64, now: Instant) -> bool {
+        if !self.set.insert(id) {
+            return true;
+        }
+        self.order.push_back((id, now));
+        false
+    }
+}
+
+/// What [`Dedup::publish`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Seen {
+    /// A message id not seen before.
+    New,
+    /// Published before and not acked (within the window): store it as maybe applied.
+    Published,
+    /// Acked within the window: not stored again.
+    Acked,
+}
+
+const DEDUP_STRIPES: usize = 16;
+
+impl Dedup {
+    pub(crate) fn new(window: Duration, max_ids: usize) -> Self {
+        Dedup {
+            window,
+            stripes: (0..DEDUP_STRIPES)
+                .map(|_| {
+                    Mutex::new(DedupStripe {
+                        published: RecentIds::new(max_ids / DEDUP_STRIPES),
+                        acked: RecentIds::new(max_ids / DEDUP_STRIPES),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    fn hash(id: &str) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        id.hash(&mut h);
+        h.finish()
+    }
+
+    fn stripe(&self, id: u64) -> Option<std::sync::MutexGuard<'_, DedupStripe>> {
+        self.stripes[(id % DEDUP_STRIPES as u64) as usize]
+            .lock()
+            .ok()
+    }
+
+    /// A publish of message `id`: records it as published and says whether it was seen before.
+    pub(crate) fn publish(&self, id: &str) -> Seen {
+        let (h, now) = (Self::hash(id), Instant::now());
+        let Some(mut g) = self.stripe(h) else {
+            return Seen::Published;
+        };
+        g.acked.expire(now, self.window);
+        g.published.expire(now, self.window);
+        if g.acked.set.contains(&h) {
+            return Seen::Acked;
+        }
+        if g.published.insert(h, now) {
+            Seen::Published
+        } else {
+            Seen::New
+        }
+    }
+
+    /// An accepted ack of message `id`.
+    pub(crate) fn acked(&self, id: &str) {
+        let (h, now) = (Self::hash(id), Instant::now());
+        if let Some(mut g) = self.stripe(h) {
+            g.acked.expire(now, self.window);
+            g.acked.insert(h, now);
+        }
     }
 }
 
@@ -169,6 +318,8 @@ pub struct Ingest {
     read: Option<Arc<ReadState>>,
     /// The durable spool, when on: accepted events go there, and its feeder queues them.
     spool: Option<Arc<Spool>>,
+    /// Recently published and acked message ids (`None` with `dedup_window = 0`).
+    dedup: Option<Dedup>,
 }
 
 impl Ingest {
@@ -191,7 +342,15 @@ impl Ingest {
             capacity,
             read,
             spool: None,
+            dedup: None,
         }
+    }
+
+    /// Remembers message ids for `window` (at most `max_ids` of each kind) to recognise repeated
+    /// publishes (see the module docs); a zero window turns it off.
+    pub(crate) fn with_dedup(mut self, window: Duration, max_ids: usize) -> Self {
+        self.dedup = (!window.is_zero() && max_ids > 0).then(|| Dedup::new(window, max_ids));
+        self
     }
 
     /// Sends accepted events through `spool` (whose feeder then queues them).
@@ -300,8 +459,37 @@ impl Ingest {
         deadline: Option<Instant>,
         scope: ActionScope,
     ) -> Result<Option<u64>, SubmitError> {
-        let ops = self.rules.plan_scoped(event, &self.format, scope)?;
-        self.enqueue_ops(ops, deadline, Some(event.hook()))
+        let mut ops = self.rules.plan_scoped(event, &self.format, scope)?;
+        if let (Some(dedup), HookEvent::MessagePublish { message }) = (&self.dedup, event)
+            && !ops.is_empty()
+        {
+            match dedup.publish(&message.id) {
+                Seen::New => {}
+                Seen::Published => {
+                    self.stats.duplicate(false);
+                    for op in &mut ops {
+                        op.write.maybe_applied();
+                    }
+                }
+                Seen::Acked => {
+                    self.stats.duplicate(true);
+                    if let Some(limited) = DUPLICATE_LOG.allow() {
+                        tracing::info!(held_back = limited, msgid = %message.id, topic = %message.topic,
+                            "a publish of a message acked moments ago: not stored again");
+                    }
+                    ops.clear();
+                }
+            }
+        }
+        let acked = match (&self.dedup, event) {
+            (Some(_), HookEvent::MessageAcked { message, .. }) => Some(message.id.as_str()),
+            _ => None,
+        };
+        let result = self.enqueue_ops(ops, deadline, Some(event.hook()));
+        if let (Ok(_), Some(id), Some(dedup)) = (&result, acked, &self.dedup) {
+            dedup.acked(id);
+        }
+        result
     }
 
     /// Queues one event's (or one API call's) writes, all or nothing. Returns the spool ticket

@@ -162,8 +162,10 @@ pub enum Write {
     /// Replace the whole item (BatchWriteItem PutRequest).
     Put {
         item: Item,
-        /// The key is known to be absent from the table before this put: set only for message ids,
-        /// which EMQX generates uniquely per publish. It lets put∘delete cancel to no write at all.
+        /// Certain not to be in the table: the key is a message id (EMQX generates one per
+        /// publish), no earlier write of it was seen, and no attempt that carried this put can
+        /// have been applied. It lets put∘delete cancel to no write at all. Cleared by
+        /// [`Write::maybe_applied`] (the certainty rule in [`crate::coalesce`]).
         fresh: bool,
     },
     /// Remove the item (BatchWriteItem DeleteRequest).
@@ -176,17 +178,37 @@ pub enum Write {
     },
     /// `ADD` members to and `DELETE` members from one string-set attribute (UpdateItem). The two
     /// sets are disjoint, so their order does not matter; they go out as two requests because one
-    /// expression cannot ADD and DELETE the same attribute. A member pending in `add` is, by the
-    /// callers' contract, not yet in the stored set (members are unique message ids), so deleting
-    /// it again simply withdraws the add.
+    /// expression cannot ADD and DELETE the same attribute.
     SetDelta {
         attr: String,
         add: BTreeSet<String>,
         del: BTreeSet<String>,
+        /// Certain that no member of `add` is in the stored set (members are unique message ids
+        /// and no attempt that carried them can have been applied), so a later DELETE of one
+        /// simply withdraws the add. Cleared by [`Write::maybe_applied`]; then the DELETE is kept.
+        fresh: bool,
     },
 }
 
 impl Write {
+    /// Marks the write as possibly applied already (an attempt ended ambiguously, or it was
+    /// replayed from the spool, or its key may have been written before): from now on a later
+    /// delete of what it adds must be written, never cancelled (see [`crate::coalesce`]).
+    pub fn maybe_applied(&mut self) {
+        match self {
+            Write::Put { fresh, .. } | Write::SetDelta { fresh, .. } => *fresh = false,
+            Write::Delete | Write::Update { .. } => {}
+        }
+    }
+
+    /// Whether nothing this write adds can already be in the table (see [`Write::maybe_applied`]).
+    pub fn is_fresh(&self) -> bool {
+        matches!(
+            self,
+            Write::Put { fresh: true, .. } | Write::SetDelta { fresh: true, .. }
+        )
+    }
+
     /// Whether this write can travel in a BatchWriteItem (puts and deletes only).
     pub fn is_batchable(&self) -> bool {
         matches!(self, Write::Put { .. } | Write::Delete)
@@ -196,7 +218,8 @@ impl Write {
     pub fn request_count(&self) -> usize {
         match self {
             Write::SetDelta { add, del, .. } => {
-                usize::from(!add.is_empty()) + usize::from(!del.is_empty())
+                set_chunks(add).max(usize::from(!add.is_empty()))
+                    + set_chunks(del).max(usize::from(!del.is_empty()))
             }
             _ => 1,
         }
@@ -211,11 +234,41 @@ impl Write {
                 set.iter().map(|(k, v)| k.len() + v.size()).sum::<usize>()
                     + guard.as_ref().map_or(0, |(k, v)| k.len() + v.size())
             }
-            Write::SetDelta { attr, add, del } => {
+            Write::SetDelta { attr, add, del, .. } => {
                 attr.len() + add.iter().chain(del.iter()).map(String::len).sum::<usize>()
             }
         }
     }
+}
+
+/// The most member bytes one UpdateItem of a set delta carries. A set delta merged over a long
+/// window (a hot topic's `MsgId` ADDs) can grow past what one request may add to a 400 KB item;
+/// it goes out as several UpdateItems of at most this many bytes each, in order.
+pub const MAX_SET_CHUNK_BYTES: usize = 64 * 1024;
+
+/// How many UpdateItems the members of `set` take (see [`MAX_SET_CHUNK_BYTES`]).
+pub fn set_chunks(set: &BTreeSet<String>) -> usize {
+    split_set(set).len()
+}
+
+/// `set` in chunks of at most [`MAX_SET_CHUNK_BYTES`] member bytes (a member longer than that is
+/// a chunk of its own), in member order.
+pub fn split_set(set: &BTreeSet<String>) -> Vec<BTreeSet<String>> {
+    let mut chunks: Vec<BTreeSet<String>> = Vec::new();
+    let mut bytes = 0usize;
+    for m in set {
+        match chunks.last_mut() {
+            Some(last) if bytes + m.len() <= MAX_SET_CHUNK_BYTES => {
+                bytes += m.len();
+                last.insert(m.clone());
+            }
+            _ => {
+                bytes = m.len();
+                chunks.push([m.clone()].into());
+            }
+        }
+    }
+    chunks
 }
 
 /// A write addressed to its key.
@@ -249,11 +302,58 @@ mod tests {
     }
 
     #[test]
+    fn set_deltas_split_into_requests_dynamodb_accepts() {
+        // 3,000 ids of 47 bytes (141 KB) make three chunks of at most 64 KB, in member order.
+        let ids: BTreeSet<String> = (0..3000).map(|i| format!("{i:047}")).collect();
+        let chunks = split_set(&ids);
+        assert_eq!(chunks.len(), 3);
+        assert!(
+            chunks
+                .iter()
+                .all(|c| c.iter().map(String::len).sum::<usize>() <= MAX_SET_CHUNK_BYTES)
+        );
+        let joined: BTreeSet<String> = chunks.iter().flatten().cloned().collect();
+        assert_eq!(joined, ids);
+        assert!(chunks[0].last() < chunks[1].first());
+        let w = Write::SetDelta {
+            attr: "MsgId".into(),
+            add: ids,
+            del: ["x".to_string()].into(),
+            fresh: true,
+        };
+        assert_eq!(w.request_count(), 4);
+        assert!(split_set(&BTreeSet::new()).is_empty());
+    }
+
+    #[test]
+    fn maybe_applied_clears_the_certainty_of_puts_and_set_deltas_only() {
+        let mut put = Write::Put {
+            item: Item::new(),
+            fresh: true,
+        };
+        assert!(put.is_fresh());
+        put.maybe_applied();
+        assert!(!put.is_fresh());
+        let mut delta = Write::SetDelta {
+            attr: "MsgId".into(),
+            add: ["a".to_string()].into(),
+            del: BTreeSet::new(),
+            fresh: true,
+        };
+        delta.maybe_applied();
+        assert!(!delta.is_fresh());
+        let mut del = Write::Delete;
+        del.maybe_applied();
+        assert_eq!(del, Write::Delete);
+    }
+
+    #[test]
     fn set_delta_request_count() {
         let w = Write::SetDelta {
             attr: "MsgId".into(),
             add: ["a".to_string()].into(),
             del: ["b".to_string()].into(),
+            fresh: true,
         };
         assert_eq!(w.request_count(), 2);
         assert!(!w.is_batchable());

@@ -19,6 +19,8 @@
 //! - [`concurrency`]: the adaptive (AIMD) limit on flushes in flight.
 //! - [`flush`]: one flush on the wire: BatchWriteItem for puts and deletes, UpdateItem for updates
 //!   and set changes, retries with full-jitter backoff, poison isolation.
+//! - [`retry`]: the retry decision as a pure function (retry after, hand back, give up, leave to
+//!   the spool) and the shutdown deadline every retry loop watches.
 //! - [`pipeline`]: wires the stages together; start, submit handle, drain on shutdown.
 //!
 //! The read side:
@@ -58,6 +60,7 @@ pub mod lookup;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
+pub mod retry;
 pub mod rules;
 pub mod shard;
 pub mod spool;

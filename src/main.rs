@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 use mqtt_dynamo::config::Config;
@@ -225,9 +225,18 @@ async fn serve(cfg: Config) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?;
     } else {
-        tables::check_exist(&admin, &cfg.dynamodb)
-            .await
-            .map_err(|e| e.to_string())?;
+        match tables::check_exist(&admin, &cfg.dynamodb).await {
+            Ok(()) => {}
+            // A definitive answer: the tables are not there.
+            Err(e @ tables::TablesError::Missing(_)) => return Err(e.to_string()),
+            // DynamoDB does not answer (an outage, a network problem): serve anyway, so the
+            // broker's events are accepted (into the spool, or the bounded queues) and written
+            // once it is back; /readyz says why the service is not ready meanwhile.
+            Err(e) => warn!(
+                error = %e,
+                "DynamoDB did not answer the table check; serving anyway: events are accepted and written once it answers (/readyz reports not ready until then)"
+            ),
+        }
     }
     let client = dynamo::client(
         &cfg.dynamodb,
@@ -238,6 +247,7 @@ async fn serve(cfg: Config) -> Result<(), String> {
     let pipeline = Pipeline::from_config(&cfg, client).map_err(|e| e.to_string())?;
     // Metrics first, so the listeners' first calls are counted.
     let readiness = std::sync::Arc::new(mqtt_dynamo::metrics::Readiness::default());
+    readiness.set(false, "starting: DynamoDB not checked yet");
     let metrics_server = if cfg.metrics.enabled {
         let prometheus = mqtt_dynamo::metrics::install().map_err(|e| e.to_string())?;
         let listener = mqtt_dynamo::metrics::bind(cfg.metrics.listen)

@@ -95,6 +95,9 @@ fn register() {
     let _ = metrics::histogram!("mqtt_dynamo_spool_fsync_duration_seconds");
     metrics::gauge!("mqtt_dynamo_hot_keys").set(0.0);
     metrics::counter!("mqtt_dynamo_hot_key_requeues_total").absolute(0);
+    for kind in ["acked", "unacked"] {
+        metrics::counter!("mqtt_dynamo_duplicate_publishes_total", "kind" => kind).absolute(0);
+    }
     for adapter in ["exhook", "http"] {
         metrics::counter!("mqtt_dynamo_hook_events_dropped_total", "adapter" => adapter, "reason" => "queue_full")
             .absolute(0);
@@ -145,7 +148,11 @@ fn register() {
         metrics::counter!("mqtt_dynamo_dynamodb_throttling_reasons_total", "reason" => reason)
             .absolute(0);
     }
-    for reason in [DropReason::Rejected, DropReason::RetriesExhausted] {
+    for reason in [
+        DropReason::Rejected,
+        DropReason::RetriesExhausted,
+        DropReason::Shutdown,
+    ] {
         metrics::counter!("mqtt_dynamo_writes_dropped_total", "reason" => reason.as_str())
             .absolute(0);
     }
@@ -167,6 +174,10 @@ fn register() {
 }
 
 fn describe() {
+    describe_counter!(
+        "mqtt_dynamo_duplicate_publishes_total",
+        "Publishes of a message id already seen: acked (its ack was seen within pipeline.dedup_window: not stored again) or unacked (stored, its writes treated as maybe applied)."
+    );
     describe_gauge!(
         "mqtt_dynamo_hot_keys",
         "Keys DynamoDB throttled that wait a window of their own before their next write."

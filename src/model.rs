@@ -86,7 +86,7 @@ pub fn apply_write(items: &mut BTreeMap<Key, Item>, key: &Key, write: &Write) {
                 }
             }
         }
-        Write::SetDelta { attr, add, del } => {
+        Write::SetDelta { attr, add, del, .. } => {
             // ADD: an upsert that unions the members in.
             if !add.is_empty() {
                 let item = items.entry(key.clone()).or_insert_with(|| key.to_item());

@@ -32,7 +32,12 @@ pub struct Pipeline {
     ingest: Arc<Ingest>,
     /// The router thread; it exits after forwarding the shutdown marker.
     router: Option<std::thread::JoinHandle<()>>,
-    shards: Vec<tokio::task::JoinHandle<()>>,
+    /// The shard tasks; each returns the writes it left to the spool at the shutdown deadline.
+    shards: Vec<tokio::task::JoinHandle<u64>>,
+    /// Fired when `shutdown_timeout` runs out during [`Pipeline::shutdown`].
+    deadline: Arc<crate::retry::Deadline>,
+    shutdown_timeout: std::time::Duration,
+    spool: Option<Arc<Spool>>,
     stats: Arc<Stats>,
     limits: Limits,
     reader: Option<Arc<Reader>>,
@@ -96,6 +101,13 @@ impl PipelineHandle {
         scope: crate::rules::ActionScope,
     ) -> Result<crate::ingest::Receipt, SubmitError> {
         self.ingest.probe_scoped(event, scope)
+    }
+
+    /// Counts an event an adapter refused as invalid before it reached ingest (a request that
+    /// could not be translated into an event).
+    pub fn count_invalid(&self) {
+        self.stats
+            .event_rejected(crate::stats::RejectReason::Invalid);
     }
 
     /// Counts a `Full` refusal that [`PipelineHandle::probe_scoped`] left uncounted.
@@ -254,18 +266,21 @@ impl Pipeline {
             cfg.max_in_flight,
             cfg.adaptive_concurrency,
         ));
-        let flusher = Arc::new(
-            Flusher::new(
-                Arc::clone(&concurrency),
-                client,
-                TableNames::new(dynamo),
-                cfg.retry.clone(),
-                Arc::clone(&stats),
-                dead_letters,
-                storage.max_msgid_set_kb * 1024,
-            )
-            .with_hot_key_requeue(!cfg.hot_key_window.is_zero()),
-        );
+        let deadline = Arc::new(crate::retry::Deadline::new());
+        let flusher = Arc::new(Flusher::new(
+            Arc::clone(&concurrency),
+            client,
+            TableNames::new(dynamo),
+            crate::retry::RetryPolicy::new(
+                &cfg.retry,
+                cfg.spool.enabled,
+                !cfg.hot_key_window.is_zero(),
+            ),
+            Arc::clone(&deadline),
+            Arc::clone(&stats),
+            dead_letters,
+            storage.max_msgid_set_kb * 1024,
+        ));
         let mut senders = Vec::with_capacity(cfg.shards);
         let mut shards = Vec::with_capacity(cfg.shards);
         let spool = if cfg.spool.enabled {
@@ -284,16 +299,11 @@ impl Pipeline {
         let budget = Arc::new(ByteBudget::new(cfg.ingest_capacity_bytes));
         let mut spool_threads = Vec::new();
         if let Some(spool) = &spool {
-            let (spool_feed, tx, budget, read) = (
-                Arc::clone(spool),
-                tx.clone(),
-                Arc::clone(&budget),
-                read.clone(),
-            );
+            let (spool_feed, tx, budget) = (Arc::clone(spool), tx.clone(), Arc::clone(&budget));
             spool_threads.push(
                 std::thread::Builder::new()
                     .name("mqtt-dynamo-spool-feed".into())
-                    .spawn(move || crate::spool::feed::run(spool_feed, tx, budget, read))?,
+                    .spawn(move || crate::spool::feed::run(spool_feed, tx, budget))?,
             );
             let spool_sync = Arc::clone(spool);
             spool_threads.push(
@@ -304,9 +314,12 @@ impl Pipeline {
         }
         for index in 0..cfg.shards {
             let (tx, rx) = mpsc::channel(cfg.shard_queue_capacity);
-            senders.push(tx);
+            let inbox_budget = Arc::new(ByteBudget::new(cfg.shard_queue_bytes));
+            senders.push((tx, Arc::clone(&inbox_budget)));
             let mut shard = Shard::new(
                 rx,
+                inbox_budget,
+                Arc::clone(&deadline),
                 Arc::clone(&flusher),
                 Arc::clone(&concurrency),
                 cfg.clone(),
@@ -332,7 +345,8 @@ impl Pipeline {
                 cfg.ingest_capacity_events,
                 read,
             )
-            .with_spool(spool),
+            .with_spool(spool.clone())
+            .with_dedup(cfg.dedup_window, cfg.dedup_max_ids),
         );
         Ok(Pipeline {
             ingest,
@@ -348,6 +362,9 @@ impl Pipeline {
             reader: None,
             concurrency,
             spool_threads,
+            deadline,
+            shutdown_timeout: cfg.shutdown_timeout,
+            spool,
         })
     }
 
@@ -361,9 +378,30 @@ impl Pipeline {
         }
     }
 
-    /// Stops accepting events, writes everything accepted (or counts what it had to drop), and
-    /// returns the final counters.
+    /// Stops accepting events and writes everything accepted, for at most `shutdown_timeout`.
+    /// Then, without the spool, what is still unwritten is dead-lettered (counted, logged); with
+    /// it, the service stops and the backlog stays on disk for the next start. Returns the final
+    /// counters.
     pub async fn shutdown(mut self) -> StatsSnapshot {
+        let started = tokio::time::Instant::now();
+        let timer = tokio::spawn({
+            let (deadline, spool, timeout) = (
+                Arc::clone(&self.deadline),
+                self.spool.clone(),
+                self.shutdown_timeout,
+            );
+            async move {
+                tokio::time::sleep(timeout).await;
+                tracing::warn!(
+                    timeout_s = timeout.as_secs_f64(),
+                    "pipeline.shutdown_timeout reached; stopping the drain"
+                );
+                if let Some(spool) = spool {
+                    spool.abandon();
+                }
+                deadline.fire();
+            }
+        });
         let ingest = Arc::clone(&self.ingest);
         let router = self.router.take();
         // Closing may block on a full queue and joining blocks on the router: off the runtime.
@@ -375,10 +413,21 @@ impl Pipeline {
         if !matches!(joined, Ok(None | Some(Ok(())))) {
             error!("the router thread failed during shutdown");
         }
+        let mut left = 0;
         for shard in self.shards.drain(..) {
-            if let Err(e) = shard.await {
-                error!(error = %e, "a shard task failed during shutdown");
+            match shard.await {
+                Ok(n) => left += n,
+                Err(e) => error!(error = %e, "a shard task failed during shutdown"),
             }
+        }
+        timer.abort();
+        if self.deadline.passed() {
+            tracing::warn!(
+                after_s = started.elapsed().as_secs_f64(),
+                writes_left_in_spool = left,
+                dropped_at_deadline = self.stats.snapshot().dropped_shutdown,
+                "stopped at the shutdown deadline"
+            );
         }
         let threads = std::mem::take(&mut self.spool_threads);
         let joined =

@@ -439,6 +439,7 @@ fn plan_action(
                     attr: MSGID_SET.into(),
                     add: [msgid].into(),
                     del: BTreeSet::new(),
+                    fresh: true,
                 },
             });
         }
@@ -496,6 +497,7 @@ fn plan_action(
                     attr: MSGID_SET.into(),
                     add: BTreeSet::new(),
                     del: [msgid].into(),
+                    fresh: true,
                 },
             });
         }

@@ -18,7 +18,7 @@ use tracing::error;
 use crate::coalesce::{Coalescer, PushOutcome, Seqs};
 use crate::concurrency::Concurrency;
 use crate::config::PipelineConfig;
-use crate::flush::{Completed, Flusher};
+use crate::flush::{Completed, Flusher, KeyEnd};
 use crate::ingest::{ByteBudget, IngestMsg};
 use crate::item::{Key, Op, Table};
 use crate::lookup::ReadState;
@@ -28,8 +28,9 @@ use crate::stats::{FlushTrigger, Stats};
 #[derive(Debug)]
 pub(crate) enum ShardMsg {
     /// The writes of one event that hash to this shard, in event order, with their ingest
-    /// sequence numbers.
-    Ops(Vec<(Op, u64)>, Instant),
+    /// sequence numbers, when the event was accepted, and the bytes reserved for them in the
+    /// shard's inbox budget (released when the shard takes them).
+    Ops(Vec<(Op, u64)>, Instant, usize),
     /// Every op numbered up to this that belongs to this shard is in its inbox ahead of the
     /// barrier; acknowledge it to the spool once they are all settled.
     Barrier(u64),
@@ -57,7 +58,7 @@ pub fn shard_of(key: &Key, shards: usize) -> usize {
 /// forwarding the shutdown marker to every shard.
 pub(crate) fn route(
     rx: Receiver<IngestMsg>,
-    shards: Vec<mpsc::Sender<ShardMsg>>,
+    shards: Vec<(mpsc::Sender<ShardMsg>, Arc<ByteBudget>)>,
     budget: Arc<ByteBudget>,
 ) {
     let n = shards.len();
@@ -80,8 +81,13 @@ pub(crate) fn route(
                         continue;
                     }
                     let batch = std::mem::take(ops);
-                    if shards[i]
-                        .blocking_send(ShardMsg::Ops(batch, env.accepted))
+                    let (shard, inbox_budget) = &shards[i];
+                    // Bounded in bytes as well as in messages: waits while the shard's inbox
+                    // holds its byte limit (one message larger than the limit goes alone).
+                    let bytes =
+                        inbox_budget.reserve_wait(batch.iter().map(|(op, _)| op.size()).sum());
+                    if shard
+                        .blocking_send(ShardMsg::Ops(batch, env.accepted, bytes))
                         .is_err()
                     {
                         // Only after a shard task died (a bug): say so loudly.
@@ -90,14 +96,14 @@ pub(crate) fn route(
                 }
             }
             IngestMsg::Barrier(b) => {
-                for shard in &shards {
+                for (shard, _) in &shards {
                     let _ = shard.blocking_send(ShardMsg::Barrier(b));
                 }
             }
             IngestMsg::Shutdown => break,
         }
     }
-    for shard in &shards {
+    for (shard, _) in &shards {
         let _ = shard.blocking_send(ShardMsg::Shutdown);
     }
 }
@@ -108,9 +114,20 @@ pub(crate) fn route(
 ///   concurrency permit when it has a flush to start and none is free.
 /// - Stops reading its inbox while it holds `max_pending_keys` keys or `max_pending_bytes`
 ///   bytes, so its bounded inbox fills and the router, then ingest, push back.
-/// - Drops nothing itself: a write leaves only when its flush reports it durable or dropped.
+/// - Drops nothing itself while running: a write leaves only when its flush reports it durable or
+///   dropped. When the shutdown deadline fires it stops: without the spool every write it still
+///   holds or receives is dead-lettered (`reason="shutdown"`); with the spool they are left there
+///   (no barrier is passed any more, so their segments stay for the next start).
 pub(crate) struct Shard {
     inbox: mpsc::Receiver<ShardMsg>,
+    /// The inbox's byte limit, shared with the router (which reserves) — released as ops arrive.
+    inbox_budget: Arc<ByteBudget>,
+    /// `pipeline.shutdown_timeout` running out.
+    deadline: Arc<crate::retry::Deadline>,
+    /// The deadline fired and this shard stopped (see above).
+    stopped: bool,
+    /// Writes left to the spool at the deadline.
+    left: u64,
     coalescer: Coalescer,
     flusher: Arc<Flusher>,
     /// The adaptive limit on flushes in flight across all shards; its semaphore hands out one
@@ -140,8 +157,11 @@ pub(crate) struct Shard {
 }
 
 impl Shard {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         inbox: mpsc::Receiver<ShardMsg>,
+        inbox_budget: Arc<ByteBudget>,
+        deadline: Arc<crate::retry::Deadline>,
         flusher: Arc<Flusher>,
         concurrency: Arc<Concurrency>,
         cfg: PipelineConfig,
@@ -151,6 +171,10 @@ impl Shard {
         Shard {
             read,
             inbox,
+            inbox_budget,
+            deadline,
+            stopped: false,
+            left: 0,
             coalescer: Coalescer::new(),
             flusher,
             permits: Arc::clone(concurrency.permits()),
@@ -217,11 +241,15 @@ impl Shard {
     }
 
     /// Passes every barrier no held write is older than. A check walks every pending write, so
-    /// it runs at most every 10 ms unless `force`d (at the end of a drain).
+    /// it runs at most every 10 ms unless `force`d (at the end of a drain). Never after the
+    /// shutdown deadline: what was left unwritten must stay in the spool.
     fn pass_barriers(&mut self, force: bool) {
         let Some((spool, index)) = &self.spool else {
             return;
         };
+        if self.stopped {
+            return;
+        }
         if self.barriers.is_empty()
             || (!force && self.barriers_checked.elapsed() < BARRIER_CHECK_INTERVAL)
         {
@@ -333,25 +361,36 @@ impl Shard {
                     self.coalescer.complete(&c.key);
                     // A requeued write is always a hot one (throttled on its own key).
                     self.cool_or_heat(&c.key, c.hot, now);
-                    if let Some(write) = c.requeue {
-                        // Back in line, ahead of the key's newer ops, which merge into it while
-                        // the key waits its window.
-                        self.stats.requeued();
-                        let vanished =
-                            self.coalescer
-                                .requeue(c.key.clone(), write, c.seqs, c.since);
-                        if let Some(read) = &self.read {
-                            for seqs in vanished {
-                                read.settled(&c.key, seqs);
+                    if c.ambiguous && !self.cfg.ambiguous_hold.is_zero() {
+                        // An attempt may still land: the key's next write goes after it.
+                        self.coalescer
+                            .hold_at_least(&c.key, now + self.cfg.ambiguous_hold);
+                    }
+                    match c.end {
+                        KeyEnd::Requeue(write) => {
+                            // Back in line, ahead of the key's newer ops, which merge into it
+                            // while the key waits its window.
+                            self.stats.requeued();
+                            let vanished =
+                                self.coalescer
+                                    .requeue(c.key.clone(), write, c.seqs, c.since);
+                            if let Some(read) = &self.read {
+                                for seqs in vanished {
+                                    read.settled(&c.key, seqs);
+                                }
                             }
                         }
-                        continue;
-                    }
-                    if let Some(read) = &self.read {
-                        read.settled(&c.key, c.seqs);
-                    }
-                    if c.durable {
-                        latencies.push(now.saturating_duration_since(c.since));
+                        // Past the shutdown deadline with the spool on: the write stays in the
+                        // spool (its barrier is never passed) and is replayed at the next start.
+                        KeyEnd::Left => self.left += 1,
+                        KeyEnd::Written | KeyEnd::Dropped => {
+                            if let Some(read) = &self.read {
+                                read.settled(&c.key, c.seqs);
+                            }
+                            if c.end == KeyEnd::Written {
+                                latencies.push(now.saturating_duration_since(c.since));
+                            }
+                        }
                     }
                 }
                 self.stats.durable(&latencies);
@@ -371,6 +410,54 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// The shutdown deadline fired: stop, and give up (without the spool) or leave (with it)
+    /// every write still pending here.
+    fn stop(&mut self) {
+        if !self.stopped {
+            self.stopped = true;
+            tracing::warn!(
+                pending = self.coalescer.len(),
+                in_flight = self.coalescer.in_flight(),
+                "shutdown deadline reached; {}",
+                if self.spool.is_some() {
+                    "unwritten events stay in the spool for the next start"
+                } else {
+                    "unwritten writes are dead-lettered"
+                }
+            );
+        }
+        let rest: Vec<(Key, crate::item::Write, Seqs)> = self.coalescer.drain_pending();
+        self.abandon(rest);
+    }
+
+    /// Writes that will not be sent: left to the spool, or dead-lettered and counted.
+    fn abandon(&mut self, writes: Vec<(Key, crate::item::Write, Seqs)>) {
+        for (key, write, seqs) in writes {
+            if self.spool.is_some() {
+                self.left += 1;
+                continue;
+            }
+            self.flusher.give_up(
+                &key,
+                &write,
+                crate::stats::DropReason::Shutdown,
+                "not written when pipeline.shutdown_timeout ran out",
+            );
+            if let Some(read) = &self.read {
+                read.settled(&key, seqs);
+            }
+        }
+    }
+
+    /// Ops received after the deadline: not coalesced, abandoned at once.
+    fn abandon_ops(&mut self, ops: Vec<(Op, u64)>) {
+        let writes = ops
+            .into_iter()
+            .map(|(op, seq)| (op.key, op.write, Seqs::one(seq)))
+            .collect();
+        self.abandon(writes);
     }
 
     fn push(&mut self, ops: Vec<(Op, u64)>, accepted: Instant) {
@@ -401,21 +488,27 @@ impl Shard {
         }
     }
 
-    pub async fn run(mut self) {
+    /// Writes left to the spool at the shutdown deadline (0 if it did not fire).
+    pub async fn run(mut self) -> u64 {
         loop {
             let next_release = self.coalescer.release_due(Instant::now());
-            self.dispatch();
+            if self.deadline.passed() {
+                self.stop();
+            } else {
+                self.dispatch();
+            }
             self.publish();
             self.pass_barriers(false);
             if self.draining && self.coalescer.is_empty() && self.flushes.is_empty() {
                 self.pass_barriers(true);
-                return;
+                return self.left;
             }
             let now = Instant::now();
-            let want_flush = self.trigger(now).is_some();
+            let want_flush = !self.stopped && self.trigger(now).is_some();
             let accepting = !self.draining
-                && self.coalescer.len() < self.cfg.max_pending_keys
-                && self.coalescer.bytes() < self.cfg.max_pending_bytes;
+                && (self.stopped
+                    || (self.coalescer.len() < self.cfg.max_pending_keys
+                        && self.coalescer.bytes() < self.cfg.max_pending_bytes));
             let mut wake = match self.coalescer.oldest() {
                 Some(t) if !want_flush && self.coalescer.ready() > 0 => {
                     Some(t + self.cfg.max_batch_age)
@@ -434,8 +527,16 @@ impl Shard {
                 Some(joined) = self.flushes.join_next_with_id(), if !self.flushes.is_empty() => {
                     self.completed(joined);
                 }
+                () = self.deadline.wait(), if !self.stopped => self.stop(),
                 msg = self.inbox.recv(), if accepting => match msg {
-                    Some(ShardMsg::Ops(ops, accepted)) => self.push(ops, accepted),
+                    Some(ShardMsg::Ops(ops, accepted, bytes)) => {
+                        self.inbox_budget.release(bytes);
+                        if self.stopped {
+                            self.abandon_ops(ops);
+                        } else {
+                            self.push(ops, accepted);
+                        }
+                    }
                     Some(ShardMsg::Barrier(b)) => {
                         self.barriers.push_back(b);
                         self.pass_barriers(true);

@@ -48,8 +48,11 @@ impl RejectReason {
 pub enum DropReason {
     /// DynamoDB refused the write itself (ValidationException on the write alone).
     Rejected,
-    /// Retries went on past `pipeline.retry.max_elapsed`.
+    /// Retries went on past `pipeline.retry.max_elapsed` (only without the spool).
     RetriesExhausted,
+    /// Still unwritten when `pipeline.shutdown_timeout` ran out (only without the spool; with it
+    /// the backlog stays on disk for the next start).
+    Shutdown,
 }
 
 impl DropReason {
@@ -57,6 +60,7 @@ impl DropReason {
         match self {
             DropReason::Rejected => "rejected",
             DropReason::RetriesExhausted => "retries_exhausted",
+            DropReason::Shutdown => "shutdown",
         }
     }
 }
@@ -144,7 +148,11 @@ pub struct Stats {
     retries: AtomicU64,
     /// Writes of hot keys handed back to their shard instead of retried.
     requeued: AtomicU64,
-    dropped: [AtomicU64; 2],
+    dropped: [AtomicU64; 3],
+    /// Publishes dropped as duplicates of a message acked within the dedup window.
+    duplicates_dropped: AtomicU64,
+    /// Publishes of an id already seen, stored with their writes marked maybe applied.
+    duplicates_uncertain: AtomicU64,
     consumed_wcu: [AtomicU64; 6],
     /// Message ids removed from sets at their size cap.
     trimmed: AtomicU64,
@@ -175,6 +183,8 @@ impl Default for Stats {
             retries: Default::default(),
             requeued: Default::default(),
             dropped: Default::default(),
+            duplicates_dropped: Default::default(),
+            duplicates_uncertain: Default::default(),
             consumed_wcu: Default::default(),
             trimmed: Default::default(),
             durable_latency: Mutex::new(
@@ -278,6 +288,18 @@ impl Stats {
             .increment(n);
     }
 
+    /// A publish of a message id already seen: `acked` when its ack was seen too (the publish is
+    /// not stored again), otherwise stored with its writes marked maybe applied.
+    pub(crate) fn duplicate(&self, acked: bool) {
+        let (counter, kind) = if acked {
+            (&self.duplicates_dropped, "acked")
+        } else {
+            (&self.duplicates_uncertain, "unacked")
+        };
+        counter.fetch_add(1, Relaxed);
+        metrics::counter!("mqtt_dynamo_duplicate_publishes_total", "kind" => kind).increment(1);
+    }
+
     pub(crate) fn durable(&self, latencies: &[Duration]) {
         if let Ok(mut h) = self.durable_latency.lock() {
             for l in latencies {
@@ -349,6 +371,9 @@ impl Stats {
             dropped_rejected: self.dropped[DropReason::Rejected as usize].load(Relaxed),
             dropped_retries_exhausted: self.dropped[DropReason::RetriesExhausted as usize]
                 .load(Relaxed),
+            dropped_shutdown: self.dropped[DropReason::Shutdown as usize].load(Relaxed),
+            duplicates_dropped: self.duplicates_dropped.load(Relaxed),
+            duplicates_uncertain: self.duplicates_uncertain.load(Relaxed),
             consumed_wcu: sum(&self.consumed_wcu),
             msgids_trimmed: self.trimmed.load(Relaxed),
             durable_latency: latency,
@@ -411,6 +436,11 @@ pub struct StatsSnapshot {
     pub requeued: u64,
     pub dropped_rejected: u64,
     pub dropped_retries_exhausted: u64,
+    pub dropped_shutdown: u64,
+    /// Publishes of a message id acked within the dedup window: not stored again.
+    pub duplicates_dropped: u64,
+    /// Publishes of a message id already seen (not acked): stored, their writes maybe applied.
+    pub duplicates_uncertain: u64,
     pub consumed_wcu: u64,
     /// Message ids removed from `MsgId` sets at their size cap.
     pub msgids_trimmed: u64,
@@ -428,7 +458,7 @@ impl StatsSnapshot {
     }
 
     pub fn dropped(&self) -> u64 {
-        self.dropped_rejected + self.dropped_retries_exhausted
+        self.dropped_rejected + self.dropped_retries_exhausted + self.dropped_shutdown
     }
 }
 
@@ -485,10 +515,16 @@ impl std::fmt::Display for StatsSnapshot {
         )?;
         writeln!(
             f,
-            "writes dropped         {} (rejected {}, retries exhausted {})",
+            "writes dropped         {} (rejected {}, retries exhausted {}, shutdown {})",
             self.dropped(),
             self.dropped_rejected,
-            self.dropped_retries_exhausted
+            self.dropped_retries_exhausted,
+            self.dropped_shutdown
+        )?;
+        writeln!(
+            f,
+            "duplicate publishes    {} not stored again (acked), {} stored as maybe applied",
+            self.duplicates_dropped, self.duplicates_uncertain
         )?;
         if let Some(h) = self.durable_latency.as_ref().filter(|h| !h.is_empty()) {
             let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;

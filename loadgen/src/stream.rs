@@ -261,7 +261,7 @@ pub fn op_json(op: &Op) -> Vec<Json> {
             }
             vec![v]
         }
-        Write::SetDelta { attr, add, del } => {
+        Write::SetDelta { attr, add, del, .. } => {
             let mut out = Vec::new();
             if !add.is_empty() {
                 out.push(
@@ -319,6 +319,7 @@ mod tests {
                 attr: "MsgId".into(),
                 add: ["a".to_string()].into(),
                 del: ["b".to_string()].into(),
+                fresh: true,
             },
         };
         assert_eq!(

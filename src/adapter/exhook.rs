@@ -10,8 +10,12 @@
 //!   before its reply is sent, so one client's events enter the pipeline in call order.
 //! - A missing required field or an event that cannot be stored (an invalid message id, an item
 //!   over 400 KB) gets `INVALID_ARGUMENT` with the reason; a full queue, after the configured
-//!   policy, `RESOURCE_EXHAUSTED` — except on `OnMessagePublish`, which always lets the message
-//!   through (the drop is counted and logged). Requests that do not decode get tonic's status.
+//!   policy, `RESOURCE_EXHAUSTED`. `OnMessagePublish` is the exception: it always answers
+//!   CONTINUE with the message unchanged — also when the event is refused as invalid, dropped or
+//!   not accepted while shutting down (counted under `events_rejected_total` and logged, rate
+//!   limited) — because a persistence provider must not stop EMQX's hook chain (with
+//!   `failed_action = deny` an error there becomes `{stop, Msg}`). Requests that do not decode
+//!   get tonic's status.
 //! - ExHook's `Message` has no retain flag: messages arriving here are stored with `retain = 0`
 //!   and never feed the retained actions; see the README for the EMQX rule that feeds those.
 
@@ -101,14 +105,30 @@ impl ExhookService {
         }
     }
 
-    async fn publish(&self, event: HookEvent) -> Result<(), Status> {
-        match self.notify(event).await {
-            // The message must flow: a full queue never holds the broker's publish back.
-            Err(s) if s.code() == tonic::Code::ResourceExhausted => Ok(()),
-            other => other,
+    /// Queues a publish; whatever happens, the message flows on (see the module docs).
+    async fn publish(&self, event: Result<HookEvent, Status>) {
+        let refused = match event {
+            Ok(event) => match self.notify(event).await {
+                Ok(()) => return,
+                // Counted and logged by the admission already.
+                Err(s) if s.code() == tonic::Code::ResourceExhausted => return,
+                Err(s) => s,
+            },
+            Err(s) => {
+                // Refused while reading the request, before ingest could count it.
+                self.admission.handle().count_invalid();
+                s
+            }
+        };
+        if let Some(held) = PUBLISH_REFUSED_LOG.allow() {
+            tracing::warn!(held_back = held, code = ?refused.code(), reason = refused.message(),
+                "a publish was not stored; the message goes on unchanged (CONTINUE)");
         }
     }
 }
+
+/// Rate limit for the refused-publish log line.
+static PUBLISH_REFUSED_LOG: crate::stats::LogGate = crate::stats::LogGate::new();
 
 fn missing(field: &str) -> Status {
     Status::invalid_argument(format!("{field} is missing"))
@@ -252,12 +272,17 @@ macro_rules! hook_provider {
                 request: Request<$v::MessagePublishRequest>,
             ) -> Result<Response<$v::ValuedResponse>, Status> {
                 let req = request.into_inner();
-                let wire = req.message.ok_or_else(|| missing("message"))?;
-                let message = Message::try_from(wire.clone())?;
-                self.publish(HookEvent::MessagePublish { message }).await?;
+                // Always CONTINUE, with the message exactly as it came (or none if none came).
+                let event = req
+                    .message
+                    .clone()
+                    .ok_or_else(|| missing("message"))
+                    .and_then(|wire| Message::try_from(wire).map_err(Status::from))
+                    .map(|message| HookEvent::MessagePublish { message });
+                self.publish(event).await;
                 Ok(Response::new($v::ValuedResponse {
                     r#type: $v::valued_response::ResponsedType::Continue as i32,
-                    value: Some($v::valued_response::Value::Message(wire)),
+                    value: req.message.map($v::valued_response::Value::Message),
                 }))
             }
 

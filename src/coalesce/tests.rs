@@ -1,6 +1,9 @@
 //! The coalescer against the sequential model: for random event sequences, coalescing (with
 //! writes taken and completed at random points, as the flusher does) and then applying gives the
-//! same tables as applying every write in order.
+//! same tables as applying every write in order — also when DynamoDB is ambiguous: an attempt may
+//! be applied and then answered with an error (retried in place, or handed back to the shard), the
+//! service may crash with writes in flight (applied or not) and replay a suffix of the ops from the
+//! spool, some of which had already landed, and senders repeat publishes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -29,6 +32,8 @@ enum Step {
         qos: u8,
         retain: bool,
         empty: bool,
+        /// A sender repeating an earlier publish (this index into the published ones).
+        repeat: Option<usize>,
     },
     Ack {
         client: u8,
@@ -46,27 +51,49 @@ enum Step {
     CompleteHot(usize, u8),
     /// Hand up to this many in-flight writes back unapplied (throttled) and hold their keys.
     Requeue(usize, u8),
+    /// Up to this many in-flight writes are applied and answered with an error (a 500 after the
+    /// write landed, a timeout): then retried in place (applied again, completed) …
+    AmbiguousRetry(usize),
+    /// … or, throttled on the retry, handed back to the shard and their keys held.
+    AmbiguousRequeue(usize, u8),
+    /// The service dies: each write in flight was applied or not (bit i of the mask for the i-th),
+    /// and on restart the spool replays every op from a point at or before the oldest unsettled
+    /// one (`back` ops further back: a segment deleted later than it could have been).
+    Crash {
+        applied: u32,
+        back: u8,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        (0..4u8, 0..2u8).prop_map(|(client, node)| Step::Connect { client, node }),
-        (0..4u8, 0..2u8).prop_map(|(client, node)| Step::Disconnect { client, node }),
-        (0..4u8, 0..3u8, 0..3u8, any::<bool>(), any::<bool>()).prop_map(
-            |(client, topic, qos, retain, empty)| Step::Publish {
+        4 => (0..4u8, 0..2u8).prop_map(|(client, node)| Step::Connect { client, node }),
+        4 => (0..4u8, 0..2u8).prop_map(|(client, node)| Step::Disconnect { client, node }),
+        4 => (
+            0..4u8,
+            0..3u8,
+            0..3u8,
+            any::<bool>(),
+            any::<bool>(),
+            prop::option::weighted(0.15, any::<usize>())
+        )
+            .prop_map(|(client, topic, qos, retain, empty, repeat)| Step::Publish {
                 client,
                 topic,
                 qos,
                 retain,
-                empty
-            }
-        ),
-        (0..4u8, any::<usize>()).prop_map(|(client, pick)| Step::Ack { client, pick }),
-        (0..4u8, 0..3u8).prop_map(|(client, topic)| Step::Unsubscribe { client, topic }),
-        (1..30usize).prop_map(Step::Take),
-        (1..30usize).prop_map(Step::Complete),
-        (1..30usize, 0..20u8).prop_map(|(n, ms)| Step::CompleteHot(n, ms)),
-        (1..30usize, 0..20u8).prop_map(|(n, ms)| Step::Requeue(n, ms)),
+                empty,
+                repeat,
+            }),
+        4 => (0..4u8, any::<usize>()).prop_map(|(client, pick)| Step::Ack { client, pick }),
+        4 => (0..4u8, 0..3u8).prop_map(|(client, topic)| Step::Unsubscribe { client, topic }),
+        4 => (1..30usize).prop_map(Step::Take),
+        4 => (1..30usize).prop_map(Step::Complete),
+        4 => (1..30usize, 0..20u8).prop_map(|(n, ms)| Step::CompleteHot(n, ms)),
+        4 => (1..30usize, 0..20u8).prop_map(|(n, ms)| Step::Requeue(n, ms)),
+        3 => (1..30usize).prop_map(Step::AmbiguousRetry),
+        3 => (1..30usize, 0..20u8).prop_map(|(n, ms)| Step::AmbiguousRequeue(n, ms)),
+        1 => (any::<u32>(), 0..20u8).prop_map(|(applied, back)| Step::Crash { applied, back }),
     ]
 }
 
@@ -79,6 +106,10 @@ fn client(c: u8, node: u8) -> ClientInfo {
 }
 
 /// Replays `steps` through the rules, then both ways; returns (sequential, coalesced).
+///
+/// The coalesced side plays the pipeline: ops are numbered as ingest numbers them, repeated
+/// publishes go through ingest's [`crate::ingest::Dedup`] (an acked one is dropped, an unacked
+/// one marked maybe applied), and a crash replays the spool's suffix marked maybe applied.
 fn run(steps: &[Step], rules: &RuleSet, initial: &TableModel) -> (TableModel, TableModel, u64) {
     let format = StorageFormat::default();
     let mut sequential = initial.clone();
@@ -86,6 +117,9 @@ fn run(steps: &[Step], rules: &RuleSet, initial: &TableModel) -> (TableModel, Ta
     let mut coalescer = Coalescer::new();
     let mut in_flight: VecDeque<Taken> = VecDeque::new();
     let mut published: Vec<(String, String)> = Vec::new();
+    let dedup = crate::ingest::Dedup::new(Duration::from_secs(3600), 100_000);
+    // Every op accepted, by number (what the spool holds until it is settled).
+    let mut history: Vec<Op> = Vec::new();
     let mut next_id = 1u128 << 80;
     let now = Instant::now();
     let mut ops_total = 0u64;
@@ -108,11 +142,20 @@ fn run(steps: &[Step], rules: &RuleSet, initial: &TableModel) -> (TableModel, Ta
                 qos,
                 retain,
                 empty,
+                repeat,
             } => {
-                next_id += 1;
-                let id = crate::guid::to_hex(next_id);
-                let topic = format!("t/{topic}");
-                published.push((id.clone(), topic.clone()));
+                let (id, topic) = match repeat {
+                    Some(pick) if !published.is_empty() => {
+                        published[pick % published.len()].clone()
+                    }
+                    _ => {
+                        next_id += 1;
+                        let id = crate::guid::to_hex(next_id);
+                        let topic = format!("t/{topic}");
+                        published.push((id.clone(), topic.clone()));
+                        (id, topic)
+                    }
+                };
                 Some(HookEvent::MessagePublish {
                     message: Message {
                         node: "emqx@n0".into(),
@@ -160,27 +203,39 @@ fn run(steps: &[Step], rules: &RuleSet, initial: &TableModel) -> (TableModel, Ta
                 in_flight.extend(coalescer.take(n, usize::MAX));
                 None
             }
-            Step::Complete(n) | Step::CompleteHot(n, _) | Step::Requeue(n, _) => {
+            Step::Complete(n)
+            | Step::CompleteHot(n, _)
+            | Step::Requeue(n, _)
+            | Step::AmbiguousRetry(n)
+            | Step::AmbiguousRequeue(n, _) => {
                 // How the flush ended: written, written but throttled (the key waits a window),
-                // or throttled and handed back unapplied.
-                let (apply, hold) = match *step {
-                    Step::Complete(_) => (true, None),
-                    Step::CompleteHot(_, ms) => (true, Some(ms)),
-                    Step::Requeue(_, ms) => (false, Some(ms)),
+                // throttled and handed back unapplied; or applied but answered with an error,
+                // then retried in place (applied twice) or handed back maybe applied.
+                let (applied, hand_back, hold) = match *step {
+                    Step::Complete(_) => (1, false, None),
+                    Step::CompleteHot(_, ms) => (1, false, Some(ms)),
+                    Step::Requeue(_, ms) => (0, true, Some(ms)),
+                    Step::AmbiguousRetry(_) => (2, false, None),
+                    Step::AmbiguousRequeue(_, ms) => (1, true, Some(ms)),
                     _ => unreachable!("matched above"),
                 };
                 for _ in 0..n {
                     let Some(t) = in_flight.pop_front() else {
                         break;
                     };
-                    coalescer.complete(&t.key);
-                    if apply {
+                    for _ in 0..applied {
                         coalesced.apply(&Op {
                             key: t.key.clone(),
-                            write: t.write,
+                            write: t.write.clone(),
                         });
-                    } else {
-                        coalescer.requeue(t.key.clone(), t.write, t.seqs, t.since);
+                    }
+                    coalescer.complete(&t.key);
+                    if hand_back {
+                        let mut write = t.write;
+                        if applied > 0 {
+                            write.maybe_applied();
+                        }
+                        coalescer.requeue(t.key.clone(), write, t.seqs, t.since);
                     }
                     if let Some(ms) = hold {
                         coalescer.hold(&t.key, at + Duration::from_millis(u64::from(ms)));
@@ -188,15 +243,56 @@ fn run(steps: &[Step], rules: &RuleSet, initial: &TableModel) -> (TableModel, Ta
                 }
                 None
             }
+            Step::Crash { applied, back } => {
+                // Everything before the oldest unsettled op (pending or in flight: the service
+                // never heard how those flights ended) is in the table; the spool holds at least
+                // the rest.
+                let unsettled = coalescer
+                    .min_seq()
+                    .into_iter()
+                    .chain(in_flight.iter().map(|t| t.seqs.first))
+                    .min()
+                    .unwrap_or(history.len() as u64 + 1);
+                for (bit, t) in in_flight.drain(..).enumerate() {
+                    if bit < 32 && applied & (1 << bit) != 0 {
+                        coalesced.apply(&Op {
+                            key: t.key,
+                            write: t.write,
+                        });
+                    }
+                }
+                let from = unsettled.saturating_sub(u64::from(back)).max(1);
+                coalescer = Coalescer::new();
+                for seq in from..=history.len() as u64 {
+                    let mut op = history[seq as usize - 1].clone();
+                    op.write.maybe_applied();
+                    coalescer.push_numbered(op, at, seq);
+                }
+                None
+            }
         };
         if let Some(event) = event {
-            for op in rules
+            let mut ops = rules
                 .plan(&event, &format)
-                .expect("generated events are valid")
-            {
+                .expect("generated events are valid");
+            match &event {
+                HookEvent::MessagePublish { message } if !ops.is_empty() => {
+                    match dedup.publish(&message.id) {
+                        crate::ingest::Seen::New => {}
+                        crate::ingest::Seen::Published => {
+                            ops.iter_mut().for_each(|op| op.write.maybe_applied())
+                        }
+                        crate::ingest::Seen::Acked => ops.clear(),
+                    }
+                }
+                HookEvent::MessageAcked { message, .. } => dedup.acked(&message.id),
+                _ => {}
+            }
+            for op in ops {
                 ops_total += 1;
                 sequential.apply(&op);
-                coalescer.push(op, at);
+                history.push(op.clone());
+                coalescer.push_numbered(op, at, history.len() as u64);
             }
         }
     }
@@ -346,11 +442,11 @@ proptest! {
                 RawWrite::Add => {
                     next_member += 1;
                     added.push(format!("m{next_member}"));
-                    Write::SetDelta { attr: "MsgId".into(), add: [format!("m{next_member}")].into(), del: BTreeSet::new() }
+                    Write::SetDelta { attr: "MsgId".into(), add: [format!("m{next_member}")].into(), del: BTreeSet::new(), fresh: true }
                 }
                 RawWrite::Del(i) => {
                     let m = added.get(usize::from(i)).cloned().unwrap_or_else(|| format!("x{i}"));
-                    Write::SetDelta { attr: "MsgId".into(), add: BTreeSet::new(), del: [m].into() }
+                    Write::SetDelta { attr: "MsgId".into(), add: BTreeSet::new(), del: [m].into(), fresh: true }
                 }
             };
             let op = Op { key: key.clone(), write };
@@ -596,4 +692,63 @@ fn a_held_key_waits_its_window_while_others_go_and_its_ops_merge() {
     assert_eq!(c.ready(), 0);
     c.release_due(t0 + Duration::from_millis(500));
     assert_eq!(c.ready(), 1);
+}
+
+/// The certainty rule on one key: a maybe-applied put or ADD is never cancelled by a later
+/// delete or DELETE; a certain one is.
+#[test]
+fn maybe_applied_writes_are_not_cancelled_by_a_later_delete() {
+    let msg = Key::new(Table::Msg, "m");
+    let put = |fresh| Write::Put {
+        item: msg.to_item(),
+        fresh,
+    };
+    assert_eq!(merge(&msg, put(true), Write::Delete), Merged::Cancelled);
+    assert_eq!(
+        merge(&msg, put(false), Write::Delete),
+        Merged::One(Write::Delete)
+    );
+    // A certain put folded into a maybe-applied one stays maybe applied.
+    assert_eq!(merge(&msg, put(false), put(true)), Merged::One(put(false)));
+    let map = Key::new(Table::TopicMsgMap, "t");
+    let delta = |add: &[&str], del: &[&str], fresh| Write::SetDelta {
+        attr: "MsgId".into(),
+        add: add.iter().map(|s| s.to_string()).collect(),
+        del: del.iter().map(|s| s.to_string()).collect(),
+        fresh,
+    };
+    assert_eq!(
+        merge(&map, delta(&["a"], &[], true), delta(&[], &["a"], true)),
+        Merged::Cancelled
+    );
+    assert_eq!(
+        merge(
+            &map,
+            delta(&["a", "b"], &[], false),
+            delta(&[], &["a"], true)
+        ),
+        Merged::One(delta(&["b"], &["a"], false))
+    );
+}
+
+/// One key in a long retry must not make every other write flush at once: the age trigger
+/// counts only writes that could be sent now.
+#[test]
+fn pending_writes_of_in_flight_keys_do_not_drive_the_flush_age() {
+    let t0 = Instant::now();
+    let mut c = Coalescer::new();
+    let slow = Key::new(Table::Retain, "slow");
+    let op = |key: &Key| Op {
+        key: key.clone(),
+        write: Write::Delete,
+    };
+    c.push(op(&slow), t0);
+    assert_eq!(c.take(25, usize::MAX).len(), 1);
+    // The slow key's next write waits behind its flight; another key arrives later.
+    c.push(op(&slow), t0 + Duration::from_millis(1));
+    let other = Key::new(Table::Retain, "other");
+    c.push(op(&other), t0 + Duration::from_millis(40));
+    assert_eq!(c.oldest(), Some(t0 + Duration::from_millis(40)));
+    c.complete(&slow);
+    assert_eq!(c.oldest(), Some(t0 + Duration::from_millis(1)));
 }

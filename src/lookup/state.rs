@@ -107,6 +107,26 @@ impl ReadState {
         first
     }
 
+    /// Records ops replayed from the spool, numbered from `first` (numbers below any new op's),
+    /// so lookups see them before they are fed again: each is inserted in number order, ahead
+    /// of newer ops of its key recorded meanwhile.
+    pub(crate) fn record_replayed(&self, ops: &[Op], first: u64) {
+        let Some(stripes) = &self.overlay else {
+            return;
+        };
+        for (i, op) in ops.iter().enumerate() {
+            if !tracked(op.key.table) {
+                continue;
+            }
+            let seq = first + i as u64;
+            if let Ok(mut stripe) = stripes[stripe_of(&op.key)].lock() {
+                let recorded = stripe.entry(op.key.clone()).or_default();
+                let at = recorded.partition_point(|(s, _)| *s < seq);
+                recorded.insert(at, (seq, op.write.clone()));
+            }
+        }
+    }
+
     /// Takes back what [`ReadState::record`] recorded when the ops could not be queued.
     pub(crate) fn forget(&self, ops: &[Op], first: u64) {
         for (i, op) in ops.iter().enumerate() {

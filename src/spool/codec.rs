@@ -5,6 +5,7 @@
 //! payload = version:u8 (1)  n:varint  op{n}
 //! op      = table:u8  hash:str  range:opt(str)  write
 //! write   = 0 fresh:u8 item | 1 | 2 map(set) opt(str value) | 3 attr:str set(add) set(del)
+//!           | 4 attr:str set(add) set(del)   (4: a certain set delta, 3: maybe applied)
 //! value   = 0 str | 1 i64le | 2 bytes | 3 set
 //! str     = len:varint utf-8 bytes;  map = n:varint (str value){n};  set = n:varint str{n}
 //! ```
@@ -181,8 +182,15 @@ fn encode_op(out: &mut Vec<u8>, op: &Op) {
                 None => out.push(0),
             }
         }
-        Write::SetDelta { attr, add, del } => {
-            out.push(3);
+        Write::SetDelta {
+            attr,
+            add,
+            del,
+            fresh,
+        } => {
+            // 3: a delta that may already be applied; 4: a certain one (added later, so a
+            // record written by an older version decodes as "maybe applied", the safe reading).
+            out.push(if *fresh { 4 } else { 3 });
             string(out, attr);
             set(out, add);
             set(out, del);
@@ -309,10 +317,11 @@ impl Reader<'_> {
                 };
                 Write::Update { set, guard }
             }
-            3 => Write::SetDelta {
+            tag @ (3 | 4) => Write::SetDelta {
                 attr: self.string()?,
                 add: self.set()?,
                 del: self.set()?,
+                fresh: tag == 4,
             },
             tag => return Err(CodecError::Tag { what: "write", tag }),
         };
@@ -362,6 +371,7 @@ mod tests {
                     attr: "MsgId".into(),
                     add: ["m1".to_string(), "m2".to_string()].into(),
                     del: ["m0".to_string()].into(),
+                    fresh: true,
                 },
             },
         ]

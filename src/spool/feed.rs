@@ -13,7 +13,6 @@ use tracing::error;
 use super::{Spool, codec};
 use crate::ingest::{ByteBudget, Envelope, IngestMsg};
 use crate::item::Op;
-use crate::lookup::ReadState;
 
 /// Where the feeder is: one open segment.
 struct Cursor {
@@ -43,6 +42,9 @@ impl Spool {
     fn next_step(&self, cur: &mut Option<Cursor>) -> io::Result<Step> {
         let mut g = self.lock();
         loop {
+            if g.abandoned {
+                return Ok(Step::Finish);
+            }
             if cur.is_none() {
                 match g.segments.iter().find(|s| !s.fed) {
                     Some(seg) => {
@@ -125,12 +127,7 @@ fn read_record(c: &mut Cursor, payload: &mut Vec<u8>) -> Result<(Vec<Op>, u64), 
 /// The feeder thread's body. Blocks on the spool (waiting for records) and on the ingest queue
 /// (waiting for room); holds at most one record in memory. Ends after queuing the shutdown marker,
 /// or if the router is gone.
-pub(crate) fn run(
-    spool: Arc<Spool>,
-    tx: Sender<IngestMsg>,
-    budget: Arc<ByteBudget>,
-    read: Option<Arc<ReadState>>,
-) {
+pub(crate) fn run(spool: Arc<Spool>, tx: Sender<IngestMsg>, budget: Arc<ByteBudget>) {
     let mut cur: Option<Cursor> = None;
     let mut payload = Vec::new();
     loop {
@@ -146,8 +143,8 @@ pub(crate) fn run(
         match step {
             Step::Read(upto) => {
                 let Some(c) = cur.as_mut() else { continue };
-                while c.pos < upto {
-                    let (ops, len) = match read_record(c, &mut payload) {
+                while c.pos < upto && !spool.is_abandoned() {
+                    let (mut ops, len) = match read_record(c, &mut payload) {
                         Ok(r) => r,
                         Err(why) => {
                             // The bytes were checked when written or scanned: only damage on
@@ -166,12 +163,21 @@ pub(crate) fn run(
                     if c.replayed {
                         metrics::counter!("mqtt_dynamo_spool_records_total", "outcome" => "replayed")
                             .increment(1);
-                        if let Some(read) = &read {
-                            read.apply_index(ReadState::index_changes(&ops));
+                        // Part of the replayed suffix may already be in the table: the
+                        // coalescer must not cancel a later delete against these.
+                        for op in &mut ops {
+                            op.write.maybe_applied();
                         }
                     }
                     let bytes = ops.iter().map(Op::size).sum::<usize>().min(budget.limit);
-                    while !budget.reserve(bytes, Some(Instant::now() + Duration::from_secs(1))) {}
+                    let mut reserved = false;
+                    while !reserved && !spool.is_abandoned() {
+                        reserved =
+                            budget.reserve(bytes, Some(Instant::now() + Duration::from_secs(1)));
+                    }
+                    if !reserved {
+                        break;
+                    }
                     let env = Envelope {
                         ops,
                         bytes,

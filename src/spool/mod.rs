@@ -29,6 +29,16 @@
 //!   had already landed is harmless: every write is idempotent (puts, deletes, guarded updates,
 //!   set ADD/DELETE of unique message ids) and the whole suffix is replayed in its original order,
 //!   so a later delete is replayed after the put it removed.
+//! - **Replayed ops are maybe applied**: the feeder marks every op it replays from an earlier run
+//!   [`crate::item::Write::maybe_applied`], so the coalescer never cancels a replayed put against
+//!   a later delete (part of the suffix may already be in the table; the certainty rule in
+//!   [`crate::coalesce`]).
+//! - **One service per directory.** [`Spool::open`] takes an exclusive lock on `LOCK` in the
+//!   directory (held until the process ends, released by the kernel even after kill -9) and
+//!   writes its process id there; a second service on the same directory refuses to start and
+//!   names the holder.
+//! - **Stop at the shutdown deadline.** [`Spool::abandon`] ends the feeder at once; nothing
+//!   unsettled is deleted, so the next start replays it.
 //! - **Bound.** When the segments would exceed `max_mb`, an append waits up to the caller's
 //!   deadline for deleted segments to make room, then fails with `Full`: the adapters' `when_full`
 //!   policy applies. Nothing already spooled is ever dropped.
@@ -106,6 +116,8 @@ struct Inner {
     /// The next op number when no [`ReadState`] numbers ops.
     next_seq: u64,
     closed: bool,
+    /// The shutdown deadline passed: the feeder stops at once, leaving the rest on disk.
+    abandoned: bool,
 }
 
 /// The spool. Shared by ingest (appends), the feeder thread, the syncer thread and the shards
@@ -132,6 +144,43 @@ pub struct Spool {
     acked: Vec<AtomicU64>,
     /// Where ops are numbered and recorded for lookups.
     read: Option<Arc<ReadState>>,
+    /// `LOCK`, locked exclusively for as long as this spool lives (one service per directory).
+    _lock: File,
+}
+
+/// The file in a spool directory that one service holds locked.
+const LOCK_FILE: &str = "LOCK";
+
+/// Locks `dir`'s `LOCK` file exclusively and records our process id in it, or says which process
+/// holds it.
+fn lock_dir(dir: &Path) -> io::Result<File> {
+    let path = dir.join(LOCK_FILE);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "the spool directory {} is in use by another mqtt-dynamo (process {}); one service per spool directory",
+                    dir.display(),
+                    if holder.is_empty() { "unknown" } else { holder }
+                ),
+            ));
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(e),
+    }
+    file.set_len(0)?;
+    file.write_all_at(std::process::id().to_string().as_bytes(), 0)?;
+    Ok(file)
 }
 
 /// A successful append: the ticket to wait on, and the number of the record's first op.
@@ -218,6 +267,27 @@ fn scan(path: &Path) -> io::Result<Scanned> {
     Ok(s)
 }
 
+/// Records the ops of the first `good` bytes of segment `path` (checked by [`scan`]), numbered
+/// from `first`, for lookups: read-your-writes and the topic indexes over the replayed backlog.
+fn replay_for_lookups(path: &Path, good: u64, first: u64, read: &ReadState) -> io::Result<()> {
+    let mut file = io::BufReader::with_capacity(1 << 20, File::open(path)?);
+    let (mut pos, mut seq) = (0u64, first);
+    let mut payload = Vec::new();
+    while pos < good {
+        let mut header = [0u8; codec::HEADER];
+        file.read_exact(&mut header)?;
+        let n = codec::payload_len(&header).map_err(io::Error::other)?;
+        payload.resize(n, 0);
+        file.read_exact(&mut payload)?;
+        let ops = codec::decode(&payload).map_err(io::Error::other)?;
+        read.record_replayed(&ops, seq);
+        read.apply_index(ReadState::index_changes(&ops));
+        seq += ops.len() as u64;
+        pos += (codec::HEADER + n) as u64;
+    }
+    Ok(())
+}
+
 /// Makes a directory entry change (a new or removed segment) durable.
 fn sync_dir(dir: &Path) {
     if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
@@ -241,6 +311,7 @@ impl Spool {
                 format!("cannot create the spool directory {}: {e}", dir.display()),
             )
         })?;
+        let lock = lock_dir(&dir)?;
         let mut ids = Vec::new();
         for entry in fs::read_dir(&dir)? {
             let entry = entry?;
@@ -288,6 +359,10 @@ impl Spool {
         for ((path, s), id) in scanned.into_iter().zip(&ids) {
             bytes += s.good;
             records += s.records;
+            if let Some(read) = &read {
+                // Lookups see the backlog at once, not only once the feeder reaches it.
+                replay_for_lookups(&path, s.good, first, read)?;
+            }
             segments.push_back(Segment {
                 id: *id,
                 path,
@@ -328,6 +403,7 @@ impl Spool {
                 bytes,
                 next_seq,
                 closed: false,
+                abandoned: false,
             }),
             changed: Condvar::new(),
             freed: Condvar::new(),
@@ -337,6 +413,7 @@ impl Spool {
             sync_failed: AtomicBool::new(false),
             acked: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             read,
+            _lock: lock,
         });
         metrics::gauge!("mqtt_dynamo_spool_capacity_bytes").set((cfg.max_mb << 20) as f64);
         spool.publish(&spool.lock());
@@ -668,6 +745,17 @@ impl Spool {
             sync_dir(&self.dir);
             self.freed.notify_all();
         }
+    }
+
+    /// The shutdown deadline passed: the feeder stops after the record it is on (then queues the
+    /// shutdown marker); every segment not yet settled stays on disk for the next start.
+    pub(crate) fn abandon(&self) {
+        self.lock().abandoned = true;
+        self.changed.notify_all();
+    }
+
+    pub(crate) fn is_abandoned(&self) -> bool {
+        self.lock().abandoned
     }
 
     /// Refuses new appends, seals the active segment and lets the feeder finish.
