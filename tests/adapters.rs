@@ -425,12 +425,13 @@ async fn emqx_plays_exhook_v2_and_v3_against_serve() {
         let abuse = run_client(&py, &stubs, &serve.exhook, api, "abuse");
         assert_eq!(abuse["unknown_rpc"], json!("UNIMPLEMENTED"));
         assert_eq!(abuse["after"], json!("OK"));
-        assert_eq!(abuse["huge_payload"]["code"], json!("INVALID_ARGUMENT"));
-        assert!(
-            abuse["huge_payload"]["details"]
-                .as_str()
-                .unwrap()
-                .contains("DynamoDB items are limited to 409600 bytes"),
+        // Refused as too large to store, yet CONTINUE with the message unchanged: a persistence
+        // provider must not stop EMQX's hook chain (failed_action = deny would).
+        assert_eq!(abuse["huge_payload"]["code"], json!("OK"), "{abuse}");
+        assert_eq!(abuse["huge_payload"]["type"], json!("CONTINUE"), "{abuse}");
+        assert_eq!(
+            abuse["huge_payload"]["message_untouched"],
+            json!(true),
             "{abuse}"
         );
         for code in [&abuse["malformed"], &abuse["invalid_utf8"]] {

@@ -16,7 +16,7 @@ use mqtt_dynamo::event::{ClientInfo, HookEvent, Message};
 use mqtt_dynamo::item::Table;
 use mqtt_dynamo::pipeline::Pipeline;
 
-use support::{Backend, scan_all};
+use support::{Backend, http_get, scan_all};
 
 /// `name{label="v",...}` (labels sorted) → value, from the text exposition.
 fn parse_exposition(text: &str) -> BTreeMap<String, f64> {
@@ -228,29 +228,6 @@ async fn scraped_metrics_match_a_known_workload() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// A plain HTTP/1.1 GET: (status, body).
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
 }
 
 /// A real Prometheus server (Debian's, on 127.0.0.1) scrapes a running `mqtt-dynamo serve` while

@@ -362,3 +362,57 @@ impl Serve {
         }
     }
 }
+
+/// A plain HTTP/1.1 request over a blocking socket (`Connection: close`): the status and body, or
+/// the I/O error when the service is gone (killed mid-request).
+pub fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no HTTP status in {answer:?}")))?;
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// POSTs JSON `body` to `path`: the status (see [`http_request`]).
+pub fn http_post(addr: &str, path: &str, body: &str) -> std::io::Result<u16> {
+    http_request(addr, "POST", path, body).map(|(status, _)| status)
+}
+
+/// GETs `path`: (status, body); panics if the service does not answer.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path, "").expect("the service answers")
+}
+
+/// Runs `serve --config conf` to its end (for configurations it must refuse): its output.
+pub async fn serve_output(conf: &std::path::Path) -> std::process::Output {
+    let conf = conf.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mqtt-dynamo"))
+            .args(["serve", "--config"])
+            .arg(&conf)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
