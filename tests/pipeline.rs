@@ -669,6 +669,47 @@ async fn one_topic_set(n: u16, cap_kb: usize) -> (Vec<String>, StatsSnapshot, Co
     (set, stats, cfg, backend)
 }
 
+/// A hot topic's `MsgId` ADDs merged while its key is in flight (DynamoDB at 400 ms) grow past
+/// what one request may add to a 400 KB item (10,000 ids, 470 KB): the merged delta goes out in
+/// 64 KB UpdateItems, so nothing is refused as a whole; at DynamoDB's 400 KB the set is trimmed
+/// (the cap is off here) and the newest ids stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_merged_msgid_delta_goes_out_in_requests_dynamodb_accepts() {
+    let backend = Backend::simulator(dynamo_sim::SimConfig {
+        latency: Duration::from_millis(400),
+        ..Default::default()
+    })
+    .await;
+    let mut cfg = backend.config();
+    cfg.storage.max_msgid_set_kb = 0;
+    cfg.pipeline.max_batch_age = Duration::from_millis(2);
+    let n: u16 = 10_000;
+    let events: Vec<HookEvent> = (1..=n)
+        .map(|i| publish(i, 1, "big/merged", b"x", false, 1_700_000_000_000))
+        .collect();
+    let (stats, counter) = run(&backend, &cfg, &events, false).await;
+    assert_eq!(stats.dropped(), 0, "no ADD is refused as a whole: {stats}");
+    let got = scan_all(&backend.prepare(&cfg).await.0, &cfg).await;
+    let Some(Value::Ss(set)) = got
+        .get(&Key::new(Table::TopicMsgMap, "big/merged"))
+        .and_then(|i| i.get("MsgId"))
+    else {
+        panic!("no MsgId set");
+    };
+    let bytes: usize = set.iter().map(String::len).sum();
+    assert!(set.contains(&b62(n)), "the newest id is kept");
+    assert!(
+        bytes > 200 * 1024 && bytes <= 400 * 1024,
+        "trimmed at 400 KB, not emptied: {bytes} bytes"
+    );
+    assert!(
+        counter.get("UpdateItem") >= 7,
+        "the merged delta went out in 64 KB requests: {} UpdateItems",
+        counter.get("UpdateItem")
+    );
+    assert!(stats.msgids_trimmed > 0, "{stats}");
+}
+
 /// The ids left are the newest ones, in GUID time order (the test ids are 1..=n).
 fn newest(set: &[String], n: u16) -> bool {
     let mut want: Vec<String> = ((n - set.len() as u16 + 1)..=n).map(b62).collect();
