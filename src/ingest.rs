@@ -27,7 +27,7 @@ use crate::item::Op;
 use crate::lookup::ReadState;
 use crate::rules::{ActionScope, EventError, RuleSet, StorageFormat};
 use crate::spool::{Spool, SpoolError};
-use crate::stats::{RejectReason, Stats};
+use crate::stats::{Origin, RejectReason, Stats};
 
 /// Rate limit for the duplicate-publish log line.
 static DUPLICATE_LOG: crate::stats::LogGate = crate::stats::LogGate::new();
@@ -71,6 +71,18 @@ impl Receipt {
             Some((spool, ticket)) => spool.wait_synced(ticket).map_err(spool_error),
             None => Ok(()),
         }
+    }
+}
+
+/// The counter label of a refusal.
+pub fn reject_reason(e: &SubmitError) -> RejectReason {
+    match e {
+        SubmitError::Full => RejectReason::QueueFull,
+        SubmitError::TooLarge { .. } => RejectReason::TooLarge,
+        SubmitError::Invalid(e) if e.is_too_large() => RejectReason::TooLarge,
+        SubmitError::Invalid(_) => RejectReason::Invalid,
+        SubmitError::Closed => RejectReason::Closed,
+        SubmitError::Spool(_) => RejectReason::SpoolError,
     }
 }
 
@@ -369,42 +381,43 @@ impl Ingest {
     }
 
     /// Waits for an accepted event's durability (blocking), counting a failure as a refusal.
-    fn settle(&self, result: Result<Option<u64>, SubmitError>) -> Result<(), SubmitError> {
+    fn settle(
+        &self,
+        origin: Origin,
+        result: Result<Option<u64>, SubmitError>,
+    ) -> Result<(), SubmitError> {
         let waited = result.and_then(|ticket| self.receipt(ticket).wait());
         if let Err(e @ SubmitError::Spool(_)) = &waited {
-            self.count_rejection(e);
+            self.count_rejection(origin, e);
         }
         waited
     }
 
     /// Queues writes that come from no hook (the subscription API), waiting until `deadline`
     /// (if any) for room. Refusals are counted like an event's.
-    pub fn submit_ops(&self, ops: Vec<Op>, deadline: Option<Instant>) -> Result<(), SubmitError> {
+    pub fn submit_ops(
+        &self,
+        origin: Origin,
+        ops: Vec<Op>,
+        deadline: Option<Instant>,
+    ) -> Result<(), SubmitError> {
         let result = self.enqueue_ops(ops, deadline, None);
         if let Err(e) = &result {
-            self.count_rejection(e);
+            self.count_rejection(origin, e);
         }
-        self.settle(result)
+        self.settle(origin, result)
     }
 
-    /// Accepts `event` if there is room now; never blocks.
-    pub fn submit(&self, event: &HookEvent) -> Result<(), SubmitError> {
-        self.settle(self.enqueue(event, None, ActionScope::All))
-    }
-
-    /// Accepts `event`, waiting up to `timeout` for room.
-    pub fn submit_timeout(&self, event: &HookEvent, timeout: Duration) -> Result<(), SubmitError> {
-        self.settle(self.enqueue(event, Some(Instant::now() + timeout), ActionScope::All))
-    }
-
-    /// Accepts `event` for the rules `scope` admits, waiting until `deadline` (if any) for room.
+    /// Accepts `event` for the rules `scope` admits, waiting until `deadline` (if any) for room
+    /// (none: never blocks). Every refusal is counted under `origin`.
     pub fn submit_scoped(
         &self,
+        origin: Origin,
         event: &HookEvent,
         scope: ActionScope,
         deadline: Option<Instant>,
     ) -> Result<(), SubmitError> {
-        self.settle(self.enqueue(event, deadline, scope))
+        self.settle(origin, self.enqueue(origin, event, deadline, scope))
     }
 
     /// Like [`Ingest::submit_scoped`] without waiting for room, and without counting a `Full`
@@ -412,6 +425,7 @@ impl Ingest {
     /// receipt says when the event is durable (at once without the spool).
     pub fn probe_scoped(
         &self,
+        origin: Origin,
         event: &HookEvent,
         scope: ActionScope,
     ) -> Result<Receipt, SubmitError> {
@@ -419,7 +433,7 @@ impl Ingest {
             Err(SubmitError::Full) => Err(SubmitError::Full),
             other => {
                 if let Err(e) = &other {
-                    self.count_rejection(e);
+                    self.count_rejection(origin, e);
                 }
                 other.map(|ticket| self.receipt(ticket))
             }
@@ -428,29 +442,26 @@ impl Ingest {
 
     fn enqueue(
         &self,
+        origin: Origin,
         event: &HookEvent,
         deadline: Option<Instant>,
         scope: ActionScope,
     ) -> Result<Option<u64>, SubmitError> {
         let result = self.try_enqueue(event, deadline, scope);
         if let Err(e) = &result {
-            self.count_rejection(e);
+            self.count_rejection(origin, e);
         }
         result
     }
 
-    /// Counts a `Full` refusal [`Ingest::probe_scoped`] left uncounted.
-    pub fn count_full(&self) {
-        self.count_rejection(&SubmitError::Full);
+    /// Counts a refusal made outside ingest (an adapter that could not read a request, or a
+    /// `Full` [`Ingest::probe_scoped`] left uncounted).
+    pub fn count(&self, origin: Origin, reason: RejectReason) {
+        self.stats.event_rejected(origin, reason);
     }
 
-    fn count_rejection(&self, e: &SubmitError) {
-        self.stats.event_rejected(match e {
-            SubmitError::Full | SubmitError::TooLarge { .. } => RejectReason::QueueFull,
-            SubmitError::Invalid(_) => RejectReason::Invalid,
-            SubmitError::Closed => RejectReason::Closed,
-            SubmitError::Spool(_) => RejectReason::SpoolError,
-        });
+    fn count_rejection(&self, origin: Origin, e: &SubmitError) {
+        self.count(origin, reject_reason(e));
     }
 
     fn try_enqueue(

@@ -72,14 +72,11 @@ fn register() {
     for hook in HookPoint::ALL {
         metrics::counter!("mqtt_dynamo_events_received_total", "hook" => hook.as_str()).absolute(0);
     }
-    for reason in [
-        RejectReason::QueueFull,
-        RejectReason::Invalid,
-        RejectReason::Closed,
-        RejectReason::SpoolError,
-    ] {
-        metrics::counter!("mqtt_dynamo_events_rejected_total", "reason" => reason.as_str())
-            .absolute(0);
+    for origin in crate::stats::Origin::ALL {
+        for reason in RejectReason::ALL {
+            metrics::counter!("mqtt_dynamo_events_rejected_total", "adapter" => origin.as_str(), "reason" => reason.as_str())
+                .absolute(0);
+        }
     }
     for outcome in ["appended", "replayed", "refused", "failed", "cut"] {
         metrics::counter!("mqtt_dynamo_spool_records_total", "outcome" => outcome).absolute(0);

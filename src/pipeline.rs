@@ -57,6 +57,8 @@ pub struct PipelineHandle {
     /// The read side over the same tables and writes (`None` when `lookup.enabled` is off).
     reader: Option<Arc<Reader>>,
     concurrency: Arc<Concurrency>,
+    /// Who submits through this handle: the `adapter` label of refusals.
+    origin: crate::stats::Origin,
 }
 
 /// The configured limits, for the capacity gauges.
@@ -69,9 +71,18 @@ struct Limits {
 }
 
 impl PipelineHandle {
-    /// Accepts `event` if there is room now; never blocks.
+    /// This handle, counting its refusals under `origin` (an adapter's own handle).
+    pub fn for_origin(&self, origin: crate::stats::Origin) -> PipelineHandle {
+        PipelineHandle {
+            origin,
+            ..self.clone()
+        }
+    }
+
+    /// Accepts `event` if there is room now; never blocks (with the spool on it waits for the
+    /// event's fsync under `fsync = "always"`).
     pub fn submit(&self, event: &HookEvent) -> Result<(), SubmitError> {
-        self.ingest.submit(event)
+        self.submit_scoped(event, crate::rules::ActionScope::All, None)
     }
 
     /// Accepts `event`, waiting up to `timeout` for room.
@@ -80,7 +91,8 @@ impl PipelineHandle {
         event: &HookEvent,
         timeout: std::time::Duration,
     ) -> Result<(), SubmitError> {
-        self.ingest.submit_timeout(event, timeout)
+        let deadline = std::time::Instant::now() + timeout;
+        self.submit_scoped(event, crate::rules::ActionScope::All, Some(deadline))
     }
 
     /// Accepts `event` for the rules `scope` admits, waiting until `deadline` (if any) for room.
@@ -90,29 +102,25 @@ impl PipelineHandle {
         scope: crate::rules::ActionScope,
         deadline: Option<std::time::Instant>,
     ) -> Result<(), SubmitError> {
-        self.ingest.submit_scoped(event, scope, deadline)
+        self.ingest
+            .submit_scoped(self.origin, event, scope, deadline)
     }
 
     /// Tries once without waiting for room; a `Full` refusal is not counted (the caller retries
-    /// or calls [`PipelineHandle::count_full`]). The receipt says when the event is durable.
+    /// or counts it with [`PipelineHandle::count_refusal`]). The receipt says when the event is
+    /// durable.
     pub fn probe_scoped(
         &self,
         event: &HookEvent,
         scope: crate::rules::ActionScope,
     ) -> Result<crate::ingest::Receipt, SubmitError> {
-        self.ingest.probe_scoped(event, scope)
+        self.ingest.probe_scoped(self.origin, event, scope)
     }
 
-    /// Counts an event an adapter refused as invalid before it reached ingest (a request that
-    /// could not be translated into an event).
-    pub fn count_invalid(&self) {
-        self.stats
-            .event_rejected(crate::stats::RejectReason::Invalid);
-    }
-
-    /// Counts a `Full` refusal that [`PipelineHandle::probe_scoped`] left uncounted.
-    pub fn count_full(&self) {
-        self.ingest.count_full();
+    /// Counts a refusal made before ingest saw the event (a request an adapter could not read or
+    /// did not authorise), or a `Full` that [`PipelineHandle::probe_scoped`] left uncounted.
+    pub fn count_refusal(&self, reason: crate::stats::RejectReason) {
+        self.ingest.count(self.origin, reason);
     }
 
     /// Queues writes that come from no hook (the subscription API), waiting until `deadline`.
@@ -121,7 +129,7 @@ impl PipelineHandle {
         ops: Vec<crate::item::Op>,
         deadline: Option<std::time::Instant>,
     ) -> Result<(), SubmitError> {
-        self.ingest.submit_ops(ops, deadline)
+        self.ingest.submit_ops(self.origin, ops, deadline)
     }
 
     /// The current (adaptive) limit on flushes in flight.
@@ -375,6 +383,7 @@ impl Pipeline {
             limits: self.limits,
             reader: self.reader.clone(),
             concurrency: Arc::clone(&self.concurrency),
+            origin: crate::stats::Origin::Api,
         }
     }
 

@@ -194,18 +194,29 @@ impl StorageFormat {
 pub enum EventError {
     #[error(transparent)]
     MessageId(#[from] GuidError),
-    #[error("{field} is empty")]
-    Empty { field: &'static str },
-    #[error("{field} is {len} bytes; DynamoDB keys are limited to {limit} bytes")]
-    KeyTooLong {
-        field: &'static str,
-        len: usize,
-        limit: usize,
-    },
+    #[error(transparent)]
+    Key(#[from] crate::item::KeyError),
     #[error(
         "{table} item would be {size} bytes; DynamoDB items are limited to {MAX_ITEM_BYTES} bytes"
     )]
     ItemTooLarge { table: Table, size: usize },
+    /// A publish or ack to a topic MQTT does not allow (a wildcard, NUL, empty, too long).
+    #[error(transparent)]
+    Topic(#[from] crate::topic::TopicNameError),
+    /// A subscription filter MQTT does not allow.
+    #[error(transparent)]
+    Filter(#[from] crate::topic::FilterError),
+}
+
+impl EventError {
+    /// Too large to store (rather than malformed): counted as `too_large`.
+    pub fn is_too_large(&self) -> bool {
+        matches!(
+            self,
+            EventError::ItemTooLarge { .. }
+                | EventError::Key(crate::item::KeyError::TooLong { .. })
+        )
+    }
 }
 
 /// Which of the matching rules an event feeds.
@@ -291,6 +302,17 @@ impl RuleSet {
     ) -> Result<Vec<Op>, EventError> {
         let hook = event.hook();
         let topic = event.filter_topic();
+        // Whatever the rules: an event MQTT forbids is stored nowhere.
+        match event {
+            HookEvent::MessagePublish { message } | HookEvent::MessageAcked { message, .. } => {
+                crate::topic::validate_name(&message.topic)?;
+            }
+            HookEvent::SessionSubscribed { topic, .. }
+            | HookEvent::SessionUnsubscribed { topic, .. } => {
+                crate::topic::TopicFilter::new(topic)?;
+            }
+            HookEvent::ClientConnected { .. } | HookEvent::ClientDisconnected { .. } => {}
+        }
         let mut ops = Vec::new();
         for rule in self
             .rules
@@ -311,30 +333,14 @@ impl RuleSet {
     }
 }
 
-fn check_key(field: &'static str, value: &str, limit: usize) -> Result<(), EventError> {
-    if value.is_empty() {
-        return Err(EventError::Empty { field });
-    }
-    if value.len() > limit {
-        return Err(EventError::KeyTooLong {
-            field,
-            len: value.len(),
-            limit,
-        });
-    }
-    Ok(())
-}
-
-/// DynamoDB's key and item limits, checked at ingest so a bad event is refused with a clear error
-/// instead of poisoning a batch later.
 fn check_op(op: &Op) -> Result<(), EventError> {
-    let (hash_name, _) = op.key.table.key_names();
-    check_key(hash_name, &op.key.hash, 2048)?;
+    let (hash_name, range_name) = op.key.table.key_names();
+    crate::item::check_key_part(hash_name, &op.key.hash, crate::item::MAX_HASH_KEY_BYTES)?;
     if let Some(range) = &op.key.range {
-        check_key(
-            op.key.table.key_names().1.unwrap_or("range key"),
+        crate::item::check_key_part(
+            range_name.unwrap_or("range key"),
             range,
-            1024,
+            crate::item::MAX_RANGE_KEY_BYTES,
         )?;
     }
     if let Write::Put { item, .. } = &op.write {
@@ -669,8 +675,46 @@ mod tests {
         };
         assert_eq!(
             rules.plan(&empty, &fmt),
-            Err(EventError::Empty { field: "clientid" })
+            Err(EventError::Key(crate::item::KeyError::Empty {
+                field: "clientid"
+            }))
         );
+    }
+
+    #[test]
+    fn publishes_to_topics_mqtt_forbids_are_refused() {
+        let rules = RuleSet::default();
+        let fmt = StorageFormat::default();
+        let to = |topic: &str| HookEvent::MessagePublish {
+            message: Message {
+                topic: topic.into(),
+                ..message(1, false, b"p")
+            },
+        };
+        for (topic, want) in [
+            (
+                "a/+",
+                "topic name \"a/+\" contains a wildcard ('+' or '#'), which only filters may",
+            ),
+            (
+                "w/#",
+                "topic name \"w/#\" contains a wildcard ('+' or '#'), which only filters may",
+            ),
+            ("a\0b", "topic name contains a NUL character"),
+            ("", "topic name is empty"),
+        ] {
+            assert_eq!(
+                rules.plan(&to(topic), &fmt).unwrap_err().to_string(),
+                want,
+                "{topic:?}"
+            );
+        }
+        let long = "t".repeat(65_536);
+        assert_eq!(
+            rules.plan(&to(&long), &fmt).unwrap_err().to_string(),
+            "topic name is 65536 bytes; MQTT allows at most 65535"
+        );
+        assert!(rules.plan(&to("a/b"), &fmt).is_ok());
     }
 
     #[test]

@@ -22,23 +22,63 @@ fn hook_index(h: HookPoint) -> usize {
     HookPoint::ALL.iter().position(|x| *x == h).unwrap_or(0)
 }
 
-/// Why an event was refused at ingest.
+/// Why an event was refused (by an adapter while reading it, or at ingest).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RejectReason {
+    /// The queues (or the spool's disk bound) stayed full.
     QueueFull,
+    /// Malformed, or something MQTT or the storage contract forbids.
     Invalid,
+    /// The service is shutting down.
     Closed,
     /// The spool could not write or sync the event.
     SpoolError,
+    /// Larger than a request, an item or the ingest queue allows.
+    TooLarge,
+    /// A missing or wrong bearer token.
+    Unauthorized,
 }
 
 impl RejectReason {
+    pub const ALL: [RejectReason; 6] = [
+        RejectReason::QueueFull,
+        RejectReason::Invalid,
+        RejectReason::Closed,
+        RejectReason::SpoolError,
+        RejectReason::TooLarge,
+        RejectReason::Unauthorized,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RejectReason::QueueFull => "queue_full",
             RejectReason::Invalid => "invalid",
             RejectReason::Closed => "closed",
             RejectReason::SpoolError => "spool_error",
+            RejectReason::TooLarge => "too_large",
+            RejectReason::Unauthorized => "unauthorized",
+        }
+    }
+}
+
+/// Where an event came from: the label `adapter` of the refusal counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Origin {
+    /// The library API (`PipelineHandle::submit` from the embedding program).
+    #[default]
+    Api,
+    Exhook,
+    Http,
+}
+
+impl Origin {
+    pub const ALL: [Origin; 3] = [Origin::Api, Origin::Exhook, Origin::Http];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Api => "api",
+            Origin::Exhook => "exhook",
+            Origin::Http => "http",
         }
     }
 }
@@ -134,7 +174,8 @@ impl Outcome {
 #[derive(Debug)]
 pub struct Stats {
     events_received: [AtomicU64; 6],
-    rejected: [AtomicU64; 4],
+    /// Refusals by origin and reason.
+    rejected: [[AtomicU64; 6]; 3],
     ops_planned: AtomicU64,
     /// Ops folded into an already pending write (including cancellations).
     coalesced: [AtomicU64; 6],
@@ -207,10 +248,18 @@ impl Stats {
         self.ops_planned.fetch_add(ops as u64, Relaxed);
     }
 
-    pub(crate) fn event_rejected(&self, reason: RejectReason) {
-        self.rejected[reason as usize].fetch_add(1, Relaxed);
-        metrics::counter!("mqtt_dynamo_events_rejected_total", "reason" => reason.as_str())
+    /// One refused event (or one refused request whose events could not be read).
+    pub(crate) fn event_rejected(&self, origin: Origin, reason: RejectReason) {
+        self.rejected[origin as usize][reason as usize].fetch_add(1, Relaxed);
+        metrics::counter!("mqtt_dynamo_events_rejected_total", "adapter" => origin.as_str(), "reason" => reason.as_str())
             .increment(1);
+    }
+
+    fn rejected_for(&self, reason: RejectReason) -> u64 {
+        self.rejected
+            .iter()
+            .map(|by_reason| by_reason[reason as usize].load(Relaxed))
+            .sum()
     }
 
     pub(crate) fn coalesced(&self, table: Table, merged: u64, cancelled: u64) {
@@ -333,9 +382,12 @@ impl Stats {
         let latency = self.durable_latency.lock().map(|h| h.clone()).ok();
         StatsSnapshot {
             events_received: sum(&self.events_received),
-            rejected_full: self.rejected[RejectReason::QueueFull as usize].load(Relaxed),
-            rejected_invalid: self.rejected[RejectReason::Invalid as usize].load(Relaxed),
-            rejected_closed: self.rejected[RejectReason::Closed as usize].load(Relaxed),
+            rejected_full: self.rejected_for(RejectReason::QueueFull),
+            rejected_invalid: self.rejected_for(RejectReason::Invalid),
+            rejected_closed: self.rejected_for(RejectReason::Closed),
+            rejected_other: self.rejected_for(RejectReason::SpoolError)
+                + self.rejected_for(RejectReason::TooLarge)
+                + self.rejected_for(RejectReason::Unauthorized),
             ops_planned: self.ops_planned.load(Relaxed),
             coalesced: sum(&self.coalesced),
             cancelled: sum(&self.cancelled),
@@ -419,6 +471,8 @@ pub struct StatsSnapshot {
     pub rejected_full: u64,
     pub rejected_invalid: u64,
     pub rejected_closed: u64,
+    /// Refused as too large, unauthorized, or because the spool failed.
+    pub rejected_other: u64,
     pub ops_planned: u64,
     pub coalesced: u64,
     pub cancelled: u64,
@@ -468,11 +522,12 @@ impl std::fmt::Display for StatsSnapshot {
         writeln!(f, "events received        {}", self.events_received)?;
         writeln!(
             f,
-            "events refused         {} (queue full {}, invalid {}, closed {})",
-            self.rejected_full + self.rejected_invalid + self.rejected_closed,
+            "events refused         {} (queue full {}, invalid {}, closed {}, other {})",
+            self.rejected_full + self.rejected_invalid + self.rejected_closed + self.rejected_other,
             self.rejected_full,
             self.rejected_invalid,
-            self.rejected_closed
+            self.rejected_closed,
+            self.rejected_other
         )?;
         writeln!(f, "writes planned         {}", self.ops_planned)?;
         writeln!(

@@ -19,6 +19,42 @@ pub enum FilterError {
     MisplacedPlus(String),
     #[error("topic filter {0:?} contains a NUL character")]
     Nul(String),
+    #[error("topic filter is {0} bytes; MQTT allows at most 65535")]
+    TooLong(usize),
+}
+
+/// The longest topic name or filter MQTT allows, in bytes of UTF-8 (a two-byte length prefix).
+pub const MAX_TOPIC_BYTES: usize = 65_535;
+
+/// Why a topic name (what a message is published to) is not valid.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum TopicNameError {
+    #[error("topic name is empty")]
+    Empty,
+    #[error("topic name {0:?} contains a wildcard ('+' or '#'), which only filters may")]
+    Wildcard(String),
+    #[error("topic name contains a NUL character")]
+    Nul,
+    #[error("topic name is {0} bytes; MQTT allows at most 65535")]
+    TooLong(usize),
+}
+
+/// Checks a topic name by the MQTT rules (MQTT 5 §4.7.3, §1.5.4): not empty, no wildcard
+/// characters, no NUL, at most 65,535 bytes. (A Rust `str` is valid UTF-8 already.)
+pub fn validate_name(topic: &str) -> Result<(), TopicNameError> {
+    if topic.is_empty() {
+        return Err(TopicNameError::Empty);
+    }
+    if topic.len() > MAX_TOPIC_BYTES {
+        return Err(TopicNameError::TooLong(topic.len()));
+    }
+    if topic.contains('\0') {
+        return Err(TopicNameError::Nul);
+    }
+    if topic.contains(['+', '#']) {
+        return Err(TopicNameError::Wildcard(topic.to_string()));
+    }
+    Ok(())
 }
 
 /// A validated MQTT topic filter.
@@ -33,6 +69,9 @@ impl TopicFilter {
         }
         if filter.contains('\0') {
             return Err(FilterError::Nul(filter.to_string()));
+        }
+        if filter.len() > MAX_TOPIC_BYTES {
+            return Err(FilterError::TooLong(filter.len()));
         }
         let levels: Vec<&str> = filter.split('/').collect();
         for (i, level) in levels.iter().enumerate() {

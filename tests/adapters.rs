@@ -736,7 +736,11 @@ async fn http_full_queue_answers_503_and_counts_the_drop() {
     listeners.stop().await;
     let stats = pipeline.shutdown().await;
     assert_eq!(stats.events_received, accepted);
-    assert_eq!(stats.rejected_full, 1, "the one refused row");
+    assert_eq!(
+        stats.rejected_full,
+        50 - accepted,
+        "the refused row and every row after it"
+    );
     assert_eq!(
         stats.dropped_retries_exhausted, accepted,
         "accepted writes that never landed are counted"
@@ -798,4 +802,509 @@ backend.dynamo.hook.message.acked.1 = {"topic": "#", "action": {"function": "on_
         mqtt_dynamo::rules::RuleSet::default().rules()
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad input: the README's table, sent row by row.
+
+/// One row of the README's bad-input table.
+#[derive(Debug)]
+struct BadInput {
+    case: String,
+    listener: String,
+    answer: String,
+    counted: String,
+}
+
+fn bad_inputs() -> Vec<BadInput> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let table = readme
+        .split("<!-- bad-inputs:begin -->")
+        .nth(1)
+        .and_then(|rest| rest.split("<!-- bad-inputs:end -->").next())
+        .expect("the README has the bad-input table");
+    table
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| case") && !l.starts_with("|---"))
+        .map(|l| {
+            let cells: Vec<String> = l
+                .trim_matches('|')
+                .split(" | ")
+                .map(|c| c.trim().to_string())
+                .collect();
+            assert_eq!(cells.len(), 5, "five cells: {l}");
+            BadInput {
+                case: cells[0].clone(),
+                listener: cells[1].clone(),
+                answer: cells[3].clone(),
+                counted: cells[4].clone(),
+            }
+        })
+        .collect()
+}
+
+const TOKEN: Option<&str> = Some("s3cret");
+
+/// What a bad input got.
+#[derive(Debug)]
+enum Answer {
+    Http(u16, Value),
+    Grpc(Result<(), tonic::Code>),
+    /// `OnMessagePublish`: the response type and whether the message came back unchanged.
+    Publish(String, Option<bool>),
+}
+
+/// A raw HTTP request: (status, JSON body or Null).
+async fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: String,
+    token: Option<&str>,
+) -> (u16, Value) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = client
+        .request(req.body(Full::new(Bytes::from(body))).unwrap())
+        .await
+        .expect("the HTTP listener answers");
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+fn publish_row(topic: &str, extra: Value) -> String {
+    let mut row = json!({"event": "message.publish", "node": "n", "id": ID1, "clientid": "c",
+                         "topic": topic, "qos": 1, "payload": "x", "flags": {"retain": false}});
+    for (k, v) in extra.as_object().unwrap() {
+        row[k] = v.clone();
+    }
+    row.to_string()
+}
+
+async fn send_bad_input(case: &str, http_addr: &str, exhook: &str) -> Answer {
+    use mqtt_dynamo::adapter::exhook::v3;
+    let rule = "/v1/events/emqx-rule";
+    let post = |path: &str, body: String| {
+        let path = path.to_string();
+        async move { http(http_addr, "POST", &path, body, TOKEN).await }
+    };
+    let connected =
+        |id: &str| json!({"event": "client.connected", "node": "n", "clientid": id}).to_string();
+    let long = "x".repeat(3000);
+    let (status, body) = match case {
+        "h-no-token" => http(http_addr, "POST", rule, connected("c"), None).await,
+        "h-wrong-token" => http(http_addr, "POST", rule, connected("c"), Some("wrong")).await,
+        "h-not-json" => post(rule, "{".into()).await,
+        "h-row-not-object" => post(rule, "[1]".into()).await,
+        "h-unknown-event" => post(rule, json!({"event": "client.sneezed"}).to_string()).await,
+        "h-missing-clientid" => {
+            post(
+                rule,
+                json!({"event": "client.connected", "node": "n"}).to_string(),
+            )
+            .await
+        }
+        "h-qos-7" => post(rule, publish_row("t", json!({"qos": 7}))).await,
+        "h-qos-string" => post(rule, publish_row("t", json!({"qos": "x"}))).await,
+        "h-bad-msgid" => post(rule, publish_row("t", json!({"id": "xyz"}))).await,
+        "h-topic-plus" => post(rule, publish_row("w/+", json!({}))).await,
+        "h-topic-hash" => post(rule, publish_row("w/#", json!({}))).await,
+        "h-topic-nul" => post(rule, publish_row("a\u{0}b", json!({}))).await,
+        "h-topic-long" => post(rule, publish_row(&"t".repeat(70_000), json!({}))).await,
+        "h-topic-empty" => post(rule, publish_row("", json!({}))).await,
+        "h-ack-topic-plus" => {
+            let row = json!({"event": "message.acked", "node": "n", "id": ID1, "clientid": "s",
+                             "from_clientid": "c", "topic": "w/+", "qos": 1, "payload": "x"});
+            post(rule, row.to_string()).await
+        }
+        "h-retain-not-bool" => {
+            post(rule, publish_row("t", json!({"flags": {"retain": "yes"}}))).await
+        }
+        "h-flags-not-object" => post(rule, publish_row("t", json!({"flags": 1}))).await,
+        "h-bad-base64" => {
+            let row = publish_row("t", json!({"payload": "!!!"}));
+            post(&format!("{rule}?payload_encoding=base64"), row).await
+        }
+        "h-unknown-encoding" => {
+            post(&format!("{rule}?payload_encoding=rot13"), connected("c")).await
+        }
+        "h-query-twice" => {
+            let path = format!("{rule}?payload_encoding=plain&payload_encoding=base64");
+            post(&path, connected("c")).await
+        }
+        "h-negative-time" => {
+            let row = json!({"event": "client.connected", "node": "n", "clientid": "c", "connected_at": -5});
+            post(rule, row.to_string()).await
+        }
+        "h-bad-filter" => {
+            let row = json!({"event": "session.subscribed", "node": "n", "clientid": "c", "topic": "a/#/b"});
+            post(rule, row.to_string()).await
+        }
+        "h-clientid-long" => post(rule, connected(&long)).await,
+        "h-huge-item" => {
+            post(
+                rule,
+                publish_row("t", json!({"payload": "p".repeat(500 * 1024)})),
+            )
+            .await
+        }
+        "h-body-too-large" => {
+            post(
+                rule,
+                publish_row("t", json!({"payload": "p".repeat(3 << 20)})),
+            )
+            .await
+        }
+        "h-second-row-bad" => {
+            let rows = format!(
+                "[{},{}]",
+                connected("c"),
+                publish_row("t", json!({"qos": 9}))
+            );
+            post(rule, rows).await
+        }
+        "w-unknown-action" => {
+            post(
+                "/v1/events/emqx-webhook",
+                json!({"action": "x"}).to_string(),
+            )
+            .await
+        }
+        "w-topic-plus" => {
+            let row = json!({"action": "message_publish", "node": "n", "from_client_id": "c",
+                             "from_username": "u", "topic": "a/+", "qos": 1, "retain": false,
+                             "payload": "x", "ts": 1700000000000u64});
+            post("/v1/events/emqx-webhook", row.to_string()).await
+        }
+        "h-no-such-path" => post("/v1/nothing", "{}".into()).await,
+        "h-wrong-method" => http(http_addr, "GET", rule, String::new(), TOKEN).await,
+        "l-no-filter" => http(http_addr, "GET", "/v1/retained", String::new(), TOKEN).await,
+        "l-filter-twice" => {
+            http(
+                http_addr,
+                "GET",
+                "/v1/retained?filter=a&filter=b",
+                String::new(),
+                TOKEN,
+            )
+            .await
+        }
+        "l-bad-filter" => {
+            http(
+                http_addr,
+                "GET",
+                "/v1/retained?filter=a%2F%23%2Fb",
+                String::new(),
+                TOKEN,
+            )
+            .await
+        }
+        "l-filter-long" => {
+            let path = format!("/v1/retained?filter={long}");
+            http(http_addr, "GET", &path, String::new(), TOKEN).await
+        }
+        "l-bad-limit" => {
+            http(
+                http_addr,
+                "GET",
+                "/v1/offline?filter=a&limit=-1",
+                String::new(),
+                TOKEN,
+            )
+            .await
+        }
+        "l-bad-qos" => {
+            http(
+                http_addr,
+                "GET",
+                "/v1/offline?filter=a&qos=3",
+                String::new(),
+                TOKEN,
+            )
+            .await
+        }
+        "l-bad-since" => {
+            let path = "/v1/offline?filter=a&since=yesterday";
+            http(http_addr, "GET", path, String::new(), TOKEN).await
+        }
+        "l-clientid-not-utf8" => {
+            let path = "/v1/clients/%FF%FE/subscriptions";
+            http(http_addr, "GET", path, String::new(), TOKEN).await
+        }
+        "l-clientid-long" => {
+            let path = format!("/v1/clients/{long}/subscriptions");
+            http(http_addr, "GET", &path, String::new(), TOKEN).await
+        }
+        "l-no-token" => {
+            http(
+                http_addr,
+                "GET",
+                "/v1/retained?filter=a",
+                String::new(),
+                None,
+            )
+            .await
+        }
+        "s-topic-not-utf8" => {
+            http(
+                http_addr,
+                "PUT",
+                "/v1/clients/c/subscriptions/%FF",
+                String::new(),
+                TOKEN,
+            )
+            .await
+        }
+        "s-bad-qos" => {
+            let path = "/v1/clients/c/subscriptions/a?qos=9";
+            http(http_addr, "PUT", path, String::new(), TOKEN).await
+        }
+        "s-bad-filter" => {
+            let path = "/v1/clients/c/subscriptions/a%2F%23%2Fb";
+            http(http_addr, "PUT", path, String::new(), TOKEN).await
+        }
+        "s-no-token" => {
+            http(
+                http_addr,
+                "DELETE",
+                "/v1/clients/c/subscriptions/a",
+                String::new(),
+                None,
+            )
+            .await
+        }
+        _ => {
+            // ExHook v3.
+            let channel = tonic::transport::Channel::from_shared(format!("http://{exhook}"))
+                .unwrap()
+                .connect()
+                .await
+                .expect("the ExHook server answers");
+            let mut c = v3::hook_provider_client::HookProviderClient::new(channel)
+                .max_encoding_message_size(16 << 20);
+            let info = |id: &str| v3::ClientInfo {
+                node: "n".into(),
+                clientid: id.into(),
+                ..Default::default()
+            };
+            let msg = |topic: &str, qos: u32, id: &str, payload: Vec<u8>| v3::Message {
+                node: "n".into(),
+                id: id.into(),
+                qos,
+                from: "c".into(),
+                topic: topic.into(),
+                payload,
+                timestamp: 1_700_000_000_000,
+                ..Default::default()
+            };
+            let code = |r: Result<tonic::Response<v3::EmptySuccess>, tonic::Status>| {
+                Answer::Grpc(r.map(|_| ()).map_err(|s| s.code()))
+            };
+            let publish = |m: Option<v3::Message>| v3::MessagePublishRequest {
+                message: m,
+                ..Default::default()
+            };
+            let wire = match case {
+                "x-no-clientinfo" => {
+                    return code(
+                        c.on_client_connected(v3::ClientConnectedRequest::default())
+                            .await,
+                    );
+                }
+                "x-subscribe-qos-7" => {
+                    let req = v3::SessionSubscribedRequest {
+                        clientinfo: Some(info("c")),
+                        topic: "t".into(),
+                        subopts: Some(v3::SubOpts {
+                            qos: 7,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    };
+                    return code(c.on_session_subscribed(req).await);
+                }
+                "x-ack-no-message" => {
+                    let req = v3::MessageAckedRequest {
+                        clientinfo: Some(info("s")),
+                        ..Default::default()
+                    };
+                    return code(c.on_message_acked(req).await);
+                }
+                "x-unsubscribe-bad-filter" => {
+                    let req = v3::SessionUnsubscribedRequest {
+                        clientinfo: Some(info("c")),
+                        topic: "a/#/b".into(),
+                        ..Default::default()
+                    };
+                    return code(c.on_session_unsubscribed(req).await);
+                }
+                "x-clientid-long" => {
+                    let req = v3::ClientConnectedRequest {
+                        clientinfo: Some(info(&long)),
+                        ..Default::default()
+                    };
+                    return code(c.on_client_connected(req).await);
+                }
+                "x-publish-topic-plus" => Some(msg("w/+", 1, ID1, b"x".to_vec())),
+                "x-publish-topic-nul" => Some(msg("a\u{0}b", 1, ID1, b"x".to_vec())),
+                "x-publish-qos-7" => Some(msg("t", 7, ID1, b"x".to_vec())),
+                "x-publish-bad-msgid" => Some(msg("t", 1, "zz", b"x".to_vec())),
+                "x-publish-no-message" => None,
+                "x-publish-huge" => Some(msg("t", 1, ID1, vec![0xab; 500 * 1024])),
+                other => panic!("the README names case {other:?}, which this test does not know"),
+            };
+            let resp = c
+                .on_message_publish(publish(wire.clone()))
+                .await
+                .expect("OnMessagePublish always answers")
+                .into_inner();
+            let kind = v3::valued_response::ResponsedType::try_from(resp.r#type)
+                .map(|t| t.as_str_name().to_string())
+                .unwrap_or_default();
+            let untouched =
+                wire.map(|w| resp.value == Some(v3::valued_response::Value::Message(w)));
+            return Answer::Publish(kind, untouched);
+        }
+    };
+    Answer::Http(status, body)
+}
+
+/// `events_rejected_total` by (adapter, reason), scraped.
+async fn rejections(metrics: &str) -> BTreeMap<(String, String), f64> {
+    let (_, text) = tokio::task::spawn_blocking({
+        let addr = metrics.to_string();
+        move || support::http_get(&addr, "/metrics")
+    })
+    .await
+    .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("mqtt_dynamo_events_rejected_total{"))
+        .filter_map(|l| {
+            let (labels, value) = l.rsplit_once(' ')?;
+            let label = |name: &str| {
+                labels
+                    .split(&format!("{name}=\""))
+                    .nth(1)
+                    .and_then(|r| r.split('"').next())
+                    .map(str::to_string)
+            };
+            Some(((label("adapter")?, label("reason")?), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Every row of the README's bad-input table, sent to a running `serve`: the documented status
+/// or gRPC answer, the one JSON error shape with the documented field, exactly the documented
+/// refusal counted (adapter and reason), and nothing stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_input_gets_its_documented_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("serve.toml");
+    std::fs::write(
+        &conf,
+        "[dynamodb]\nembedded_listen = \"127.0.0.1:0\"\n[exhook]\nlisten = \"127.0.0.1:0\"\n\
+         max_message_bytes = 16777216\n\
+         [http]\nlisten = \"127.0.0.1:0\"\ntoken = \"s3cret\"\npublish_actions = \"all\"\nmax_body_bytes = 2097152\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let serve = tokio::task::spawn_blocking(move || support::Serve::start(&conf))
+        .await
+        .unwrap();
+    let cases = bad_inputs();
+    assert!(cases.len() >= 40, "at least 40 bad inputs: {}", cases.len());
+    let mut failures = Vec::new();
+    for c in &cases {
+        let before = rejections(&serve.metrics).await;
+        let answer = send_bad_input(&c.case, &serve.http, &serve.exhook).await;
+        let after = rejections(&serve.metrics).await;
+        let delta: BTreeMap<(String, String), f64> = after
+            .iter()
+            .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+            .filter(|(_, d)| *d != 0.0)
+            .collect();
+        // The documented answer.
+        let ok = match &answer {
+            Answer::Http(status, body) => {
+                let mut words = c.answer.split_whitespace();
+                let want_status: u16 = words.next().unwrap().parse().unwrap_or(0);
+                let want_field = c.answer.split('`').nth(1);
+                *status == want_status
+                    && body["error"].is_string()
+                    && want_field.is_none_or(|f| body["field"] == json!(f))
+            }
+            Answer::Grpc(result) => {
+                let got = match result {
+                    Ok(()) => "OK".to_string(),
+                    Err(code) => format!("{code:?}"),
+                };
+                c.answer
+                    .trim_matches('`')
+                    .replace('_', "")
+                    .eq_ignore_ascii_case(&got)
+            }
+            Answer::Publish(kind, untouched) => {
+                c.answer.starts_with("CONTINUE")
+                    && kind == "CONTINUE"
+                    && (!c.answer.contains("unchanged") || *untouched == Some(true))
+            }
+        };
+        // Exactly the documented count.
+        let adapter = if c.listener == "ExHook" {
+            "exhook"
+        } else {
+            "http"
+        };
+        let want: BTreeMap<(String, String), f64> = match c.counted.as_str() {
+            "—" => BTreeMap::new(),
+            counted => {
+                let (reason, n) = match counted.split_once(" ×") {
+                    Some((r, n)) => (r, n.parse().unwrap()),
+                    None => (counted, 1.0),
+                };
+                [((adapter.to_string(), reason.to_string()), n)].into()
+            }
+        };
+        if !ok || delta != want {
+            failures.push(format!(
+                "{}: got {answer:?} counted {delta:?}; README says {} counted {want:?}",
+                c.case, c.answer
+            ));
+        }
+    }
+    // Valid traffic still flows.
+    let ok = json!({"event": "client.connected", "node": "n", "clientid": "after"}).to_string();
+    let (status, _) = http(&serve.http, "POST", "/v1/events/emqx-rule", ok, TOKEN).await;
+    assert_eq!(status, 200);
+    let db = mqtt_dynamo::dynamo::client(
+        &Config::default().dynamodb,
+        Some(&serve.dynamo),
+        mqtt_dynamo::dynamo::SdkRetries::Standard,
+    )
+    .await;
+    let t0 = Instant::now();
+    let got = loop {
+        let got = scan_all(&db, &Config::default()).await;
+        if !got.is_empty() || t0.elapsed() > Duration::from_secs(10) {
+            break got;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(
+        got.keys().cloned().collect::<Vec<_>>(),
+        [Key::new(Table::Client, "after")],
+        "bad input stored nothing; the good event after it is stored"
+    );
 }

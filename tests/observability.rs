@@ -146,7 +146,7 @@ async fn scraped_metrics_match_a_known_workload() {
         1.0
     );
     assert_eq!(
-        get(r#"mqtt_dynamo_events_rejected_total{reason="invalid"}"#),
+        get(r#"mqtt_dynamo_events_rejected_total{adapter="api",reason="invalid"}"#),
         1.0
     );
     assert_eq!(

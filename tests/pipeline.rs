@@ -853,7 +853,8 @@ async fn invalid_events_are_refused_and_the_rest_is_written() {
     );
     h.submit(&connect("ok", "emqx@n1", 1_000)).unwrap();
     let stats = pipeline.shutdown().await;
-    assert_eq!(stats.rejected_invalid, 2);
+    assert_eq!(stats.rejected_invalid, 1, "the bad message id");
+    assert_eq!(stats.rejected_other, 1, "the item over 400 KB (too_large)");
     assert_eq!(stats.events_received, 1);
     let got = scan_all(&client, &cfg).await;
     assert_eq!(got.len(), 1);

@@ -105,6 +105,17 @@ impl ExhookService {
         }
     }
 
+    /// A request field as read: a refusal (a missing field, a bad QoS) is counted as `invalid`
+    /// here, since the event never reaches ingest.
+    fn read<T>(&self, field: Result<T, Status>) -> Result<T, Status> {
+        if field.is_err() {
+            self.admission
+                .handle()
+                .count_refusal(crate::stats::RejectReason::Invalid);
+        }
+        field
+    }
+
     /// Queues a publish; whatever happens, the message flows on (see the module docs).
     async fn publish(&self, event: Result<HookEvent, Status>) {
         let refused = match event {
@@ -116,7 +127,9 @@ impl ExhookService {
             },
             Err(s) => {
                 // Refused while reading the request, before ingest could count it.
-                self.admission.handle().count_invalid();
+                self.admission
+                    .handle()
+                    .count_refusal(crate::stats::RejectReason::Invalid);
                 s
             }
         };
@@ -213,7 +226,7 @@ macro_rules! hook_provider {
                 request: Request<$v::ClientConnectedRequest>,
             ) -> Result<Response<$v::EmptySuccess>, Status> {
                 let req = request.into_inner();
-                let client = req.clientinfo.ok_or_else(|| missing("clientinfo"))?;
+                let client = self.read(req.clientinfo.ok_or_else(|| missing("clientinfo")))?;
                 self.notify(HookEvent::ClientConnected {
                     client: client.into(),
                     connected_at_ms: now_ms(),
@@ -227,7 +240,7 @@ macro_rules! hook_provider {
                 request: Request<$v::ClientDisconnectedRequest>,
             ) -> Result<Response<$v::EmptySuccess>, Status> {
                 let req = request.into_inner();
-                let client = req.clientinfo.ok_or_else(|| missing("clientinfo"))?;
+                let client = self.read(req.clientinfo.ok_or_else(|| missing("clientinfo")))?;
                 self.notify(HookEvent::ClientDisconnected {
                     client: client.into(),
                     reason: req.reason,
@@ -242,8 +255,8 @@ macro_rules! hook_provider {
                 request: Request<$v::SessionSubscribedRequest>,
             ) -> Result<Response<$v::EmptySuccess>, Status> {
                 let req = request.into_inner();
-                let client = req.clientinfo.ok_or_else(|| missing("clientinfo"))?;
-                let qos = qos(req.subopts.map(|o| o.qos).unwrap_or(0))?;
+                let client = self.read(req.clientinfo.ok_or_else(|| missing("clientinfo")))?;
+                let qos = self.read(qos(req.subopts.map(|o| o.qos).unwrap_or(0)))?;
                 self.notify(HookEvent::SessionSubscribed {
                     client: client.into(),
                     topic: req.topic,
@@ -258,7 +271,7 @@ macro_rules! hook_provider {
                 request: Request<$v::SessionUnsubscribedRequest>,
             ) -> Result<Response<$v::EmptySuccess>, Status> {
                 let req = request.into_inner();
-                let client = req.clientinfo.ok_or_else(|| missing("clientinfo"))?;
+                let client = self.read(req.clientinfo.ok_or_else(|| missing("clientinfo")))?;
                 self.notify(HookEvent::SessionUnsubscribed {
                     client: client.into(),
                     topic: req.topic,
@@ -291,8 +304,12 @@ macro_rules! hook_provider {
                 request: Request<$v::MessageAckedRequest>,
             ) -> Result<Response<$v::EmptySuccess>, Status> {
                 let req = request.into_inner();
-                let client = req.clientinfo.ok_or_else(|| missing("clientinfo"))?;
-                let message = Message::try_from(req.message.ok_or_else(|| missing("message"))?)?;
+                let client = self.read(req.clientinfo.ok_or_else(|| missing("clientinfo")))?;
+                let message = self.read(
+                    req.message
+                        .ok_or_else(|| missing("message"))
+                        .and_then(Message::try_from),
+                )?;
                 self.notify(HookEvent::MessageAcked {
                     client: client.into(),
                     message,

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -30,6 +30,7 @@ use super::{Admission, AdmitError, now_ms};
 use crate::config::{HttpPublishActions, Secret};
 use crate::event::{ClientInfo, HookEvent, Message};
 use crate::rules::ActionScope;
+use crate::stats::RejectReason;
 
 /// Shared state of the HTTP handlers.
 #[derive(Debug, Clone)]
@@ -52,6 +53,8 @@ pub fn router(state: HttpState, max_body_bytes: usize) -> Router {
         router
     };
     router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
@@ -61,6 +64,53 @@ pub fn router(state: HttpState, max_body_bytes: usize) -> Router {
 pub struct FieldError {
     pub field: String,
     pub error: String,
+}
+
+/// A query string the handler could not read, as the one JSON error shape, naming the parameter
+/// when serde says which (`duplicate field `filter``).
+pub(crate) fn query_rejection(r: axum::extract::rejection::QueryRejection) -> Response {
+    let text = r.body_text();
+    let field = text.split('`').nth(1).map(str::to_string);
+    error(StatusCode::BAD_REQUEST, text, field.as_deref())
+}
+
+/// A path the handler could not read (a segment that is not UTF-8 once decoded, …), naming the
+/// path parameter.
+pub(crate) fn path_rejection(r: axum::extract::rejection::PathRejection) -> Response {
+    use axum::extract::path::ErrorKind;
+    use axum::extract::rejection::PathRejection;
+    let field = match &r {
+        PathRejection::FailedToDeserializePathParams(e) => match e.kind() {
+            ErrorKind::InvalidUtf8InPathParam { key }
+            | ErrorKind::ParseErrorAtKey { key, .. }
+            | ErrorKind::DeserializeError { key, .. } => Some(key.clone()),
+            _ => None,
+        },
+        _ => None,
+    };
+    let status = match r.status() {
+        s if s.is_client_error() => s,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    error(status, r.body_text(), field.as_deref())
+}
+
+/// Every route the listener does not have: 404 in the one JSON shape.
+async fn not_found(uri: axum::http::Uri) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint: {}", uri.path()),
+        None,
+    )
+}
+
+/// A route called with a method it does not take: 405 in the one JSON shape.
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+        None,
+    )
 }
 
 pub(crate) fn error(status: StatusCode, error: impl Into<String>, field: Option<&str>) -> Response {
@@ -450,99 +500,140 @@ type Translate = fn(&Map<String, Value>, usize, bool) -> Result<HookEvent, Field
 async fn ingest(
     state: HttpState,
     headers: HeaderMap,
-    query: Query<IngestQuery>,
+    query: Result<Query<IngestQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
     translate: Translate,
 ) -> Response {
     let t0 = std::time::Instant::now();
-    let response = handle_ingest(state, headers, query, body, translate).await;
+    let handle = state.admission.handle().clone();
+    let (response, refused) = handle_ingest(state, headers, query, body, translate).await;
+    if let Some((reason, n)) = refused {
+        for _ in 0..n {
+            handle.count_refusal(reason);
+        }
+    }
     metrics::histogram!("mqtt_dynamo_hook_rpc_duration_seconds", "adapter" => "http")
         .record(t0.elapsed().as_secs_f64());
     response
 }
 
+/// What the request was refused for and how many events that is, for the refusal counter (the
+/// ones ingest saw itself are counted there).
+type Refused = Option<(RejectReason, usize)>;
+
 async fn handle_ingest(
     state: HttpState,
     headers: HeaderMap,
-    query: Query<IngestQuery>,
+    query: Result<Query<IngestQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
     translate: Translate,
-) -> Response {
+) -> (Response, Refused) {
+    // Refused before its rows are read: one count for the request.
+    let once = |reason| Some((reason, 1));
     if let Some(resp) = unauthorized(&state, &headers) {
-        return resp;
+        return (resp, once(RejectReason::Unauthorized));
     }
     let body = match body {
         Ok(b) => b,
-        Err(rejection) => return error(rejection.status(), rejection.body_text(), None),
+        Err(rejection) => {
+            let reason = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                RejectReason::TooLarge
+            } else {
+                RejectReason::Invalid
+            };
+            let resp = error(rejection.status(), rejection.body_text(), None);
+            return (resp, once(reason));
+        }
+    };
+    let query = match query {
+        Ok(Query(q)) => q,
+        Err(r) => return (query_rejection(r), once(RejectReason::Invalid)),
     };
     let base64 = match query.payload_encoding.as_deref() {
         None | Some("plain") => false,
         Some("base64") => true,
         Some(other) => {
-            return error(
+            let resp = error(
                 StatusCode::BAD_REQUEST,
                 format!("unknown payload_encoding {other:?} (plain or base64)"),
                 Some("payload_encoding"),
             );
+            return (resp, once(RejectReason::Invalid));
         }
     };
     let rows = match rows(&body) {
         Ok(r) => r,
         Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                e.error,
-                Some(&e.field).filter(|f| !f.is_empty()).map(|s| s.as_str()),
-            );
+            let field = Some(&e.field).filter(|f| !f.is_empty()).map(|s| s.as_str());
+            let resp = error(StatusCode::BAD_REQUEST, e.error.clone(), field);
+            return (resp, once(RejectReason::Invalid));
         }
     };
+    let total = rows.len();
+    // One bad row refuses every row of the request (all or nothing): each is counted.
+    let all = |reason| Some((reason, total.max(1)));
     let handle = state.admission.handle();
     let mut events = Vec::with_capacity(rows.len());
     for (i, row) in rows.iter().enumerate() {
         let event = match translate(row, i, base64) {
             Ok(e) => e,
-            Err(e) => return error(StatusCode::BAD_REQUEST, e.error, Some(&e.field)),
+            Err(e) => {
+                let resp = error(StatusCode::BAD_REQUEST, e.error, Some(&e.field));
+                return (resp, all(RejectReason::Invalid));
+            }
         };
         let scope = scope_of(&event, state.publish_actions);
         // Check that it can be stored before queueing anything of the request (all or nothing).
         // This plans each row once more than queueing alone would; HTTP is the low-rate path
         // (ExHook carries the per-message load), so the simpler door is kept.
         if let Err(e) = handle.rules().plan_scoped(&event, &handle.format(), scope) {
-            return error(
+            let reason = if e.is_too_large() {
+                RejectReason::TooLarge
+            } else {
+                RejectReason::Invalid
+            };
+            let resp = error(
                 StatusCode::BAD_REQUEST,
                 e.to_string(),
                 Some(&format!("[{i}]")),
             );
+            return (resp, all(reason));
         }
         events.push((event, scope));
     }
-    let total = events.len();
     for (accepted, (event, scope)) in events.into_iter().enumerate() {
+        // Ingest counted the row that failed; the rows after it are refused too.
+        let rest = |reason| Some((reason, total - accepted - 1)).filter(|(_, n)| *n > 0);
         match state.admission.admit(event, scope).await {
             Ok(()) => {}
             Err(AdmitError::Dropped) => {
-                return (
+                let resp = (
                     StatusCode::SERVICE_UNAVAILABLE,
                     axum::Json(json!({"error": "ingest queue is full", "accepted": accepted, "rows": total})),
                 )
                     .into_response();
+                return (resp, rest(RejectReason::QueueFull));
             }
             Err(AdmitError::Closed) => {
-                return error(
+                let resp = error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "the service is shutting down",
                     None,
                 );
+                return (resp, rest(RejectReason::Closed));
             }
             Err(AdmitError::Unavailable(reason)) => {
-                return error(StatusCode::SERVICE_UNAVAILABLE, reason, None);
+                let resp = error(StatusCode::SERVICE_UNAVAILABLE, reason, None);
+                return (resp, rest(RejectReason::SpoolError));
             }
             Err(AdmitError::Invalid(e)) => {
-                return error(StatusCode::BAD_REQUEST, e, Some(&format!("[{accepted}]")));
+                let resp = error(StatusCode::BAD_REQUEST, e, Some(&format!("[{accepted}]")));
+                return (resp, rest(RejectReason::Invalid));
             }
         }
     }
-    (StatusCode::OK, axum::Json(json!({ "accepted": total }))).into_response()
+    let resp = (StatusCode::OK, axum::Json(json!({ "accepted": total }))).into_response();
+    (resp, None)
 }
 
 fn scope_of(event: &HookEvent, publish_actions: HttpPublishActions) -> ActionScope {
@@ -557,7 +648,7 @@ fn scope_of(event: &HookEvent, publish_actions: HttpPublishActions) -> ActionSco
 async fn emqx_rule(
     State(state): State<HttpState>,
     headers: HeaderMap,
-    query: Query<IngestQuery>,
+    query: Result<Query<IngestQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     ingest(state, headers, query, body, rule_row_event).await
@@ -566,7 +657,7 @@ async fn emqx_rule(
 async fn emqx_webhook(
     State(state): State<HttpState>,
     headers: HeaderMap,
-    query: Query<IngestQuery>,
+    query: Result<Query<IngestQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     ingest(state, headers, query, body, webhook_event).await

@@ -68,8 +68,13 @@ impl Admission {
         block_timeout: Duration,
         adapter: &'static str,
     ) -> Self {
+        let origin = match adapter {
+            "exhook" => crate::stats::Origin::Exhook,
+            "http" => crate::stats::Origin::Http,
+            _ => crate::stats::Origin::Api,
+        };
         Admission {
-            handle,
+            handle: handle.for_origin(origin),
             when_full,
             block_timeout,
             adapter,
@@ -100,7 +105,8 @@ impl Admission {
             WhenFull::Block => self.handle.probe_scoped(&event, scope),
             WhenFull::Drop => self.handle.probe_scoped(&event, scope).inspect_err(|e| {
                 if matches!(e, SubmitError::Full) {
-                    self.handle.count_full();
+                    self.handle
+                        .count_refusal(crate::stats::RejectReason::QueueFull);
                 }
             }),
         };

@@ -11,8 +11,12 @@
 //!
 //! Filters in query strings must be URL-encoded too: a bare `+` is a space in a query string.
 //! Payloads come back as `payload` when they are UTF-8 text and `payload_base64` otherwise.
-//! Errors: `400` names the bad parameter, `502` carries DynamoDB's error, `503` means the ingest
-//! queue stayed full.
+//! Errors, all as `{"error": ..., "field": ...}`: `400` names the bad parameter (a query string or
+//! path the handler cannot read included; a client id or literal topic longer than DynamoDB's
+//! key limits is refused here, not by DynamoDB), `401` a missing or wrong token, `502` carries
+//! DynamoDB's error, `503` means the ingest queue stayed full. A refused subscription write is
+//! counted under `events_rejected_total{adapter="http"}`; lookups are not events and are counted
+//! in `lookups_total`.
 
 use std::sync::Arc;
 
@@ -25,11 +29,13 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::http::{HttpState, error, unauthorized};
+use super::http::{HttpState, error, path_rejection, query_rejection, unauthorized};
 use crate::item::{Item, Key, Op, Table, Value as ItemValue, Write};
 use crate::lookup::{
     LookupError, Offline, OfflineQuery, Payload, Reader, Retained, StoredMessage, Subscription,
 };
+use crate::stats::RejectReason;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 
 /// The lookup routes (added to the HTTP router when `lookup.enabled`).
 pub fn routes() -> Router<HttpState> {
@@ -149,15 +155,22 @@ struct RetainedParams {
 async fn retained(
     State(state): State<HttpState>,
     headers: HeaderMap,
-    Query(p): Query<RetainedParams>,
+    p: Result<Query<RetainedParams>, QueryRejection>,
 ) -> Response {
     let reader = match gate(&state, &headers) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
+    let p = match p {
+        Ok(Query(p)) => p,
+        Err(r) => return query_rejection(r),
+    };
     let Some(filter) = p.filter else {
         return missing_filter();
     };
+    if let Err(resp) = check_filter(&filter) {
+        return resp;
+    }
     match reader.retained(&filter).await {
         Ok(r) => axum::Json(retained_json(&filter, &r)).into_response(),
         Err(e) => lookup_error(e),
@@ -198,15 +211,22 @@ pub fn parse_since(text: &str, now: std::time::SystemTime) -> Result<u64, String
 async fn offline(
     State(state): State<HttpState>,
     headers: HeaderMap,
-    Query(p): Query<OfflineParams>,
+    p: Result<Query<OfflineParams>, QueryRejection>,
 ) -> Response {
     let reader = match gate(&state, &headers) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
+    let p = match p {
+        Ok(Query(p)) => p,
+        Err(r) => return query_rejection(r),
+    };
     let Some(filter) = p.filter else {
         return missing_filter();
     };
+    if let Err(resp) = check_filter(&filter) {
+        return resp;
+    }
     let limit = match p.limit.as_deref().map(str::parse::<usize>) {
         None => None,
         Some(Ok(n)) => Some(n),
@@ -251,12 +271,19 @@ async fn offline(
 async fn subscriptions(
     State(state): State<HttpState>,
     headers: HeaderMap,
-    Path(clientid): Path<String>,
+    clientid: Result<Path<String>, PathRejection>,
 ) -> Response {
     let reader = match gate(&state, &headers) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
+    let clientid = match clientid {
+        Ok(Path(c)) => c,
+        Err(r) => return path_rejection(r),
+    };
+    if let Err(e) = crate::item::check_key_part("clientid", &clientid, MAX_HASH_KEY_BYTES) {
+        return error(StatusCode::BAD_REQUEST, e.to_string(), Some(e.field()));
+    }
     match reader.subscriptions(&clientid).await {
         Ok(subs) => axum::Json(subscriptions_json(&clientid, &subs)).into_response(),
         Err(e) => lookup_error(e),
@@ -268,21 +295,22 @@ struct SubscribeParams {
     qos: Option<String>,
 }
 
+use crate::item::{MAX_HASH_KEY_BYTES, MAX_RANGE_KEY_BYTES, check_key_part};
+
+/// A lookup filter: a valid MQTT filter, and no longer than a topic key can be (a literal
+/// lookup reads it as a key; a longer filter would come back from DynamoDB as a 502).
+#[allow(clippy::result_large_err)]
+fn check_filter(filter: &str) -> Result<(), Response> {
+    check_key_part("filter", filter, MAX_HASH_KEY_BYTES)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string(), Some("filter")))
+}
+
 /// The `mqtt_sub` key of (clientid, topic), checked like DynamoDB would (and the topic as an
 /// MQTT filter).
 pub fn subscription_key(clientid: &str, topic: &str) -> Result<Key, (String, &'static str)> {
-    if clientid.is_empty() || clientid.len() > 2048 {
-        return Err((
-            "clientid must be 1 to 2048 bytes (DynamoDB's partition key limit)".into(),
-            "clientid",
-        ));
-    }
-    if topic.len() > 1024 {
-        return Err((
-            "topic must be at most 1024 bytes (DynamoDB's sort key limit)".into(),
-            "topic",
-        ));
-    }
+    check_key_part("clientid", clientid, MAX_HASH_KEY_BYTES)
+        .and_then(|()| check_key_part("topic", topic, MAX_RANGE_KEY_BYTES))
+        .map_err(|e| (e.to_string(), e.field()))?;
     crate::topic::TopicFilter::new(topic).map_err(|e| (e.to_string(), "topic"))?;
     Ok(Key::with_range(Table::Sub, clientid, topic))
 }
@@ -310,29 +338,62 @@ async fn write_subscription(state: &HttpState, op: Op) -> Response {
     }
 }
 
+/// Counts a refused subscription write (it is an event for the refusal counter).
+fn refused(state: &HttpState, reason: RejectReason, resp: Response) -> Response {
+    state.admission.handle().count_refusal(reason);
+    resp
+}
+
+/// The token, the path and the `mqtt_sub` key of a subscription write, or the counted refusal.
+#[allow(clippy::result_large_err)]
+fn subscription_target(
+    state: &HttpState,
+    headers: &HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Key, Response> {
+    if let Err(resp) = gate(state, headers) {
+        let reason = if resp.status() == StatusCode::UNAUTHORIZED {
+            RejectReason::Unauthorized
+        } else {
+            RejectReason::Invalid
+        };
+        return Err(refused(state, reason, resp));
+    }
+    let (clientid, topic) = match path {
+        Ok(Path(p)) => p,
+        Err(r) => return Err(refused(state, RejectReason::Invalid, path_rejection(r))),
+    };
+    subscription_key(&clientid, &topic).map_err(|(e, field)| {
+        let resp = error(StatusCode::BAD_REQUEST, e, Some(field));
+        refused(state, RejectReason::Invalid, resp)
+    })
+}
+
 async fn subscribe(
     State(state): State<HttpState>,
     headers: HeaderMap,
-    Path((clientid, topic)): Path<(String, String)>,
-    Query(p): Query<SubscribeParams>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    p: Result<Query<SubscribeParams>, QueryRejection>,
 ) -> Response {
-    if let Err(resp) = gate(&state, &headers) {
-        return resp;
-    }
+    let key = match subscription_target(&state, &headers, path) {
+        Ok(k) => k,
+        Err(resp) => return resp,
+    };
+    let p = match p {
+        Ok(Query(p)) => p,
+        Err(r) => return refused(&state, RejectReason::Invalid, query_rejection(r)),
+    };
     let qos = match p.qos.as_deref().map(str::parse::<u8>) {
         None => 0,
         Some(Ok(q)) if q <= 2 => q,
         _ => {
-            return error(
+            let resp = error(
                 StatusCode::BAD_REQUEST,
                 "qos must be 0, 1 or 2",
                 Some("qos"),
             );
+            return refused(&state, RejectReason::Invalid, resp);
         }
-    };
-    let key = match subscription_key(&clientid, &topic) {
-        Ok(k) => k,
-        Err((e, field)) => return error(StatusCode::BAD_REQUEST, e, Some(field)),
     };
     let mut item: Item = key.to_item();
     item.insert("qos".into(), ItemValue::N(i64::from(qos)));
@@ -346,14 +407,11 @@ async fn subscribe(
 async fn unsubscribe(
     State(state): State<HttpState>,
     headers: HeaderMap,
-    Path((clientid, topic)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
 ) -> Response {
-    if let Err(resp) = gate(&state, &headers) {
-        return resp;
-    }
-    let key = match subscription_key(&clientid, &topic) {
+    let key = match subscription_target(&state, &headers, path) {
         Ok(k) => k,
-        Err((e, field)) => return error(StatusCode::BAD_REQUEST, e, Some(field)),
+        Err(resp) => return resp,
     };
     write_subscription(
         &state,

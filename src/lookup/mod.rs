@@ -500,10 +500,16 @@ impl Reader {
             Table::Retain => &self.state.retained,
             _ => &self.state.offline,
         };
+        // A stored topic that is not a valid topic name (a wildcard or NUL in it, written by
+        // some other tool: the service refuses such publishes) was never published to, so no
+        // wildcard subscription matches it; a literal lookup still finds it.
         Ok(index
             .read()
             .map(|ix| ix.matching(filter.as_str()))
-            .unwrap_or_default())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|t| crate::topic::validate_name(t).is_ok())
+            .collect())
     }
 
     /// The retained messages for a subscription to `filter`, by topic.
