@@ -471,8 +471,12 @@ impl Ingest {
         scope: ActionScope,
     ) -> Result<Option<u64>, SubmitError> {
         let mut ops = self.rules.plan_scoped(event, &self.format, scope)?;
+        // Only whole publishes: a retained-only delivery of a message (the EMQX rule beside
+        // ExHook, `publish_actions = "retained_only"`) is the other half of the same publish, not
+        // a repeat, and must not be dropped because ExHook's copy was acked meanwhile.
         if let (Some(dedup), HookEvent::MessagePublish { message }) = (&self.dedup, event)
             && !ops.is_empty()
+            && scope == ActionScope::All
         {
             match dedup.publish(&message.id) {
                 Seen::New => {}
@@ -625,5 +629,57 @@ impl Ingest {
 
     pub fn capacity_events(&self) -> usize {
         self.capacity
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A shard inbox's byte bound: the router waits while the inbox holds its limit and goes on
+    /// once the shard takes something; one message larger than the limit still goes, alone.
+    #[test]
+    fn a_byte_budget_holds_the_sender_until_room_is_released() {
+        let budget = Arc::new(ByteBudget::new(100));
+        assert_eq!(budget.reserve_wait(60), 60);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn({
+            let budget = Arc::clone(&budget);
+            move || {
+                let got = budget.reserve_wait(50);
+                tx.send(got).unwrap();
+            }
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_millis(50)).is_err(),
+            "60 + 50 bytes do not fit in 100: the sender waits"
+        );
+        budget.release(60);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(50));
+        waiter.join().unwrap();
+        budget.release(50);
+        assert_eq!(budget.reserve_wait(1_000), 100, "capped at the whole limit");
+        assert_eq!(budget.used(), 100);
+    }
+
+    /// Repeated message ids: a publish after its ack is recognised as acked, a second publish
+    /// before it as already published; ids are forgotten past the window or the count.
+    #[test]
+    fn dedup_remembers_published_and_acked_ids_within_its_bounds() {
+        let d = Dedup::new(Duration::from_secs(600), 32);
+        assert_eq!(d.publish("a"), Seen::New);
+        assert_eq!(d.publish("a"), Seen::Published);
+        d.acked("a");
+        assert_eq!(d.publish("a"), Seen::Acked);
+        assert_eq!(d.publish("b"), Seen::New);
+        // 16 stripes of 2 ids each: 100 more ids push the oldest out.
+        for i in 0..100 {
+            d.publish(&format!("x{i}"));
+            d.acked(&format!("x{i}"));
+        }
+        assert_eq!(d.publish("b"), Seen::New, "forgotten past the count");
+        let short = Dedup::new(Duration::ZERO, 32);
+        short.acked("c");
+        assert_eq!(short.publish("c"), Seen::New, "forgotten past the window");
     }
 }

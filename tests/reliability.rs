@@ -815,6 +815,25 @@ async fn repeated_publishes_do_not_bring_back_acked_messages() {
     }
     handle.submit(&publish(2)).unwrap();
     handle.submit(&ack(2)).unwrap();
+    // 3: a retained message as ExHook delivers it (no retain flag), acked, then the EMQX rule's
+    // retained-only copy of the same publish: the other half of one publish, not a repeat.
+    let retained = |retain| HookEvent::MessagePublish {
+        message: message(3, "r/dup", "v", retain, 1),
+    };
+    handle.submit(&retained(false)).unwrap();
+    handle
+        .submit(&HookEvent::MessageAcked {
+            client: client("s1"),
+            message: message(3, "r/dup", "v", false, 1),
+        })
+        .unwrap();
+    handle
+        .submit_scoped(
+            &retained(true),
+            mqtt_dynamo::rules::ActionScope::RetainedOnly,
+            None,
+        )
+        .unwrap();
     let stats = pipeline.shutdown().await;
     assert_eq!(stats.duplicates_dropped, 1, "{stats}");
     assert_eq!(stats.duplicates_uncertain, 1, "{stats}");
@@ -823,4 +842,8 @@ async fn repeated_publishes_do_not_bring_back_acked_messages() {
     let got = scan_all(&db, &cfg).await;
     let set = msgid_set(&got, "q/dup");
     assert!(set.is_empty(), "no id left in the set: {set:?}");
+    assert!(
+        got.contains_key(&Key::new(Table::Retain, "r/dup")),
+        "the retained copy is stored although ExHook's copy was acked"
+    );
 }
