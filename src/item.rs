@@ -177,12 +177,13 @@ impl Value {
             Value::S(s) => s.len(),
             Value::B(b) => b.len(),
             Value::N(n) => {
-                let digits = n
-                    .unsigned_abs()
-                    .to_string()
-                    .trim_end_matches('0')
-                    .len()
-                    .max(1);
+                // Significant digits (trailing zeros do not count), without allocating: this
+                // runs for every attribute of every write, several times on its way.
+                let mut v = n.unsigned_abs();
+                while v != 0 && v % 10 == 0 {
+                    v /= 10;
+                }
+                let digits = if v == 0 { 1 } else { v.ilog10() as usize + 1 };
                 digits.div_ceil(2) + 1
             }
             Value::Ss(set) => set.iter().map(String::len).sum(),
@@ -290,9 +291,19 @@ impl Write {
 /// it goes out as several UpdateItems of at most this many bytes each, in order.
 pub const MAX_SET_CHUNK_BYTES: usize = 64 * 1024;
 
-/// How many UpdateItems the members of `set` take (see [`MAX_SET_CHUNK_BYTES`]).
+/// How many UpdateItems the members of `set` take (see [`MAX_SET_CHUNK_BYTES`]); the same count
+/// as [`split_set`] without building the chunks (the coalescer asks for every write it takes).
 pub fn set_chunks(set: &BTreeSet<String>) -> usize {
-    split_set(set).len()
+    let (mut chunks, mut bytes) = (0usize, 0usize);
+    for m in set {
+        if chunks > 0 && bytes + m.len() <= MAX_SET_CHUNK_BYTES {
+            bytes += m.len();
+        } else {
+            chunks += 1;
+            bytes = m.len();
+        }
+    }
+    chunks
 }
 
 /// `set` in chunks of at most [`MAX_SET_CHUNK_BYTES`] member bytes (a member longer than that is
@@ -343,6 +354,9 @@ mod tests {
         assert_eq!(Value::N(0).size(), 2);
         assert_eq!(Value::N(1562308553).size(), 6);
         assert_eq!(Value::N(1000).size(), 2);
+        assert_eq!(Value::N(-120).size(), 2);
+        assert_eq!(Value::N(123).size(), 3);
+        assert_eq!(Value::N(i64::MIN).size(), 11);
     }
 
     #[test]
@@ -351,6 +365,7 @@ mod tests {
         let ids: BTreeSet<String> = (0..3000).map(|i| format!("{i:047}")).collect();
         let chunks = split_set(&ids);
         assert_eq!(chunks.len(), 3);
+        assert_eq!(set_chunks(&ids), 3);
         assert!(
             chunks
                 .iter()
