@@ -508,17 +508,17 @@ impl Coalescer {
     pub fn drain_pending(&mut self) -> Vec<(Key, Write, Seqs)> {
         let mut out = Vec::new();
         for (key, slot) in std::mem::take(&mut self.order) {
-            let Some(entry) = self.entries.get(&key) else {
-                continue;
-            };
-            if entry.seq != slot {
-                continue;
-            }
-            if let Some(entry) = self.entries.remove(&key) {
+            if self.entries.get(&key).is_some_and(|e| e.seq == slot)
+                && let Some(entry) = self.entries.remove(&key)
+            {
                 out.extend(entry.writes.into_iter().map(|(w, s)| (key.clone(), w, s)));
             }
         }
-        self.entries.clear();
+        // Every entry has its live slot in `order`, so none is left; if one were, it still goes
+        // out rather than vanishing.
+        for (key, entry) in self.entries.drain() {
+            out.extend(entry.writes.into_iter().map(|(w, s)| (key.clone(), w, s)));
+        }
         self.held.clear();
         self.ready = 0;
         self.bytes = 0;

@@ -631,37 +631,24 @@ impl Flusher {
                     }
                 },
             };
-            // One decision per write still pending (their ages differ for hand-backs).
-            let mut keep = Vec::with_capacity(pending.len());
-            for (key, req) in std::mem::take(&mut pending) {
-                let age = ages.get(&key).copied().unwrap_or_default();
-                let decision = self.policy.decide(
-                    failed,
-                    attempt,
-                    started.elapsed(),
-                    age,
-                    self.deadline.passed(),
-                    0.0,
-                );
-                match decision {
-                    Decision::HandBack => {
-                        if let Some(w) = write_of(&key) {
-                            let mut w = w.clone();
-                            if ambiguous.contains(&key) {
-                                w.maybe_applied();
-                            }
-                            done.push((key, KeyEnd::Requeue(w)));
+            // Writes DynamoDB throttled on their own key go back to their shard (their ages
+            // differ, so each is asked); the rest share one decision below.
+            if !self.deadline.passed() {
+                let age_of = |k: &Key| ages.get(k).copied().unwrap_or_default();
+                let (back, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut pending)
+                    .into_iter()
+                    .partition(|(k, _)| self.policy.hands_back(failed, age_of(k)));
+                for (key, _) in back {
+                    if let Some(w) = write_of(&key) {
+                        let mut w = w.clone();
+                        if ambiguous.contains(&key) {
+                            w.maybe_applied();
                         }
+                        done.push((key, KeyEnd::Requeue(w)));
                     }
-                    Decision::RetryAfter(_) => keep.push((key, req)),
-                    Decision::GiveUp(reason) => {
-                        self.give_up_pending(&key, write_of(&key), reason, started, &last_error);
-                        done.push((key, KeyEnd::Dropped));
-                    }
-                    Decision::Leave => done.push((key, KeyEnd::Left)),
                 }
+                pending = keep;
             }
-            pending = keep;
             if pending.is_empty() {
                 break;
             }

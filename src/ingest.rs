@@ -3,7 +3,7 @@
 //!
 //! Policy when full: [`Ingest::submit`] never blocks and fails with [`SubmitError::Full`];
 //! [`Ingest::submit_timeout`] waits up to its deadline for room, then fails the same way. Either way
-//! the refusal is counted (`mqtt_dynamo_events_rejected_total{reason="queue_full"}`) and the caller
+//! the refusal is counted (`mqtt_dynamo_events_rejected_total{adapter, reason="queue_full"}`) and the caller
 //! decides what the broker sees. Nothing that was accepted is dropped here.
 //!
 //! **Repeats.** A sender that resends (an HTTP client retrying a partly accepted request, one
@@ -456,12 +456,12 @@ impl Ingest {
 
     /// Counts a refusal made outside ingest (an adapter that could not read a request, or a
     /// `Full` [`Ingest::probe_scoped`] left uncounted).
-    pub fn count(&self, origin: Origin, reason: RejectReason) {
-        self.stats.event_rejected(origin, reason);
+    pub fn count(&self, origin: Origin, reason: RejectReason, n: u64) {
+        self.stats.event_rejected(origin, reason, n);
     }
 
     fn count_rejection(&self, origin: Origin, e: &SubmitError) {
-        self.count(origin, reject_reason(e));
+        self.count(origin, reject_reason(e), 1);
     }
 
     fn try_enqueue(

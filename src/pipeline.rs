@@ -120,7 +120,12 @@ impl PipelineHandle {
     /// Counts a refusal made before ingest saw the event (a request an adapter could not read or
     /// did not authorise), or a `Full` that [`PipelineHandle::probe_scoped`] left uncounted.
     pub fn count_refusal(&self, reason: crate::stats::RejectReason) {
-        self.ingest.count(self.origin, reason);
+        self.count_refusals(reason, 1);
+    }
+
+    /// Counts `n` refused events at once (the rows of a refused HTTP request).
+    pub fn count_refusals(&self, reason: crate::stats::RejectReason, n: u64) {
+        self.ingest.count(self.origin, reason, n);
     }
 
     /// Queues writes that come from no hook (the subscription API), waiting until `deadline`.

@@ -68,6 +68,15 @@ impl RetryPolicy {
         }
     }
 
+    /// Whether a write of age `age` whose attempt failed as `failed` goes back to its shard (a
+    /// hot key's window) rather than being retried here: throttled on its own key, windows on,
+    /// and young enough that its retry deadline (if any) has not passed.
+    pub fn hands_back(&self, failed: Failed, age: Duration) -> bool {
+        failed == (Failed::Throttled { own_key: true })
+            && self.hand_back_hot
+            && (self.spooled || age < self.max_elapsed)
+    }
+
     /// The decision after attempt number `attempt` (0 for the first) failed as `failed`.
     /// `elapsed` is the time since the first attempt of this send, `age` the time since the
     /// oldest op folded into the write was accepted, `stopping` whether the shutdown deadline has
@@ -88,10 +97,7 @@ impl RetryPolicy {
                 Decision::GiveUp(DropReason::Shutdown)
             };
         }
-        if failed == (Failed::Throttled { own_key: true })
-            && self.hand_back_hot
-            && (self.spooled || age < self.max_elapsed)
-        {
+        if self.hands_back(failed, age) {
             return Decision::HandBack;
         }
         if !self.spooled && elapsed >= self.max_elapsed {

@@ -333,6 +333,8 @@ impl RuleSet {
     }
 }
 
+/// DynamoDB's key and item limits, checked at ingest so a bad event is refused with a clear error
+/// instead of poisoning a batch later.
 fn check_op(op: &Op) -> Result<(), EventError> {
     let (hash_name, range_name) = op.key.table.key_names();
     crate::item::check_key_part(hash_name, &op.key.hash, crate::item::MAX_HASH_KEY_BYTES)?;

@@ -248,11 +248,11 @@ impl Stats {
         self.ops_planned.fetch_add(ops as u64, Relaxed);
     }
 
-    /// One refused event (or one refused request whose events could not be read).
-    pub(crate) fn event_rejected(&self, origin: Origin, reason: RejectReason) {
-        self.rejected[origin as usize][reason as usize].fetch_add(1, Relaxed);
+    /// `n` refused events (a refused request whose events could not be read counts as one).
+    pub(crate) fn event_rejected(&self, origin: Origin, reason: RejectReason, n: u64) {
+        self.rejected[origin as usize][reason as usize].fetch_add(n, Relaxed);
         metrics::counter!("mqtt_dynamo_events_rejected_total", "adapter" => origin.as_str(), "reason" => reason.as_str())
-            .increment(1);
+            .increment(n);
     }
 
     fn rejected_for(&self, reason: RejectReason) -> u64 {

@@ -125,13 +125,8 @@ impl ExhookService {
                 Err(s) if s.code() == tonic::Code::ResourceExhausted => return,
                 Err(s) => s,
             },
-            Err(s) => {
-                // Refused while reading the request, before ingest could count it.
-                self.admission
-                    .handle()
-                    .count_refusal(crate::stats::RejectReason::Invalid);
-                s
-            }
+            // Refused while reading the request (counted by `read`).
+            Err(s) => s,
         };
         if let Some(held) = PUBLISH_REFUSED_LOG.allow() {
             tracing::warn!(held_back = held, code = ?refused.code(), reason = refused.message(),
@@ -286,12 +281,13 @@ macro_rules! hook_provider {
             ) -> Result<Response<$v::ValuedResponse>, Status> {
                 let req = request.into_inner();
                 // Always CONTINUE, with the message exactly as it came (or none if none came).
-                let event = req
-                    .message
-                    .clone()
-                    .ok_or_else(|| missing("message"))
-                    .and_then(|wire| Message::try_from(wire).map_err(Status::from))
-                    .map(|message| HookEvent::MessagePublish { message });
+                let event = self.read(
+                    req.message
+                        .clone()
+                        .ok_or_else(|| missing("message"))
+                        .and_then(Message::try_from)
+                        .map(|message| HookEvent::MessagePublish { message }),
+                );
                 self.publish(event).await;
                 Ok(Response::new($v::ValuedResponse {
                     r#type: $v::valued_response::ResponsedType::Continue as i32,

@@ -508,9 +508,7 @@ async fn ingest(
     let handle = state.admission.handle().clone();
     let (response, refused) = handle_ingest(state, headers, query, body, translate).await;
     if let Some((reason, n)) = refused {
-        for _ in 0..n {
-            handle.count_refusal(reason);
-        }
+        handle.count_refusals(reason, n as u64);
     }
     metrics::histogram!("mqtt_dynamo_hook_rpc_duration_seconds", "adapter" => "http")
         .record(t0.elapsed().as_secs_f64());

@@ -42,7 +42,7 @@ impl Spool {
     fn next_step(&self, cur: &mut Option<Cursor>) -> io::Result<Step> {
         let mut g = self.lock();
         loop {
-            if g.abandoned {
+            if self.is_abandoned() {
                 return Ok(Step::Finish);
             }
             if cur.is_none() {

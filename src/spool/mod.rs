@@ -116,8 +116,6 @@ struct Inner {
     /// The next op number when no [`ReadState`] numbers ops.
     next_seq: u64,
     closed: bool,
-    /// The shutdown deadline passed: the feeder stops at once, leaving the rest on disk.
-    abandoned: bool,
 }
 
 /// The spool. Shared by ingest (appends), the feeder thread, the syncer thread and the shards
@@ -146,6 +144,9 @@ pub struct Spool {
     read: Option<Arc<ReadState>>,
     /// `LOCK`, locked exclusively for as long as this spool lives (one service per directory).
     _lock: File,
+    /// The shutdown deadline passed: the feeder stops at once, leaving the rest on disk. An
+    /// atomic, not under `inner`: the feeder reads it for every record.
+    abandoned: AtomicBool,
 }
 
 /// The file in a spool directory that one service holds locked.
@@ -403,7 +404,6 @@ impl Spool {
                 bytes,
                 next_seq,
                 closed: false,
-                abandoned: false,
             }),
             changed: Condvar::new(),
             freed: Condvar::new(),
@@ -414,6 +414,7 @@ impl Spool {
             acked: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             read,
             _lock: lock,
+            abandoned: AtomicBool::new(false),
         });
         metrics::gauge!("mqtt_dynamo_spool_capacity_bytes").set((cfg.max_mb << 20) as f64);
         spool.publish(&spool.lock());
@@ -750,12 +751,15 @@ impl Spool {
     /// The shutdown deadline passed: the feeder stops after the record it is on (then queues the
     /// shutdown marker); every segment not yet settled stays on disk for the next start.
     pub(crate) fn abandon(&self) {
-        self.lock().abandoned = true;
+        // Set under the lock, so a feeder between its check and its wait cannot miss the wake-up.
+        let g = self.lock();
+        self.abandoned.store(true, Ordering::Relaxed);
+        drop(g);
         self.changed.notify_all();
     }
 
     pub(crate) fn is_abandoned(&self) -> bool {
-        self.lock().abandoned
+        self.abandoned.load(Ordering::Relaxed)
     }
 
     /// Refuses new appends, seals the active segment and lets the feeder finish.
