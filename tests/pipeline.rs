@@ -435,7 +435,7 @@ async fn twenty_percent_throttled(hot_key_window: Duration) -> StatsSnapshot {
             ..Default::default()
         },
         limits: dynamo_sim::Limits {
-            key_wcu: Some(25),
+            key_wcu: Some(10),
             ..Default::default()
         },
         seed: Some(7),
