@@ -21,7 +21,7 @@ use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_
 use dynamo_sim::{Limits, SimConfig, Simulator, TableDef};
 
 use mqtt_dynamo::config::{Config, Secret};
-use mqtt_dynamo::dynamo::{self, SdkRetries};
+use mqtt_dynamo::storage::dynamo::{self, SdkRetries};
 use mqtt_dynamo::event::HookEvent;
 use mqtt_dynamo::pipeline::Pipeline;
 

@@ -18,13 +18,13 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use mqtt_dynamo::config::{Config, MatchMode, Secret};
-use mqtt_dynamo::dynamo::{self, SdkRetries};
-use mqtt_dynamo::embedded::EmbeddedDynamo;
+use mqtt_dynamo::storage::dynamo::{self, SdkRetries};
+use mqtt_dynamo::storage::embedded::EmbeddedDynamo;
 use mqtt_dynamo::event::{HookEvent, Message};
-use mqtt_dynamo::item::Table;
+use mqtt_dynamo::storage::item::Table;
 use mqtt_dynamo::lookup::{ReadState, Reader, TopicIndex};
 use mqtt_dynamo::pipeline::Pipeline;
-use mqtt_dynamo::tables::{self, Capacity};
+use mqtt_dynamo::storage::tables::{self, Capacity};
 
 const SITES: usize = 100;
 const FLOORS: usize = 10;

@@ -42,28 +42,14 @@
 //!
 //! See `ARCHITECTURE.md` for the reasoning behind this shape.
 
-pub mod adapter;
-pub mod coalesce;
-pub mod concurrency;
+pub mod broker;
 pub mod config;
-pub mod deadletter;
-pub mod dynamo;
-#[cfg(feature = "embedded")]
-pub mod embedded;
 pub mod event;
-pub mod flush;
 pub mod guid;
-pub mod import;
-pub mod ingest;
-pub mod item;
 pub mod lookup;
-pub mod metrics;
-pub mod model;
 pub mod pipeline;
-pub mod retry;
 pub mod rules;
-pub mod shard;
 pub mod spool;
-pub mod stats;
-pub mod tables;
+pub mod storage;
+pub mod telemetry;
 pub mod topic;

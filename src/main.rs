@@ -9,9 +9,9 @@ use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 use mqtt_dynamo::config::Config;
-use mqtt_dynamo::dynamo::{self, SdkRetries};
+use mqtt_dynamo::storage::dynamo::{self, SdkRetries};
 use mqtt_dynamo::pipeline::Pipeline;
-use mqtt_dynamo::tables::{self, Capacity, Created};
+use mqtt_dynamo::storage::tables::{self, Capacity, Created};
 
 /// mimalloc instead of glibc malloc: under load glibc's allocator took about a third of the CPU
 /// (perf; ARCHITECTURE.md, "Measuring").
@@ -123,7 +123,7 @@ fn config_import(file: &std::path::Path, output: Option<&std::path::Path>) -> Re
     let text = std::fs::read_to_string(file)
         .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let imported =
-        mqtt_dynamo::import::import_emqx4(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+        mqtt_dynamo::config::import::import_emqx4(&text).map_err(|e| format!("{}: {e}", file.display()))?;
     for w in &imported.warnings {
         eprintln!("warning: {w}");
     }
@@ -173,14 +173,14 @@ enum TablesCommand {
 /// Where DynamoDB is for this run: the embedded server (kept alive here) or an endpoint.
 struct Backend {
     #[cfg(feature = "embedded")]
-    embedded: Option<mqtt_dynamo::embedded::EmbeddedDynamo>,
+    embedded: Option<mqtt_dynamo::storage::embedded::EmbeddedDynamo>,
     endpoint: Option<String>,
 }
 
 async fn backend(cfg: &Config) -> Result<Backend, String> {
     #[cfg(feature = "embedded")]
     if cfg.dynamodb.endpoint_url.is_none() && cfg.dynamodb.embedded {
-        let server = mqtt_dynamo::embedded::EmbeddedDynamo::start(cfg.dynamodb.embedded_listen)
+        let server = mqtt_dynamo::storage::embedded::EmbeddedDynamo::start(cfg.dynamodb.embedded_listen)
             .await
             .map_err(|e| e.to_string())?;
         info!(endpoint = %server.endpoint(), "embedded DynamoDB (in memory) is listening");
@@ -246,18 +246,18 @@ async fn serve(cfg: Config) -> Result<(), String> {
     .await;
     let pipeline = Pipeline::from_config(&cfg, client).map_err(|e| e.to_string())?;
     // Metrics first, so the listeners' first calls are counted.
-    let readiness = std::sync::Arc::new(mqtt_dynamo::metrics::Readiness::default());
+    let readiness = std::sync::Arc::new(mqtt_dynamo::telemetry::recorder::Readiness::default());
     readiness.set(false, "starting: DynamoDB not checked yet");
     let metrics_server = if cfg.metrics.enabled {
-        let prometheus = mqtt_dynamo::metrics::install().map_err(|e| e.to_string())?;
-        let listener = mqtt_dynamo::metrics::bind(cfg.metrics.listen)
+        let prometheus = mqtt_dynamo::telemetry::recorder::install().map_err(|e| e.to_string())?;
+        let listener = mqtt_dynamo::telemetry::recorder::bind(cfg.metrics.listen)
             .await
             .map_err(|e| e.to_string())?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         info!(%addr, "metrics listening (/metrics, /healthz, /readyz)");
-        let sampler = mqtt_dynamo::metrics::spawn_sampler(pipeline.handle(), prometheus.clone());
+        let sampler = mqtt_dynamo::telemetry::recorder::spawn_sampler(pipeline.handle(), prometheus.clone());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(mqtt_dynamo::metrics::serve(
+        let server = tokio::spawn(mqtt_dynamo::telemetry::recorder::serve(
             listener,
             prometheus,
             readiness.clone(),
@@ -278,7 +278,7 @@ async fn serve(cfg: Config) -> Result<(), String> {
             }
         });
     }
-    let listeners = mqtt_dynamo::adapter::Listeners::start(&cfg, pipeline.handle())
+    let listeners = mqtt_dynamo::broker::Listeners::start(&cfg, pipeline.handle())
         .await
         .map_err(|e| e.to_string())?;
     let signal = shutdown_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
@@ -312,7 +312,7 @@ async fn serve(cfg: Config) -> Result<(), String> {
 fn spawn_readiness(
     dynamo: mqtt_dynamo::config::DynamoConfig,
     client: aws_sdk_dynamodb::Client,
-    readiness: std::sync::Arc<mqtt_dynamo::metrics::Readiness>,
+    readiness: std::sync::Arc<mqtt_dynamo::telemetry::recorder::Readiness>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
@@ -364,7 +364,7 @@ fn print_json(v: &serde_json::Value) -> Result<(), String> {
 }
 
 async fn lookup_command(cfg: Config, command: LookupCommand) -> Result<(), String> {
-    use mqtt_dynamo::adapter::query::{offline_json, parse_since, retained_json};
+    use mqtt_dynamo::lookup::http::{offline_json, parse_since, retained_json};
     use mqtt_dynamo::config::MatchMode;
     use mqtt_dynamo::lookup::{OfflineQuery, ReadState, Reader};
     let endpoint = read_endpoint(&cfg);
@@ -421,17 +421,17 @@ async fn subs_list(reader: &mqtt_dynamo::lookup::Reader, clientid: &str) -> Resu
         .subscriptions(clientid)
         .await
         .map_err(|e| e.to_string())?;
-    print_json(&mqtt_dynamo::adapter::query::subscriptions_json(
+    print_json(&mqtt_dynamo::lookup::http::subscriptions_json(
         clientid, &subs,
     ))
 }
 
 async fn subs_command(cfg: Config, command: SubsCommand) -> Result<(), String> {
-    use mqtt_dynamo::adapter::query::subscription_key;
-    use mqtt_dynamo::item::Value;
+    use mqtt_dynamo::lookup::http::subscription_key;
+    use mqtt_dynamo::storage::item::Value;
     let endpoint = read_endpoint(&cfg);
     let client = dynamo::client(&cfg.dynamodb, endpoint.as_deref(), SdkRetries::Standard).await;
-    let table = cfg.dynamodb.table_name(mqtt_dynamo::item::Table::Sub);
+    let table = cfg.dynamodb.table_name(mqtt_dynamo::storage::item::Table::Sub);
     match command {
         SubsCommand::Add {
             clientid,

@@ -15,10 +15,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
-use mqtt_dynamo::adapter::Listeners;
+use mqtt_dynamo::broker::Listeners;
 use mqtt_dynamo::config::{Config, HttpPublishActions, Secret};
 use mqtt_dynamo::guid;
-use mqtt_dynamo::item::{Item, Key, Table, Value as V};
+use mqtt_dynamo::storage::item::{Item, Key, Table, Value as V};
 use mqtt_dynamo::pipeline::Pipeline;
 
 use support::{Backend, normalized, scan_all};
@@ -32,7 +32,7 @@ fn item(table: Table, attrs: &[(&str, V)]) -> (Key, Item) {
         .iter()
         .map(|(k, v)| (k.to_string(), v.clone()))
         .collect();
-    (mqtt_dynamo::dynamo::key_of(table, &item).unwrap(), item)
+    (mqtt_dynamo::storage::dynamo::key_of(table, &item).unwrap(), item)
 }
 
 fn b62(hex: &str) -> String {
@@ -535,10 +535,10 @@ async fn emqx_plays_exhook_v2_and_v3_against_serve() {
     cfg.dynamodb.endpoint_url = Some(serve.dynamo.clone());
     cfg.dynamodb.access_key_id = Some("local".into());
     cfg.dynamodb.secret_access_key = Some(Secret::new("local"));
-    let client = mqtt_dynamo::dynamo::client(
+    let client = mqtt_dynamo::storage::dynamo::client(
         &cfg.dynamodb,
         None,
-        mqtt_dynamo::dynamo::SdkRetries::Standard,
+        mqtt_dynamo::storage::dynamo::SdkRetries::Standard,
     )
     .await;
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -712,10 +712,10 @@ async fn http_full_queue_answers_503_and_counts_the_drop() {
     cfg.http.when_full = mqtt_dynamo::config::WhenFull::Drop;
     cfg.http.listen = "127.0.0.1:0".parse().unwrap();
     cfg.exhook.enabled = false;
-    let client = mqtt_dynamo::dynamo::client(
+    let client = mqtt_dynamo::storage::dynamo::client(
         &cfg.dynamodb,
         None,
-        mqtt_dynamo::dynamo::SdkRetries::Disabled,
+        mqtt_dynamo::storage::dynamo::SdkRetries::Disabled,
     )
     .await;
     let pipeline = Pipeline::from_config(&cfg, client).unwrap();
@@ -893,7 +893,7 @@ fn publish_row(topic: &str, extra: Value) -> String {
 }
 
 async fn send_bad_input(case: &str, http_addr: &str, exhook: &str) -> Answer {
-    use mqtt_dynamo::adapter::exhook::v3;
+    use mqtt_dynamo::broker::exhook::v3;
     let rule = "/v1/events/emqx-rule";
     let post = |path: &str, body: String| {
         let path = path.to_string();
@@ -1287,10 +1287,10 @@ async fn every_bad_input_gets_its_documented_answer() {
     let ok = json!({"event": "client.connected", "node": "n", "clientid": "after"}).to_string();
     let (status, _) = http(&serve.http, "POST", "/v1/events/emqx-rule", ok, TOKEN).await;
     assert_eq!(status, 200);
-    let db = mqtt_dynamo::dynamo::client(
+    let db = mqtt_dynamo::storage::dynamo::client(
         &Config::default().dynamodb,
         Some(&serve.dynamo),
-        mqtt_dynamo::dynamo::SdkRetries::Standard,
+        mqtt_dynamo::storage::dynamo::SdkRetries::Standard,
     )
     .await;
     let t0 = Instant::now();

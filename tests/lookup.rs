@@ -13,11 +13,11 @@ use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value as Json, json};
 
-use mqtt_dynamo::adapter::Listeners;
+use mqtt_dynamo::broker::Listeners;
 use mqtt_dynamo::config::{Config, MatchMode};
 use mqtt_dynamo::event::{HookEvent, Message};
 use mqtt_dynamo::guid;
-use mqtt_dynamo::item::{Item, Key, Op, Table, Value, Write};
+use mqtt_dynamo::storage::item::{Item, Key, Op, Table, Value, Write};
 use mqtt_dynamo::lookup::{OfflineQuery, Payload, ReadState, Reader};
 use mqtt_dynamo::pipeline::Pipeline;
 
@@ -75,10 +75,10 @@ async fn write_all(backend: &Backend, cfg: &Config, events: &[HookEvent]) {
 
 /// A reader with no pipeline behind it: what a fresh process sees (indexes loaded by Scan).
 async fn fresh_reader(cfg: &Config) -> Reader {
-    let client = mqtt_dynamo::dynamo::client(
+    let client = mqtt_dynamo::storage::dynamo::client(
         &cfg.dynamodb,
         None,
-        mqtt_dynamo::dynamo::SdkRetries::Standard,
+        mqtt_dynamo::storage::dynamo::SdkRetries::Standard,
     )
     .await;
     Reader::new(
@@ -123,7 +123,7 @@ async fn retained_wildcards(backend: Backend) {
         client
             .put_item()
             .table_name(cfg.dynamodb.table_name(Table::Retain))
-            .set_item(Some(mqtt_dynamo::dynamo::to_attrs(&item)))
+            .set_item(Some(mqtt_dynamo::storage::dynamo::to_attrs(&item)))
             .send()
             .await
             .unwrap();

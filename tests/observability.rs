@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use mqtt_dynamo::event::{ClientInfo, HookEvent, Message};
-use mqtt_dynamo::item::Table;
+use mqtt_dynamo::storage::item::Table;
 use mqtt_dynamo::pipeline::Pipeline;
 
 use support::{Backend, http_get, scan_all};
@@ -72,7 +72,7 @@ fn client(id: &str) -> ClientInfo {
 /// the items in the tables, nothing is dropped, and promtool accepts the exposition.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scraped_metrics_match_a_known_workload() {
-    let prometheus = mqtt_dynamo::metrics::install().expect("the recorder installs once");
+    let prometheus = mqtt_dynamo::telemetry::recorder::install().expect("the recorder installs once");
     let backend = Backend::dynoxide().await;
     let mut cfg = backend.config();
     // One shard, one flush at shutdown: the whole sequence coalesces in one window.

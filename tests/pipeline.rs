@@ -8,15 +8,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use mqtt_dynamo::config::Config;
-use mqtt_dynamo::dynamo::{self, SdkRetries};
+use mqtt_dynamo::storage::dynamo::{self, SdkRetries};
 use mqtt_dynamo::event::{ClientInfo, HookEvent, Message};
 use mqtt_dynamo::guid;
-use mqtt_dynamo::item::{Item, Key, Table, Value};
-use mqtt_dynamo::model::TableModel;
+use mqtt_dynamo::storage::item::{Item, Key, Table, Value};
+use mqtt_dynamo::storage::model::TableModel;
 use mqtt_dynamo::pipeline::Pipeline;
 use mqtt_dynamo::rules::{MsgIdFormat, RuleSet, TimeUnit};
-use mqtt_dynamo::stats::StatsSnapshot;
-use mqtt_dynamo::tables::{self, Capacity, Created};
+use mqtt_dynamo::telemetry::stats::StatsSnapshot;
+use mqtt_dynamo::storage::tables::{self, Capacity, Created};
 
 use support::{Backend, normalized, scan_all};
 
@@ -93,7 +93,7 @@ fn item(table: Table, attrs: &[(&str, Value)]) -> (Key, Item) {
         .iter()
         .map(|(k, v)| (k.to_string(), v.clone()))
         .collect();
-    let key = mqtt_dynamo::dynamo::key_of(table, &item).expect("expected items carry their key");
+    let key = mqtt_dynamo::storage::dynamo::key_of(table, &item).expect("expected items carry their key");
     (key, item)
 }
 
@@ -788,10 +788,10 @@ async fn tables_create_is_idempotent_on_dynalite() {
     let backend = Backend::dynalite().await;
     let mut cfg = backend.config();
     cfg.dynamodb.table_prefix = "idem_".into();
-    let admin = mqtt_dynamo::dynamo::client(
+    let admin = mqtt_dynamo::storage::dynamo::client(
         &cfg.dynamodb,
         None,
-        mqtt_dynamo::dynamo::SdkRetries::Standard,
+        mqtt_dynamo::storage::dynamo::SdkRetries::Standard,
     )
     .await;
     let first = tables::create_all(
@@ -1003,10 +1003,10 @@ async fn retries_converge_under_throttling_and_unprocessed_items() {
 async fn full_queues_refuse_and_outage_drops_are_counted() {
     let stalled = support::Stalled::start().await;
     let cfg = stalled.tiny_config();
-    let client = mqtt_dynamo::dynamo::client(
+    let client = mqtt_dynamo::storage::dynamo::client(
         &cfg.dynamodb,
         None,
-        mqtt_dynamo::dynamo::SdkRetries::Disabled,
+        mqtt_dynamo::storage::dynamo::SdkRetries::Disabled,
     )
     .await;
     let pipeline = Pipeline::from_config(&cfg, client).unwrap();
@@ -1028,14 +1028,14 @@ async fn full_queues_refuse_and_outage_drops_are_counted() {
     }
     let err = refused.expect("the queues must fill");
     assert!(
-        matches!(err, mqtt_dynamo::ingest::SubmitError::Full),
+        matches!(err, mqtt_dynamo::pipeline::ingest::SubmitError::Full),
         "{err}"
     );
     assert_eq!(err.to_string(), "ingest queue is full");
     // The non-blocking variant refuses at once.
     let err = h.submit(&connect("late", "emqx@n1", 1)).unwrap_err();
     assert!(
-        matches!(err, mqtt_dynamo::ingest::SubmitError::Full),
+        matches!(err, mqtt_dynamo::pipeline::ingest::SubmitError::Full),
         "{err}"
     );
     let full = 2;
@@ -1160,7 +1160,7 @@ async fn steady_rate_through_an_outage(
             let e = unique_publish(i);
             match handle.submit_timeout(&e, Duration::from_millis(5)) {
                 Ok(()) => accepted.push(e),
-                Err(mqtt_dynamo::ingest::SubmitError::Full) => refused += 1,
+                Err(mqtt_dynamo::pipeline::ingest::SubmitError::Full) => refused += 1,
                 Err(other) => panic!("unexpected refusal: {other}"),
             }
             let due = start + Duration::from_millis(10) * u32::from(i + 1);

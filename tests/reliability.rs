@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use mqtt_dynamo::config::Config;
 use mqtt_dynamo::event::{ClientInfo, HookEvent, Message};
-use mqtt_dynamo::item::{Item, Key, Table, Value};
-use mqtt_dynamo::model::TableModel;
+use mqtt_dynamo::storage::item::{Item, Key, Table, Value};
+use mqtt_dynamo::storage::model::TableModel;
 use mqtt_dynamo::pipeline::Pipeline;
 use mqtt_dynamo::rules::RuleSet;
 

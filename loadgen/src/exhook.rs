@@ -24,7 +24,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use tokio::sync::{Notify, mpsc};
 
-use mqtt_dynamo::adapter::exhook::v3;
+use mqtt_dynamo::broker::exhook::v3;
 use mqtt_dynamo::event::{ClientInfo, HookEvent, Message};
 
 /// EMQX's default ExHook pool size.

@@ -38,13 +38,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use mqtt_dynamo::config::Config;
-use mqtt_dynamo::dynamo::{self, SdkRetries};
-use mqtt_dynamo::embedded::EmbeddedDynamo;
+use mqtt_dynamo::storage::dynamo::{self, SdkRetries};
+use mqtt_dynamo::storage::embedded::EmbeddedDynamo;
 use mqtt_dynamo::event::HookEvent;
-use mqtt_dynamo::model::TableModel;
+use mqtt_dynamo::storage::model::TableModel;
 use mqtt_dynamo::pipeline::Pipeline;
 use mqtt_dynamo::rules::{RuleSet, StorageFormat};
-use mqtt_dynamo::tables::{self, Capacity};
+use mqtt_dynamo::storage::tables::{self, Capacity};
 
 use report::{Verification, fmt_q, quantiles_ms};
 use workload::{Workload, WorkloadConfig};
@@ -181,7 +181,7 @@ fn exhook_plan(
     event: &HookEvent,
     rules: &RuleSet,
     format: &StorageFormat,
-) -> Result<Vec<mqtt_dynamo::item::Op>, String> {
+) -> Result<Vec<mqtt_dynamo::storage::item::Op>, String> {
     let e = |e: mqtt_dynamo::rules::EventError| e.to_string();
     match event {
         HookEvent::MessagePublish { message } if message.retain => {

@@ -7,9 +7,9 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 
 use mqtt_dynamo::config::Config;
-use mqtt_dynamo::dynamo;
-use mqtt_dynamo::item::{Item, Key, Table};
-use mqtt_dynamo::model::TableModel;
+use mqtt_dynamo::storage::dynamo;
+use mqtt_dynamo::storage::item::{Item, Key, Table};
+use mqtt_dynamo::storage::model::TableModel;
 
 pub fn quantiles_ms(h: &Histogram<u64>, unit_per_ms: f64) -> serde_json::Value {
     let ms = |q: f64| h.value_at_quantile(q) as f64 / unit_per_ms;

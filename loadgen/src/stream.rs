@@ -16,7 +16,7 @@ use base64::Engine;
 use serde_json::{Map, Value as Json, json};
 
 use mqtt_dynamo::event::{ClientInfo, HookEvent, Message};
-use mqtt_dynamo::item::{Item, Key, Op, Value, Write};
+use mqtt_dynamo::storage::item::{Item, Key, Op, Value, Write};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -312,7 +312,7 @@ mod tests {
 
     #[test]
     fn ops_in_dynamodb_json() {
-        let key = Key::new(mqtt_dynamo::item::Table::TopicMsgMap, "t");
+        let key = Key::new(mqtt_dynamo::storage::item::Table::TopicMsgMap, "t");
         let op = Op {
             key,
             write: Write::SetDelta {

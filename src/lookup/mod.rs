@@ -22,6 +22,7 @@
 //! retained messages (MQTT does not send retained messages to shared subscriptions).
 
 pub mod index;
+pub mod http;
 pub mod state;
 
 use std::collections::{BTreeMap, HashMap};
@@ -36,8 +37,8 @@ pub use index::TopicIndex;
 pub use state::ReadState;
 
 use crate::config::{DynamoConfig, LookupConfig, MatchMode};
-use crate::flush::TableNames;
-use crate::item::{Item, Key, Table, Value, Write};
+use crate::pipeline::flush::TableNames;
+use crate::storage::item::{Item, Key, Table, Value, Write};
 use crate::topic::{FilterError, TopicFilter};
 
 /// BatchGetItem's limit on keys per request.
@@ -198,7 +199,7 @@ where
     LookupError::Dynamo {
         operation,
         table: table.to_string(),
-        message: crate::dynamo::error_text(&e),
+        message: crate::storage::dynamo::error_text(&e),
     }
 }
 
@@ -256,7 +257,7 @@ impl StoredMessage {
 /// `items[key]` after replaying `pending` over it.
 fn replay(items: &mut BTreeMap<Key, Item>, key: &Key, pending: &[Write]) {
     for w in pending {
-        crate::model::apply_write(items, key, w);
+        crate::storage::model::apply_write(items, key, w);
     }
 }
 
@@ -383,7 +384,7 @@ impl Reader {
             while tasks.len() < PARALLEL_GETS {
                 let Some(chunk) = chunks.next() else { break };
                 let attrs: Vec<HashMap<String, AttributeValue>> =
-                    chunk.iter().map(crate::dynamo::key_attrs).collect();
+                    chunk.iter().map(crate::storage::dynamo::key_attrs).collect();
                 let client = self.client.clone();
                 let name = name.clone();
                 tasks.spawn(async move { get_chunk(client, name, attrs).await });
@@ -398,7 +399,7 @@ impl Reader {
             })??;
             for attrs in items {
                 let (key, item) =
-                    crate::dynamo::from_attrs(table, &attrs).map_err(|e| LookupError::BadItem {
+                    crate::storage::dynamo::from_attrs(table, &attrs).map_err(|e| LookupError::BadItem {
                         table: name.clone(),
                         reason: e.to_string(),
                     })?;
@@ -457,7 +458,7 @@ impl Reader {
                 .await
                 .map_err(|e| dynamo_error("Query", name, e))?;
             for attrs in page.items() {
-                let (key, item) = crate::dynamo::from_attrs(Table::Sub, attrs).map_err(|e| {
+                let (key, item) = crate::storage::dynamo::from_attrs(Table::Sub, attrs).map_err(|e| {
                     LookupError::BadItem {
                         table: name.to_string(),
                         reason: e.to_string(),
@@ -646,7 +647,7 @@ async fn get_chunk(
     let mut out = Vec::with_capacity(keys.len());
     for round in 0..MAX_GET_ROUNDS {
         if round > 0 {
-            tokio::time::sleep(crate::dynamo::backoff(
+            tokio::time::sleep(crate::storage::dynamo::backoff(
                 round,
                 Duration::from_millis(25),
                 Duration::from_secs(2),

@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use super::index::TopicIndex;
-use crate::coalesce::Seqs;
-use crate::item::{Key, Op, Table, Write};
+use crate::pipeline::coalesce::Seqs;
+use crate::storage::item::{Key, Op, Table, Write};
 
 /// Stripes of the overlay; a key's stripe is chosen by (table, hash key), so all of one client's
 /// subscriptions share a stripe and can be listed with one range scan.
@@ -263,7 +263,7 @@ impl ReadState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::item::{Item, Value};
+    use crate::storage::item::{Item, Value};
 
     fn retain_put(topic: &str, payload: &str) -> Op {
         let key = Key {

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use thiserror::Error;
 
-use crate::item::{Key, Op, Table, Value, Write};
+use crate::storage::item::{Key, Op, Table, Value, Write};
 
 const VERSION: u8 = 1;
 /// Bytes before the payload: length and checksum.

@@ -11,8 +11,8 @@ use crossbeam_channel::Sender;
 use tracing::error;
 
 use super::{Spool, codec};
-use crate::ingest::{ByteBudget, Envelope, IngestMsg};
-use crate::item::Op;
+use crate::pipeline::ingest::{ByteBudget, Envelope, IngestMsg};
+use crate::storage::item::Op;
 
 /// Where the feeder is: one open segment.
 struct Cursor {

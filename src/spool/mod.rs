@@ -30,9 +30,9 @@
 //!   set ADD/DELETE of unique message ids) and the whole suffix is replayed in its original order,
 //!   so a later delete is replayed after the put it removed.
 //! - **Replayed ops are maybe applied**: the feeder marks every op it replays from an earlier run
-//!   [`crate::item::Write::maybe_applied`], so the coalescer never cancels a replayed put against
+//!   [`crate::storage::item::Write::maybe_applied`], so the coalescer never cancels a replayed put against
 //!   a later delete (part of the suffix may already be in the table; the certainty rule in
-//!   [`crate::coalesce`]).
+//!   [`crate::pipeline::coalesce`]).
 //! - **One service per directory.** [`Spool::open`] takes an exclusive lock on `LOCK` in the
 //!   directory (held until the process ends, released by the kernel even after kill -9) and
 //!   writes its process id there; a second service on the same directory refuses to start and
@@ -59,9 +59,9 @@ use thiserror::Error;
 use tracing::{error, info, warn};
 
 use crate::config::{FsyncPolicy, SpoolConfig};
-use crate::item::Op;
+use crate::storage::item::Op;
 use crate::lookup::ReadState;
-use crate::stats::LogGate;
+use crate::telemetry::stats::LogGate;
 
 static FULL_LOG: LogGate = LogGate::new();
 

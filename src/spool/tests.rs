@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use super::*;
-use crate::ingest::{ByteBudget, IngestMsg};
-use crate::item::{Key, Table, Value, Write};
+use crate::pipeline::ingest::{ByteBudget, IngestMsg};
+use crate::storage::item::{Key, Table, Value, Write};
 
 fn config(dir: &Path) -> SpoolConfig {
     SpoolConfig {
@@ -19,7 +19,7 @@ fn config(dir: &Path) -> SpoolConfig {
 }
 
 fn put(topic: &str, payload_len: usize) -> Op {
-    let mut item = crate::item::Item::new();
+    let mut item = crate::storage::item::Item::new();
     item.insert("topic".into(), Value::S(topic.into()));
     item.insert("payload".into(), Value::B(vec![7; payload_len]));
     Op {

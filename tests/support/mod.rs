@@ -18,10 +18,10 @@ use aws_sdk_dynamodb::config::{Intercept, RuntimeComponents};
 use aws_sdk_dynamodb::error::BoxError;
 
 use mqtt_dynamo::config::{Config, Secret};
-use mqtt_dynamo::dynamo::{self, SdkRetries};
-use mqtt_dynamo::embedded::EmbeddedDynamo;
-use mqtt_dynamo::item::{Item, Key, Table};
-use mqtt_dynamo::tables::{self, Capacity};
+use mqtt_dynamo::storage::dynamo::{self, SdkRetries};
+use mqtt_dynamo::storage::embedded::EmbeddedDynamo;
+use mqtt_dynamo::storage::item::{Item, Key, Table};
+use mqtt_dynamo::storage::tables::{self, Capacity};
 
 /// A DynamoDB implementation under test, alive as long as this value.
 pub enum Backend {
@@ -231,7 +231,7 @@ pub async fn scan_all(client: &Client, cfg: &Config) -> BTreeMap<Key, Item> {
 
 /// The documented equivalence (see `model`): a topic map item without ids reads as no item.
 pub fn normalized(items: &BTreeMap<Key, Item>) -> BTreeMap<Key, Item> {
-    let mut model = mqtt_dynamo::model::TableModel::new();
+    let mut model = mqtt_dynamo::storage::model::TableModel::new();
     for (k, v) in items {
         model.insert(k.clone(), v.clone());
     }

@@ -27,7 +27,7 @@ use serde_json::{Value as Json, json};
 use tokio::sync::{Notify, mpsc};
 
 use mqtt_dynamo::config::{Config, Secret};
-use mqtt_dynamo::dynamo::{self, SdkRetries};
+use mqtt_dynamo::storage::dynamo::{self, SdkRetries};
 
 /// mimalloc instead of glibc malloc: under load glibc's allocator took about a third of the CPU
 /// (perf; ARCHITECTURE.md, "Measuring").

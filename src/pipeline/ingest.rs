@@ -10,7 +10,7 @@
 //! publish through two adapters) must not bring back a message that was acked: a publish whose
 //! message id was acked within `pipeline.dedup_window` is not stored again, and one whose id was
 //! already published is stored with its writes marked maybe applied, so that its ack is written
-//! rather than cancelled ([`Dedup`]; the certainty rule in [`crate::coalesce`]).
+//! rather than cancelled ([`Dedup`]; the certainty rule in [`crate::pipeline::coalesce`]).
 //!
 //! With the spool on (`[pipeline.spool]`), an accepted event is appended to the spool instead and
 //! the spool's feeder queues it; "full" then means the spool's disk bound, and an accepted event
@@ -23,14 +23,14 @@ use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
 use thiserror::Error;
 
 use crate::event::HookEvent;
-use crate::item::Op;
+use crate::storage::item::Op;
 use crate::lookup::ReadState;
 use crate::rules::{ActionScope, EventError, RuleSet, StorageFormat};
 use crate::spool::{Spool, SpoolError};
-use crate::stats::{Origin, RejectReason, Stats};
+use crate::telemetry::stats::{Origin, RejectReason, Stats};
 
 /// Rate limit for the duplicate-publish log line.
-static DUPLICATE_LOG: crate::stats::LogGate = crate::stats::LogGate::new();
+static DUPLICATE_LOG: crate::telemetry::stats::LogGate = crate::telemetry::stats::LogGate::new();
 
 /// Why an event was not accepted. Nothing of a refused event is queued.
 #[derive(Debug, Error)]

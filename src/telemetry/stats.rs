@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use crate::event::HookPoint;
-use crate::item::Table;
+use crate::storage::item::Table;
 
 fn table_index(t: Table) -> usize {
     Table::ALL.iter().position(|x| *x == t).unwrap_or(0)

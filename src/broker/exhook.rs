@@ -111,7 +111,7 @@ impl ExhookService {
         if field.is_err() {
             self.admission
                 .handle()
-                .count_refusal(crate::stats::RejectReason::Invalid);
+                .count_refusal(crate::telemetry::stats::RejectReason::Invalid);
         }
         field
     }
@@ -136,7 +136,7 @@ impl ExhookService {
 }
 
 /// Rate limit for the refused-publish log line.
-static PUBLISH_REFUSED_LOG: crate::stats::LogGate = crate::stats::LogGate::new();
+static PUBLISH_REFUSED_LOG: crate::telemetry::stats::LogGate = crate::telemetry::stats::LogGate::new();
 
 fn missing(field: &str) -> Status {
     Status::invalid_argument(format!("{field} is missing"))

@@ -40,7 +40,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
-use crate::item::{Key, Op, Value, Write};
+use crate::storage::item::{Key, Op, Value, Write};
 
 /// The result of folding a later write into an earlier one.
 #[derive(Debug, Clone, PartialEq, Eq)]

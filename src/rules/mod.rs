@@ -13,7 +13,7 @@ use thiserror::Error;
 
 use crate::event::{HookEvent, HookPoint, Message};
 use crate::guid::{self, GuidError};
-use crate::item::{Item, Key, MAX_ITEM_BYTES, Op, Table, Value, Write, item_size};
+use crate::storage::item::{Item, Key, MAX_ITEM_BYTES, Op, Table, Value, Write, item_size};
 use crate::topic::{FilterError, TopicFilter};
 
 /// The seed's action functions.
@@ -195,7 +195,7 @@ pub enum EventError {
     #[error(transparent)]
     MessageId(#[from] GuidError),
     #[error(transparent)]
-    Key(#[from] crate::item::KeyError),
+    Key(#[from] crate::storage::item::KeyError),
     #[error(
         "{table} item would be {size} bytes; DynamoDB items are limited to {MAX_ITEM_BYTES} bytes"
     )]
@@ -214,7 +214,7 @@ impl EventError {
         matches!(
             self,
             EventError::ItemTooLarge { .. }
-                | EventError::Key(crate::item::KeyError::TooLong { .. })
+                | EventError::Key(crate::storage::item::KeyError::TooLong { .. })
         )
     }
 }
@@ -337,12 +337,12 @@ impl RuleSet {
 /// instead of poisoning a batch later.
 fn check_op(op: &Op) -> Result<(), EventError> {
     let (hash_name, range_name) = op.key.table.key_names();
-    crate::item::check_key_part(hash_name, &op.key.hash, crate::item::MAX_HASH_KEY_BYTES)?;
+    crate::storage::item::check_key_part(hash_name, &op.key.hash, crate::storage::item::MAX_HASH_KEY_BYTES)?;
     if let Some(range) = &op.key.range {
-        crate::item::check_key_part(
+        crate::storage::item::check_key_part(
             range_name.unwrap_or("range key"),
             range,
-            crate::item::MAX_RANGE_KEY_BYTES,
+            crate::storage::item::MAX_RANGE_KEY_BYTES,
         )?;
     }
     if let Write::Put { item, .. } = &op.write {
@@ -677,7 +677,7 @@ mod tests {
         };
         assert_eq!(
             rules.plan(&empty, &fmt),
-            Err(EventError::Key(crate::item::KeyError::Empty {
+            Err(EventError::Key(crate::storage::item::KeyError::Empty {
                 field: "clientid"
             }))
         );

@@ -15,14 +15,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tracing::error;
 
-use crate::coalesce::{Coalescer, PushOutcome, Seqs};
-use crate::concurrency::Concurrency;
+use crate::pipeline::coalesce::{Coalescer, PushOutcome, Seqs};
+use crate::pipeline::concurrency::Concurrency;
 use crate::config::PipelineConfig;
-use crate::flush::{Completed, Flusher, KeyEnd};
-use crate::ingest::{ByteBudget, IngestMsg};
-use crate::item::{Key, Op, Table};
+use crate::pipeline::flush::{Completed, Flusher, KeyEnd};
+use crate::pipeline::ingest::{ByteBudget, IngestMsg};
+use crate::storage::item::{Key, Op, Table};
 use crate::lookup::ReadState;
-use crate::stats::{FlushTrigger, Stats};
+use crate::telemetry::stats::{FlushTrigger, Stats};
 
 /// What a shard receives from the router.
 #[derive(Debug)]
@@ -123,7 +123,7 @@ pub(crate) struct Shard {
     /// The inbox's byte limit, shared with the router (which reserves) — released as ops arrive.
     inbox_budget: Arc<ByteBudget>,
     /// `pipeline.shutdown_timeout` running out.
-    deadline: Arc<crate::retry::Deadline>,
+    deadline: Arc<crate::pipeline::flush::retry::Deadline>,
     /// The deadline fired and this shard stopped (see above).
     stopped: bool,
     /// Writes left to the spool at the deadline.
@@ -161,7 +161,7 @@ impl Shard {
     pub fn new(
         inbox: mpsc::Receiver<ShardMsg>,
         inbox_budget: Arc<ByteBudget>,
-        deadline: Arc<crate::retry::Deadline>,
+        deadline: Arc<crate::pipeline::flush::retry::Deadline>,
         flusher: Arc<Flusher>,
         concurrency: Arc<Concurrency>,
         cfg: PipelineConfig,
@@ -399,7 +399,7 @@ impl Shard {
                 let keys = self.flush_keys.remove(&e.id()).unwrap_or_default();
                 error!(error = %e, writes = keys.len(), "flush task failed; its writes are lost");
                 self.stats.dropped(
-                    crate::stats::DropReason::RetriesExhausted,
+                    crate::telemetry::stats::DropReason::RetriesExhausted,
                     keys.len() as u64,
                 );
                 for (k, seqs) in keys {
@@ -428,12 +428,12 @@ impl Shard {
                 }
             );
         }
-        let rest: Vec<(Key, crate::item::Write, Seqs)> = self.coalescer.drain_pending();
+        let rest: Vec<(Key, crate::storage::item::Write, Seqs)> = self.coalescer.drain_pending();
         self.abandon(rest);
     }
 
     /// Writes that will not be sent: left to the spool, or dead-lettered and counted.
-    fn abandon(&mut self, writes: Vec<(Key, crate::item::Write, Seqs)>) {
+    fn abandon(&mut self, writes: Vec<(Key, crate::storage::item::Write, Seqs)>) {
         for (key, write, seqs) in writes {
             if self.spool.is_some() {
                 self.left += 1;
@@ -442,7 +442,7 @@ impl Shard {
             self.flusher.give_up(
                 &key,
                 &write,
-                crate::stats::DropReason::Shutdown,
+                crate::telemetry::stats::DropReason::Shutdown,
                 "not written when pipeline.shutdown_timeout ran out",
             );
             if let Some(read) = &self.read {

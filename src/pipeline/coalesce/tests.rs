@@ -12,8 +12,8 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::event::{ClientInfo, HookEvent, Message};
-use crate::item::{Item, Table};
-use crate::model::TableModel;
+use crate::storage::item::{Item, Table};
+use crate::storage::model::TableModel;
 use crate::rules::{Action, Rule, RuleSet, StorageFormat};
 
 #[derive(Debug, Clone)]
@@ -108,7 +108,7 @@ fn client(c: u8, node: u8) -> ClientInfo {
 /// Replays `steps` through the rules, then both ways; returns (sequential, coalesced).
 ///
 /// The coalesced side plays the pipeline: ops are numbered as ingest numbers them, repeated
-/// publishes go through ingest's [`crate::ingest::Dedup`] (an acked one is dropped, an unacked
+/// publishes go through ingest's [`crate::pipeline::ingest::Dedup`] (an acked one is dropped, an unacked
 /// one marked maybe applied), and a crash replays the spool's suffix marked maybe applied.
 fn run(steps: &[Step], rules: &RuleSet, initial: &TableModel) -> (TableModel, TableModel, u64) {
     let format = StorageFormat::default();
@@ -117,7 +117,7 @@ fn run(steps: &[Step], rules: &RuleSet, initial: &TableModel) -> (TableModel, Ta
     let mut coalescer = Coalescer::new();
     let mut in_flight: VecDeque<Taken> = VecDeque::new();
     let mut published: Vec<(String, String)> = Vec::new();
-    let dedup = crate::ingest::Dedup::new(Duration::from_secs(3600), 100_000);
+    let dedup = crate::pipeline::ingest::Dedup::new(Duration::from_secs(3600), 100_000);
     // Every op accepted, by number (what the spool holds until it is settled).
     let mut history: Vec<Op> = Vec::new();
     let mut next_id = 1u128 << 80;
@@ -278,11 +278,11 @@ fn run(steps: &[Step], rules: &RuleSet, initial: &TableModel) -> (TableModel, Ta
             match &event {
                 HookEvent::MessagePublish { message } if !ops.is_empty() => {
                     match dedup.publish(&message.id) {
-                        crate::ingest::Seen::New => {}
-                        crate::ingest::Seen::Published => {
+                        crate::pipeline::ingest::Seen::New => {}
+                        crate::pipeline::ingest::Seen::Published => {
                             ops.iter_mut().for_each(|op| op.write.maybe_applied())
                         }
-                        crate::ingest::Seen::Acked => ops.clear(),
+                        crate::pipeline::ingest::Seen::Acked => ops.clear(),
                     }
                 }
                 HookEvent::MessageAcked { message, .. } => dedup.acked(&message.id),
@@ -580,7 +580,7 @@ fn take_respects_request_and_byte_limits_and_age_order() {
 /// the cancelled pair it vanished with.
 #[test]
 fn sequence_numbers_follow_the_ops() {
-    use crate::coalesce::Seqs;
+    use crate::pipeline::coalesce::Seqs;
     let now = Instant::now();
     let mut c = Coalescer::new();
     let key = Key::new(Table::Retain, "t");

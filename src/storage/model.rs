@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::item::{Item, Key, Op, Table, Value, Write};
+use crate::storage::item::{Item, Key, Op, Table, Value, Write};
 
 /// The contents of all tables.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

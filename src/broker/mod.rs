@@ -5,7 +5,6 @@
 
 pub mod exhook;
 pub mod http;
-pub mod query;
 pub mod tls;
 
 use std::sync::Arc;
@@ -17,7 +16,7 @@ use tracing::warn;
 
 use crate::config::WhenFull;
 use crate::event::HookEvent;
-use crate::ingest::SubmitError;
+use crate::pipeline::ingest::SubmitError;
 use crate::pipeline::PipelineHandle;
 use crate::rules::ActionScope;
 
@@ -47,7 +46,7 @@ pub struct Admission {
     block_timeout: Duration,
     adapter: &'static str,
     /// Rate limit for the drop warnings.
-    drop_log: crate::stats::LogGate,
+    drop_log: crate::telemetry::stats::LogGate,
     dropped: AtomicU64,
     /// Calls that found the queue full and waited for room (`when_full = "block"`).
     waited: AtomicU64,
@@ -69,16 +68,16 @@ impl Admission {
         adapter: &'static str,
     ) -> Self {
         let origin = match adapter {
-            "exhook" => crate::stats::Origin::Exhook,
-            "http" => crate::stats::Origin::Http,
-            _ => crate::stats::Origin::Api,
+            "exhook" => crate::telemetry::stats::Origin::Exhook,
+            "http" => crate::telemetry::stats::Origin::Http,
+            _ => crate::telemetry::stats::Origin::Api,
         };
         Admission {
             handle: handle.for_origin(origin),
             when_full,
             block_timeout,
             adapter,
-            drop_log: crate::stats::LogGate::new(),
+            drop_log: crate::telemetry::stats::LogGate::new(),
             dropped: AtomicU64::new(0),
             waited: AtomicU64::new(0),
         }
@@ -106,7 +105,7 @@ impl Admission {
             WhenFull::Drop => self.handle.probe_scoped(&event, scope).inspect_err(|e| {
                 if matches!(e, SubmitError::Full) {
                     self.handle
-                        .count_refusal(crate::stats::RejectReason::QueueFull);
+                        .count_refusal(crate::telemetry::stats::RejectReason::QueueFull);
                 }
             }),
         };

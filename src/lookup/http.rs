@@ -29,12 +29,12 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::http::{HttpState, error, path_rejection, query_rejection, unauthorized};
-use crate::item::{Item, Key, Op, Table, Value as ItemValue, Write};
+use crate::broker::http::{HttpState, error, path_rejection, query_rejection, unauthorized};
+use crate::storage::item::{Item, Key, Op, Table, Value as ItemValue, Write};
 use crate::lookup::{
     LookupError, Offline, OfflineQuery, Payload, Reader, Retained, StoredMessage, Subscription,
 };
-use crate::stats::RejectReason;
+use crate::telemetry::stats::RejectReason;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 
 /// The lookup routes (added to the HTTP router when `lookup.enabled`).
@@ -281,7 +281,7 @@ async fn subscriptions(
         Ok(Path(c)) => c,
         Err(r) => return path_rejection(r),
     };
-    if let Err(e) = crate::item::check_key_part("clientid", &clientid, MAX_HASH_KEY_BYTES) {
+    if let Err(e) = crate::storage::item::check_key_part("clientid", &clientid, MAX_HASH_KEY_BYTES) {
         return error(StatusCode::BAD_REQUEST, e.to_string(), Some(e.field()));
     }
     match reader.subscriptions(&clientid).await {
@@ -295,7 +295,7 @@ struct SubscribeParams {
     qos: Option<String>,
 }
 
-use crate::item::{MAX_HASH_KEY_BYTES, MAX_RANGE_KEY_BYTES, check_key_part};
+use crate::storage::item::{MAX_HASH_KEY_BYTES, MAX_RANGE_KEY_BYTES, check_key_part};
 
 /// A lookup filter: a valid MQTT filter, and no longer than a topic key can be (a literal
 /// lookup reads it as a key; a longer filter would come back from DynamoDB as a 502).
@@ -321,15 +321,15 @@ async fn write_subscription(state: &HttpState, op: Op) -> Response {
     // Waiting for room blocks a thread: off the async workers.
     let result = tokio::task::spawn_blocking(move || handle.submit_ops(vec![op], deadline))
         .await
-        .unwrap_or(Err(crate::ingest::SubmitError::Closed));
+        .unwrap_or(Err(crate::pipeline::ingest::SubmitError::Closed));
     match result {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(crate::ingest::SubmitError::Full) => error(
+        Err(crate::pipeline::ingest::SubmitError::Full) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "ingest queue is full",
             None,
         ),
-        Err(crate::ingest::SubmitError::Closed) => error(
+        Err(crate::pipeline::ingest::SubmitError::Closed) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the service is shutting down",
             None,

@@ -12,7 +12,7 @@ use aws_sdk_dynamodb::types::{
 use thiserror::Error;
 
 use crate::config::DynamoConfig;
-use crate::item::Table;
+use crate::storage::item::Table;
 
 #[derive(Debug, Error)]
 pub enum TablesError {

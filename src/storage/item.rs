@@ -2,7 +2,7 @@
 //! operations the pipeline sends.
 //!
 //! These types are independent of the AWS SDK so the coalescer, the model and the tests can use them
-//! without I/O; [`crate::dynamo`] converts them to `AttributeValue`s at the edge.
+//! without I/O; [`crate::storage::dynamo`] converts them to `AttributeValue`s at the edge.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -201,7 +201,7 @@ pub fn item_size(item: &Item) -> usize {
         .sum()
 }
 
-/// One pending write to one key. [`crate::coalesce`] merges these; [`crate::dynamo`] sends them.
+/// One pending write to one key. [`crate::pipeline::coalesce`] merges these; [`crate::storage::dynamo`] sends them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Write {
     /// Replace the whole item (BatchWriteItem PutRequest).
@@ -210,7 +210,7 @@ pub enum Write {
         /// Certain not to be in the table: the key is a message id (EMQX generates one per
         /// publish), no earlier write of it was seen, and no attempt that carried this put can
         /// have been applied. It lets put∘delete cancel to no write at all. Cleared by
-        /// [`Write::maybe_applied`] (the certainty rule in [`crate::coalesce`]).
+        /// [`Write::maybe_applied`] (the certainty rule in [`crate::pipeline::coalesce`]).
         fresh: bool,
     },
     /// Remove the item (BatchWriteItem DeleteRequest).
@@ -238,7 +238,7 @@ pub enum Write {
 impl Write {
     /// Marks the write as possibly applied already (an attempt ended ambiguously, or it was
     /// replayed from the spool, or its key may have been written before): from now on a later
-    /// delete of what it adds must be written, never cancelled (see [`crate::coalesce`]).
+    /// delete of what it adds must be written, never cancelled (see [`crate::pipeline::coalesce`]).
     pub fn maybe_applied(&mut self) {
         match self {
             Write::Put { fresh, .. } | Write::SetDelta { fresh, .. } => *fresh = false,

@@ -30,7 +30,7 @@ use super::{Admission, AdmitError, now_ms};
 use crate::config::{HttpPublishActions, Secret};
 use crate::event::{ClientInfo, HookEvent, Message};
 use crate::rules::ActionScope;
-use crate::stats::RejectReason;
+use crate::telemetry::stats::RejectReason;
 
 /// Shared state of the HTTP handlers.
 #[derive(Debug, Clone)]
@@ -41,14 +41,14 @@ pub struct HttpState {
 }
 
 /// The router with both ingest endpoints, the lookup API (when the pipeline has a reader, see
-/// [`super::query`]) and the body limit.
+/// [`crate::lookup::http`]) and the body limit.
 pub fn router(state: HttpState, max_body_bytes: usize) -> Router {
     let lookups = state.admission.handle().reader().is_some();
     let router = Router::new()
         .route("/v1/events/emqx-rule", post(emqx_rule))
         .route("/v1/events/emqx-webhook", post(emqx_webhook));
     let router = if lookups {
-        router.merge(super::query::routes())
+        router.merge(crate::lookup::http::routes())
     } else {
         router
     };

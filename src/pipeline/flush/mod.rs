@@ -14,15 +14,17 @@
 //!   poison write is dropped (counted, logged with DynamoDB's message) and the rest are written.
 //! - A guarded update whose condition fails (a late disconnect from a node the client has left)
 //!   did its job by doing nothing.
-//! - **What to do after a failure** is [`crate::retry::RetryPolicy::decide`]: retry after a
+//! - **What to do after a failure** is [`crate::pipeline::flush::retry::RetryPolicy::decide`]: retry after a
 //!   backoff, hand back, give up (never for time while the spool is on), or — past the shutdown
 //!   deadline — leave the write to the spool or dead-letter it.
 //! - **Ambiguous attempts**: a write whose attempt ended in a timeout, a 5xx or a reset may have
 //!   been applied. If it is then handed back to its shard it is marked maybe applied
 //!   ([`Write::maybe_applied`]), so the coalescer never cancels a later delete against it (the
-//!   certainty rule, [`crate::coalesce`]).
-//! - **Set deltas** go out in UpdateItems of at most [`crate::item::MAX_SET_CHUNK_BYTES`] of
+//!   certainty rule, [`crate::pipeline::coalesce`]).
+//! - **Set deltas** go out in UpdateItems of at most [`crate::storage::item::MAX_SET_CHUNK_BYTES`] of
 //!   members each, ADDs first, so a long-merged hot key's delta never exceeds what DynamoDB takes.
+
+pub mod retry;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -34,12 +36,12 @@ use aws_sdk_dynamodb::types::{
 };
 use tracing::{error, warn};
 
-use crate::coalesce::Taken;
+use crate::pipeline::coalesce::Taken;
 use crate::config::DynamoConfig;
-use crate::dynamo::{self, Failure};
-use crate::item::{Key, Table, Value, Write};
-use crate::retry::{Deadline, Decision, Failed, RetryPolicy};
-use crate::stats::{DropReason, LogGate, Operation, Outcome, Stats};
+use crate::storage::dynamo::{self, Failure};
+use crate::storage::item::{Key, Table, Value, Write};
+use crate::pipeline::flush::retry::{Deadline, Decision, Failed, RetryPolicy};
+use crate::telemetry::stats::{DropReason, LogGate, Operation, Outcome, Stats};
 
 /// Rate limits for the flusher's warnings and errors: an outage must not flood the log.
 static RETRY_LOG: LogGate = LogGate::new();
@@ -96,7 +98,7 @@ pub struct Completed {
     /// When its oldest event was accepted.
     pub since: Instant,
     /// The ops folded into the write (for [`crate::lookup::ReadState::settled`]).
-    pub seqs: crate::coalesce::Seqs,
+    pub seqs: crate::pipeline::coalesce::Seqs,
     /// DynamoDB throttled this key itself (UnprocessedItems, or a throttled UpdateItem whose
     /// ThrottlingReasons, when present, name a key range rather than table capacity).
     pub hot: bool,
@@ -146,11 +148,11 @@ pub struct Flusher {
     deadline: Arc<Deadline>,
     stats: Arc<Stats>,
     /// Where given-up writes are recorded.
-    dead_letters: crate::deadletter::DeadLetters,
+    dead_letters: crate::pipeline::deadletter::DeadLetters,
     /// `storage.max_msgid_set_kb` in bytes (0: no cap).
     msgid_cap: usize,
     /// Told how each request went, so the limit on flushes in flight adapts.
-    concurrency: Arc<crate::concurrency::Concurrency>,
+    concurrency: Arc<crate::pipeline::concurrency::Concurrency>,
 }
 
 /// One UpdateItem, ready to send (and resend).
@@ -170,13 +172,13 @@ struct UpdateSpec {
 impl Flusher {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        concurrency: Arc<crate::concurrency::Concurrency>,
+        concurrency: Arc<crate::pipeline::concurrency::Concurrency>,
         client: Client,
         tables: TableNames,
         policy: RetryPolicy,
         deadline: Arc<Deadline>,
         stats: Arc<Stats>,
-        dead_letters: crate::deadletter::DeadLetters,
+        dead_letters: crate::pipeline::deadletter::DeadLetters,
         msgid_cap: usize,
     ) -> Self {
         Flusher {
@@ -324,7 +326,7 @@ impl Flusher {
 
     /// Sends `writes` (one per key) and reports how each ended.
     pub async fn flush(self: Arc<Self>, writes: Vec<Taken>) -> Vec<Completed> {
-        let since: HashMap<Key, (Instant, crate::coalesce::Seqs)> = writes
+        let since: HashMap<Key, (Instant, crate::pipeline::coalesce::Seqs)> = writes
             .iter()
             .map(|t| (t.key.clone(), (t.since, t.seqs)))
             .collect();
@@ -737,7 +739,7 @@ impl Flusher {
             }
             Write::SetDelta { attr, add, del, .. } => {
                 let mut specs = Vec::new();
-                for chunk in crate::item::split_set(add) {
+                for chunk in crate::storage::item::split_set(add) {
                     specs.push(UpdateSpec {
                         adds_to: (key.table == Table::TopicMsgMap).then(|| attr.clone()),
                         expression: "ADD #s :m".into(),
@@ -748,7 +750,7 @@ impl Flusher {
                         members: Some((true, chunk)),
                     });
                 }
-                for chunk in crate::item::split_set(del) {
+                for chunk in crate::storage::item::split_set(del) {
                     // Never create an item just to delete from it.
                     specs.push(UpdateSpec {
                         adds_to: None,
@@ -920,8 +922,8 @@ impl Flusher {
                         self.stats
                             .request(Operation::UpdateItem, Outcome::Rejected, elapsed);
                         let cap = match self.msgid_cap {
-                            0 => crate::item::MAX_ITEM_BYTES,
-                            c => c.min(crate::item::MAX_ITEM_BYTES),
+                            0 => crate::storage::item::MAX_ITEM_BYTES,
+                            c => c.min(crate::storage::item::MAX_ITEM_BYTES),
                         };
                         let attr = spec.adds_to.clone().unwrap_or_default();
                         self.trim_set(key, &attr, cap * 3 / 4).await;

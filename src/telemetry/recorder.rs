@@ -3,7 +3,7 @@
 //! (127.0.0.1:9100 by default).
 //!
 //! Metric names follow `mqtt_dynamo_<thing>_<unit>[_total]` with small closed label sets; the
-//! stages record them through [`crate::stats::Stats`] (and the adapters directly). The catalogue
+//! stages record them through [`crate::telemetry::stats::Stats`] (and the adapters directly). The catalogue
 //! with labels is in `dashboards/README.md`.
 
 use std::sync::Arc;
@@ -67,12 +67,12 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
 /// Prometheus rather than a missing series (and `rate()` works from the first scrape).
 fn register() {
     use crate::event::HookPoint;
-    use crate::item::Table;
-    use crate::stats::{DropReason, FlushTrigger, Operation, Outcome, RejectReason};
+    use crate::storage::item::Table;
+    use crate::telemetry::stats::{DropReason, FlushTrigger, Operation, Outcome, RejectReason};
     for hook in HookPoint::ALL {
         metrics::counter!("mqtt_dynamo_events_received_total", "hook" => hook.as_str()).absolute(0);
     }
-    for origin in crate::stats::Origin::ALL {
+    for origin in crate::telemetry::stats::Origin::ALL {
         for reason in RejectReason::ALL {
             metrics::counter!("mqtt_dynamo_events_rejected_total", "adapter" => origin.as_str(), "reason" => reason.as_str())
                 .absolute(0);
@@ -133,12 +133,12 @@ fn register() {
         metrics::counter!("mqtt_dynamo_retries_total", "operation" => op.as_str()).absolute(0);
         let _ = metrics::histogram!("mqtt_dynamo_dynamodb_request_duration_seconds", "operation" => op.as_str());
     }
-    for code in crate::dynamo::THROTTLE_CODES {
+    for code in crate::storage::dynamo::THROTTLE_CODES {
         metrics::counter!("mqtt_dynamo_dynamodb_throttles_total", "error_code" => code).absolute(0);
     }
     metrics::counter!("mqtt_dynamo_dynamodb_unprocessed_items_total").absolute(0);
     metrics::counter!("mqtt_dynamo_msgids_trimmed_total").absolute(0);
-    for reason in crate::dynamo::THROTTLING_REASONS
+    for reason in crate::storage::dynamo::THROTTLING_REASONS
         .into_iter()
         .chain(["other"])
     {

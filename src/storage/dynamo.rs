@@ -16,7 +16,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use thiserror::Error;
 
 use crate::config::DynamoConfig;
-use crate::item::{Item, Key, Table, Value};
+use crate::storage::item::{Item, Key, Table, Value};
 
 /// How the client should retry on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

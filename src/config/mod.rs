@@ -6,6 +6,8 @@
 //! `AWS_ENDPOINT_URL_DYNAMODB` (or `AWS_ENDPOINT_URL`), and `AWS_ACCESS_KEY_ID` with
 //! `AWS_SECRET_ACCESS_KEY`. With no keys anywhere the AWS default credential chain applies.
 
+pub mod import;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -13,7 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::item::Table;
+use crate::storage::item::Table;
 use crate::rules::{Action, MsgIdFormat, Rule, RuleError, RuleSet, StorageFormat, TimeUnit};
 
 /// DynamoDB's limit on requests in one BatchWriteItem.
@@ -641,13 +643,13 @@ impl Config {
                 "must not exceed pipeline.max_in_flight",
             );
         }
-        if p.ingest_capacity_bytes < crate::item::MAX_ITEM_BYTES * 2 {
+        if p.ingest_capacity_bytes < crate::storage::item::MAX_ITEM_BYTES * 2 {
             return invalid(
                 "pipeline.ingest_capacity_bytes",
                 "must hold at least two maximum-size items (819200 bytes)",
             );
         }
-        if p.max_pending_bytes < crate::item::MAX_ITEM_BYTES * 2 {
+        if p.max_pending_bytes < crate::storage::item::MAX_ITEM_BYTES * 2 {
             return invalid(
                 "pipeline.max_pending_bytes",
                 "must hold at least two maximum-size items (819200 bytes)",
@@ -689,7 +691,7 @@ impl Config {
         if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
             return invalid("http.tls_cert", "tls_cert and tls_key go together");
         }
-        if self.exhook.max_message_bytes < crate::item::MAX_ITEM_BYTES {
+        if self.exhook.max_message_bytes < crate::storage::item::MAX_ITEM_BYTES {
             return invalid(
                 "exhook.max_message_bytes",
                 "must be at least 409600 (one maximum-size item)",

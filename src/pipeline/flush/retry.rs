@@ -17,7 +17,7 @@
 
 use std::time::Duration;
 
-use crate::stats::DropReason;
+use crate::telemetry::stats::DropReason;
 
 /// How an attempt failed, as far as retrying is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

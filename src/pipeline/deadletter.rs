@@ -19,8 +19,8 @@ use base64::Engine;
 use serde_json::{Map, Value as Json, json};
 use tracing::error;
 
-use crate::item::{Item, Key, Value, Write};
-use crate::stats::DropReason;
+use crate::storage::item::{Item, Key, Value, Write};
+use crate::telemetry::stats::DropReason;
 
 /// Where given-up writes go; `None` when no file is configured.
 #[derive(Debug, Default)]
@@ -137,7 +137,7 @@ impl DeadLetters {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::item::Table;
+    use crate::storage::item::Table;
 
     #[test]
     fn lines_are_dynamodb_json() {

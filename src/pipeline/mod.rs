@@ -9,23 +9,30 @@
 //! With `[pipeline.spool]` on, submit appends to the [`crate::spool`] instead, and the spool's
 //! feeder thread is the only sender on the ingest queue.
 
+pub mod coalesce;
+mod concurrency;
+pub mod deadletter;
+pub mod flush;
+pub mod ingest;
+pub mod shard;
+
 use std::sync::Arc;
 
 use aws_sdk_dynamodb::Client;
 use tokio::sync::mpsc;
 
-use crate::concurrency::Concurrency;
+use crate::pipeline::concurrency::Concurrency;
 use tracing::error;
 
 use crate::config::{DynamoConfig, PipelineConfig, StorageConfig};
 use crate::event::HookEvent;
-use crate::flush::{Flusher, TableNames};
-use crate::ingest::{ByteBudget, Ingest, SubmitError};
+use crate::pipeline::flush::{Flusher, TableNames};
+use crate::pipeline::ingest::{ByteBudget, Ingest, SubmitError};
 use crate::lookup::{ReadState, Reader};
 use crate::rules::{RuleSet, StorageFormat};
-use crate::shard::{Shard, route};
+use crate::pipeline::shard::{Shard, route};
 use crate::spool::Spool;
-use crate::stats::{Stats, StatsSnapshot};
+use crate::telemetry::stats::{Stats, StatsSnapshot};
 
 /// A running pipeline. Dropping it without [`Pipeline::shutdown`] abandons pending writes.
 pub struct Pipeline {
@@ -35,7 +42,7 @@ pub struct Pipeline {
     /// The shard tasks; each returns the writes it left to the spool at the shutdown deadline.
     shards: Vec<tokio::task::JoinHandle<u64>>,
     /// Fired when `shutdown_timeout` runs out during [`Pipeline::shutdown`].
-    deadline: Arc<crate::retry::Deadline>,
+    deadline: Arc<crate::pipeline::flush::retry::Deadline>,
     shutdown_timeout: std::time::Duration,
     spool: Option<Arc<Spool>>,
     stats: Arc<Stats>,
@@ -58,7 +65,7 @@ pub struct PipelineHandle {
     reader: Option<Arc<Reader>>,
     concurrency: Arc<Concurrency>,
     /// Who submits through this handle: the `adapter` label of refusals.
-    origin: crate::stats::Origin,
+    origin: crate::telemetry::stats::Origin,
 }
 
 /// The configured limits, for the capacity gauges.
@@ -72,7 +79,7 @@ struct Limits {
 
 impl PipelineHandle {
     /// This handle, counting its refusals under `origin` (an adapter's own handle).
-    pub fn for_origin(&self, origin: crate::stats::Origin) -> PipelineHandle {
+    pub fn for_origin(&self, origin: crate::telemetry::stats::Origin) -> PipelineHandle {
         PipelineHandle {
             origin,
             ..self.clone()
@@ -113,25 +120,25 @@ impl PipelineHandle {
         &self,
         event: &HookEvent,
         scope: crate::rules::ActionScope,
-    ) -> Result<crate::ingest::Receipt, SubmitError> {
+    ) -> Result<crate::pipeline::ingest::Receipt, SubmitError> {
         self.ingest.probe_scoped(self.origin, event, scope)
     }
 
     /// Counts a refusal made before ingest saw the event (a request an adapter could not read or
     /// did not authorise), or a `Full` that [`PipelineHandle::probe_scoped`] left uncounted.
-    pub fn count_refusal(&self, reason: crate::stats::RejectReason) {
+    pub fn count_refusal(&self, reason: crate::telemetry::stats::RejectReason) {
         self.count_refusals(reason, 1);
     }
 
     /// Counts `n` refused events at once (the rows of a refused HTTP request).
-    pub fn count_refusals(&self, reason: crate::stats::RejectReason, n: u64) {
+    pub fn count_refusals(&self, reason: crate::telemetry::stats::RejectReason, n: u64) {
         self.ingest.count(self.origin, reason, n);
     }
 
     /// Queues writes that come from no hook (the subscription API), waiting until `deadline`.
     pub fn submit_ops(
         &self,
-        ops: Vec<crate::item::Op>,
+        ops: Vec<crate::storage::item::Op>,
         deadline: Option<std::time::Instant>,
     ) -> Result<(), SubmitError> {
         self.ingest.submit_ops(self.origin, ops, deadline)
@@ -261,7 +268,7 @@ impl Pipeline {
     ) -> std::io::Result<Pipeline> {
         let format = storage.format();
         let stats = Arc::new(Stats::default());
-        let dead_letters = crate::deadletter::DeadLetters::open(cfg.dead_letter_path.as_deref())
+        let dead_letters = crate::pipeline::deadletter::DeadLetters::open(cfg.dead_letter_path.as_deref())
             .map_err(|e| {
                 std::io::Error::new(
                     e.kind(),
@@ -279,12 +286,12 @@ impl Pipeline {
             cfg.max_in_flight,
             cfg.adaptive_concurrency,
         ));
-        let deadline = Arc::new(crate::retry::Deadline::new());
+        let deadline = Arc::new(crate::pipeline::flush::retry::Deadline::new());
         let flusher = Arc::new(Flusher::new(
             Arc::clone(&concurrency),
             client,
             TableNames::new(dynamo),
-            crate::retry::RetryPolicy::new(
+            crate::pipeline::flush::retry::RetryPolicy::new(
                 &cfg.retry,
                 cfg.spool.enabled,
                 !cfg.hot_key_window.is_zero(),
@@ -388,7 +395,7 @@ impl Pipeline {
             limits: self.limits,
             reader: self.reader.clone(),
             concurrency: Arc::clone(&self.concurrency),
-            origin: crate::stats::Origin::Api,
+            origin: crate::telemetry::stats::Origin::Api,
         }
     }
 
