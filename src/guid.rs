@@ -31,6 +31,12 @@ pub fn to_hex(guid: u128) -> String {
     format!("{guid:032X}")
 }
 
+/// A GUID from its parts: the microsecond timestamp (top 64 bits), the node and process id (the
+/// next 48; higher bits are dropped) and the sequence number (the low 16).
+pub fn compose(micros: u64, node_pid: u64, seq: u16) -> u128 {
+    (u128::from(micros) << 64) | (u128::from(node_pid & 0xffff_ffff_ffff) << 16) | u128::from(seq)
+}
+
 /// The microsecond timestamp in the top 64 bits.
 pub fn timestamp_micros(guid: u128) -> u64 {
     (guid >> 64) as u64
@@ -125,6 +131,14 @@ mod tests {
 
     /// The id from the seed's mqtt_msg sample, verified in reference/emqx.md §2.2.
     const SEED_ID: &str = "Mjg4MTk1MDYwNTk0NjYwNzYzMTg4MDk3OTQ2MDU2Nzg1OTD";
+
+    #[test]
+    fn composes_the_seed_sample_from_its_parts() {
+        let guid = from_base62(SEED_ID).unwrap();
+        let node_pid = ((guid >> 16) & 0xffff_ffff_ffff) as u64;
+        assert_eq!(compose(1562308553981613, node_pid, 1), guid);
+        assert_eq!(compose(7, u64::MAX, 0) >> 64, 7, "node bits stay out of the timestamp");
+    }
 
     #[test]
     fn decodes_the_seed_sample() {
