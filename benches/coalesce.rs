@@ -7,10 +7,10 @@ use std::time::Instant;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
-use mqtt_dynamo::pipeline::coalesce::Coalescer;
 use mqtt_dynamo::event::{ClientInfo, HookEvent, Message};
-use mqtt_dynamo::storage::item::Op;
+use mqtt_dynamo::pipeline::coalesce::Coalescer;
 use mqtt_dynamo::rules::{RuleSet, StorageFormat};
+use mqtt_dynamo::storage::item::Op;
 
 fn events(n: u32, keys: u32) -> Vec<HookEvent> {
     (0..n)

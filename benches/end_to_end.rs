@@ -21,9 +21,10 @@ use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_
 use dynamo_sim::{Limits, SimConfig, Simulator, TableDef};
 
 use mqtt_dynamo::config::{Config, Secret};
-use mqtt_dynamo::storage::dynamo::{self, SdkRetries};
 use mqtt_dynamo::event::HookEvent;
 use mqtt_dynamo::pipeline::Pipeline;
+use mqtt_dynamo::pipeline::{Admit, Receipt};
+use mqtt_dynamo::storage::dynamo::{self, SdkRetries};
 
 /// Events per iteration.
 const EVENTS: usize = 20_000;
@@ -71,7 +72,10 @@ fn run_once(rt: &tokio::runtime::Runtime, events: &[HookEvent]) -> Run {
     let handle = pipeline.handle();
     let start = Instant::now();
     for e in events {
-        handle.submit_timeout(e, SUBMIT_TIMEOUT).unwrap();
+        handle
+            .submit(e, Admit::within(SUBMIT_TIMEOUT))
+            .and_then(Receipt::wait)
+            .unwrap();
     }
     let stats = rt.block_on(pipeline.shutdown());
     let elapsed = start.elapsed();

@@ -20,9 +20,9 @@ use hdrhistogram::Histogram;
 use mqtt_dynamo::broker::Listeners;
 use mqtt_dynamo::broker::exhook::v3;
 use mqtt_dynamo::config::{Config, Secret};
+use mqtt_dynamo::pipeline::Pipeline;
 use mqtt_dynamo::storage::dynamo::{self, SdkRetries};
 use mqtt_dynamo::storage::embedded::EmbeddedDynamo;
-use mqtt_dynamo::pipeline::Pipeline;
 use mqtt_dynamo::storage::tables::{self, Capacity};
 
 const CHANNELS: usize = 8;

@@ -18,12 +18,13 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use mqtt_dynamo::config::{Config, MatchMode, Secret};
-use mqtt_dynamo::storage::dynamo::{self, SdkRetries};
-use mqtt_dynamo::storage::embedded::EmbeddedDynamo;
 use mqtt_dynamo::event::{HookEvent, Message};
-use mqtt_dynamo::storage::item::Table;
 use mqtt_dynamo::lookup::{ReadState, Reader, TopicIndex};
 use mqtt_dynamo::pipeline::Pipeline;
+use mqtt_dynamo::pipeline::{Admit, Receipt};
+use mqtt_dynamo::storage::dynamo::{self, SdkRetries};
+use mqtt_dynamo::storage::embedded::EmbeddedDynamo;
+use mqtt_dynamo::storage::item::Table;
 use mqtt_dynamo::storage::tables::{self, Capacity};
 
 const SITES: usize = 100;
@@ -128,7 +129,10 @@ async fn end_to_end(all: &[String]) {
                 username: None,
             },
         };
-        handle.submit_timeout(&e, Duration::from_secs(30)).unwrap();
+        handle
+            .submit(&e, Admit::within(Duration::from_secs(30)))
+            .and_then(Receipt::wait)
+            .unwrap();
     }
     let stats = pipeline.shutdown().await;
     assert_eq!(stats.dropped(), 0);

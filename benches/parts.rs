@@ -20,13 +20,13 @@ use std::time::Instant;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
-use mqtt_dynamo::pipeline::coalesce::Coalescer;
-use mqtt_dynamo::storage::dynamo;
 use mqtt_dynamo::event::HookEvent;
 use mqtt_dynamo::guid;
-use mqtt_dynamo::storage::item::{Item, Op, Table, Write};
 use mqtt_dynamo::lookup::TopicIndex;
+use mqtt_dynamo::pipeline::coalesce::Coalescer;
 use mqtt_dynamo::rules::{RuleSet, StorageFormat};
+use mqtt_dynamo::storage::dynamo;
+use mqtt_dynamo::storage::item::{Item, Op, Table, Write};
 use mqtt_dynamo::topic;
 
 #[path = "support/mix.rs"]

@@ -137,7 +137,11 @@ mod tests {
         let guid = from_base62(SEED_ID).unwrap();
         let node_pid = ((guid >> 16) & 0xffff_ffff_ffff) as u64;
         assert_eq!(compose(1562308553981613, node_pid, 1), guid);
-        assert_eq!(compose(7, u64::MAX, 0) >> 64, 7, "node bits stay out of the timestamp");
+        assert_eq!(
+            compose(7, u64::MAX, 0) >> 64,
+            7,
+            "node bits stay out of the timestamp"
+        );
     }
 
     #[test]

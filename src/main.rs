@@ -9,8 +9,8 @@ use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 use mqtt_dynamo::config::Config;
-use mqtt_dynamo::storage::dynamo::{self, SdkRetries};
 use mqtt_dynamo::pipeline::Pipeline;
+use mqtt_dynamo::storage::dynamo::{self, SdkRetries};
 use mqtt_dynamo::storage::tables::{self, Capacity, Created};
 
 /// mimalloc instead of glibc malloc: under load glibc's allocator took about a third of the CPU
@@ -122,8 +122,8 @@ enum ConfigCommand {
 fn config_import(file: &std::path::Path, output: Option<&std::path::Path>) -> Result<(), String> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    let imported =
-        mqtt_dynamo::config::import::import_emqx4(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+    let imported = mqtt_dynamo::config::import::import_emqx4(&text)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
     for w in &imported.warnings {
         eprintln!("warning: {w}");
     }
@@ -180,9 +180,10 @@ struct Backend {
 async fn backend(cfg: &Config) -> Result<Backend, String> {
     #[cfg(feature = "embedded")]
     if cfg.dynamodb.endpoint_url.is_none() && cfg.dynamodb.embedded {
-        let server = mqtt_dynamo::storage::embedded::EmbeddedDynamo::start(cfg.dynamodb.embedded_listen)
-            .await
-            .map_err(|e| e.to_string())?;
+        let server =
+            mqtt_dynamo::storage::embedded::EmbeddedDynamo::start(cfg.dynamodb.embedded_listen)
+                .await
+                .map_err(|e| e.to_string())?;
         info!(endpoint = %server.endpoint(), "embedded DynamoDB (in memory) is listening");
         return Ok(Backend {
             endpoint: Some(server.endpoint()),
@@ -255,7 +256,8 @@ async fn serve(cfg: Config) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         info!(%addr, "metrics listening (/metrics, /healthz, /readyz)");
-        let sampler = mqtt_dynamo::telemetry::recorder::spawn_sampler(pipeline.handle(), prometheus.clone());
+        let sampler =
+            mqtt_dynamo::telemetry::recorder::spawn_sampler(pipeline.handle(), prometheus.clone());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(mqtt_dynamo::telemetry::recorder::serve(
             listener,
@@ -364,8 +366,8 @@ fn print_json(v: &serde_json::Value) -> Result<(), String> {
 }
 
 async fn lookup_command(cfg: Config, command: LookupCommand) -> Result<(), String> {
-    use mqtt_dynamo::lookup::http::{offline_json, parse_since, retained_json};
     use mqtt_dynamo::config::MatchMode;
+    use mqtt_dynamo::lookup::http::{offline_json, parse_since, retained_json};
     use mqtt_dynamo::lookup::{OfflineQuery, ReadState, Reader};
     let endpoint = read_endpoint(&cfg);
     let client = dynamo::client(&cfg.dynamodb, endpoint.as_deref(), SdkRetries::Standard).await;
@@ -431,7 +433,9 @@ async fn subs_command(cfg: Config, command: SubsCommand) -> Result<(), String> {
     use mqtt_dynamo::storage::item::Value;
     let endpoint = read_endpoint(&cfg);
     let client = dynamo::client(&cfg.dynamodb, endpoint.as_deref(), SdkRetries::Standard).await;
-    let table = cfg.dynamodb.table_name(mqtt_dynamo::storage::item::Table::Sub);
+    let table = cfg
+        .dynamodb
+        .table_name(mqtt_dynamo::storage::item::Table::Sub);
     match command {
         SubsCommand::Add {
             clientid,

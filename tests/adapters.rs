@@ -18,8 +18,8 @@ use serde_json::{Value, json};
 use mqtt_dynamo::broker::Listeners;
 use mqtt_dynamo::config::{Config, HttpPublishActions, Secret};
 use mqtt_dynamo::guid;
-use mqtt_dynamo::storage::item::{Item, Key, Table, Value as V};
 use mqtt_dynamo::pipeline::Pipeline;
+use mqtt_dynamo::storage::item::{Item, Key, Table, Value as V};
 
 use support::{Backend, normalized, scan_all};
 
@@ -32,7 +32,10 @@ fn item(table: Table, attrs: &[(&str, V)]) -> (Key, Item) {
         .iter()
         .map(|(k, v)| (k.to_string(), v.clone()))
         .collect();
-    (mqtt_dynamo::storage::dynamo::key_of(table, &item).unwrap(), item)
+    (
+        mqtt_dynamo::storage::dynamo::key_of(table, &item).unwrap(),
+        item,
+    )
 }
 
 fn b62(hex: &str) -> String {

@@ -17,9 +17,10 @@ use mqtt_dynamo::broker::Listeners;
 use mqtt_dynamo::config::{Config, MatchMode};
 use mqtt_dynamo::event::{HookEvent, Message};
 use mqtt_dynamo::guid;
-use mqtt_dynamo::storage::item::{Item, Key, Op, Table, Value, Write};
 use mqtt_dynamo::lookup::{OfflineQuery, Payload, ReadState, Reader};
 use mqtt_dynamo::pipeline::Pipeline;
+use mqtt_dynamo::pipeline::{Admit, Receipt};
+use mqtt_dynamo::storage::item::{Item, Key, Op, Table, Value, Write};
 
 use support::Backend;
 
@@ -66,7 +67,8 @@ async fn write_all(backend: &Backend, cfg: &Config, events: &[HookEvent]) {
     let handle = pipeline.handle();
     for e in events {
         handle
-            .submit_timeout(e, Duration::from_secs(10))
+            .submit(e, Admit::within(Duration::from_secs(10)))
+            .and_then(Receipt::wait)
             .expect("event accepted");
     }
     let stats = pipeline.shutdown().await;
@@ -389,19 +391,27 @@ async fn read_your_writes(backend: Backend) {
         ),
         acked(&guid_at(1_700_000_000_800_000, 5), "o/2"),
     ] {
-        handle.submit(&e).unwrap();
+        handle
+            .submit(&e, Admit::now())
+            .and_then(Receipt::wait)
+            .unwrap();
     }
     handle
-        .submit_ops(vec![sub_op("c9", "s/1", 1), sub_op("c9", "s/2", 2)], None)
+        .submit(
+            vec![sub_op("c9", "s/1", 1), sub_op("c9", "s/2", 2)],
+            Admit::now(),
+        )
+        .and_then(Receipt::wait)
         .unwrap();
     handle
-        .submit_ops(
+        .submit(
             vec![Op {
                 key: Key::with_range(Table::Sub, "c9", "s/2"),
                 write: Write::Delete,
             }],
-            None,
+            Admit::now(),
         )
+        .and_then(Receipt::wait)
         .unwrap();
     let name = backend.name();
     // A retained message published a moment ago is found; one just cleared is not.
@@ -477,10 +487,12 @@ async fn pagination(backend: Backend) {
         .collect();
     for chunk in subs.chunks(50) {
         handle
-            .submit_ops(
+            .submit(
                 chunk.to_vec(),
-                Some(std::time::Instant::now() + Duration::from_secs(10)),
+                Some(std::time::Instant::now() + Duration::from_secs(10))
+                    .map_or_else(Admit::now, Admit::until),
             )
+            .and_then(Receipt::wait)
             .unwrap();
     }
     let payload = vec![b'p'; 10_000];
@@ -492,7 +504,10 @@ async fn pagination(backend: Backend) {
             &payload,
             true,
         );
-        handle.submit_timeout(&e, Duration::from_secs(10)).unwrap();
+        handle
+            .submit(&e, Admit::within(Duration::from_secs(10)))
+            .and_then(Receipt::wait)
+            .unwrap();
     }
     assert_eq!(pipeline.shutdown().await.dropped(), 0);
     let reader = fresh_reader(&cfg).await;
@@ -562,7 +577,10 @@ async fn http_lookup_api() {
         ),
         publish(&guid_at(1_700_000_000_200_000, 3), 1, "h/a", b"two", false),
     ] {
-        handle.submit(&e).unwrap();
+        handle
+            .submit(&e, Admit::now())
+            .and_then(Receipt::wait)
+            .unwrap();
     }
     // PUT, GET, DELETE a subscription whose topic has '/', '+' and '#' (one encoded segment).
     let sub = format!("{base}/v1/clients/c%201/subscriptions/h%2F%2B%2F%23");

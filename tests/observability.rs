@@ -13,8 +13,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use mqtt_dynamo::event::{ClientInfo, HookEvent, Message};
-use mqtt_dynamo::storage::item::Table;
 use mqtt_dynamo::pipeline::Pipeline;
+use mqtt_dynamo::pipeline::{Admit, Receipt};
+use mqtt_dynamo::storage::item::Table;
 
 use support::{Backend, http_get, scan_all};
 
@@ -72,7 +73,8 @@ fn client(id: &str) -> ClientInfo {
 /// the items in the tables, nothing is dropped, and promtool accepts the exposition.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scraped_metrics_match_a_known_workload() {
-    let prometheus = mqtt_dynamo::telemetry::recorder::install().expect("the recorder installs once");
+    let prometheus =
+        mqtt_dynamo::telemetry::recorder::install().expect("the recorder installs once");
     let backend = Backend::dynoxide().await;
     let mut cfg = backend.config();
     // One shard, one flush at shutdown: the whole sequence coalesces in one window.
@@ -82,10 +84,14 @@ async fn scraped_metrics_match_a_known_workload() {
     let pipeline = Pipeline::from_config(&cfg, client_sdk.clone()).unwrap();
     let h = pipeline.handle();
     for i in 0..10 {
-        h.submit(&HookEvent::ClientConnected {
-            client: client("m1"),
-            connected_at_ms: 1_000 + i,
-        })
+        h.submit(
+            &HookEvent::ClientConnected {
+                client: client("m1"),
+                connected_at_ms: 1_000 + i,
+            },
+            Admit::now(),
+        )
+        .and_then(Receipt::wait)
         .unwrap();
     }
     let message = Message {
@@ -99,20 +105,32 @@ async fn scraped_metrics_match_a_known_workload() {
         timestamp_ms: 5_000,
         username: None,
     };
-    h.submit(&HookEvent::MessagePublish {
-        message: message.clone(),
-    })
+    h.submit(
+        &HookEvent::MessagePublish {
+            message: message.clone(),
+        },
+        Admit::now(),
+    )
+    .and_then(Receipt::wait)
     .unwrap();
-    h.submit(&HookEvent::MessageAcked {
-        client: client("s1"),
-        message,
-    })
+    h.submit(
+        &HookEvent::MessageAcked {
+            client: client("s1"),
+            message,
+        },
+        Admit::now(),
+    )
+    .and_then(Receipt::wait)
     .unwrap();
     for c in ["c2", "c3", "c4"] {
-        h.submit(&HookEvent::ClientConnected {
-            client: client(c),
-            connected_at_ms: 2_000,
-        })
+        h.submit(
+            &HookEvent::ClientConnected {
+                client: client(c),
+                connected_at_ms: 2_000,
+            },
+            Admit::now(),
+        )
+        .and_then(Receipt::wait)
         .unwrap();
     }
     // One invalid event (empty client id): refused and counted.
@@ -120,7 +138,11 @@ async fn scraped_metrics_match_a_known_workload() {
         client: client(""),
         connected_at_ms: 0,
     };
-    assert!(h.submit(&bad).is_err());
+    assert!(
+        h.submit(&bad, Admit::now())
+            .and_then(Receipt::wait)
+            .is_err()
+    );
     let stats = pipeline.shutdown().await;
     // What the once-a-second sampler does.
     h.publish_gauges();

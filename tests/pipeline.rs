@@ -8,15 +8,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use mqtt_dynamo::config::Config;
-use mqtt_dynamo::storage::dynamo::{self, SdkRetries};
 use mqtt_dynamo::event::{ClientInfo, HookEvent, Message};
 use mqtt_dynamo::guid;
+use mqtt_dynamo::pipeline::Pipeline;
+use mqtt_dynamo::pipeline::{Admit, Receipt};
+use mqtt_dynamo::rules::{MsgIdFormat, RuleSet, TimeUnit};
+use mqtt_dynamo::storage::dynamo::{self, SdkRetries};
 use mqtt_dynamo::storage::item::{Item, Key, Table, Value};
 use mqtt_dynamo::storage::model::TableModel;
-use mqtt_dynamo::pipeline::Pipeline;
-use mqtt_dynamo::rules::{MsgIdFormat, RuleSet, TimeUnit};
-use mqtt_dynamo::telemetry::stats::StatsSnapshot;
 use mqtt_dynamo::storage::tables::{self, Capacity, Created};
+use mqtt_dynamo::telemetry::stats::StatsSnapshot;
 
 use support::{Backend, normalized, scan_all};
 
@@ -93,7 +94,8 @@ fn item(table: Table, attrs: &[(&str, Value)]) -> (Key, Item) {
         .iter()
         .map(|(k, v)| (k.to_string(), v.clone()))
         .collect();
-    let key = mqtt_dynamo::storage::dynamo::key_of(table, &item).expect("expected items carry their key");
+    let key =
+        mqtt_dynamo::storage::dynamo::key_of(table, &item).expect("expected items carry their key");
     (key, item)
 }
 
@@ -122,7 +124,8 @@ async fn run(
         let handle = pipeline.handle();
         for e in group {
             handle
-                .submit_timeout(e, Duration::from_secs(10))
+                .submit(e, Admit::within(Duration::from_secs(10)))
+                .and_then(Receipt::wait)
                 .expect("event accepted");
         }
         last = Some(pipeline.shutdown().await);
@@ -515,7 +518,10 @@ async fn throttling_halves_the_flushes_in_flight() {
     assert_eq!(handle.in_flight_limit(), 32);
     let events = hot_key_events(1_500);
     for e in &events {
-        handle.submit_timeout(e, Duration::from_secs(10)).unwrap();
+        handle
+            .submit(e, Admit::within(Duration::from_secs(10)))
+            .and_then(Receipt::wait)
+            .unwrap();
     }
     // Watch the limit while the pipeline works through the backlog.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -568,7 +574,10 @@ async fn server_errors_resets_and_stalls_are_retried_without_duplicate_effects()
     let pipeline = Pipeline::from_config(&cfg, client.clone()).unwrap();
     let handle = pipeline.handle();
     for e in &events {
-        handle.submit_timeout(e, Duration::from_secs(10)).unwrap();
+        handle
+            .submit(e, Admit::within(Duration::from_secs(10)))
+            .and_then(Receipt::wait)
+            .unwrap();
     }
     let stats = pipeline.shutdown().await;
     backend.set_faults(dynamo_sim::FaultConfig::default());
@@ -612,7 +621,8 @@ async fn refused_credentials_are_a_clear_error_not_a_retry_storm() {
     for e in &events {
         pipeline
             .handle()
-            .submit_timeout(e, Duration::from_secs(10))
+            .submit(e, Admit::within(Duration::from_secs(10)))
+            .and_then(Receipt::wait)
             .unwrap();
     }
     let stats = pipeline.shutdown().await;
@@ -838,20 +848,26 @@ async fn invalid_events_are_refused_and_the_rest_is_written() {
     let mut bad = message(1, 1, "c1", "t", b"x", false, 0);
     bad.id = "zz".into();
     let err = h
-        .submit(&HookEvent::MessagePublish { message: bad })
+        .submit(&HookEvent::MessagePublish { message: bad }, Admit::now())
+        .and_then(Receipt::wait)
         .unwrap_err();
     assert_eq!(
         err.to_string(),
         "invalid event: message id \"zz\" is not a 32-digit hex GUID"
     );
     let big = publish(2, 1, "t", &vec![b'a'; 400 * 1024], false, 0);
-    let err = h.submit(&big).unwrap_err();
+    let err = h
+        .submit(&big, Admit::now())
+        .and_then(Receipt::wait)
+        .unwrap_err();
     assert!(
         err.to_string()
             .contains("DynamoDB items are limited to 409600 bytes"),
         "{err}"
     );
-    h.submit(&connect("ok", "emqx@n1", 1_000)).unwrap();
+    h.submit(&connect("ok", "emqx@n1", 1_000), Admit::now())
+        .and_then(Receipt::wait)
+        .unwrap();
     let stats = pipeline.shutdown().await;
     assert_eq!(stats.rejected_invalid, 1, "the bad message id");
     assert_eq!(stats.rejected_other, 1, "the item over 400 KB (too_large)");
@@ -1015,10 +1031,13 @@ async fn full_queues_refuse_and_outage_drops_are_counted() {
     let mut accepted = 0u64;
     let mut refused = None;
     for i in 0..200 {
-        match h.submit_timeout(
-            &connect(&format!("k{i}"), "emqx@n1", 1_000),
-            Duration::from_millis(20),
-        ) {
+        match h
+            .submit(
+                &connect(&format!("k{i}"), "emqx@n1", 1_000),
+                Admit::within(Duration::from_millis(20)),
+            )
+            .and_then(Receipt::wait)
+        {
             Ok(()) => accepted += 1,
             Err(e) => {
                 refused = Some(e);
@@ -1033,7 +1052,10 @@ async fn full_queues_refuse_and_outage_drops_are_counted() {
     );
     assert_eq!(err.to_string(), "ingest queue is full");
     // The non-blocking variant refuses at once.
-    let err = h.submit(&connect("late", "emqx@n1", 1)).unwrap_err();
+    let err = h
+        .submit(&connect("late", "emqx@n1", 1), Admit::now())
+        .and_then(Receipt::wait)
+        .unwrap_err();
     assert!(
         matches!(err, mqtt_dynamo::pipeline::ingest::SubmitError::Full),
         "{err}"
@@ -1158,7 +1180,10 @@ async fn steady_rate_through_an_outage(
                 sim.set_outage(i == 500);
             }
             let e = unique_publish(i);
-            match handle.submit_timeout(&e, Duration::from_millis(5)) {
+            match handle
+                .submit(&e, Admit::within(Duration::from_millis(5)))
+                .and_then(Receipt::wait)
+            {
                 Ok(()) => accepted.push(e),
                 Err(mqtt_dynamo::pipeline::ingest::SubmitError::Full) => refused += 1,
                 Err(other) => panic!("unexpected refusal: {other}"),
@@ -1261,7 +1286,10 @@ async fn hot_topic_run(hot_key_window: Duration) -> (dynamo_sim::SimStats, Stats
     tokio::task::spawn_blocking(move || {
         let start = std::time::Instant::now();
         for (i, e) in submitted.iter().enumerate() {
-            handle.submit_timeout(e, Duration::from_secs(10)).unwrap();
+            handle
+                .submit(e, Admit::within(Duration::from_secs(10)))
+                .and_then(Receipt::wait)
+                .unwrap();
             let due = start + Duration::from_micros(500) * (i as u32 + 1);
             std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
         }

@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use mqtt_dynamo::config::Config;
 use mqtt_dynamo::event::{ClientInfo, HookEvent, Message};
+use mqtt_dynamo::pipeline::Pipeline;
+use mqtt_dynamo::pipeline::{Admit, Receipt};
+use mqtt_dynamo::rules::RuleSet;
 use mqtt_dynamo::storage::item::{Item, Key, Table, Value};
 use mqtt_dynamo::storage::model::TableModel;
-use mqtt_dynamo::pipeline::Pipeline;
-use mqtt_dynamo::rules::RuleSet;
 
 use support::{Backend, normalized, scan_all};
 
@@ -544,7 +545,10 @@ async fn paced(
     for chunk in events.chunks(per_ms) {
         tick.tick().await;
         for e in chunk {
-            handle.submit_timeout(e, Duration::from_secs(10)).unwrap();
+            handle
+                .submit(e, Admit::within(Duration::from_secs(10)))
+                .and_then(Receipt::wait)
+                .unwrap();
         }
     }
 }
@@ -732,13 +736,14 @@ async fn shutdown_without_the_spool_dead_letters_what_the_deadline_leaves() {
     let handle = pipeline.handle();
     for i in 0..300u64 {
         handle
-            .submit_timeout(
+            .submit(
                 &HookEvent::ClientConnected {
                     client: client(&format!("d{i}")),
                     connected_at_ms: 1_700_000_000_000 + i,
                 },
-                Duration::from_secs(5),
+                Admit::within(Duration::from_secs(5)),
             )
+            .and_then(Receipt::wait)
             .unwrap();
     }
     let t0 = Instant::now();
@@ -800,11 +805,23 @@ async fn repeated_publishes_do_not_bring_back_acked_messages() {
         }
     };
     // 1: published, acked, then the sender repeats the publish.
-    handle.submit(&publish(1)).unwrap();
-    handle.submit(&ack(1)).unwrap();
-    handle.submit(&publish(1)).unwrap();
+    handle
+        .submit(&publish(1), Admit::now())
+        .and_then(Receipt::wait)
+        .unwrap();
+    handle
+        .submit(&ack(1), Admit::now())
+        .and_then(Receipt::wait)
+        .unwrap();
+    handle
+        .submit(&publish(1), Admit::now())
+        .and_then(Receipt::wait)
+        .unwrap();
     // 2: published and written, repeated, then acked before the repeat is flushed.
-    handle.submit(&publish(2)).unwrap();
+    handle
+        .submit(&publish(2), Admit::now())
+        .and_then(Receipt::wait)
+        .unwrap();
     let t0 = Instant::now();
     while !written(2).await {
         assert!(
@@ -813,26 +830,39 @@ async fn repeated_publishes_do_not_bring_back_acked_messages() {
         );
         tokio::task::yield_now().await;
     }
-    handle.submit(&publish(2)).unwrap();
-    handle.submit(&ack(2)).unwrap();
+    handle
+        .submit(&publish(2), Admit::now())
+        .and_then(Receipt::wait)
+        .unwrap();
+    handle
+        .submit(&ack(2), Admit::now())
+        .and_then(Receipt::wait)
+        .unwrap();
     // 3: a retained message as ExHook delivers it (no retain flag), acked, then the EMQX rule's
     // retained-only copy of the same publish: the other half of one publish, not a repeat.
     let retained = |retain| HookEvent::MessagePublish {
         message: message(3, "r/dup", "v", retain, 1),
     };
-    handle.submit(&retained(false)).unwrap();
     handle
-        .submit(&HookEvent::MessageAcked {
-            client: client("s1"),
-            message: message(3, "r/dup", "v", false, 1),
-        })
+        .submit(&retained(false), Admit::now())
+        .and_then(Receipt::wait)
         .unwrap();
     handle
-        .submit_scoped(
-            &retained(true),
-            mqtt_dynamo::rules::ActionScope::RetainedOnly,
-            None,
+        .submit(
+            &HookEvent::MessageAcked {
+                client: client("s1"),
+                message: message(3, "r/dup", "v", false, 1),
+            },
+            Admit::now(),
         )
+        .and_then(Receipt::wait)
+        .unwrap();
+    handle
+        .submit(
+            &retained(true),
+            Admit::now().scope(mqtt_dynamo::rules::ActionScope::RetainedOnly),
+        )
+        .and_then(Receipt::wait)
         .unwrap();
     let stats = pipeline.shutdown().await;
     assert_eq!(stats.duplicates_dropped, 1, "{stats}");

@@ -38,12 +38,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use mqtt_dynamo::config::Config;
+use mqtt_dynamo::event::HookEvent;
+use mqtt_dynamo::pipeline::Pipeline;
+use mqtt_dynamo::pipeline::{Admit, Receipt};
+use mqtt_dynamo::rules::{RuleSet, StorageFormat};
 use mqtt_dynamo::storage::dynamo::{self, SdkRetries};
 use mqtt_dynamo::storage::embedded::EmbeddedDynamo;
-use mqtt_dynamo::event::HookEvent;
 use mqtt_dynamo::storage::model::TableModel;
-use mqtt_dynamo::pipeline::Pipeline;
-use mqtt_dynamo::rules::{RuleSet, StorageFormat};
 use mqtt_dynamo::storage::tables::{self, Capacity};
 
 use report::{Verification, fmt_q, quantiles_ms};
@@ -670,7 +671,10 @@ async fn run_inprocess(args: &Args) -> Result<bool, String> {
                 }
             }
             let t0 = Instant::now();
-            match handle.submit_timeout(&event, Duration::from_secs(4)) {
+            match handle
+                .submit(&event, Admit::within(Duration::from_secs(4)))
+                .and_then(Receipt::wait)
+            {
                 Ok(()) => latency.saturating_record(t0.elapsed().as_micros() as u64),
                 Err(_) => {
                     refused.insert(sent);

@@ -111,7 +111,7 @@ impl ExhookService {
         if field.is_err() {
             self.admission
                 .handle()
-                .count_refusal(crate::telemetry::stats::RejectReason::Invalid);
+                .count_refusals(crate::telemetry::stats::RejectReason::Invalid, 1);
         }
         field
     }
@@ -136,7 +136,8 @@ impl ExhookService {
 }
 
 /// Rate limit for the refused-publish log line.
-static PUBLISH_REFUSED_LOG: crate::telemetry::stats::LogGate = crate::telemetry::stats::LogGate::new();
+static PUBLISH_REFUSED_LOG: crate::telemetry::stats::LogGate =
+    crate::telemetry::stats::LogGate::new();
 
 fn missing(field: &str) -> Status {
     Status::invalid_argument(format!("{field} is missing"))

@@ -16,8 +16,8 @@ use tracing::warn;
 
 use crate::config::WhenFull;
 use crate::event::HookEvent;
-use crate::pipeline::ingest::SubmitError;
 use crate::pipeline::PipelineHandle;
+use crate::pipeline::{Admit, Receipt, SubmitError};
 use crate::rules::ActionScope;
 
 /// Why an adapter could not hand an event over.
@@ -53,11 +53,12 @@ pub struct Admission {
 }
 
 impl Admission {
-    /// How long a write may wait for room under this policy (`None`: not at all).
-    pub fn deadline(&self) -> Option<std::time::Instant> {
+    /// How a write that comes from no hook is admitted under this policy: waiting up to the
+    /// block timeout for room, or not at all.
+    pub fn admit_writes(&self) -> Admit {
         match self.when_full {
-            WhenFull::Block => Some(std::time::Instant::now() + self.block_timeout),
-            WhenFull::Drop => None,
+            WhenFull::Block => Admit::within(self.block_timeout),
+            WhenFull::Drop => Admit::now(),
         }
     }
 
@@ -101,14 +102,11 @@ impl Admission {
     pub async fn admit(&self, event: HookEvent, scope: ActionScope) -> Result<(), AdmitError> {
         let hook = event.hook().as_str();
         let first = match self.when_full {
-            WhenFull::Block => self.handle.probe_scoped(&event, scope),
-            WhenFull::Drop => self.handle.probe_scoped(&event, scope).inspect_err(|e| {
-                if matches!(e, SubmitError::Full) {
-                    self.handle
-                        .count_refusal(crate::telemetry::stats::RejectReason::QueueFull);
-                }
-            }),
+            // Full: this caller waits and tries again, and counts the final outcome.
+            WhenFull::Block => Admit::now().scope(scope).retried_by_caller(),
+            WhenFull::Drop => Admit::now().scope(scope),
         };
+        let first = self.handle.submit(&event, first);
         // Without the spool the receipt is ready at once; with it, wait for the fsync here
         // (async), not on a runtime worker.
         let first = match first {
@@ -123,7 +121,9 @@ impl Admission {
                 let handle = self.handle.clone();
                 let deadline = Instant::now() + self.block_timeout;
                 tokio::task::spawn_blocking(move || {
-                    handle.submit_scoped(&event, scope, Some(deadline))
+                    handle
+                        .submit(&event, Admit::until(deadline).scope(scope))
+                        .and_then(Receipt::wait)
                 })
                 .await
                 .unwrap_or(Err(SubmitError::Closed))

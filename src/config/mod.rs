@@ -15,8 +15,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::storage::item::Table;
 use crate::rules::{Action, MsgIdFormat, Rule, RuleError, RuleSet, StorageFormat, TimeUnit};
+use crate::storage::item::Table;
 
 /// DynamoDB's limit on requests in one BatchWriteItem.
 pub const MAX_BATCH_REQUESTS: usize = 25;

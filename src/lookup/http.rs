@@ -30,10 +30,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::broker::http::{HttpState, error, path_rejection, query_rejection, unauthorized};
-use crate::storage::item::{Item, Key, Op, Table, Value as ItemValue, Write};
 use crate::lookup::{
     LookupError, Offline, OfflineQuery, Payload, Reader, Retained, StoredMessage, Subscription,
 };
+use crate::storage::item::{Item, Key, Op, Table, Value as ItemValue, Write};
 use crate::telemetry::stats::RejectReason;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 
@@ -281,7 +281,8 @@ async fn subscriptions(
         Ok(Path(c)) => c,
         Err(r) => return path_rejection(r),
     };
-    if let Err(e) = crate::storage::item::check_key_part("clientid", &clientid, MAX_HASH_KEY_BYTES) {
+    if let Err(e) = crate::storage::item::check_key_part("clientid", &clientid, MAX_HASH_KEY_BYTES)
+    {
         return error(StatusCode::BAD_REQUEST, e.to_string(), Some(e.field()));
     }
     match reader.subscriptions(&clientid).await {
@@ -317,11 +318,15 @@ pub fn subscription_key(clientid: &str, topic: &str) -> Result<Key, (String, &'s
 
 async fn write_subscription(state: &HttpState, op: Op) -> Response {
     let handle = state.admission.handle().clone();
-    let deadline = state.admission.deadline();
+    let admit = state.admission.admit_writes();
     // Waiting for room blocks a thread: off the async workers.
-    let result = tokio::task::spawn_blocking(move || handle.submit_ops(vec![op], deadline))
-        .await
-        .unwrap_or(Err(crate::pipeline::ingest::SubmitError::Closed));
+    let result = tokio::task::spawn_blocking(move || {
+        handle
+            .submit(vec![op], admit)
+            .and_then(crate::pipeline::Receipt::wait)
+    })
+    .await
+    .unwrap_or(Err(crate::pipeline::ingest::SubmitError::Closed));
     match result {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(crate::pipeline::ingest::SubmitError::Full) => error(
@@ -340,7 +345,7 @@ async fn write_subscription(state: &HttpState, op: Op) -> Response {
 
 /// Counts a refused subscription write (it is an event for the refusal counter).
 fn refused(state: &HttpState, reason: RejectReason, resp: Response) -> Response {
-    state.admission.handle().count_refusal(reason);
+    state.admission.handle().count_refusals(reason, 1);
     resp
 }
 

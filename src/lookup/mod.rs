@@ -21,8 +21,8 @@
 //! Shared subscriptions (`$share/group/f`, `$queue/f`) read the offline messages of `f`, and no
 //! retained messages (MQTT does not send retained messages to shared subscriptions).
 
-pub mod index;
 pub mod http;
+pub mod index;
 pub mod state;
 
 use std::collections::{BTreeMap, HashMap};
@@ -383,8 +383,10 @@ impl Reader {
         loop {
             while tasks.len() < PARALLEL_GETS {
                 let Some(chunk) = chunks.next() else { break };
-                let attrs: Vec<HashMap<String, AttributeValue>> =
-                    chunk.iter().map(crate::storage::dynamo::key_attrs).collect();
+                let attrs: Vec<HashMap<String, AttributeValue>> = chunk
+                    .iter()
+                    .map(crate::storage::dynamo::key_attrs)
+                    .collect();
                 let client = self.client.clone();
                 let name = name.clone();
                 tasks.spawn(async move { get_chunk(client, name, attrs).await });
@@ -399,9 +401,11 @@ impl Reader {
             })??;
             for attrs in items {
                 let (key, item) =
-                    crate::storage::dynamo::from_attrs(table, &attrs).map_err(|e| LookupError::BadItem {
-                        table: name.clone(),
-                        reason: e.to_string(),
+                    crate::storage::dynamo::from_attrs(table, &attrs).map_err(|e| {
+                        LookupError::BadItem {
+                            table: name.clone(),
+                            reason: e.to_string(),
+                        }
                     })?;
                 out.insert(key, item);
             }
@@ -458,12 +462,13 @@ impl Reader {
                 .await
                 .map_err(|e| dynamo_error("Query", name, e))?;
             for attrs in page.items() {
-                let (key, item) = crate::storage::dynamo::from_attrs(Table::Sub, attrs).map_err(|e| {
-                    LookupError::BadItem {
-                        table: name.to_string(),
-                        reason: e.to_string(),
-                    }
-                })?;
+                let (key, item) =
+                    crate::storage::dynamo::from_attrs(Table::Sub, attrs).map_err(|e| {
+                        LookupError::BadItem {
+                            table: name.to_string(),
+                            reason: e.to_string(),
+                        }
+                    })?;
                 items.insert(key, item);
             }
             match page.last_evaluated_key() {

@@ -1,10 +1,14 @@
 //! The front door: events are planned into writes on the caller's thread and queued on a bounded
 //! crossbeam channel, limited in events and in bytes.
 //!
-//! Policy when full: [`Ingest::submit`] never blocks and fails with [`SubmitError::Full`];
-//! [`Ingest::submit_timeout`] waits up to its deadline for room, then fails the same way. Either way
-//! the refusal is counted (`mqtt_dynamo_events_rejected_total{adapter, reason="queue_full"}`) and the caller
-//! decides what the broker sees. Nothing that was accepted is dropped here.
+//! One entry point, [`Ingest::submit`], for an event or for writes from no hook; its [`Admit`]
+//! says how it is admitted. Policy when full: with [`Admit::now`] it does not wait for room and
+//! fails with [`SubmitError::Full`]; with [`Admit::until`] it waits up to the deadline for room,
+//! then fails the same way. Either way the refusal is counted
+//! (`mqtt_dynamo_events_rejected_total{adapter, reason="queue_full"}`) and the caller decides
+//! what the broker sees. Nothing that was accepted is dropped here. `submit` returns a
+//! [`Receipt`]: with the spool on, the caller waits on it for the fsync covering the event before
+//! acknowledging.
 //!
 //! **Repeats.** A sender that resends (an HTTP client retrying a partly accepted request, one
 //! publish through two adapters) must not bring back a message that was acked: a publish whose
@@ -23,10 +27,10 @@ use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
 use thiserror::Error;
 
 use crate::event::HookEvent;
-use crate::storage::item::Op;
 use crate::lookup::ReadState;
 use crate::rules::{ActionScope, EventError, RuleSet, StorageFormat};
 use crate::spool::{Spool, SpoolError};
+use crate::storage::item::Op;
 use crate::telemetry::stats::{Origin, RejectReason, Stats};
 
 /// Rate limit for the duplicate-publish log line.
@@ -50,26 +54,123 @@ pub enum SubmitError {
     Spool(String),
 }
 
-/// What an accepted event still waits for before it may be acknowledged: nothing without the
-/// spool, the fsync covering its record with it.
+/// What an accepted submission still waits for before it may be acknowledged: nothing without
+/// the spool, the fsync covering its record with it. A failed fsync is counted as a refusal under
+/// the submitter's origin.
 #[derive(Debug)]
-#[must_use = "an event is durable only once its receipt says so"]
-pub struct Receipt(Option<(Arc<Spool>, u64)>);
+#[must_use = "a submission is durable only once its receipt says so"]
+pub struct Receipt(Option<Pending>);
+
+/// The spool ticket a receipt waits on, and where a failure is counted.
+#[derive(Debug)]
+struct Pending {
+    spool: Arc<Spool>,
+    ticket: u64,
+    stats: Arc<Stats>,
+    origin: Origin,
+}
+
+impl Pending {
+    fn settle(&self, synced: Result<(), SpoolError>) -> Result<(), SubmitError> {
+        let result = synced.map_err(spool_error);
+        if let Err(e @ SubmitError::Spool(_)) = &result {
+            self.stats.event_rejected(self.origin, reject_reason(e), 1);
+        }
+        result
+    }
+}
 
 impl Receipt {
-    /// Waits (async) until the event is durable under the spool's fsync policy.
+    /// Waits (async) until the submission is durable under the spool's fsync policy.
     pub async fn durable(self) -> Result<(), SubmitError> {
         match self.0 {
-            Some((spool, ticket)) => spool.synced(ticket).await.map_err(spool_error),
+            Some(p) => {
+                let synced = p.spool.synced(p.ticket).await;
+                p.settle(synced)
+            }
             None => Ok(()),
         }
     }
 
-    /// Blocks until the event is durable under the spool's fsync policy.
+    /// Blocks until the submission is durable under the spool's fsync policy.
     pub fn wait(self) -> Result<(), SubmitError> {
         match self.0 {
-            Some((spool, ticket)) => spool.wait_synced(ticket).map_err(spool_error),
+            Some(p) => p.settle(p.spool.wait_synced(p.ticket)),
             None => Ok(()),
+        }
+    }
+}
+
+/// What is submitted: a hook event (planned into writes by the rules) or writes that come from no
+/// hook (the subscription API).
+#[derive(Debug)]
+pub enum Submission<'a> {
+    Event(&'a HookEvent),
+    Ops(Vec<Op>),
+}
+
+impl<'a> From<&'a HookEvent> for Submission<'a> {
+    fn from(event: &'a HookEvent) -> Self {
+        Submission::Event(event)
+    }
+}
+
+impl From<Vec<Op>> for Submission<'static> {
+    fn from(ops: Vec<Op>) -> Self {
+        Submission::Ops(ops)
+    }
+}
+
+/// How a submission is admitted: which of an event's rules apply, how long to wait for room in
+/// the queue, and whether a `Full` refusal is counted here.
+#[derive(Clone, Copy, Debug)]
+pub struct Admit {
+    scope: ActionScope,
+    deadline: Option<Instant>,
+    count_full: bool,
+}
+
+impl Default for Admit {
+    fn default() -> Self {
+        Admit::now()
+    }
+}
+
+impl Admit {
+    /// Every rule, no waiting for room: accepted now or refused `Full` (never blocks on the
+    /// queue; the receipt waits for the spool's fsync, if any).
+    pub fn now() -> Admit {
+        Admit {
+            scope: ActionScope::All,
+            deadline: None,
+            count_full: true,
+        }
+    }
+
+    /// Waits until `deadline` for room.
+    pub fn until(deadline: Instant) -> Admit {
+        Admit {
+            deadline: Some(deadline),
+            ..Admit::now()
+        }
+    }
+
+    /// Waits up to `timeout` for room.
+    pub fn within(timeout: Duration) -> Admit {
+        Admit::until(Instant::now() + timeout)
+    }
+
+    /// Only the rules `scope` admits.
+    pub fn scope(self, scope: ActionScope) -> Admit {
+        Admit { scope, ..self }
+    }
+
+    /// Leaves a `Full` refusal uncounted: for a caller that will wait and try again, and counts
+    /// the final outcome itself.
+    pub fn retried_by_caller(self) -> Admit {
+        Admit {
+            count_full: false,
+            ..self
         }
     }
 }
@@ -118,7 +219,7 @@ pub(crate) enum IngestMsg {
 }
 
 /// The byte limit of the ingest queue: reserved before an envelope is queued, released when the
-/// router takes it. A mutex and condvar rather than an atomic so that `submit_timeout` can wait
+/// router takes it. A mutex and condvar rather than an atomic so that a submit with a deadline can wait
 /// for room without spinning; the critical section is two integer operations.
 #[derive(Debug)]
 pub(crate) struct ByteBudget {
@@ -371,91 +472,46 @@ impl Ingest {
         self
     }
 
-    fn receipt(&self, ticket: Option<u64>) -> Receipt {
+    fn receipt(&self, origin: Origin, ticket: Option<u64>) -> Receipt {
         Receipt(
             self.spool
                 .as_ref()
                 .zip(ticket)
-                .map(|(s, t)| (Arc::clone(s), t)),
+                .map(|(spool, ticket)| Pending {
+                    spool: Arc::clone(spool),
+                    ticket,
+                    stats: Arc::clone(&self.stats),
+                    origin,
+                }),
         )
     }
 
-    /// Waits for an accepted event's durability (blocking), counting a failure as a refusal.
-    fn settle(
+    /// Accepts an event's writes (for the rules `admit` scopes) or writes from no hook, all or
+    /// nothing, waiting for room as `admit` says. Every refusal is counted under `origin`
+    /// (a `Full` one unless `admit` leaves it to the caller). The receipt says when the
+    /// submission is durable.
+    pub fn submit<'a>(
         &self,
         origin: Origin,
-        result: Result<Option<u64>, SubmitError>,
-    ) -> Result<(), SubmitError> {
-        let waited = result.and_then(|ticket| self.receipt(ticket).wait());
-        if let Err(e @ SubmitError::Spool(_)) = &waited {
-            self.count_rejection(origin, e);
-        }
-        waited
-    }
-
-    /// Queues writes that come from no hook (the subscription API), waiting until `deadline`
-    /// (if any) for room. Refusals are counted like an event's.
-    pub fn submit_ops(
-        &self,
-        origin: Origin,
-        ops: Vec<Op>,
-        deadline: Option<Instant>,
-    ) -> Result<(), SubmitError> {
-        let result = self.enqueue_ops(ops, deadline, None);
-        if let Err(e) = &result {
-            self.count_rejection(origin, e);
-        }
-        self.settle(origin, result)
-    }
-
-    /// Accepts `event` for the rules `scope` admits, waiting until `deadline` (if any) for room
-    /// (none: never blocks). Every refusal is counted under `origin`.
-    pub fn submit_scoped(
-        &self,
-        origin: Origin,
-        event: &HookEvent,
-        scope: ActionScope,
-        deadline: Option<Instant>,
-    ) -> Result<(), SubmitError> {
-        self.settle(origin, self.enqueue(origin, event, deadline, scope))
-    }
-
-    /// Like [`Ingest::submit_scoped`] without waiting for room, and without counting a `Full`
-    /// refusal: for callers that will wait and try again (and count the final outcome). The
-    /// receipt says when the event is durable (at once without the spool).
-    pub fn probe_scoped(
-        &self,
-        origin: Origin,
-        event: &HookEvent,
-        scope: ActionScope,
+        what: impl Into<Submission<'a>>,
+        admit: Admit,
     ) -> Result<Receipt, SubmitError> {
-        match self.try_enqueue(event, None, scope) {
-            Err(SubmitError::Full) => Err(SubmitError::Full),
-            other => {
-                if let Err(e) = &other {
-                    self.count_rejection(origin, e);
-                }
-                other.map(|ticket| self.receipt(ticket))
+        let result = match what.into() {
+            Submission::Event(event) => self.try_enqueue(event, admit.deadline, admit.scope),
+            Submission::Ops(ops) => self.enqueue_ops(ops, admit.deadline, None),
+        };
+        match result {
+            Ok(ticket) => Ok(self.receipt(origin, ticket)),
+            Err(SubmitError::Full) if !admit.count_full => Err(SubmitError::Full),
+            Err(e) => {
+                self.count_rejection(origin, &e);
+                Err(e)
             }
         }
     }
 
-    fn enqueue(
-        &self,
-        origin: Origin,
-        event: &HookEvent,
-        deadline: Option<Instant>,
-        scope: ActionScope,
-    ) -> Result<Option<u64>, SubmitError> {
-        let result = self.try_enqueue(event, deadline, scope);
-        if let Err(e) = &result {
-            self.count_rejection(origin, e);
-        }
-        result
-    }
-
     /// Counts a refusal made outside ingest (an adapter that could not read a request, or a
-    /// `Full` [`Ingest::probe_scoped`] left uncounted).
+    /// `Full` that [`Admit::retried_by_caller`] left to the caller).
     pub fn count(&self, origin: Origin, reason: RejectReason, n: u64) {
         self.stats.event_rejected(origin, reason, n);
     }

@@ -25,12 +25,12 @@ use crate::pipeline::concurrency::Concurrency;
 use tracing::error;
 
 use crate::config::{DynamoConfig, PipelineConfig, StorageConfig};
-use crate::event::HookEvent;
-use crate::pipeline::flush::{Flusher, TableNames};
-use crate::pipeline::ingest::{ByteBudget, Ingest, SubmitError};
 use crate::lookup::{ReadState, Reader};
-use crate::rules::{RuleSet, StorageFormat};
+use crate::pipeline::flush::{Flusher, TableNames};
+pub use crate::pipeline::ingest::{Admit, Receipt, Submission, SubmitError};
+use crate::pipeline::ingest::{ByteBudget, Ingest};
 use crate::pipeline::shard::{Shard, route};
+use crate::rules::{RuleSet, StorageFormat};
 use crate::spool::Spool;
 use crate::telemetry::stats::{Stats, StatsSnapshot};
 
@@ -86,62 +86,21 @@ impl PipelineHandle {
         }
     }
 
-    /// Accepts `event` if there is room now; never blocks (with the spool on it waits for the
-    /// event's fsync under `fsync = "always"`).
-    pub fn submit(&self, event: &HookEvent) -> Result<(), SubmitError> {
-        self.submit_scoped(event, crate::rules::ActionScope::All, None)
-    }
-
-    /// Accepts `event`, waiting up to `timeout` for room.
-    pub fn submit_timeout(
+    /// Accepts an event's writes, or writes from no hook, as `admit` says (see [`Admit`]); the
+    /// receipt says when the submission is durable (at once without the spool).
+    pub fn submit<'a>(
         &self,
-        event: &HookEvent,
-        timeout: std::time::Duration,
-    ) -> Result<(), SubmitError> {
-        let deadline = std::time::Instant::now() + timeout;
-        self.submit_scoped(event, crate::rules::ActionScope::All, Some(deadline))
+        what: impl Into<Submission<'a>>,
+        admit: Admit,
+    ) -> Result<Receipt, SubmitError> {
+        self.ingest.submit(self.origin, what, admit)
     }
 
-    /// Accepts `event` for the rules `scope` admits, waiting until `deadline` (if any) for room.
-    pub fn submit_scoped(
-        &self,
-        event: &HookEvent,
-        scope: crate::rules::ActionScope,
-        deadline: Option<std::time::Instant>,
-    ) -> Result<(), SubmitError> {
-        self.ingest
-            .submit_scoped(self.origin, event, scope, deadline)
-    }
-
-    /// Tries once without waiting for room; a `Full` refusal is not counted (the caller retries
-    /// or counts it with [`PipelineHandle::count_refusal`]). The receipt says when the event is
-    /// durable.
-    pub fn probe_scoped(
-        &self,
-        event: &HookEvent,
-        scope: crate::rules::ActionScope,
-    ) -> Result<crate::pipeline::ingest::Receipt, SubmitError> {
-        self.ingest.probe_scoped(self.origin, event, scope)
-    }
-
-    /// Counts a refusal made before ingest saw the event (a request an adapter could not read or
-    /// did not authorise), or a `Full` that [`PipelineHandle::probe_scoped`] left uncounted.
-    pub fn count_refusal(&self, reason: crate::telemetry::stats::RejectReason) {
-        self.count_refusals(reason, 1);
-    }
-
-    /// Counts `n` refused events at once (the rows of a refused HTTP request).
+    /// Counts `n` refusals made before ingest saw the events (a request an adapter could not read
+    /// or did not authorise, the rows of a refused HTTP request), or a `Full` that
+    /// [`Admit::retried_by_caller`] left to the caller.
     pub fn count_refusals(&self, reason: crate::telemetry::stats::RejectReason, n: u64) {
         self.ingest.count(self.origin, reason, n);
-    }
-
-    /// Queues writes that come from no hook (the subscription API), waiting until `deadline`.
-    pub fn submit_ops(
-        &self,
-        ops: Vec<crate::storage::item::Op>,
-        deadline: Option<std::time::Instant>,
-    ) -> Result<(), SubmitError> {
-        self.ingest.submit_ops(self.origin, ops, deadline)
     }
 
     /// The current (adaptive) limit on flushes in flight.
@@ -268,19 +227,20 @@ impl Pipeline {
     ) -> std::io::Result<Pipeline> {
         let format = storage.format();
         let stats = Arc::new(Stats::default());
-        let dead_letters = crate::pipeline::deadletter::DeadLetters::open(cfg.dead_letter_path.as_deref())
-            .map_err(|e| {
-                std::io::Error::new(
-                    e.kind(),
-                    format!(
-                        "cannot open the dead-letter file {}: {e}",
-                        cfg.dead_letter_path
-                            .as_deref()
-                            .unwrap_or(std::path::Path::new(""))
-                            .display()
-                    ),
-                )
-            })?;
+        let dead_letters =
+            crate::pipeline::deadletter::DeadLetters::open(cfg.dead_letter_path.as_deref())
+                .map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "cannot open the dead-letter file {}: {e}",
+                            cfg.dead_letter_path
+                                .as_deref()
+                                .unwrap_or(std::path::Path::new(""))
+                                .display()
+                        ),
+                    )
+                })?;
         let concurrency = Arc::new(Concurrency::new(
             cfg.min_in_flight,
             cfg.max_in_flight,

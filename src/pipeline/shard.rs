@@ -15,13 +15,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tracing::error;
 
+use crate::config::PipelineConfig;
+use crate::lookup::ReadState;
 use crate::pipeline::coalesce::{Coalescer, PushOutcome, Seqs};
 use crate::pipeline::concurrency::Concurrency;
-use crate::config::PipelineConfig;
 use crate::pipeline::flush::{Completed, Flusher, KeyEnd};
 use crate::pipeline::ingest::{ByteBudget, IngestMsg};
 use crate::storage::item::{Key, Op, Table};
-use crate::lookup::ReadState;
 use crate::telemetry::stats::{FlushTrigger, Stats};
 
 /// What a shard receives from the router.

@@ -337,7 +337,11 @@ impl RuleSet {
 /// instead of poisoning a batch later.
 fn check_op(op: &Op) -> Result<(), EventError> {
     let (hash_name, range_name) = op.key.table.key_names();
-    crate::storage::item::check_key_part(hash_name, &op.key.hash, crate::storage::item::MAX_HASH_KEY_BYTES)?;
+    crate::storage::item::check_key_part(
+        hash_name,
+        &op.key.hash,
+        crate::storage::item::MAX_HASH_KEY_BYTES,
+    )?;
     if let Some(range) = &op.key.range {
         crate::storage::item::check_key_part(
             range_name.unwrap_or("range key"),

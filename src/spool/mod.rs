@@ -59,8 +59,8 @@ use thiserror::Error;
 use tracing::{error, info, warn};
 
 use crate::config::{FsyncPolicy, SpoolConfig};
-use crate::storage::item::Op;
 use crate::lookup::ReadState;
+use crate::storage::item::Op;
 use crate::telemetry::stats::LogGate;
 
 static FULL_LOG: LogGate = LogGate::new();

@@ -12,9 +12,9 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::event::{ClientInfo, HookEvent, Message};
+use crate::rules::{Action, Rule, RuleSet, StorageFormat};
 use crate::storage::item::{Item, Table};
 use crate::storage::model::TableModel;
-use crate::rules::{Action, Rule, RuleSet, StorageFormat};
 
 #[derive(Debug, Clone)]
 enum Step {

@@ -36,11 +36,11 @@ use aws_sdk_dynamodb::types::{
 };
 use tracing::{error, warn};
 
-use crate::pipeline::coalesce::Taken;
 use crate::config::DynamoConfig;
+use crate::pipeline::coalesce::Taken;
+use crate::pipeline::flush::retry::{Deadline, Decision, Failed, RetryPolicy};
 use crate::storage::dynamo::{self, Failure};
 use crate::storage::item::{Key, Table, Value, Write};
-use crate::pipeline::flush::retry::{Deadline, Decision, Failed, RetryPolicy};
 use crate::telemetry::stats::{DropReason, LogGate, Operation, Outcome, Stats};
 
 /// Rate limits for the flusher's warnings and errors: an outage must not flood the log.
