@@ -49,6 +49,7 @@ pub mod guid;
 pub mod lookup;
 pub mod pipeline;
 pub mod rules;
+pub mod service;
 pub mod spool;
 pub mod storage;
 pub mod telemetry;

@@ -1,0 +1,154 @@
+//! The `mqtt-dynamo` command: parses the command line, loads the configuration, sets up logging
+//! and dispatches to one file per command: [`serve`], [`tables`], [`lookup`], [`subs`],
+//! [`config`] (`config import`).
+
+mod config;
+mod lookup;
+mod serve;
+mod subs;
+mod tables;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing::error;
+use tracing_subscriber::EnvFilter;
+
+use mqtt_dynamo::config::Config;
+
+use config::ConfigCommand;
+use lookup::LookupCommand;
+use subs::SubsCommand;
+use tables::TablesCommand;
+
+/// mimalloc instead of glibc malloc: under load glibc's allocator took about a third of the CPU
+/// (perf; ARCHITECTURE.md, "Measuring").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "mqtt-dynamo",
+    version,
+    about = "Persists MQTT broker hook events into DynamoDB"
+)]
+struct Cli {
+    /// Configuration file (TOML). Without it: the seed's rules on the embedded DynamoDB, or on the
+    /// endpoint named by AWS_ENDPOINT_URL.
+    #[arg(long, short, global = true, env = "MQTT_DYNAMO_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline until SIGINT or SIGTERM, then write everything accepted and exit.
+    Serve,
+    /// Manage the six tables.
+    Tables {
+        #[command(subcommand)]
+        command: TablesCommand,
+    },
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Read the tables as the broker's lookups do (JSON on stdout). Talks to DynamoDB directly:
+    /// the configured endpoint, or a running `serve`'s embedded one.
+    Lookup {
+        #[command(subcommand)]
+        command: LookupCommand,
+    },
+    /// A client's stored subscriptions (`mqtt_sub`), which the broker restores on connect.
+    Subs {
+        #[command(subcommand)]
+        command: SubsCommand,
+    },
+}
+
+/// The endpoint the read commands use: the configured one, else a running `serve`'s embedded
+/// DynamoDB (they would find nothing in a fresh embedded one).
+pub(crate) fn read_endpoint(cfg: &Config) -> Option<String> {
+    if cfg.dynamodb.endpoint_url.is_none() && cfg.dynamodb.embedded {
+        return Some(format!("http://{}", cfg.dynamodb.embedded_listen));
+    }
+    None
+}
+
+pub(crate) fn print_json(v: &serde_json::Value) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(v).map_err(|e| e.to_string())?;
+    println!("{text}");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Needs no runtime, no logging and no configuration of its own.
+    if let Command::Config {
+        command: ConfigCommand::Import { file, output },
+    } = &cli.command
+    {
+        return match config::config_import(file, output.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let cfg = match &cli.config {
+        Some(path) => Config::load(path),
+        None => Ok(Config::from_env()),
+    };
+    let cfg = match cfg {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // The embedded DynamoDB logs every 4xx it answers, guarded no-ops included; keep it to errors
+    // unless asked.
+    let level = if cfg.log.level.contains("dynoxide") {
+        cfg.log.level.clone()
+    } else {
+        format!("{},dynoxide=error", cfg.log.level)
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cfg.log.format {
+        mqtt_dynamo::config::LogFormat::Json => builder.json().init(),
+        mqtt_dynamo::config::LogFormat::Human => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve => serve::serve(cfg).await,
+            Command::Tables { command } => tables::tables_command(cfg, command).await,
+            Command::Config { .. } => Ok(()),
+            Command::Lookup { command } => lookup::lookup_command(cfg, command).await,
+            Command::Subs { command } => subs::subs_command(cfg, command).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

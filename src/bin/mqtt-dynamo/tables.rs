@@ -1,0 +1,73 @@
+//! `tables create|describe`: the six tables.
+
+use clap::Subcommand;
+
+use mqtt_dynamo::config::Config;
+use mqtt_dynamo::storage::Backend;
+use mqtt_dynamo::storage::dynamo::{self, SdkRetries};
+use mqtt_dynamo::storage::tables::{self, Capacity, Created};
+
+#[derive(Subcommand)]
+pub enum TablesCommand {
+    /// Create the six tables (existing ones are left alone) and wait until they are ACTIVE.
+    Create {
+        /// Provisioned read capacity units (with --write-units); on-demand when omitted.
+        #[arg(long, requires = "write_units")]
+        read_units: Option<i64>,
+        /// Provisioned write capacity units (with --read-units).
+        #[arg(long, requires = "read_units")]
+        write_units: Option<i64>,
+    },
+    /// Show the six tables: status, keys, billing mode, item count.
+    Describe,
+}
+
+pub async fn tables_command(cfg: Config, command: TablesCommand) -> Result<(), String> {
+    let backend = Backend::start(&cfg.dynamodb)
+        .await
+        .map_err(|e| e.to_string())?;
+    if backend.is_embedded() {
+        println!(
+            "note: no endpoint configured, so this talks to a fresh embedded DynamoDB that ends with this command; \
+             set AWS_ENDPOINT_URL or [dynamodb] endpoint_url to manage a real one"
+        );
+    }
+    let client = dynamo::client(
+        &cfg.dynamodb,
+        backend.endpoint().as_deref(),
+        SdkRetries::Standard,
+    )
+    .await;
+    let result = match command {
+        TablesCommand::Create {
+            read_units,
+            write_units,
+        } => {
+            let capacity = match (read_units, write_units) {
+                (Some(read), Some(write)) => Capacity::Provisioned { read, write },
+                _ => Capacity::OnDemand,
+            };
+            tables::create_all(&client, &cfg.dynamodb, capacity)
+                .await
+                .map(|done| {
+                    for (name, what) in done {
+                        match what {
+                            Created::Created => println!("created {name} ({capacity:?}), ACTIVE"),
+                            Created::AlreadyExisted => println!("exists  {name}, ACTIVE"),
+                        }
+                    }
+                })
+        }
+        TablesCommand::Describe => {
+            tables::describe_all(&client, &cfg.dynamodb)
+                .await
+                .map(|lines| {
+                    for line in lines {
+                        println!("{line}");
+                    }
+                })
+        }
+    };
+    backend.stop().await;
+    result.map_err(|e| e.to_string())
+}
