@@ -176,13 +176,106 @@ impl PipelineHandle {
     }
 }
 
-/// Why a pipeline could not start.
+/// Why a pipeline could not start. Nothing of it keeps running.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    #[error("cannot start the pipeline: {0}")]
-    Io(#[from] std::io::Error),
+    #[error("cannot open the dead-letter file {}: {source}", path.display())]
+    DeadLetters {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the spool {}: {source}", dir.display())]
+    Spool {
+        dir: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the pipeline's {thread} thread: {source}")]
+    Thread {
+        thread: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Starts a named pipeline thread.
+fn spawn_thread(
+    thread: &'static str,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>, StartError> {
+    std::thread::Builder::new()
+        .name(format!("mqtt-dynamo-{thread}"))
+        .spawn(f)
+        .map_err(|source| StartError::Thread { thread, source })
+}
+
+/// The shard tasks, each with its bounded inbox: the router's senders and the tasks' handles
+/// (each task returns how many writes it left to the spool at shutdown).
+#[allow(clippy::type_complexity)]
+fn spawn_shards(
+    cfg: &PipelineConfig,
+    flusher: &Arc<Flusher>,
+    deadline: &Arc<crate::pipeline::flush::retry::Deadline>,
+    concurrency: &Arc<Concurrency>,
+    stats: &Arc<Stats>,
+    read: &Option<Arc<ReadState>>,
+    spool: Option<&Arc<Spool>>,
+) -> (
+    Vec<(mpsc::Sender<shard::ShardMsg>, Arc<ByteBudget>)>,
+    Vec<tokio::task::JoinHandle<u64>>,
+) {
+    let mut senders = Vec::with_capacity(cfg.shards);
+    let mut shards = Vec::with_capacity(cfg.shards);
+    for index in 0..cfg.shards {
+        let (tx, rx) = mpsc::channel(cfg.shard_queue_capacity);
+        let inbox_budget = Arc::new(ByteBudget::new(cfg.shard_queue_bytes));
+        senders.push((tx, Arc::clone(&inbox_budget)));
+        let mut shard = Shard::new(
+            rx,
+            inbox_budget,
+            Arc::clone(deadline),
+            Arc::clone(flusher),
+            Arc::clone(concurrency),
+            cfg.clone(),
+            Arc::clone(stats),
+            read.clone(),
+        );
+        if let Some(spool) = spool {
+            shard = shard.with_spool(Arc::clone(spool), index);
+        }
+        shards.push(tokio::spawn(shard.run()));
+    }
+    (senders, shards)
+}
+
+fn open_dead_letters(
+    cfg: &PipelineConfig,
+) -> Result<crate::pipeline::deadletter::DeadLetters, StartError> {
+    crate::pipeline::deadletter::DeadLetters::open(cfg.dead_letter_path.as_deref()).map_err(
+        |source| StartError::DeadLetters {
+            path: cfg.dead_letter_path.clone().unwrap_or_default(),
+            source,
+        },
+    )
+}
+
+/// The spool's feeder (segments back into the ingest queue, in order) and syncer (group-commit
+/// fsync) threads; they end after the shutdown marker and the last fsync.
+fn start_spool_threads(
+    spool: &Arc<Spool>,
+    tx: &crossbeam_channel::Sender<crate::pipeline::ingest::IngestMsg>,
+    budget: &Arc<ByteBudget>,
+) -> Result<Vec<std::thread::JoinHandle<()>>, StartError> {
+    let (feed, tx, budget) = (Arc::clone(spool), tx.clone(), Arc::clone(budget));
+    let feeder = spawn_thread("spool-feed", move || {
+        crate::spool::feed::run(feed, tx, budget)
+    })?;
+    let sync = Arc::clone(spool);
+    let syncer = spawn_thread("spool-sync", move || sync.run_syncer())?;
+    Ok(vec![feeder, syncer])
 }
 
 impl Pipeline {
@@ -224,23 +317,9 @@ impl Pipeline {
         rules: RuleSet,
         client: Client,
         read: Option<Arc<ReadState>>,
-    ) -> std::io::Result<Pipeline> {
+    ) -> Result<Pipeline, StartError> {
         let format = storage.format();
         let stats = Arc::new(Stats::default());
-        let dead_letters =
-            crate::pipeline::deadletter::DeadLetters::open(cfg.dead_letter_path.as_deref())
-                .map_err(|e| {
-                    std::io::Error::new(
-                        e.kind(),
-                        format!(
-                            "cannot open the dead-letter file {}: {e}",
-                            cfg.dead_letter_path
-                                .as_deref()
-                                .unwrap_or(std::path::Path::new(""))
-                                .display()
-                        ),
-                    )
-                })?;
         let concurrency = Arc::new(Concurrency::new(
             cfg.min_in_flight,
             cfg.max_in_flight,
@@ -258,63 +337,43 @@ impl Pipeline {
             ),
             Arc::clone(&deadline),
             Arc::clone(&stats),
-            dead_letters,
+            open_dead_letters(cfg)?,
             storage.max_msgid_set_kb * 1024,
         ));
-        let mut senders = Vec::with_capacity(cfg.shards);
-        let mut shards = Vec::with_capacity(cfg.shards);
         let spool = if cfg.spool.enabled {
-            Some(
-                Spool::open(&cfg.spool, cfg.shards, read.clone()).map_err(|e| {
-                    std::io::Error::new(
-                        e.kind(),
-                        format!("cannot open the spool {}: {e}", cfg.spool.dir.display()),
-                    )
-                })?,
-            )
+            let spool = Spool::open(&cfg.spool, cfg.shards, read.clone()).map_err(|source| {
+                StartError::Spool {
+                    dir: cfg.spool.dir.clone(),
+                    source,
+                }
+            })?;
+            Some(spool)
         } else {
             None
         };
         let (tx, rx) = crossbeam_channel::bounded(cfg.ingest_capacity_events);
         let budget = Arc::new(ByteBudget::new(cfg.ingest_capacity_bytes));
-        let mut spool_threads = Vec::new();
-        if let Some(spool) = &spool {
-            let (spool_feed, tx, budget) = (Arc::clone(spool), tx.clone(), Arc::clone(&budget));
-            spool_threads.push(
-                std::thread::Builder::new()
-                    .name("mqtt-dynamo-spool-feed".into())
-                    .spawn(move || crate::spool::feed::run(spool_feed, tx, budget))?,
-            );
-            let spool_sync = Arc::clone(spool);
-            spool_threads.push(
-                std::thread::Builder::new()
-                    .name("mqtt-dynamo-spool-sync".into())
-                    .spawn(move || spool_sync.run_syncer())?,
-            );
-        }
-        for index in 0..cfg.shards {
-            let (tx, rx) = mpsc::channel(cfg.shard_queue_capacity);
-            let inbox_budget = Arc::new(ByteBudget::new(cfg.shard_queue_bytes));
-            senders.push((tx, Arc::clone(&inbox_budget)));
-            let mut shard = Shard::new(
-                rx,
-                inbox_budget,
-                Arc::clone(&deadline),
-                Arc::clone(&flusher),
-                Arc::clone(&concurrency),
-                cfg.clone(),
-                Arc::clone(&stats),
-                read.clone(),
-            );
-            if let Some(spool) = &spool {
-                shard = shard.with_spool(Arc::clone(spool), index);
-            }
-            shards.push(tokio::spawn(shard.run()));
-        }
+        let spool_threads = match &spool {
+            Some(spool) => start_spool_threads(spool, &tx, &budget)?,
+            None => Vec::new(),
+        };
+        let (senders, shards) = spawn_shards(
+            cfg,
+            &flusher,
+            &deadline,
+            &concurrency,
+            &stats,
+            &read,
+            spool.as_ref(),
+        );
         let router_budget = Arc::clone(&budget);
         let router = std::thread::Builder::new()
             .name("mqtt-dynamo-router".into())
-            .spawn(move || route(rx, senders, router_budget))?;
+            .spawn(move || route(rx, senders, router_budget))
+            .map_err(|source| StartError::Thread {
+                thread: "router",
+                source,
+            })?;
         let ingest = Arc::new(
             Ingest::new(
                 tx,
