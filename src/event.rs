@@ -1,5 +1,5 @@
 //! The hook events the pipeline accepts: one type for the six hook points the seed's actions bind
-//! to, carrying what EMQX's ExHook delivers (reference/emqx.md §3.3).
+//! to, carrying what EMQX's ExHook delivers (`proto/emqx/exhook/v3/exhook.proto`).
 
 /// The client side of an event: ExHook's `ClientInfo` fields the actions use.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

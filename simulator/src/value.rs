@@ -168,7 +168,7 @@ impl Value {
         }
     }
 
-    /// Bytes this value counts towards the item size (reference/dynamodb.md §1.4): strings as
+    /// Bytes this value counts towards the item size (the DynamoDB Developer Guide, "Item sizes and formats"): strings as
     /// UTF-8, binary as raw bytes, numbers (digits+1)/2+1, booleans and null 1, sets the sum of
     /// their members, lists and maps 3 bytes plus 1 per element (plus the element's name for maps).
     pub fn size(&self) -> usize {

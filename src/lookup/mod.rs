@@ -41,8 +41,7 @@ use crate::pipeline::flush::TableNames;
 use crate::storage::item::{Item, Key, Table, Value, Write};
 use crate::topic::{FilterError, TopicFilter};
 
-/// BatchGetItem's limit on keys per request.
-pub const MAX_BATCH_GET_KEYS: usize = 100;
+pub use crate::storage::limits::MAX_BATCH_GET_KEYS;
 /// BatchGetItem requests a lookup keeps in flight.
 const PARALLEL_GETS: usize = 8;
 /// Rounds of unprocessed-key retries before a lookup gives up.

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use super::*;
-use crate::storage::item::Op;
 use crate::pipeline::ingest::{ByteBudget, IngestMsg};
+use crate::storage::item::Op;
 use crate::storage::item::{Key, Table, Value, Write};
 
 fn config(dir: &Path) -> SpoolConfig {

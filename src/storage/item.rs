@@ -7,52 +7,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-/// DynamoDB's maximum item size (names and values, UTF-8 / raw bytes), 400 KB.
-pub const MAX_ITEM_BYTES: usize = 400 * 1024;
-
-/// DynamoDB's limit on a partition (hash) key value, in bytes.
-pub const MAX_HASH_KEY_BYTES: usize = 2048;
-
-/// DynamoDB's limit on a sort (range) key value, in bytes.
-pub const MAX_RANGE_KEY_BYTES: usize = 1024;
-
-/// Why a key attribute value cannot be a DynamoDB key: every path that builds a key (planning an
-/// event, the subscription API, lookups) checks with this, so they all refuse alike.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum KeyError {
-    #[error("{field} is empty")]
-    Empty { field: &'static str },
-    #[error("{field} is {len} bytes; DynamoDB keys are limited to {limit} bytes")]
-    TooLong {
-        field: &'static str,
-        len: usize,
-        limit: usize,
-    },
-}
-
-impl KeyError {
-    /// The attribute the error is about.
-    pub fn field(&self) -> &'static str {
-        match self {
-            KeyError::Empty { field } | KeyError::TooLong { field, .. } => field,
-        }
-    }
-}
-
-/// Checks one key attribute value: not empty, at most `limit` bytes.
-pub fn check_key_part(field: &'static str, value: &str, limit: usize) -> Result<(), KeyError> {
-    if value.is_empty() {
-        return Err(KeyError::Empty { field });
-    }
-    if value.len() > limit {
-        return Err(KeyError::TooLong {
-            field,
-            len: value.len(),
-            limit,
-        });
-    }
-    Ok(())
-}
+pub use super::limits::{
+    KeyError, MAX_HASH_KEY_BYTES, MAX_ITEM_BYTES, MAX_RANGE_KEY_BYTES, check_key_part,
+};
 
 /// The seed's tables. `mqtt_sub` is written by the subscription API, not by hook actions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -170,7 +127,7 @@ pub enum Value {
 }
 
 impl Value {
-    /// Size by DynamoDB's rules (reference/dynamodb.md §1.4): strings UTF-8 bytes, binary raw
+    /// Size by DynamoDB's rules (the DynamoDB Developer Guide, "Item sizes and formats"): strings UTF-8 bytes, binary raw
     /// bytes, numbers about one byte per two significant digits plus one.
     pub fn size(&self) -> usize {
         match self {
