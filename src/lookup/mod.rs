@@ -13,39 +13,45 @@
 //!   retried), returned oldest first.
 //!
 //! Reads are strongly consistent, and every answer replays the [`ReadState`] overlay of
-//! accepted-but-unsettled writes over what DynamoDB returned (see [`state`] for why that is
+//! accepted-but-unsettled writes over what DynamoDB returned (see [`overlay`] for why that is
 //! exact). The indexes are loaded once with a parallel Scan (on the first lookup that needs
 //! them, or at start by [`Reader::load_indexes`]) and then follow the service's own writes; a
 //! topic written by another process after the load is not in them.
 //!
 //! Shared subscriptions (`$share/group/f`, `$queue/f`) read the offline messages of `f`, and no
 //! retained messages (MQTT does not send retained messages to shared subscriptions).
+//!
+//! Files: this one holds the [`Reader`], subscriptions and retained lookups; `batch_get` reads
+//! items by key; `offline` orders offline messages; [`overlay`] is the read-your-writes overlay;
+//! [`index`] the topic indexes; [`http`] the lookup API's routes.
 
+mod batch_get;
 pub mod http;
 pub mod index;
-pub mod state;
+mod offline;
+pub mod overlay;
+
+/// The overlay's older name (the pipeline's shards use it).
+pub(crate) use overlay as state;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
+use aws_sdk_dynamodb::types::AttributeValue;
 use thiserror::Error;
 
 pub use index::TopicIndex;
-pub use state::ReadState;
+pub use offline::{guid_of, guid_time_us};
+pub use overlay::ReadState;
 
 use crate::config::{DynamoConfig, LookupConfig, MatchMode};
 use crate::pipeline::flush::TableNames;
-use crate::storage::item::{Item, Key, Table, Value, Write};
+use crate::storage::item::{Item, Key, Table, Value};
 use crate::topic::{FilterError, TopicFilter};
+use batch_get::replay;
 
 pub use crate::storage::limits::MAX_BATCH_GET_KEYS;
-/// BatchGetItem requests a lookup keeps in flight.
-const PARALLEL_GETS: usize = 8;
-/// Rounds of unprocessed-key retries before a lookup gives up.
-const MAX_GET_ROUNDS: u32 = 12;
 
 /// Why a lookup failed. Nothing is half-answered: a lookup returns everything or this.
 #[derive(Debug, Error)]
@@ -186,7 +192,7 @@ pub struct Reader {
     loaded: tokio::sync::Mutex<bool>,
 }
 
-fn dynamo_error<E, R>(
+pub(crate) fn dynamo_error<E, R>(
     operation: &'static str,
     table: &str,
     e: aws_sdk_dynamodb::error::SdkError<E, R>,
@@ -209,19 +215,6 @@ pub fn shared_filter(filter: &str) -> Option<&str> {
     }
     let rest = filter.strip_prefix("$share/")?;
     rest.split_once('/').map(|(_group, f)| f)
-}
-
-/// An EMQX message id, hex or base62, as its 128-bit GUID: ordering GUIDs orders by publish
-/// time, then node and process, then the per-process sequence.
-pub fn guid_of(msgid: &str) -> Option<u128> {
-    crate::guid::from_hex(msgid)
-        .or_else(|_| crate::guid::from_base62(msgid))
-        .ok()
-}
-
-/// The publish time inside an EMQX message id, hex or base62.
-pub fn guid_time_us(msgid: &str) -> Option<u64> {
-    guid_of(msgid).map(crate::guid::timestamp_micros)
 }
 
 impl StoredMessage {
@@ -250,13 +243,6 @@ impl StoredMessage {
             },
             arrived: n("arrived"),
         }
-    }
-}
-
-/// `items[key]` after replaying `pending` over it.
-fn replay(items: &mut BTreeMap<Key, Item>, key: &Key, pending: &[Write]) {
-    for w in pending {
-        crate::storage::model::apply_write(items, key, w);
     }
 }
 
@@ -366,65 +352,6 @@ impl Reader {
             }
         }
         Ok(all)
-    }
-
-    /// Reads `keys` of `table` (strongly consistent), ≤ 100 keys a request, several requests in
-    /// flight, unprocessed keys retried with backoff. Missing items are absent from the map.
-    pub async fn batch_get(
-        &self,
-        table: Table,
-        keys: &[Key],
-    ) -> Result<BTreeMap<Key, Item>, LookupError> {
-        let name = self.tables.name(table).to_string();
-        let mut out = BTreeMap::new();
-        let mut chunks = keys.chunks(MAX_BATCH_GET_KEYS);
-        let mut tasks = tokio::task::JoinSet::new();
-        loop {
-            while tasks.len() < PARALLEL_GETS {
-                let Some(chunk) = chunks.next() else { break };
-                let attrs: Vec<HashMap<String, AttributeValue>> = chunk
-                    .iter()
-                    .map(crate::storage::dynamo::key_attrs)
-                    .collect();
-                let client = self.client.clone();
-                let name = name.clone();
-                tasks.spawn(async move { get_chunk(client, name, attrs).await });
-            }
-            let Some(joined) = tasks.join_next().await else {
-                break;
-            };
-            let items = joined.map_err(|e| LookupError::Dynamo {
-                operation: "BatchGetItem",
-                table: name.clone(),
-                message: e.to_string(),
-            })??;
-            for attrs in items {
-                let (key, item) =
-                    crate::storage::dynamo::from_attrs(table, &attrs).map_err(|e| {
-                        LookupError::BadItem {
-                            table: name.clone(),
-                            reason: e.to_string(),
-                        }
-                    })?;
-                out.insert(key, item);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Reads `keys` and replays the unsettled writes over them. The overlay is read first (see
-    /// [`state`]).
-    async fn read_through(
-        &self,
-        table: Table,
-        keys: &[Key],
-    ) -> Result<BTreeMap<Key, Item>, LookupError> {
-        let pending: Vec<Vec<Write>> = keys.iter().map(|k| self.state.pending(k)).collect();
-        let mut items = self.batch_get(table, keys).await?;
-        for (key, writes) in keys.iter().zip(&pending) {
-            replay(&mut items, key, writes);
-        }
-        Ok(items)
     }
 
     /// A client's subscriptions (`mqtt_sub`, every Query page), by topic.
@@ -545,146 +472,6 @@ impl Reader {
             truncated,
         })
     }
-
-    /// The offline messages for a subscription (see [`OfflineQuery`]), oldest first.
-    pub async fn offline(&self, q: &OfflineQuery) -> Result<Offline, LookupError> {
-        measured(LookupKind::Offline, self.offline_inner(q)).await
-    }
-
-    async fn offline_inner(&self, q: &OfflineQuery) -> Result<Offline, LookupError> {
-        TopicFilter::new(&q.filter)?;
-        if q.qos > 2 {
-            return Err(LookupError::Invalid {
-                what: "qos",
-                reason: format!("{} is not 0, 1 or 2", q.qos),
-            });
-        }
-        let filter = TopicFilter::new(shared_filter(&q.filter).unwrap_or(&q.filter))?;
-        let mut answer = Offline {
-            messages: Vec::new(),
-            topics: 0,
-            ids: 0,
-            undated_ids: 0,
-            truncated: false,
-        };
-        if q.qos == 0 {
-            return Ok(answer);
-        }
-        let topics = self
-            .topics(&filter, self.cfg.offline, Table::TopicMsgMap)
-            .await?;
-        let keys: Vec<Key> = topics
-            .into_iter()
-            .map(|t| Key::new(Table::TopicMsgMap, t))
-            .collect();
-        let sets = self.read_through(Table::TopicMsgMap, &keys).await?;
-        answer.topics = sets.len();
-        let since = q.since_us.or_else(|| {
-            self.cfg.time_range.map(|range| {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or(Duration::ZERO);
-                now.saturating_sub(range).as_micros() as u64
-            })
-        });
-        // (GUID, id): sorting by the GUID orders by time, with the sequence breaking ties.
-        let mut ids: Vec<(u128, String)> = Vec::new();
-        for item in sets.values() {
-            let Some(Value::Ss(set)) = item.get("MsgId") else {
-                continue;
-            };
-            for id in set {
-                answer.ids += 1;
-                let guid = guid_of(id);
-                if guid.is_none() {
-                    answer.undated_ids += 1;
-                }
-                match (guid.map(crate::guid::timestamp_micros), since) {
-                    (Some(t), Some(s)) if t < s => {}
-                    (None, Some(_)) => {}
-                    _ => ids.push((guid.unwrap_or(0), id.clone())),
-                }
-            }
-        }
-        ids.sort_unstable();
-        ids.dedup();
-        let limit = match q.limit.unwrap_or(self.cfg.max_returned_count) {
-            0 => usize::MAX,
-            n => n,
-        };
-        // Newest first, in chunks, until `limit` messages exist (an id whose message is gone
-        // is skipped).
-        let mut found: Vec<StoredMessage> = Vec::new();
-        let mut remaining = ids.len();
-        while found.len() < limit && remaining > 0 {
-            let want = (limit - found.len()).min(MAX_BATCH_GET_KEYS * PARALLEL_GETS);
-            let from = remaining.saturating_sub(want);
-            let chunk: Vec<Key> = ids[from..remaining]
-                .iter()
-                .map(|(_, id)| Key::new(Table::Msg, id.clone()))
-                .collect();
-            remaining = from;
-            let items = self.read_through(Table::Msg, &chunk).await?;
-            // Newest of the chunk first, to keep the newest `limit` overall.
-            for key in chunk.iter().rev() {
-                if found.len() == limit {
-                    break;
-                }
-                if let Some(item) = items.get(key) {
-                    found.push(StoredMessage::from_item(item));
-                }
-            }
-        }
-        answer.truncated = remaining > 0 && found.len() == limit && limit != usize::MAX;
-        found.reverse();
-        answer.messages = found;
-        Ok(answer)
-    }
-}
-
-/// One BatchGetItem of ≤ 100 keys, retried until no key is unprocessed.
-async fn get_chunk(
-    client: Client,
-    table: String,
-    mut keys: Vec<HashMap<String, AttributeValue>>,
-) -> Result<Vec<HashMap<String, AttributeValue>>, LookupError> {
-    let mut out = Vec::with_capacity(keys.len());
-    for round in 0..MAX_GET_ROUNDS {
-        if round > 0 {
-            tokio::time::sleep(crate::storage::dynamo::backoff(
-                round,
-                Duration::from_millis(25),
-                Duration::from_secs(2),
-            ))
-            .await;
-        }
-        let request = KeysAndAttributes::builder()
-            .set_keys(Some(std::mem::take(&mut keys)))
-            .consistent_read(true)
-            .build()
-            .map_err(|e| LookupError::Dynamo {
-                operation: "BatchGetItem",
-                table: table.clone(),
-                message: e.to_string(),
-            })?;
-        let response = client
-            .batch_get_item()
-            .request_items(&table, request)
-            .send()
-            .await
-            .map_err(|e| dynamo_error("BatchGetItem", &table, e))?;
-        if let Some(items) = response.responses().and_then(|r| r.get(&table)) {
-            out.extend(items.iter().cloned());
-        }
-        match response.unprocessed_keys().and_then(|u| u.get(&table)) {
-            Some(rest) if !rest.keys().is_empty() => keys = rest.keys().to_vec(),
-            _ => return Ok(out),
-        }
-    }
-    Err(LookupError::Unprocessed {
-        table,
-        rounds: MAX_GET_ROUNDS,
-    })
 }
 
 #[cfg(test)]
