@@ -336,7 +336,7 @@ impl Spool {
                     reason = %why,
                     "spool segment ends in a torn or damaged record (expected after a crash mid-write); cut there"
                 );
-                metrics::counter!("mqtt_dynamo_spool_records_total", "outcome" => "cut")
+                metrics::counter!(crate::telemetry::catalogue::SPOOL_RECORDS_TOTAL, "outcome" => "cut")
                     .increment(1);
             }
             if s.good < len {
@@ -416,7 +416,7 @@ impl Spool {
             _lock: lock,
             abandoned: AtomicBool::new(false),
         });
-        metrics::gauge!("mqtt_dynamo_spool_capacity_bytes").set((cfg.max_mb << 20) as f64);
+        metrics::gauge!(crate::telemetry::catalogue::SPOOL_CAPACITY_BYTES).set((cfg.max_mb << 20) as f64);
         spool.publish(&spool.lock());
         Ok(spool)
     }
@@ -508,8 +508,8 @@ impl Spool {
     }
 
     fn publish(&self, g: &Inner) {
-        metrics::gauge!("mqtt_dynamo_spool_bytes").set(g.bytes as f64);
-        metrics::gauge!("mqtt_dynamo_spool_segments").set(g.segments.len() as f64);
+        metrics::gauge!(crate::telemetry::catalogue::SPOOL_BYTES).set(g.bytes as f64);
+        metrics::gauge!(crate::telemetry::catalogue::SPOOL_SEGMENTS).set(g.segments.len() as f64);
     }
 
     /// Appends one event's writes, waiting until `deadline` (if any) for room. Numbers the ops
@@ -536,7 +536,7 @@ impl Spool {
                         .0;
                 }
                 _ => {
-                    metrics::counter!("mqtt_dynamo_spool_records_total", "outcome" => "refused")
+                    metrics::counter!(crate::telemetry::catalogue::SPOOL_RECORDS_TOTAL, "outcome" => "refused")
                         .increment(1);
                     if let Some(held) = FULL_LOG.allow() {
                         warn!(
@@ -558,7 +558,7 @@ impl Spool {
             // The segment's end does not move: the next append overwrites the partial record,
             // and a restart cuts it off. The event is refused.
             error!(error = %e, "spool append failed; event refused");
-            metrics::counter!("mqtt_dynamo_spool_records_total", "outcome" => "failed")
+            metrics::counter!(crate::telemetry::catalogue::SPOOL_RECORDS_TOTAL, "outcome" => "failed")
                 .increment(1);
             return Err(SpoolError::Io(e));
         }
@@ -586,7 +586,7 @@ impl Spool {
             error!(error = %e, "cannot start a new spool segment; appending to the current one");
         }
         drop(g);
-        metrics::counter!("mqtt_dynamo_spool_records_total", "outcome" => "appended").increment(1);
+        metrics::counter!(crate::telemetry::catalogue::SPOOL_RECORDS_TOTAL, "outcome" => "appended").increment(1);
         self.changed.notify_all();
         Ok(Appended { ticket, first_seq })
     }
@@ -690,7 +690,7 @@ impl Spool {
                 let started = Instant::now();
                 match file.sync_data() {
                     Ok(()) => {
-                        metrics::histogram!("mqtt_dynamo_spool_fsync_duration_seconds")
+                        metrics::histogram!(crate::telemetry::catalogue::SPOOL_FSYNC_DURATION_SECONDS)
                             .record(started.elapsed().as_secs_f64());
                         done = ticket;
                         *self.synced.lock().unwrap_or_else(|p| p.into_inner()) = ticket;
