@@ -23,8 +23,9 @@ import check_dashboard as cd  # noqa: E402
 
 DASHBOARD = os.path.join(ROOT, "dashboards", "mqtt-dynamo.json")
 
-# The service's metric catalogue: the names in the table of dashboards/README.md, the one place
-# they are listed (a metric added to the service goes there, and this test follows).
+# The service's metric catalogue: the names in the table of dashboards/README.md, which a Rust unit
+# test keeps equal to src/telemetry/catalogue.rs (the dashboard test in tests/observability.rs also
+# hands the catalogue itself to check_dashboard.py --catalogue).
 def read_catalogue():
     with open(os.path.join(ROOT, "dashboards", "README.md")) as f:
         return set(re.findall(r"^\| `(mqtt_dynamo_[a-z0-9_]+)` \|", f.read(), re.MULTILINE))
