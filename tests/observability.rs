@@ -266,7 +266,11 @@ fn dashboard_queries_evaluate_against_a_real_prometheus() {
         .iter()
         .map(|m| serde_json::json!({"name": m.name, "kind": m.kind.as_str(), "labels": m.labels}))
         .collect();
-    std::fs::write(&catalogue, serde_json::json!({ "metrics": metrics }).to_string()).unwrap();
+    std::fs::write(
+        &catalogue,
+        serde_json::json!({ "metrics": metrics }).to_string(),
+    )
+    .unwrap();
     let mut serve = support::Serve::start(&conf);
     let (metrics_addr, http_addr) = (serve.metrics.clone(), serve.http.clone());
     assert_eq!(

@@ -97,3 +97,57 @@ pub async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener,
         .await
         .map_err(|source| MetricsError::Bind { addr, source })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> MetricsState {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        MetricsState {
+            prometheus: recorder.handle(),
+            readiness: Arc::new(Readiness::default()),
+        }
+    }
+
+    async fn body(response: axum::response::Response) -> String {
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("a small body");
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[tokio::test]
+    async fn healthz_answers_ok() {
+        assert_eq!(healthz().await, "ok\n");
+    }
+
+    #[tokio::test]
+    async fn readyz_follows_readiness() {
+        let s = state();
+        let r = readyz(State(s.clone())).await.into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body(r).await, "not ready: \n");
+        s.readiness.set(true, "DynamoDB answers");
+        assert!(s.readiness.is_ready());
+        let r = readyz(State(s.clone())).await.into_response();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(body(r).await, "ready: DynamoDB answers\n");
+        s.readiness.set(false, "DynamoDB does not answer");
+        let r = readyz(State(s)).await.into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body(r).await, "not ready: DynamoDB does not answer\n");
+    }
+
+    #[tokio::test]
+    async fn metrics_renders_the_exposition_as_text() {
+        let r = metrics(State(state())).await.into_response();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(
+            r.headers()
+                .get(axum::http::header::CONTENT_TYPE)
+                .map(|v| v.as_bytes()),
+            Some(&b"text/plain; version=0.0.4"[..])
+        );
+    }
+}

@@ -31,19 +31,24 @@ pub enum MetricsError {
 /// Installs the global recorder (once per process), describes every metric and registers the
 /// series of closed label sets at zero.
 pub fn install() -> Result<PrometheusHandle, MetricsError> {
-    let err = |e: metrics_exporter_prometheus::BuildError| MetricsError::Install(e.to_string());
-    let builder = CATALOGUE
+    let handle = builder()?
+        .install_recorder()
+        .map_err(|e| MetricsError::Install(e.to_string()))?;
+    describe();
+    register();
+    metrics::gauge!(catalogue::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    Ok(handle)
+}
+
+/// The exporter with every histogram's buckets (a histogram without them would be a summary).
+fn builder() -> Result<PrometheusBuilder, MetricsError> {
+    CATALOGUE
         .iter()
         .filter_map(|m| m.buckets.map(|b| (m.name, b)))
         .try_fold(PrometheusBuilder::new(), |builder, (name, buckets)| {
             builder.set_buckets_for_metric(Matcher::Full(name.into()), buckets)
         })
-        .map_err(err)?;
-    let handle = builder.install_recorder().map_err(err)?;
-    describe();
-    register();
-    metrics::gauge!(catalogue::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-    Ok(handle)
+        .map_err(|e| MetricsError::Install(e.to_string()))
 }
 
 /// Gives every metric its help text and unit.
@@ -97,4 +102,70 @@ pub fn spawn_sampler(
             prometheus.run_upkeep();
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The exposition right after start, rendered by a recorder local to the test (the global
+    /// one can be installed once per process).
+    fn rendered_at_start() -> String {
+        let recorder = builder().expect("the buckets are valid").build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            describe();
+            register();
+        });
+        handle.render()
+    }
+
+    #[test]
+    fn every_metric_registered_at_zero_is_described_typed_and_has_all_its_series() {
+        let text = rendered_at_start();
+        for m in CATALOGUE.iter().filter(|m| m.start == Start::Zero) {
+            let name = m.name;
+            assert!(
+                text.contains(&format!("# HELP {name} {}\n", m.help)),
+                "{name}: help"
+            );
+            assert!(
+                text.contains(&format!("# TYPE {name} {}\n", m.kind.as_str())),
+                "{name}: type"
+            );
+            let (series, value) = match m.kind {
+                Kind::Histogram => (format!("{name}_count"), " 0"),
+                _ => (name.to_string(), " 0"),
+            };
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| l.split(['{', ' ']).next() == Some(series.as_str()))
+                .collect();
+            assert_eq!(lines.len(), m.series().len(), "{name}: series");
+            assert!(
+                lines.iter().all(|l| l.ends_with(value)),
+                "{name}: {lines:?}"
+            );
+            if let Some(buckets) = m.buckets {
+                let per_series = text
+                    .lines()
+                    .filter(|l| l.starts_with(&format!("{name}_bucket{{")))
+                    .count();
+                assert_eq!(per_series, (buckets.len() + 1) * m.series().len(), "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn metrics_created_on_first_use_are_absent_at_start() {
+        let text = rendered_at_start();
+        for m in CATALOGUE.iter().filter(|m| m.start == Start::FirstUse) {
+            assert!(
+                !text.lines().any(|l| l.starts_with(&format!("{} ", m.name))
+                    || l.starts_with(&format!("{}{{", m.name))),
+                "{}",
+                m.name
+            );
+        }
+    }
 }
