@@ -145,7 +145,7 @@ async fn scraped_metrics_match_a_known_workload() {
     );
     let stats = pipeline.shutdown().await;
     // What the once-a-second sampler does.
-    h.publish_gauges();
+    h.sample_gauges();
     prometheus.run_upkeep();
     let text = prometheus.render();
     let m = parse_exposition(&text);
@@ -254,8 +254,10 @@ async fn scraped_metrics_match_a_known_workload() {
 
 /// A real Prometheus server (Debian's, on 127.0.0.1) scrapes a running `mqtt-dynamo serve` while
 /// events flow in over HTTP; every PromQL expression of the Grafana dashboard (variables
-/// substituted) must evaluate without error, the core panels must return data, and no panel may
-/// name a metric the service does not export (tests/prometheus/check_dashboard.py).
+/// substituted) must evaluate without error, the core panels must return data, no panel may
+/// name a metric the service does not export, and every metric of the catalogue
+/// (`telemetry::catalogue::CATALOGUE`) must be on the dashboard and in the scrape with its type and
+/// label names (tests/prometheus/check_dashboard.py --catalogue).
 #[test]
 fn dashboard_queries_evaluate_against_a_real_prometheus() {
     use std::sync::Arc;
@@ -277,6 +279,18 @@ fn dashboard_queries_evaluate_against_a_real_prometheus() {
         &conf,
         "[dynamodb]\nembedded_listen = \"127.0.0.1:0\"\n[exhook]\nlisten = \"127.0.0.1:0\"\n\
          [http]\nlisten = \"127.0.0.1:0\"\npublish_actions = \"all\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    // The catalogue as check_dashboard.py --catalogue reads it: every metric must be on the
+    // dashboard and in the scrape, with its type and label names.
+    let catalogue = dir.join("catalogue.json");
+    let metrics: Vec<serde_json::Value> = mqtt_dynamo::telemetry::catalogue::CATALOGUE
+        .iter()
+        .map(|m| serde_json::json!({"name": m.name, "kind": m.kind.as_str(), "labels": m.labels}))
+        .collect();
+    std::fs::write(
+        &catalogue,
+        serde_json::json!({ "metrics": metrics }).to_string(),
     )
     .unwrap();
     let mut serve = support::Serve::start(&conf);
@@ -350,6 +364,8 @@ fn dashboard_queries_evaluate_against_a_real_prometheus() {
         .arg(&prometheus)
         .arg("--promtool")
         .arg(&promtool)
+        .arg("--catalogue")
+        .arg(&catalogue)
         .args(["--timeout", "90"])
         .output()
         .unwrap();

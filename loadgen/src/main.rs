@@ -46,6 +46,7 @@ use mqtt_dynamo::storage::dynamo::{self, SdkRetries};
 use mqtt_dynamo::storage::embedded::EmbeddedDynamo;
 use mqtt_dynamo::storage::model::TableModel;
 use mqtt_dynamo::storage::tables::{self, Capacity};
+use mqtt_dynamo::telemetry::catalogue;
 
 use report::{Verification, fmt_q, quantiles_ms};
 use workload::{Workload, WorkloadConfig};
@@ -542,7 +543,7 @@ async fn run_exhook(args: &Args) -> Result<bool, String> {
     let m = |name: &str| metrics.sum(name, None);
     let text = &metrics.0;
     let q = |p: f64| {
-        report::prometheus_quantile(text, "mqtt_dynamo_ingest_to_durable_seconds", p)
+        report::prometheus_quantile(text, catalogue::INGEST_TO_DURABLE_SECONDS, p)
             .map(|s| s * 1000.0)
     };
     let samples = rss.lock().map(|v| v.clone()).unwrap_or_default();
@@ -558,7 +559,7 @@ async fn run_exhook(args: &Args) -> Result<bool, String> {
         "rss_mib_at_10_50_100_percent": [at(0.1), at(0.5), at(1.0)],
         "rule_posts": driven.rule_posts,
         "rule_errors": driven.rule_errors,
-        "events_received": m("mqtt_dynamo_events_received_total"),
+        "events_received": m(catalogue::EVENTS_RECEIVED_TOTAL),
     });
     let outcome = Outcome {
         mode: "exhook",
@@ -569,12 +570,12 @@ async fn run_exhook(args: &Args) -> Result<bool, String> {
         latency_name: "hook RPC latency",
         durable_ms: json!({"p50_le": q(0.5), "p99_le": q(0.99),
             "note": "upper bounds of the Prometheus buckets the quantiles fall in"}),
-        requests: m("mqtt_dynamo_dynamodb_requests_total"),
+        requests: m(catalogue::DYNAMODB_REQUESTS_TOTAL),
         naive_requests: naive_requests as f64,
-        wru: m("mqtt_dynamo_consumed_write_capacity_units_total"),
-        throttles: m("mqtt_dynamo_dynamodb_throttles_total"),
-        retries: m("mqtt_dynamo_retries_total"),
-        dropped: m("mqtt_dynamo_writes_dropped_total") + m("mqtt_dynamo_hook_events_dropped_total"),
+        wru: m(catalogue::CONSUMED_WRITE_CAPACITY_UNITS_TOTAL),
+        throttles: m(catalogue::DYNAMODB_THROTTLES_TOTAL),
+        retries: m(catalogue::RETRIES_TOTAL),
+        dropped: m(catalogue::WRITES_DROPPED_TOTAL) + m(catalogue::HOOK_EVENTS_DROPPED_TOTAL),
         extra,
         verification,
     };

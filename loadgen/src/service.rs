@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
+use mqtt_dynamo::telemetry::catalogue;
 
 /// Where the spawned service listens.
 #[derive(Debug, Clone, Copy)]
@@ -179,10 +180,10 @@ impl Service {
         let mut settled = 0;
         loop {
             let m = self.metrics().await?;
-            let idle = m.sum("mqtt_dynamo_queue_events", Some(("stage", "ingest"))) == 0.0
-                && m.sum("mqtt_dynamo_queue_events", Some(("stage", "pending"))) == 0.0
-                && m.sum("mqtt_dynamo_flushes_in_flight", None) == 0.0
-                && m.sum("mqtt_dynamo_events_received_total", None) >= accepted as f64;
+            let idle = m.sum(catalogue::QUEUE_EVENTS, Some(("stage", "ingest"))) == 0.0
+                && m.sum(catalogue::QUEUE_EVENTS, Some(("stage", "pending"))) == 0.0
+                && m.sum(catalogue::FLUSHES_IN_FLIGHT, None) == 0.0
+                && m.sum(catalogue::EVENTS_RECEIVED_TOTAL, None) >= accepted as f64;
             settled = if idle { settled + 1 } else { 0 };
             if settled >= 2 {
                 return Ok(m);
@@ -289,9 +290,9 @@ mod tests {
         let m = Metrics(
             "# HELP x\nmqtt_dynamo_queue_events{stage=\"ingest\"} 3\nmqtt_dynamo_queue_events{stage=\"pending\"} 4\nmqtt_dynamo_queue_events_total 100\n".into(),
         );
-        assert_eq!(m.sum("mqtt_dynamo_queue_events", None), 7.0);
+        assert_eq!(m.sum(catalogue::QUEUE_EVENTS, None), 7.0);
         assert_eq!(
-            m.sum("mqtt_dynamo_queue_events", Some(("stage", "pending"))),
+            m.sum(catalogue::QUEUE_EVENTS, Some(("stage", "pending"))),
             4.0
         );
         assert_eq!(m.sum("missing", None), 0.0);

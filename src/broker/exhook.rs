@@ -88,7 +88,7 @@ impl ExhookService {
     async fn notify(&self, event: HookEvent) -> Result<(), Status> {
         let t0 = std::time::Instant::now();
         let result = self.admit(event).await;
-        metrics::histogram!("mqtt_dynamo_hook_rpc_duration_seconds", "adapter" => "exhook")
+        metrics::histogram!(crate::telemetry::catalogue::HOOK_RPC_DURATION_SECONDS, "adapter" => "exhook")
             .record(t0.elapsed().as_secs_f64());
         result
     }

@@ -510,7 +510,7 @@ async fn ingest(
     if let Some((reason, n)) = refused {
         handle.count_refusals(reason, n as u64);
     }
-    metrics::histogram!("mqtt_dynamo_hook_rpc_duration_seconds", "adapter" => "http")
+    metrics::histogram!(crate::telemetry::catalogue::HOOK_RPC_DURATION_SECONDS, "adapter" => "http")
         .record(t0.elapsed().as_secs_f64());
     response
 }

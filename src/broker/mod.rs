@@ -116,7 +116,7 @@ impl Admission {
         let result = match (first, self.when_full) {
             (Err(SubmitError::Full), WhenFull::Block) => {
                 self.waited.fetch_add(1, Relaxed);
-                metrics::counter!("mqtt_dynamo_hook_waits_total", "adapter" => self.adapter)
+                metrics::counter!(crate::telemetry::catalogue::HOOK_WAITS_TOTAL, "adapter" => self.adapter)
                     .increment(1);
                 let handle = self.handle.clone();
                 let deadline = Instant::now() + self.block_timeout;
@@ -134,7 +134,7 @@ impl Admission {
             Ok(()) => Ok(()),
             Err(SubmitError::Full | SubmitError::TooLarge { .. }) => {
                 self.dropped.fetch_add(1, Relaxed);
-                metrics::counter!("mqtt_dynamo_hook_events_dropped_total", "adapter" => self.adapter, "reason" => "queue_full")
+                metrics::counter!(crate::telemetry::catalogue::HOOK_EVENTS_DROPPED_TOTAL, "adapter" => self.adapter, "reason" => "queue_full")
                     .increment(1);
                 if let Some(held) = self.drop_log.allow() {
                     warn!(

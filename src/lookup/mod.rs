@@ -104,9 +104,9 @@ async fn measured<T>(
     let t0 = std::time::Instant::now();
     let result = lookup.await;
     let outcome = if result.is_ok() { "ok" } else { "error" };
-    metrics::counter!("mqtt_dynamo_lookups_total", "kind" => kind.as_str(), "outcome" => outcome)
+    metrics::counter!(crate::telemetry::catalogue::LOOKUPS_TOTAL, "kind" => kind.as_str(), "outcome" => outcome)
         .increment(1);
-    metrics::histogram!("mqtt_dynamo_lookup_duration_seconds", "kind" => kind.as_str())
+    metrics::histogram!(crate::telemetry::catalogue::LOOKUP_DURATION_SECONDS, "kind" => kind.as_str())
         .record(t0.elapsed().as_secs_f64());
     result
 }

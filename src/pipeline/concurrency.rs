@@ -174,7 +174,7 @@ impl Concurrency {
             let forgotten = self.permits.forget_permits(cut);
             self.debt.fetch_add(cut - forgotten, Ordering::Relaxed);
         }
-        metrics::gauge!("mqtt_dynamo_flushes_in_flight_limit").set(new as f64);
+        metrics::gauge!(crate::telemetry::catalogue::FLUSHES_IN_FLIGHT_LIMIT).set(new as f64);
     }
 }
 

@@ -128,9 +128,9 @@ impl PipelineHandle {
     }
 
     /// Sets the queue and in-flight gauges from their current levels.
-    pub fn publish_gauges(&self) {
+    pub fn sample_gauges(&self) {
         use std::sync::atomic::Ordering::Relaxed;
-        self.stats.publish_counters();
+        self.stats.export_counters();
         let l = self.limits;
         let levels = [
             (
@@ -149,24 +149,29 @@ impl PipelineHandle {
             (l.pending_keys as f64, l.pending_bytes as f64),
         ];
         for ((stage, events, bytes), (cap_events, cap_bytes)) in levels.into_iter().zip(caps) {
-            metrics::gauge!("mqtt_dynamo_queue_events", "stage" => stage).set(events);
-            metrics::gauge!("mqtt_dynamo_queue_bytes", "stage" => stage).set(bytes);
-            metrics::gauge!("mqtt_dynamo_queue_capacity_events", "stage" => stage).set(cap_events);
-            metrics::gauge!("mqtt_dynamo_queue_capacity_bytes", "stage" => stage).set(cap_bytes);
+            metrics::gauge!(crate::telemetry::catalogue::QUEUE_EVENTS, "stage" => stage)
+                .set(events);
+            metrics::gauge!(crate::telemetry::catalogue::QUEUE_BYTES, "stage" => stage).set(bytes);
+            metrics::gauge!(crate::telemetry::catalogue::QUEUE_CAPACITY_EVENTS, "stage" => stage)
+                .set(cap_events);
+            metrics::gauge!(crate::telemetry::catalogue::QUEUE_CAPACITY_BYTES, "stage" => stage)
+                .set(cap_bytes);
         }
-        metrics::gauge!("mqtt_dynamo_flushes_in_flight")
+        metrics::gauge!(crate::telemetry::catalogue::FLUSHES_IN_FLIGHT)
             .set(self.stats.flushes_in_flight.load(Relaxed).max(0) as f64);
-        metrics::gauge!("mqtt_dynamo_flushes_in_flight_limit").set(self.concurrency.limit() as f64);
-        metrics::gauge!("mqtt_dynamo_hot_keys")
+        metrics::gauge!(crate::telemetry::catalogue::FLUSHES_IN_FLIGHT_LIMIT)
+            .set(self.concurrency.limit() as f64);
+        metrics::gauge!(crate::telemetry::catalogue::HOT_KEYS)
             .set(self.stats.hot_keys.load(Relaxed).max(0) as f64);
         if let Some(reader) = &self.reader {
             let state = reader.state();
             let (retained, offline) = state.indexed_topics();
-            metrics::gauge!("mqtt_dynamo_lookup_index_topics", "index" => "retained")
+            metrics::gauge!(crate::telemetry::catalogue::LOOKUP_INDEX_TOPICS, "index" => "retained")
                 .set(retained as f64);
-            metrics::gauge!("mqtt_dynamo_lookup_index_topics", "index" => "offline")
+            metrics::gauge!(crate::telemetry::catalogue::LOOKUP_INDEX_TOPICS, "index" => "offline")
                 .set(offline as f64);
-            metrics::gauge!("mqtt_dynamo_lookup_pending_ops").set(state.pending_ops() as f64);
+            metrics::gauge!(crate::telemetry::catalogue::LOOKUP_PENDING_OPS)
+                .set(state.pending_ops() as f64);
         }
     }
 

@@ -49,7 +49,7 @@ impl Spool {
                         .0;
                 }
                 _ => {
-                    metrics::counter!("mqtt_dynamo_spool_records_total", "outcome" => "refused")
+                    metrics::counter!(crate::telemetry::catalogue::SPOOL_RECORDS_TOTAL, "outcome" => "refused")
                         .increment(1);
                     if let Some(held) = FULL_LOG.allow() {
                         warn!(
@@ -71,7 +71,7 @@ impl Spool {
             // The segment's end does not move: the next append overwrites the partial record,
             // and a restart cuts it off. The event is refused.
             error!(error = %e, "spool append failed; event refused");
-            metrics::counter!("mqtt_dynamo_spool_records_total", "outcome" => "failed")
+            metrics::counter!(crate::telemetry::catalogue::SPOOL_RECORDS_TOTAL, "outcome" => "failed")
                 .increment(1);
             return Err(SpoolError::Io(e));
         }
@@ -99,7 +99,7 @@ impl Spool {
             error!(error = %e, "cannot start a new spool segment; appending to the current one");
         }
         drop(g);
-        metrics::counter!("mqtt_dynamo_spool_records_total", "outcome" => "appended").increment(1);
+        metrics::counter!(crate::telemetry::catalogue::SPOOL_RECORDS_TOTAL, "outcome" => "appended").increment(1);
         self.changed.notify_all();
         Ok(Appended { ticket, first_seq })
     }
@@ -203,8 +203,10 @@ impl Spool {
                 let started = Instant::now();
                 match file.sync_data() {
                     Ok(()) => {
-                        metrics::histogram!("mqtt_dynamo_spool_fsync_duration_seconds")
-                            .record(started.elapsed().as_secs_f64());
+                        metrics::histogram!(
+                            crate::telemetry::catalogue::SPOOL_FSYNC_DURATION_SECONDS
+                        )
+                        .record(started.elapsed().as_secs_f64());
                         done = ticket;
                         *self.synced.lock().unwrap_or_else(|p| p.into_inner()) = ticket;
                         self.synced_cv.notify_all();

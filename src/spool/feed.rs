@@ -75,7 +75,7 @@ impl Spool {
                 .map(|s| s.bytes)
                 .sum::<u64>()
                 .saturating_sub(c.pos);
-            metrics::gauge!("mqtt_dynamo_spool_backlog_bytes").set(backlog as f64);
+            metrics::gauge!(crate::telemetry::catalogue::SPOOL_BACKLOG_BYTES).set(backlog as f64);
             let age = self.cfg.segment_age;
             let Some(seg) = g.segments.iter_mut().find(|s| s.id == c.id) else {
                 // Only fed segments are deleted, so this cannot happen; start over if it does.
@@ -151,7 +151,7 @@ pub(crate) fn run(spool: Arc<Spool>, tx: Sender<IngestMsg>, budget: Arc<ByteBudg
                             // disk since then gets here. Skip what is left of the segment.
                             error!(segment = c.id, offset = c.pos, reason = %why,
                                 "spool segment unreadable after it was written; its remaining records are lost");
-                            metrics::counter!("mqtt_dynamo_spool_records_total", "outcome" => "cut")
+                            metrics::counter!(crate::telemetry::catalogue::SPOOL_RECORDS_TOTAL, "outcome" => "cut")
                                 .increment(1);
                             c.pos = upto;
                             break;
@@ -161,7 +161,7 @@ pub(crate) fn run(spool: Arc<Spool>, tx: Sender<IngestMsg>, budget: Arc<ByteBudg
                     let first_seq = c.seq;
                     c.seq += ops.len() as u64;
                     if c.replayed {
-                        metrics::counter!("mqtt_dynamo_spool_records_total", "outcome" => "replayed")
+                        metrics::counter!(crate::telemetry::catalogue::SPOOL_RECORDS_TOTAL, "outcome" => "replayed")
                             .increment(1);
                         // Part of the replayed suffix may already be in the table: the
                         // coalescer must not cancel a later delete against these.

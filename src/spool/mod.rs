@@ -221,7 +221,8 @@ impl Spool {
             _lock: lock,
             abandoned: AtomicBool::new(false),
         });
-        metrics::gauge!("mqtt_dynamo_spool_capacity_bytes").set((cfg.max_mb << 20) as f64);
+        metrics::gauge!(crate::telemetry::catalogue::SPOOL_CAPACITY_BYTES)
+            .set((cfg.max_mb << 20) as f64);
         spool.update_gauges(&spool.lock());
         Ok(spool)
     }
@@ -234,8 +235,8 @@ impl Spool {
 
     /// Sets the spool's size gauges from `g`.
     fn update_gauges(&self, g: &Inner) {
-        metrics::gauge!("mqtt_dynamo_spool_bytes").set(g.bytes as f64);
-        metrics::gauge!("mqtt_dynamo_spool_segments").set(g.segments.len() as f64);
+        metrics::gauge!(crate::telemetry::catalogue::SPOOL_BYTES).set(g.bytes as f64);
+        metrics::gauge!(crate::telemetry::catalogue::SPOOL_SEGMENTS).set(g.segments.len() as f64);
     }
 
     /// Shard `shard` has passed `barrier`: every op numbered up to it that the shard was given is

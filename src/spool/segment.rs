@@ -179,7 +179,8 @@ pub(super) fn recover(dir: &Path, read: Option<&ReadState>) -> io::Result<Recove
                 reason = %why,
                 "spool segment ends in a torn or damaged record (expected after a crash mid-write); cut there"
             );
-            metrics::counter!("mqtt_dynamo_spool_records_total", "outcome" => "cut").increment(1);
+            metrics::counter!(crate::telemetry::catalogue::SPOOL_RECORDS_TOTAL, "outcome" => "cut")
+                .increment(1);
         }
         if s.good < len {
             // Damage, or the zeros of a preallocated segment: either way nothing to keep.

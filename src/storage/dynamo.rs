@@ -275,7 +275,7 @@ pub fn record_throttling_reasons(reasons: &[aws_sdk_dynamodb::types::ThrottlingR
                     .copied()
             })
             .unwrap_or("other");
-        metrics::counter!("mqtt_dynamo_dynamodb_throttling_reasons_total", "reason" => label)
+        metrics::counter!(crate::telemetry::catalogue::DYNAMODB_THROTTLING_REASONS_TOTAL, "reason" => label)
             .increment(1);
     }
 }

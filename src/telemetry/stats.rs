@@ -1,6 +1,6 @@
 //! Pipeline counters: one place that records every stage's figures, both into process-local atomics
 //! (read by the shutdown report, loadgen and tests) and into the `metrics` facade under the names
-//! `mqtt_dynamo_<thing>_<unit>[_total]` (exported by whatever recorder the binary installs).
+//! of [`crate::telemetry::catalogue`] (exported by whatever recorder the binary installs).
 //!
 //! Recording happens per batch or per flush, not per event, except for the ingest counters, which
 //! are one relaxed atomic add each.
@@ -13,6 +13,7 @@ use hdrhistogram::Histogram;
 
 use crate::event::HookPoint;
 use crate::storage::item::Table;
+use crate::telemetry::catalogue;
 
 fn table_index(t: Table) -> usize {
     Table::ALL.iter().position(|x| *x == t).unwrap_or(0)
@@ -96,6 +97,12 @@ pub enum DropReason {
 }
 
 impl DropReason {
+    pub const ALL: [DropReason; 3] = [
+        DropReason::Rejected,
+        DropReason::RetriesExhausted,
+        DropReason::Shutdown,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             DropReason::Rejected => "rejected",
@@ -115,6 +122,13 @@ pub enum FlushTrigger {
 }
 
 impl FlushTrigger {
+    pub const ALL: [FlushTrigger; 4] = [
+        FlushTrigger::Count,
+        FlushTrigger::Bytes,
+        FlushTrigger::Age,
+        FlushTrigger::Shutdown,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             FlushTrigger::Count => "count",
@@ -133,6 +147,8 @@ pub enum Operation {
 }
 
 impl Operation {
+    pub const ALL: [Operation; 2] = [Operation::BatchWriteItem, Operation::UpdateItem];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Operation::BatchWriteItem => "batch_write_item",
@@ -157,6 +173,16 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    pub const ALL: [Outcome; 7] = [
+        Outcome::Success,
+        Outcome::Partial,
+        Outcome::Throttled,
+        Outcome::ConditionFailed,
+        Outcome::Rejected,
+        Outcome::Error,
+        Outcome::Unauthorized,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Success => "success",
@@ -243,7 +269,7 @@ impl Default for Stats {
 impl Stats {
     pub(crate) fn event_received(&self, hook: HookPoint, ops: usize) {
         // Per event: atomics only; the exported counter is set from them once a second
-        // (`publish_counters`), so the hot path makes no metric-registry lookups.
+        // (`export_counters`), so the hot path makes no metric-registry lookups.
         self.events_received[hook_index(hook)].fetch_add(1, Relaxed);
         self.ops_planned.fetch_add(ops as u64, Relaxed);
     }
@@ -251,7 +277,7 @@ impl Stats {
     /// `n` refused events (a refused request whose events could not be read counts as one).
     pub(crate) fn event_rejected(&self, origin: Origin, reason: RejectReason, n: u64) {
         self.rejected[origin as usize][reason as usize].fetch_add(n, Relaxed);
-        metrics::counter!("mqtt_dynamo_events_rejected_total", "adapter" => origin.as_str(), "reason" => reason.as_str())
+        metrics::counter!(catalogue::EVENTS_REJECTED_TOTAL, "adapter" => origin.as_str(), "reason" => reason.as_str())
             .increment(n);
     }
 
@@ -266,18 +292,18 @@ impl Stats {
         let i = table_index(table);
         self.coalesced[i].fetch_add(merged, Relaxed);
         self.cancelled[i].fetch_add(cancelled, Relaxed);
-        metrics::counter!("mqtt_dynamo_ops_coalesced_total", "table" => table.base_name())
+        metrics::counter!(catalogue::OPS_COALESCED_TOTAL, "table" => table.base_name())
             .increment(merged);
-        metrics::counter!("mqtt_dynamo_writes_cancelled_total", "table" => table.base_name())
+        metrics::counter!(catalogue::WRITES_CANCELLED_TOTAL, "table" => table.base_name())
             .increment(cancelled);
     }
 
     pub(crate) fn flushed(&self, trigger: FlushTrigger, requests: usize, bytes: usize) {
         self.flushes[trigger as usize].fetch_add(1, Relaxed);
         self.flushes_in_flight.fetch_add(1, Relaxed);
-        metrics::counter!("mqtt_dynamo_flushes_total", "trigger" => trigger.as_str()).increment(1);
-        metrics::histogram!("mqtt_dynamo_batch_requests").record(requests as f64);
-        metrics::histogram!("mqtt_dynamo_batch_bytes").record(bytes as f64);
+        metrics::counter!(catalogue::FLUSHES_TOTAL, "trigger" => trigger.as_str()).increment(1);
+        metrics::histogram!(catalogue::BATCH_REQUESTS).record(requests as f64);
+        metrics::histogram!(catalogue::BATCH_BYTES).record(bytes as f64);
     }
 
     pub(crate) fn flush_done(&self) {
@@ -286,54 +312,53 @@ impl Stats {
 
     pub(crate) fn request(&self, op: Operation, outcome: Outcome, duration: Duration) {
         self.requests[op as usize][outcome as usize].fetch_add(1, Relaxed);
-        metrics::counter!("mqtt_dynamo_dynamodb_requests_total", "operation" => op.as_str(), "outcome" => outcome.as_str())
+        metrics::counter!(catalogue::DYNAMODB_REQUESTS_TOTAL, "operation" => op.as_str(), "outcome" => outcome.as_str())
             .increment(1);
-        metrics::histogram!("mqtt_dynamo_dynamodb_request_duration_seconds", "operation" => op.as_str())
+        metrics::histogram!(catalogue::DYNAMODB_REQUEST_DURATION_SECONDS, "operation" => op.as_str())
             .record(duration.as_secs_f64());
     }
 
     pub(crate) fn throttled(&self, code: &'static str) {
         self.throttles.fetch_add(1, Relaxed);
-        metrics::counter!("mqtt_dynamo_dynamodb_throttles_total", "error_code" => code)
-            .increment(1);
+        metrics::counter!(catalogue::DYNAMODB_THROTTLES_TOTAL, "error_code" => code).increment(1);
     }
 
     pub(crate) fn unprocessed(&self, n: u64) {
         self.unprocessed.fetch_add(n, Relaxed);
-        metrics::counter!("mqtt_dynamo_dynamodb_unprocessed_items_total").increment(n);
+        metrics::counter!(catalogue::DYNAMODB_UNPROCESSED_ITEMS_TOTAL).increment(n);
     }
 
     pub(crate) fn requeued(&self) {
         self.requeued.fetch_add(1, Relaxed);
-        metrics::counter!("mqtt_dynamo_hot_key_requeues_total").increment(1);
+        metrics::counter!(catalogue::HOT_KEY_REQUEUES_TOTAL).increment(1);
     }
 
     pub(crate) fn retried(&self, op: Operation) {
         self.retries.fetch_add(1, Relaxed);
-        metrics::counter!("mqtt_dynamo_retries_total", "operation" => op.as_str()).increment(1);
+        metrics::counter!(catalogue::RETRIES_TOTAL, "operation" => op.as_str()).increment(1);
     }
 
     pub(crate) fn written(&self, table: Table, n: u64) {
         self.items_written[table_index(table)].fetch_add(n, Relaxed);
-        metrics::counter!("mqtt_dynamo_items_written_total", "table" => table.base_name())
+        metrics::counter!(catalogue::ITEMS_WRITTEN_TOTAL, "table" => table.base_name())
             .increment(n);
     }
 
     pub(crate) fn consumed(&self, table: Table, units: f64) {
         let units = units.round() as u64;
         self.consumed_wcu[table_index(table)].fetch_add(units, Relaxed);
-        metrics::counter!("mqtt_dynamo_consumed_write_capacity_units_total", "table" => table.base_name())
+        metrics::counter!(catalogue::CONSUMED_WRITE_CAPACITY_UNITS_TOTAL, "table" => table.base_name())
             .increment(units);
     }
 
     pub(crate) fn trimmed(&self, n: u64) {
         self.trimmed.fetch_add(n, Relaxed);
-        metrics::counter!("mqtt_dynamo_msgids_trimmed_total").increment(n);
+        metrics::counter!(catalogue::MSGIDS_TRIMMED_TOTAL).increment(n);
     }
 
     pub(crate) fn dropped(&self, reason: DropReason, n: u64) {
         self.dropped[reason as usize].fetch_add(n, Relaxed);
-        metrics::counter!("mqtt_dynamo_writes_dropped_total", "reason" => reason.as_str())
+        metrics::counter!(catalogue::WRITES_DROPPED_TOTAL, "reason" => reason.as_str())
             .increment(n);
     }
 
@@ -346,7 +371,7 @@ impl Stats {
             (&self.duplicates_uncertain, "unacked")
         };
         counter.fetch_add(1, Relaxed);
-        metrics::counter!("mqtt_dynamo_duplicate_publishes_total", "kind" => kind).increment(1);
+        metrics::counter!(catalogue::DUPLICATE_PUBLISHES_TOTAL, "kind" => kind).increment(1);
     }
 
     pub(crate) fn durable(&self, latencies: &[Duration]) {
@@ -355,16 +380,17 @@ impl Stats {
                 h.saturating_record(l.as_micros() as u64);
             }
         }
-        let hist = metrics::histogram!("mqtt_dynamo_ingest_to_durable_seconds");
+        let hist = metrics::histogram!(catalogue::INGEST_TO_DURABLE_SECONDS);
         for l in latencies {
             hist.record(l.as_secs_f64());
         }
     }
 
-    /// Sets the per-event counters in the metrics registry from the atomics.
-    pub(crate) fn publish_counters(&self) {
+    /// Sets the per-event counters in the metrics registry from the atomics (the sampler calls
+    /// this once a second).
+    pub(crate) fn export_counters(&self) {
         for (hook, n) in HookPoint::ALL.iter().zip(&self.events_received) {
-            metrics::counter!("mqtt_dynamo_events_received_total", "hook" => hook.as_str())
+            metrics::counter!(catalogue::EVENTS_RECEIVED_TOTAL, "hook" => hook.as_str())
                 .absolute(n.load(Relaxed));
         }
     }
@@ -391,13 +417,8 @@ impl Stats {
             ops_planned: self.ops_planned.load(Relaxed),
             coalesced: sum(&self.coalesced),
             cancelled: sum(&self.cancelled),
-            flushes: [
-                FlushTrigger::Count,
-                FlushTrigger::Bytes,
-                FlushTrigger::Age,
-                FlushTrigger::Shutdown,
-            ]
-            .map(|t| (t.as_str(), self.flushes[t as usize].load(Relaxed))),
+            flushes: FlushTrigger::ALL
+                .map(|t| (t.as_str(), self.flushes[t as usize].load(Relaxed))),
             batch_write_requests: sum(&self.requests[Operation::BatchWriteItem as usize]),
             update_requests: sum(&self.requests[Operation::UpdateItem as usize]),
             failed_requests: [

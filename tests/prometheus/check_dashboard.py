@@ -10,6 +10,11 @@ Standard library only. Steps:
    (CORE_PANELS) present exactly once.
 2. Fetch the exporter's /metrics once, lint it with `promtool check metrics` (stdin), and check that
    every mqtt_dynamo_* metric named in a panel query is in the exposition.
+   With --catalogue FILE (the service's metric catalogue as JSON, which the Rust dashboard test
+   writes from src/telemetry/catalogue.rs): every catalogue metric must be on the dashboard and the
+   dashboard may name no other (a static check), and every catalogue metric must be in the
+   exposition with the catalogue's type and exactly its label names, and the exposition may hold no
+   mqtt_dynamo_* metric the catalogue lacks.
 3. Start a throw-away Prometheus (temp config + temp TSDB, free loopback port) scraping the exporter
    every 1s, wait for /-/ready and for `up{job="mqtt-dynamo"} == 1` over at least 5 scrapes, and
    check that the `instance` variable (label_values(mqtt_dynamo_build_info, instance)) has a value.
@@ -259,6 +264,88 @@ def run_promtool(promtool, text):
     return p.returncode, out
 
 
+# ----------------------------------------------------------------------------- catalogue
+
+
+def load_catalogue(path):
+    """{name: {"kind": ..., "labels": [...]}} from the catalogue JSON:
+    {"metrics": [{"name": ..., "kind": "counter"|"gauge"|"histogram", "labels": [...]}, ...]}."""
+    with open(path) as f:
+        doc = json.load(f)
+    out = {}
+    for m in doc["metrics"]:
+        out[m["name"]] = {"kind": m["kind"], "labels": list(m.get("labels") or [])}
+    return out
+
+
+def catalogue_checks(catalogue, referenced):
+    """Problems between the catalogue and the metrics the dashboard's queries name."""
+    problems = []
+    for n in sorted(set(catalogue) - referenced):
+        problems.append(f"catalogue metric {n} is not on the dashboard")
+    for n in sorted(referenced - set(catalogue)):
+        problems.append(f"the dashboard names {n}, which is not in the catalogue")
+    return problems
+
+
+LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="(?:[^"\\]|\\.)*"')
+SERIES_RE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s")
+
+
+def exposition_families(text):
+    """{family: {"type": the # TYPE or None, "labels": set of frozensets of label names}}.
+
+    A histogram's or summary's _bucket/_sum/_count series belong to its family; `le` and
+    `quantile` are left out of the label names."""
+    typed = {}
+    series = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("#"):
+            parts = line.split()
+            if len(parts) >= 4 and parts[1] == "TYPE":
+                typed[parts[2]] = parts[3]
+            continue
+        m = SERIES_RE.match(line + " ")
+        if m:
+            names = frozenset(LABEL_RE.findall(m.group(2) or "")) - {"le", "quantile"}
+            series.append((m.group(1), names))
+    families = {n: {"type": t, "labels": set()} for n, t in typed.items()}
+    for name, labels in series:
+        family = name
+        base = base_name(name)
+        if base != name and typed.get(base) in ("histogram", "summary"):
+            family = base
+        families.setdefault(family, {"type": typed.get(family), "labels": set()})
+        families[family]["labels"].add(labels)
+    return families
+
+
+def exposition_checks(catalogue, text, allowed=frozenset()):
+    """Problems between the catalogue and one scrape: every catalogue metric present (unless
+    `allowed`) with the catalogue's type and label names; no uncatalogued mqtt_dynamo_* metric."""
+    problems = []
+    families = exposition_families(text)
+    for name, m in sorted(catalogue.items()):
+        f = families.get(name)
+        if f is None:
+            if name not in allowed:
+                problems.append(f"catalogue metric {name} is not in the exposition")
+            continue
+        if f["type"] != m["kind"]:
+            problems.append(f"{name} is exported as {f['type']}, the catalogue says {m['kind']}")
+        want = frozenset(m["labels"])
+        for labels in sorted(f["labels"], key=sorted):
+            if labels != want:
+                problems.append(f"{name} has a series labelled {sorted(labels)}, the catalogue says {sorted(want)}")
+    for name in sorted(families):
+        if name.startswith("mqtt_dynamo_") and name not in catalogue:
+            problems.append(f"{name} is exported but not in the catalogue")
+    return problems
+
+
 # ----------------------------------------------------------------------------- prometheus
 
 
@@ -382,6 +469,9 @@ def main(argv=None):
                     help="comma-separated metric names allowed to be absent from the exposition "
                          "(by default every metric the dashboard names must be exported)")
     ap.add_argument("--timeout", type=float, default=60, help="seconds for Prometheus to be ready and scrape")
+    ap.add_argument("--catalogue", default="",
+                    help="the service's metric catalogue as JSON (written by the Rust dashboard test): "
+                         "every catalogue metric must be on the dashboard and in the exposition")
     ap.add_argument("--static-only", action="store_true",
                     help="only the dashboard JSON checks (no exporter, promtool or Prometheus)")
     args = ap.parse_args(argv)
@@ -401,6 +491,13 @@ def main(argv=None):
     for _, t in targets:
         referenced |= metric_names(t["expr"])
     print(f"  references {len(referenced)} metrics")
+    catalogue = load_catalogue(args.catalogue) if args.catalogue else None
+    if catalogue is not None:
+        problems = catalogue_checks(catalogue, referenced)
+        print(f"catalogue: {args.catalogue}: {len(catalogue)} metrics, {len(problems)} problems on the dashboard")
+        for p in problems:
+            print(f"  FAIL {p}")
+        failures += [f"catalogue: {p}" for p in problems]
 
     if args.static_only:
         print(f"\nSUMMARY: static checks {'passed' if not failures else 'FAILED'} ({len(failures)} problems)")
@@ -432,6 +529,12 @@ def main(argv=None):
                     if n.startswith("mqtt_dynamo_") and n not in referenced and base_name(n) not in referenced)
     if unused:
         print(f"  note: exported but not on the dashboard: {', '.join(unused)}")
+    if catalogue is not None:
+        problems = exposition_checks(catalogue, text, allowed)
+        print(f"  against the catalogue: {len(problems)} problems")
+        for p in problems:
+            print(f"  FAIL {p}")
+        failures += [f"exposition: {p}" for p in problems]
 
     # --- Prometheus
     tmp = tempfile.mkdtemp(prefix="mqtt-dynamo-prom-")

@@ -54,14 +54,14 @@ struct InFlight;
 
 impl InFlight {
     fn start() -> Self {
-        metrics::gauge!("mqtt_dynamo_dynamodb_in_flight_requests").increment(1.0);
+        metrics::gauge!(crate::telemetry::catalogue::DYNAMODB_IN_FLIGHT_REQUESTS).increment(1.0);
         InFlight
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        metrics::gauge!("mqtt_dynamo_dynamodb_in_flight_requests").decrement(1.0);
+        metrics::gauge!(crate::telemetry::catalogue::DYNAMODB_IN_FLIGHT_REQUESTS).decrement(1.0);
     }
 }
 
