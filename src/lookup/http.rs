@@ -107,6 +107,23 @@ fn gate(state: &HttpState, headers: &HeaderMap) -> Result<Arc<Reader>, Response>
     })
 }
 
+/// The common front of the filter lookups: the token and the lookup switch, the query string,
+/// and a `filter` parameter that can be a key. The error is the answer to send (built once per
+/// refused request, so its size does not matter).
+#[allow(clippy::result_large_err)]
+fn filter_query<P>(
+    state: &HttpState,
+    headers: &HeaderMap,
+    p: Result<Query<P>, QueryRejection>,
+    filter: impl FnOnce(&mut P) -> Option<String>,
+) -> Result<(Arc<Reader>, P, String), Response> {
+    let reader = gate(state, headers)?;
+    let Query(mut p) = p.map_err(query_rejection)?;
+    let filter = filter(&mut p).ok_or_else(missing_filter)?;
+    check_filter(&filter)?;
+    Ok((reader, p, filter))
+}
+
 fn missing_filter() -> Response {
     error(
         StatusCode::BAD_REQUEST,
@@ -157,20 +174,10 @@ async fn retained(
     headers: HeaderMap,
     p: Result<Query<RetainedParams>, QueryRejection>,
 ) -> Response {
-    let reader = match gate(&state, &headers) {
-        Ok(r) => r,
+    let (reader, _, filter) = match filter_query(&state, &headers, p, |p| p.filter.take()) {
+        Ok(front) => front,
         Err(resp) => return resp,
     };
-    let p = match p {
-        Ok(Query(p)) => p,
-        Err(r) => return query_rejection(r),
-    };
-    let Some(filter) = p.filter else {
-        return missing_filter();
-    };
-    if let Err(resp) = check_filter(&filter) {
-        return resp;
-    }
     match reader.retained(&filter).await {
         Ok(r) => axum::Json(retained_json(&filter, &r)).into_response(),
         Err(e) => lookup_error(e),
@@ -213,20 +220,10 @@ async fn offline(
     headers: HeaderMap,
     p: Result<Query<OfflineParams>, QueryRejection>,
 ) -> Response {
-    let reader = match gate(&state, &headers) {
-        Ok(r) => r,
+    let (reader, p, filter) = match filter_query(&state, &headers, p, |p| p.filter.take()) {
+        Ok(front) => front,
         Err(resp) => return resp,
     };
-    let p = match p {
-        Ok(Query(p)) => p,
-        Err(r) => return query_rejection(r),
-    };
-    let Some(filter) = p.filter else {
-        return missing_filter();
-    };
-    if let Err(resp) = check_filter(&filter) {
-        return resp;
-    }
     let limit = match p.limit.as_deref().map(str::parse::<usize>) {
         None => None,
         Some(Ok(n)) => Some(n),

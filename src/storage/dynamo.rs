@@ -280,31 +280,35 @@ pub fn record_throttling_reasons(reasons: &[aws_sdk_dynamodb::types::ThrottlingR
     }
 }
 
-/// The ThrottlingReasons of a BatchWriteItem error, if it carries any.
-pub fn batch_throttling_reasons<R>(
-    err: &SdkError<aws_sdk_dynamodb::operation::batch_write_item::BatchWriteItemError, R>,
-) -> &[aws_sdk_dynamodb::types::ThrottlingReason] {
-    use aws_sdk_dynamodb::operation::batch_write_item::BatchWriteItemError as E;
-    match err.as_service_error() {
-        Some(E::ThrottlingException(e)) => e.throttling_reasons(),
-        Some(E::ProvisionedThroughputExceededException(e)) => e.throttling_reasons(),
-        Some(E::RequestLimitExceeded(e)) => e.throttling_reasons(),
-        _ => &[],
-    }
+/// Defines a function returning the ThrottlingReasons an API's error carries, if any (the three
+/// throttling errors carry them; the SDK has no trait for it).
+macro_rules! throttling_reasons_of {
+    ($(#[$doc:meta])* $name:ident, $($error:ident)::+) => {
+        $(#[$doc])*
+        pub fn $name<R>(
+            err: &SdkError<$($error)::+, R>,
+        ) -> &[aws_sdk_dynamodb::types::ThrottlingReason] {
+            use $($error)::+ as E;
+            match err.as_service_error() {
+                Some(E::ThrottlingException(e)) => e.throttling_reasons(),
+                Some(E::ProvisionedThroughputExceededException(e)) => e.throttling_reasons(),
+                Some(E::RequestLimitExceeded(e)) => e.throttling_reasons(),
+                _ => &[],
+            }
+        }
+    };
 }
 
-/// The ThrottlingReasons of an UpdateItem error, if it carries any.
-pub fn update_throttling_reasons<R>(
-    err: &SdkError<aws_sdk_dynamodb::operation::update_item::UpdateItemError, R>,
-) -> &[aws_sdk_dynamodb::types::ThrottlingReason] {
-    use aws_sdk_dynamodb::operation::update_item::UpdateItemError as E;
-    match err.as_service_error() {
-        Some(E::ThrottlingException(e)) => e.throttling_reasons(),
-        Some(E::ProvisionedThroughputExceededException(e)) => e.throttling_reasons(),
-        Some(E::RequestLimitExceeded(e)) => e.throttling_reasons(),
-        _ => &[],
-    }
-}
+throttling_reasons_of!(
+    /// The ThrottlingReasons of a BatchWriteItem error, if it carries any.
+    batch_throttling_reasons,
+    aws_sdk_dynamodb::operation::batch_write_item::BatchWriteItemError
+);
+throttling_reasons_of!(
+    /// The ThrottlingReasons of an UpdateItem error, if it carries any.
+    update_throttling_reasons,
+    aws_sdk_dynamodb::operation::update_item::UpdateItemError
+);
 
 /// An SDK error as one line: DynamoDB's code and message when it answered, else the whole chain
 /// (connection refused, timeout, …).

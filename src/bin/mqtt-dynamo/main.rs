@@ -91,13 +91,7 @@ fn main() -> ExitCode {
         command: ConfigCommand::Import { file, output },
     } = &cli.command
     {
-        return match config::config_import(file, output.as_deref()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        return exit(config::config_import(file, output.as_deref()));
     }
     let cfg = match &cli.config {
         Some(path) => Config::load(path),
@@ -110,43 +104,52 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    init_logging(&cfg.log);
+    let result = tokio::runtime::Runtime::new()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                match cli.command {
+                    Command::Serve => serve::serve(cfg).await,
+                    Command::Tables { command } => tables::tables_command(cfg, command).await,
+                    Command::Config { .. } => Ok(()),
+                    Command::Lookup { command } => lookup::lookup_command(cfg, command).await,
+                    Command::Subs { command } => subs::subs_command(cfg, command).await,
+                }
+            })
+        });
+    if let Err(e) = &result {
+        error!("{e}");
+    }
+    exit(result)
+}
+
+/// Logs to stderr at `log.level` (RUST_LOG overrides), as JSON or text.
+fn init_logging(log: &mqtt_dynamo::config::LogConfig) {
     // The embedded DynamoDB logs every 4xx it answers, guarded no-ops included; keep it to errors
     // unless asked.
-    let level = if cfg.log.level.contains("dynoxide") {
-        cfg.log.level.clone()
+    let level = if log.level.contains("dynoxide") {
+        log.level.clone()
     } else {
-        format!("{},dynoxide=error", cfg.log.level)
+        format!("{},dynoxide=error", log.level)
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    match cfg.log.format {
+    match log.format {
         mqtt_dynamo::config::LogFormat::Json => builder.json().init(),
         mqtt_dynamo::config::LogFormat::Human => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
     }
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Serve => serve::serve(cfg).await,
-            Command::Tables { command } => tables::tables_command(cfg, command).await,
-            Command::Config { .. } => Ok(()),
-            Command::Lookup { command } => lookup::lookup_command(cfg, command).await,
-            Command::Subs { command } => subs::subs_command(cfg, command).await,
-        }
-    });
+}
+
+/// Success, or the error on stderr and exit status 1.
+fn exit(result: Result<(), String>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            error!("{e}");
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
