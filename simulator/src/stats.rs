@@ -191,3 +191,51 @@ pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value as Json;
+
+    use super::*;
+
+    /// Every number of a snapshot but the two durations (and the empty `item_counts`).
+    fn counts(stats: &SimStats) -> Vec<(String, u64)> {
+        fn walk(prefix: &str, json: &Json, out: &mut Vec<(String, u64)>) {
+            match json {
+                Json::Object(map) => {
+                    for (k, v) in map {
+                        walk(&format!("{prefix}.{k}"), v, out);
+                    }
+                }
+                Json::Number(n) if n.is_u64() => out.push((prefix.to_owned(), n.as_u64().unwrap())),
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        walk("", &serde_json::to_value(stats).unwrap(), &mut out);
+        out
+    }
+
+    #[test]
+    fn every_counter_is_snapshot_and_reset() {
+        let counters = Counters::default();
+        for c in counters.all() {
+            c.fetch_add(1, Relaxed);
+        }
+        let before = counts(&counters.snapshot(Instant::now()));
+        // 10 counters, 6 faults, 13 operations and their total.
+        assert_eq!(before.len(), 10 + 6 + 13 + 1, "{before:?}");
+        for (name, n) in &before {
+            let expected = if name == ".requests_total" {
+                Op::ALL.len() as u64
+            } else {
+                1
+            };
+            assert_eq!(*n, expected, "{name}");
+        }
+        counters.reset();
+        let after = counts(&counters.snapshot(Instant::now()));
+        assert_eq!(after.len(), before.len());
+        assert!(after.iter().all(|(_, n)| *n == 0), "{after:?}");
+    }
+}
