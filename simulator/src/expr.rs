@@ -58,22 +58,7 @@ impl ExprContext {
     pub fn new(names: Option<&Json>, values: Option<&Json>) -> Result<ExprContext, ApiError> {
         let mut ctx = ExprContext::default();
         if let Some(names) = names {
-            let Json::Object(names) = names else {
-                return Err(ApiError::serialization(
-                    "ExpressionAttributeNames must be a JSON object",
-                ));
-            };
-            if names.is_empty() {
-                return Err(ApiError::validation(
-                    "ExpressionAttributeNames must not be empty",
-                ));
-            }
-            for (k, v) in names {
-                if !is_placeholder(k, '#') {
-                    return Err(ApiError::validation(format!(
-                        "ExpressionAttributeNames contains invalid key: Syntax error; key: \"{k}\""
-                    )));
-                }
+            ctx.names = substitutions(names, "ExpressionAttributeNames", '#', |k, v| {
                 let Some(v) = v.as_str() else {
                     return Err(ApiError::serialization(
                         "ExpressionAttributeNames values must be strings",
@@ -84,27 +69,12 @@ impl ExprContext {
                         "ExpressionAttributeNames contains invalid value: Empty attribute name for key {k}"
                     )));
                 }
-                ctx.names.insert(k.clone(), v.to_owned());
-            }
+                Ok(v.to_owned())
+            })?;
         }
         if let Some(values) = values {
-            let Json::Object(values) = values else {
-                return Err(ApiError::serialization(
-                    "ExpressionAttributeValues must be a JSON object",
-                ));
-            };
-            if values.is_empty() {
-                return Err(ApiError::validation(
-                    "ExpressionAttributeValues must not be empty",
-                ));
-            }
-            for (k, v) in values {
-                if !is_placeholder(k, ':') {
-                    return Err(ApiError::validation(format!(
-                        "ExpressionAttributeValues contains invalid key: Syntax error; key: \"{k}\""
-                    )));
-                }
-                let value = Value::from_json(v).map_err(|e| {
+            ctx.values = substitutions(values, "ExpressionAttributeValues", ':', |k, v| {
+                Value::from_json(v).map_err(|e| {
                     if e.code == "ValidationException" {
                         ApiError::validation(format!(
                             "ExpressionAttributeValues contains invalid value: {} for key {k}",
@@ -113,9 +83,8 @@ impl ExprContext {
                     } else {
                         e
                     }
-                })?;
-                ctx.values.insert(k.clone(), value);
-            }
+                })
+            })?;
         }
         Ok(ctx)
     }
@@ -187,6 +156,41 @@ impl ExprContext {
         p.end()?;
         Ok(paths)
     }
+}
+
+/// Reads one substitution map (`member` is its request parameter): a non-empty JSON object
+/// whose keys are `sigil` placeholders (`#name`, `:value`), each value read by `read`.
+fn substitutions<T>(
+    json: &Json,
+    member: &str,
+    sigil: char,
+    mut read: impl FnMut(&str, &Json) -> Result<T, ApiError>,
+) -> Result<HashMap<String, T>, ApiError> {
+    let Json::Object(map) = json else {
+        return Err(ApiError::serialization(format!(
+            "{member} must be a JSON object"
+        )));
+    };
+    if map.is_empty() {
+        return Err(ApiError::validation(format!("{member} must not be empty")));
+    }
+    let mut out = HashMap::with_capacity(map.len());
+    for (k, v) in map {
+        if !is_placeholder(k, sigil) {
+            return Err(ApiError::validation(format!(
+                "{member} contains invalid key: Syntax error; key: \"{k}\""
+            )));
+        }
+        out.insert(k.clone(), read(k, v)?);
+    }
+    Ok(out)
+}
+
+/// A placeholder's substitution, marked as used; `None` if the map does not define it.
+fn lookup<T: Clone>(map: &HashMap<String, T>, used: &mut HashSet<String>, key: &str) -> Option<T> {
+    let found = map.get(key).cloned()?;
+    used.insert(key.to_owned());
+    Some(found)
 }
 
 fn is_placeholder(k: &str, sigil: char) -> bool {
@@ -266,6 +270,20 @@ pub enum CmpOp {
     Le,
     Gt,
     Ge,
+}
+
+impl CmpOp {
+    /// The operator as written in an expression.
+    fn symbol(self) -> &'static str {
+        match self {
+            CmpOp::Eq => "=",
+            CmpOp::Ne => "<>",
+            CmpOp::Lt => "<",
+            CmpOp::Le => "<=",
+            CmpOp::Gt => ">",
+            CmpOp::Ge => ">=",
+        }
+    }
 }
 
 /// A value in a condition.
@@ -673,12 +691,7 @@ enum Tok {
     RBracket,
     Comma,
     Dot,
-    Eq,
-    Ne,
-    Lt,
-    Le,
-    Gt,
-    Ge,
+    Cmp(CmpOp),
     Plus,
     Minus,
 }
@@ -694,12 +707,7 @@ impl fmt::Display for Tok {
             Tok::RBracket => "]",
             Tok::Comma => ",",
             Tok::Dot => ".",
-            Tok::Eq => "=",
-            Tok::Ne => "<>",
-            Tok::Lt => "<",
-            Tok::Le => "<=",
-            Tok::Gt => ">",
-            Tok::Ge => ">=",
+            Tok::Cmp(op) => op.symbol(),
             Tok::Plus => "+",
             Tok::Minus => "-",
         };
@@ -740,12 +748,12 @@ fn tokenize(text: &str, kind: ExprKind) -> Result<Vec<Tok>, ApiError> {
             '.' => (Tok::Dot, 1),
             '+' => (Tok::Plus, 1),
             '-' => (Tok::Minus, 1),
-            '=' => (Tok::Eq, 1),
-            '<' if two('>') => (Tok::Ne, 2),
-            '<' if two('=') => (Tok::Le, 2),
-            '<' => (Tok::Lt, 1),
-            '>' if two('=') => (Tok::Ge, 2),
-            '>' => (Tok::Gt, 1),
+            '=' => (Tok::Cmp(CmpOp::Eq), 1),
+            '<' if two('>') => (Tok::Cmp(CmpOp::Ne), 2),
+            '<' if two('=') => (Tok::Cmp(CmpOp::Le), 2),
+            '<' => (Tok::Cmp(CmpOp::Lt), 1),
+            '>' if two('=') => (Tok::Cmp(CmpOp::Ge), 2),
+            '>' => (Tok::Cmp(CmpOp::Gt), 1),
             '#' | ':' => {
                 let end = word(i + 1);
                 if end == i + 1 {
@@ -901,13 +909,11 @@ impl<'c> Parser<'c> {
             }
             Some(Tok::Name(n)) => {
                 self.pos += 1;
-                let resolved = self.ctx.names.get(&n).cloned().ok_or_else(|| {
+                lookup(&self.ctx.names, &mut self.ctx.used_names, &n).ok_or_else(|| {
                     self.err(format_args!(
                         "An expression attribute name used in the document path is not defined; attribute name: {n}"
                     ))
-                })?;
-                self.ctx.used_names.insert(n);
-                Ok(resolved)
+                })
             }
             _ => Err(self.syntax_error()),
         }
@@ -918,29 +924,32 @@ impl<'c> Parser<'c> {
             return Err(self.syntax_error());
         };
         self.pos += 1;
-        let value = self.ctx.values.get(&v).cloned().ok_or_else(|| {
+        lookup(&self.ctx.values, &mut self.ctx.used_values, &v).ok_or_else(|| {
             self.err(format_args!(
                 "An expression attribute value used in expression is not defined; attribute value: {v}"
             ))
-        })?;
-        self.ctx.used_values.insert(v);
-        Ok(value)
+        })
     }
 
     fn cond_or(&mut self) -> Result<Cond, ApiError> {
-        let mut left = self.cond_and()?;
-        while self.eat_keyword("OR") {
-            let right = self.cond_and()?;
-            left = Cond::Or(Box::new(left), Box::new(right));
-        }
-        Ok(left)
+        self.left_assoc("OR", Self::cond_and, Cond::Or)
     }
 
     fn cond_and(&mut self) -> Result<Cond, ApiError> {
-        let mut left = self.cond_not()?;
-        while self.eat_keyword("AND") {
-            let right = self.cond_not()?;
-            left = Cond::And(Box::new(left), Box::new(right));
+        self.left_assoc("AND", Self::cond_not, Cond::And)
+    }
+
+    /// `operand (keyword operand)*`, joined from the left.
+    fn left_assoc(
+        &mut self,
+        keyword: &str,
+        operand: fn(&mut Self) -> Result<Cond, ApiError>,
+        join: fn(Box<Cond>, Box<Cond>) -> Cond,
+    ) -> Result<Cond, ApiError> {
+        let mut left = operand(self)?;
+        while self.eat_keyword(keyword) {
+            let right = operand(self)?;
+            left = join(Box::new(left), Box::new(right));
         }
         Ok(left)
     }
@@ -1011,14 +1020,8 @@ impl<'c> Parser<'c> {
             self.expect(&Tok::RParen)?;
             return Ok(Cond::In(left, list));
         }
-        let op = match self.peek() {
-            Some(Tok::Eq) => CmpOp::Eq,
-            Some(Tok::Ne) => CmpOp::Ne,
-            Some(Tok::Lt) => CmpOp::Lt,
-            Some(Tok::Le) => CmpOp::Le,
-            Some(Tok::Gt) => CmpOp::Gt,
-            Some(Tok::Ge) => CmpOp::Ge,
-            _ => return Err(self.syntax_error()),
+        let Some(&Tok::Cmp(op)) = self.peek() else {
+            return Err(self.syntax_error());
         };
         self.pos += 1;
         let right = self.operand()?;
@@ -1062,7 +1065,7 @@ impl<'c> Parser<'c> {
                 match section.as_str() {
                     "SET" => {
                         let path = self.path()?;
-                        self.expect(&Tok::Eq)?;
+                        self.expect(&Tok::Cmp(CmpOp::Eq))?;
                         let a = self.update_operand()?;
                         let value = if self.eat(&Tok::Plus) {
                             SetValue::Plus(a, self.update_operand()?)

@@ -34,7 +34,7 @@ impl Shared {
         let seed = config.seed.unwrap_or_else(|| fastrand::u64(..));
         let shared = Shared {
             store: Store::default(),
-            stats: Counters::new(),
+            stats: Counters::default(),
             faults: Faults::new(
                 config.faults.clone(),
                 config.latency,

@@ -67,55 +67,98 @@ pub struct FaultStats {
     pub applied_late: u64,
 }
 
-/// The live counters. Relaxed atomics: each counter is independent and a snapshot is allowed
-/// to be a few requests inconsistent across counters.
+/// Declares [`Counters`] from one list: an `AtomicU64` per counter of [`SimStats`] (named as
+/// there) and per fault of [`FaultStats`] (`counter => field`), so that `all()` (for resets)
+/// and the snapshot cannot leave one out.
+macro_rules! counters {
+    (
+        stats: [$($stat:ident),* $(,)?],
+        faults: [$($counter:ident => $fault:ident),* $(,)?] $(,)?
+    ) => {
+        /// The live counters. Relaxed atomics: each counter is independent and a snapshot is
+        /// allowed to be a few requests inconsistent across counters.
+        #[derive(Debug, Default)]
+        pub struct Counters {
+            requests: [AtomicU64; Op::ALL.len()],
+            $(pub $stat: AtomicU64,)*
+            $(pub $counter: AtomicU64,)*
+            since: Since,
+        }
+
+        impl Counters {
+            fn all(&self) -> impl Iterator<Item = &AtomicU64> {
+                self.requests
+                    .iter()
+                    .chain([$(&self.$stat,)* $(&self.$counter,)*])
+            }
+
+            /// The counters part of a snapshot; the caller fills in uptime, outage and tables.
+            pub fn snapshot(&self, started: Instant) -> SimStats {
+                let requests_by_operation: BTreeMap<String, u64> = Op::ALL
+                    .iter()
+                    .map(|op| (op.name().to_owned(), self.requests[*op as usize].load(Relaxed)))
+                    .collect();
+                SimStats {
+                    uptime_seconds: started.elapsed().as_secs_f64(),
+                    counting_seconds: self.since.get().elapsed().as_secs_f64(),
+                    requests_total: requests_by_operation.values().sum(),
+                    requests_by_operation,
+                    $($stat: self.$stat.load(Relaxed),)*
+                    faults: FaultStats {
+                        $($fault: self.$counter.load(Relaxed),)*
+                    },
+                    outage_active: false,
+                    item_counts: BTreeMap::new(),
+                }
+            }
+        }
+    };
+}
+
+counters! {
+    stats: [
+        items_written,
+        items_read,
+        write_units,
+        throttled_requests,
+        throttled_items,
+        unprocessed_keys,
+        validation_errors,
+        conditional_failures,
+        auth_failures,
+        other_errors,
+    ],
+    faults: [
+        fault_errors => errors,
+        fault_resets => resets,
+        fault_stalls => stalls,
+        fault_outages => outage_rejections,
+        fault_applied_then_failed => applied_then_failed,
+        fault_applied_late => applied_late,
+    ],
+}
+
+/// When counting (re)started: at creation, then at each reset.
 #[derive(Debug)]
-pub struct Counters {
-    requests: [AtomicU64; Op::ALL.len()],
-    pub items_written: AtomicU64,
-    pub items_read: AtomicU64,
-    pub write_units: AtomicU64,
-    pub throttled_requests: AtomicU64,
-    pub throttled_items: AtomicU64,
-    pub unprocessed_keys: AtomicU64,
-    pub validation_errors: AtomicU64,
-    pub conditional_failures: AtomicU64,
-    pub auth_failures: AtomicU64,
-    pub other_errors: AtomicU64,
-    pub fault_errors: AtomicU64,
-    pub fault_resets: AtomicU64,
-    pub fault_stalls: AtomicU64,
-    pub fault_outages: AtomicU64,
-    pub fault_applied_then_failed: AtomicU64,
-    pub fault_applied_late: AtomicU64,
-    /// When counting (re)started.
-    since: Mutex<Instant>,
+struct Since(Mutex<Instant>);
+
+impl Default for Since {
+    fn default() -> Since {
+        Since(Mutex::new(Instant::now()))
+    }
+}
+
+impl Since {
+    fn get(&self) -> Instant {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn restart(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
 }
 
 impl Counters {
-    pub fn new() -> Counters {
-        Counters {
-            requests: Default::default(),
-            items_written: AtomicU64::new(0),
-            items_read: AtomicU64::new(0),
-            write_units: AtomicU64::new(0),
-            throttled_requests: AtomicU64::new(0),
-            throttled_items: AtomicU64::new(0),
-            unprocessed_keys: AtomicU64::new(0),
-            validation_errors: AtomicU64::new(0),
-            conditional_failures: AtomicU64::new(0),
-            auth_failures: AtomicU64::new(0),
-            other_errors: AtomicU64::new(0),
-            fault_errors: AtomicU64::new(0),
-            fault_resets: AtomicU64::new(0),
-            fault_stalls: AtomicU64::new(0),
-            fault_outages: AtomicU64::new(0),
-            fault_applied_then_failed: AtomicU64::new(0),
-            fault_applied_late: AtomicU64::new(0),
-            since: Mutex::new(Instant::now()),
-        }
-    }
-
     pub fn request(&self, op: Op) {
         self.requests[op as usize].fetch_add(1, Relaxed);
     }
@@ -134,68 +177,11 @@ impl Counters {
         counter.fetch_add(1, Relaxed);
     }
 
-    fn all(&self) -> impl Iterator<Item = &AtomicU64> {
-        self.requests.iter().chain([
-            &self.items_written,
-            &self.items_read,
-            &self.write_units,
-            &self.throttled_requests,
-            &self.throttled_items,
-            &self.unprocessed_keys,
-            &self.validation_errors,
-            &self.conditional_failures,
-            &self.auth_failures,
-            &self.other_errors,
-            &self.fault_errors,
-            &self.fault_resets,
-            &self.fault_stalls,
-            &self.fault_outages,
-            &self.fault_applied_then_failed,
-            &self.fault_applied_late,
-        ])
-    }
-
     pub fn reset(&self) {
         for c in self.all() {
             c.store(0, Relaxed);
         }
-        *self.since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-    }
-
-    /// The counters part of a snapshot; the caller fills in uptime, outage and tables.
-    pub fn snapshot(&self, started: Instant) -> SimStats {
-        let get = |c: &AtomicU64| c.load(Relaxed);
-        let requests_by_operation: BTreeMap<String, u64> = Op::ALL
-            .iter()
-            .map(|op| (op.name().to_owned(), get(&self.requests[*op as usize])))
-            .collect();
-        let since = *self.since.lock().unwrap_or_else(|e| e.into_inner());
-        SimStats {
-            uptime_seconds: started.elapsed().as_secs_f64(),
-            counting_seconds: since.elapsed().as_secs_f64(),
-            requests_total: requests_by_operation.values().sum(),
-            requests_by_operation,
-            items_written: get(&self.items_written),
-            items_read: get(&self.items_read),
-            write_units: get(&self.write_units),
-            throttled_requests: get(&self.throttled_requests),
-            throttled_items: get(&self.throttled_items),
-            unprocessed_keys: get(&self.unprocessed_keys),
-            validation_errors: get(&self.validation_errors),
-            conditional_failures: get(&self.conditional_failures),
-            auth_failures: get(&self.auth_failures),
-            other_errors: get(&self.other_errors),
-            faults: FaultStats {
-                errors: get(&self.fault_errors),
-                resets: get(&self.fault_resets),
-                stalls: get(&self.fault_stalls),
-                outage_rejections: get(&self.fault_outages),
-                applied_then_failed: get(&self.fault_applied_then_failed),
-                applied_late: get(&self.fault_applied_late),
-            },
-            outage_active: false,
-            item_counts: BTreeMap::new(),
-        }
+        self.since.restart();
     }
 }
 
@@ -203,5 +189,53 @@ impl Counters {
 pub fn add(counter: &AtomicU64, n: u64) {
     if n > 0 {
         counter.fetch_add(n, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value as Json;
+
+    use super::*;
+
+    /// Every number of a snapshot but the two durations (and the empty `item_counts`).
+    fn counts(stats: &SimStats) -> Vec<(String, u64)> {
+        fn walk(prefix: &str, json: &Json, out: &mut Vec<(String, u64)>) {
+            match json {
+                Json::Object(map) => {
+                    for (k, v) in map {
+                        walk(&format!("{prefix}.{k}"), v, out);
+                    }
+                }
+                Json::Number(n) if n.is_u64() => out.push((prefix.to_owned(), n.as_u64().unwrap())),
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        walk("", &serde_json::to_value(stats).unwrap(), &mut out);
+        out
+    }
+
+    #[test]
+    fn every_counter_is_snapshot_and_reset() {
+        let counters = Counters::default();
+        for c in counters.all() {
+            c.fetch_add(1, Relaxed);
+        }
+        let before = counts(&counters.snapshot(Instant::now()));
+        // 10 counters, 6 faults, 13 operations and their total.
+        assert_eq!(before.len(), 10 + 6 + 13 + 1, "{before:?}");
+        for (name, n) in &before {
+            let expected = if name == ".requests_total" {
+                Op::ALL.len() as u64
+            } else {
+                1
+            };
+            assert_eq!(*n, expected, "{name}");
+        }
+        counters.reset();
+        let after = counts(&counters.snapshot(Instant::now()));
+        assert_eq!(after.len(), before.len());
+        assert!(after.iter().all(|(_, n)| *n == 0), "{after:?}");
     }
 }

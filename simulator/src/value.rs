@@ -88,30 +88,9 @@ impl Value {
                 }
                 None => return Err(type_error("NULL", "a boolean")),
             },
-            "SS" => {
-                let members = json_strings(inner, "SS")?;
-                let mut set: Vec<String> = members.iter().map(|s| (*s).to_owned()).collect();
-                check_set("string", &members, &mut set)?;
-                Value::Ss(set)
-            }
-            "NS" => {
-                let members = json_strings(inner, "NS")?;
-                let mut set = members
-                    .iter()
-                    .map(|s| Number::parse(s))
-                    .collect::<Result<Vec<_>, _>>()?;
-                check_set("number", &members, &mut set)?;
-                Value::Ns(set)
-            }
-            "BS" => {
-                let members = json_strings(inner, "BS")?;
-                let mut set = members
-                    .iter()
-                    .map(|s| decode_binary(s))
-                    .collect::<Result<Vec<_>, _>>()?;
-                check_set("binary", &members, &mut set)?;
-                Value::Bs(set)
-            }
+            "SS" => Value::Ss(parse_set(inner, "SS", "string", |s| Ok(s.to_owned()))?),
+            "NS" => Value::Ns(parse_set(inner, "NS", "number", Number::parse)?),
+            "BS" => Value::Bs(parse_set(inner, "BS", "binary", decode_binary)?),
             "L" => {
                 let Json::Array(elements) = inner else {
                     return Err(type_error("L", "an array"));
@@ -234,6 +213,23 @@ fn decode_binary(text: &str) -> Result<Vec<u8>, ApiError> {
     BASE64
         .decode(text)
         .map_err(|_| ApiError::serialization("Base64 encoded value could not be decoded"))
+}
+
+/// A set of `kind` members (`"string"`, `"number"`, `"binary"`) from the JSON array of strings
+/// given as `tag` (`SS`, `NS`, `BS`), each member read by `parse`; checked and sorted.
+fn parse_set<T: Ord>(
+    json: &Json,
+    tag: &str,
+    kind: &str,
+    parse: impl Fn(&str) -> Result<T, ApiError>,
+) -> Result<Vec<T>, ApiError> {
+    let members = json_strings(json, tag)?;
+    let mut set = members
+        .iter()
+        .map(|s| parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    check_set(kind, &members, &mut set)?;
+    Ok(set)
 }
 
 /// Rejects empty sets and sets with duplicate members (DynamoDB's messages, including the double

@@ -16,13 +16,16 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::Region;
 use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_dynamodb::operation::batch_write_item::BatchWriteItemError;
+use aws_sdk_dynamodb::operation::batch_get_item::{BatchGetItemError, BatchGetItemOutput};
+use aws_sdk_dynamodb::operation::batch_write_item::{BatchWriteItemError, BatchWriteItemOutput};
+use aws_sdk_dynamodb::operation::create_table::builders::CreateTableFluentBuilder;
+use aws_sdk_dynamodb::operation::get_item::{GetItemError, GetItemOutput};
 use aws_sdk_dynamodb::operation::put_item::{PutItemError, PutItemOutput};
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, DeleteRequest, KeySchemaElement, KeyType,
     KeysAndAttributes, PutRequest, ReturnConsumedCapacity, ReturnValue, ScalarAttributeType,
-    Select, WriteRequest,
+    Select, ThrottlingReason, WriteRequest,
 };
 use dynamo_sim::{
     FaultConfig, Limits, OutageWindow, SimConfig, SimHandle, Simulator, StallAction, TableDef,
@@ -77,7 +80,58 @@ async fn client(sim: &SimHandle) -> Client {
     client_with_key(sim, "test-key").await
 }
 
+/// A simulator with `config`, a client, and one table (string keys) created through it.
+async fn start_with_table(
+    config: SimConfig,
+    table: &str,
+    hash: &str,
+    range: Option<&str>,
+) -> (SimHandle, Client) {
+    let sim = start(config).await;
+    let c = client(&sim).await;
+    create_table(&c, table, hash, range).await;
+    (sim, c)
+}
+
+/// The ideal simulator with write-unit limits (`burst_seconds` of refill per bucket).
+fn limited(table_wcu: Option<u32>, key_wcu: Option<u32>, burst_seconds: f64) -> SimConfig {
+    SimConfig {
+        limits: Limits {
+            table_wcu,
+            key_wcu,
+            burst_seconds,
+        },
+        ..SimConfig::default()
+    }
+}
+
+/// `{pk, sk}` with `sk` the decimal `i`.
+fn keyed(pk: String, i: usize) -> Item {
+    item(&[("pk", s(pk)), ("sk", s(format!("{i}")))])
+}
+
+/// The ideal simulator with a fixed PRNG seed.
+fn seeded(seed: u64) -> SimConfig {
+    SimConfig {
+        seed: Some(seed),
+        ..SimConfig::default()
+    }
+}
+
 async fn create_table(c: &Client, name: &str, hash: &str, range: Option<&str>) {
+    create_table_request(c, name, hash, range)
+        .send()
+        .await
+        .expect("table created");
+}
+
+/// CreateTable of an on-demand table with string keys.
+fn create_table_request(
+    c: &Client,
+    name: &str,
+    hash: &str,
+    range: Option<&str>,
+) -> CreateTableFluentBuilder {
     let mut req = c
         .create_table()
         .table_name(name)
@@ -101,7 +155,7 @@ async fn create_table(c: &Client, name: &str, hash: &str, range: Option<&str>) {
                     .unwrap(),
             );
     }
-    req.send().await.expect("table created");
+    req
 }
 
 fn s(v: impl Into<String>) -> AttributeValue {
@@ -142,17 +196,93 @@ fn err<T: Debug, E: ProvideErrorMetadata + Debug, R: Debug>(
     )
 }
 
+/// An expected error: code and message.
+fn error(code: &str, message: &str) -> (String, String) {
+    (code.into(), message.into())
+}
+
 fn validation(message: &str) -> (String, String) {
-    ("ValidationException".into(), message.into())
+    error("ValidationException", message)
+}
+
+/// The HTTP status and error code of a call answered with a service error.
+fn service_failure<T: Debug, E: ProvideErrorMetadata + Debug>(
+    result: Result<T, SdkError<E, HttpResponse>>,
+) -> (u16, String) {
+    match result {
+        Err(SdkError::ServiceError(e)) => (
+            e.raw().status().as_u16(),
+            e.err().code().unwrap_or("<no code>").to_owned(),
+        ),
+        other => panic!("expected a service error, got {other:?}"),
+    }
+}
+
+/// The modelled error of a call answered with a service error.
+fn service_error<T: Debug, E: Debug>(result: Result<T, SdkError<E, HttpResponse>>) -> E {
+    match result {
+        Err(SdkError::ServiceError(e)) => e.into_err(),
+        other => panic!("expected a service error, got {other:?}"),
+    }
+}
+
+/// One throttling reason, `reason`, for the table `table`.
+fn assert_one_reason(reasons: &[ThrottlingReason], reason: &str, table: &str) {
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert_eq!(reasons[0].reason(), Some(reason));
+    assert_eq!(
+        reasons[0].resource(),
+        Some(format!("{ARN_PREFIX}{table}").as_str())
+    );
+}
+
+async fn put_item(
+    c: &Client,
+    table: &str,
+    item: Item,
+) -> Result<PutItemOutput, SdkError<PutItemError, HttpResponse>> {
+    c.put_item()
+        .table_name(table)
+        .set_item(Some(item))
+        .send()
+        .await
+}
+
+async fn get_item(
+    c: &Client,
+    table: &str,
+    key: &[(&str, AttributeValue)],
+) -> Result<GetItemOutput, SdkError<GetItemError, HttpResponse>> {
+    c.get_item()
+        .table_name(table)
+        .set_key(Some(item(key)))
+        .send()
+        .await
+}
+
+async fn batch_write(
+    c: &Client,
+    table: &str,
+    requests: Vec<WriteRequest>,
+) -> Result<BatchWriteItemOutput, SdkError<BatchWriteItemError, HttpResponse>> {
+    c.batch_write_item()
+        .request_items(table, requests)
+        .send()
+        .await
+}
+
+async fn batch_get(
+    c: &Client,
+    table: &str,
+    keys: KeysAndAttributes,
+) -> Result<BatchGetItemOutput, SdkError<BatchGetItemError, HttpResponse>> {
+    c.batch_get_item().request_items(table, keys).send().await
 }
 
 /// Writes `items` in batches of 25, asserting nothing comes back unprocessed.
 async fn write_all(c: &Client, table: &str, items: Vec<Item>) {
     for chunk in items.chunks(25) {
-        let out = c
-            .batch_write_item()
-            .request_items(table, chunk.iter().cloned().map(put).collect())
-            .send()
+        let out = batch_write(c, table, chunk.iter().cloned().map(put).collect())
             .await
             .expect("batch written");
         assert!(out.unprocessed_items().is_none_or(|u| u.is_empty()));
@@ -218,39 +348,15 @@ fn item_size_matches_the_documented_example() {
 /// Tables: create (and duplicate), describe, list with pagination, delete; pre-created project tables.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn table_lifecycle() {
-    let sim = start(SimConfig {
+    let config = SimConfig {
         tables: TableDef::project_tables("p_"),
         ..SimConfig::default()
-    })
-    .await;
-    let c = client(&sim).await;
-    create_table(&c, "events", "pk", Some("sk")).await;
-    let dup = c
-        .create_table()
-        .table_name("events")
-        .billing_mode(BillingMode::PayPerRequest)
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("pk")
-                .key_type(KeyType::Hash)
-                .build()
-                .unwrap(),
-        )
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("pk")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await;
+    };
+    let (sim, c) = start_with_table(config, "events", "pk", Some("sk")).await;
+    let dup = create_table_request(&c, "events", "pk", None).send().await;
     assert_eq!(
         err(dup),
-        (
-            "ResourceInUseException".into(),
-            "Table already exists: events".into()
-        )
+        error("ResourceInUseException", "Table already exists: events")
     );
 
     let d = c
@@ -300,9 +406,7 @@ async fn table_lifecycle() {
 /// 25 writes across two tables (13 + 12) are accepted; 26 (13 + 13) reject the whole batch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_write_25_accepted_26_rejected() {
-    let sim = start(SimConfig::default()).await;
-    let c = client(&sim).await;
-    create_table(&c, "t_one", "pk", None).await;
+    let (sim, c) = start_with_table(SimConfig::default(), "t_one", "pk", None).await;
     create_table(&c, "t_two", "pk", None).await;
     let reqs = |n: usize, tag: &str| -> Vec<WriteRequest> {
         (0..n)
@@ -336,9 +440,7 @@ async fn batch_write_25_accepted_26_rejected() {
 /// Every BatchWriteItem/PutItem validation rule: exact code and message, and nothing written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_write_validation_rules() {
-    let sim = start(SimConfig::default()).await;
-    let c = client(&sim).await;
-    create_table(&c, "val", "pk", Some("sk")).await;
+    let (sim, c) = start_with_table(SimConfig::default(), "val", "pk", Some("sk")).await;
     let ok = || item(&[("pk", s("ok")), ("sk", s("1"))]);
     let key = |pk: &str, sk: &str| item(&[("pk", s(pk)), ("sk", s(sk))]);
     let with = |extra: &[(&str, AttributeValue)]| {
@@ -446,39 +548,19 @@ async fn batch_write_validation_rules() {
         ),
     ];
     for (what, requests, expected) in cases {
-        let result = c
-            .batch_write_item()
-            .request_items("val", requests)
-            .send()
-            .await;
+        let result = batch_write(&c, "val", requests).await;
         assert_eq!(err(result), expected, "{what}");
     }
     // Exactly at the limit is fine: 409,600 bytes including the names and keys.
     let at_limit = with(&[("data", s("x".repeat(409_600 - 2 - 1 - 2 - 1 - 4)))]);
-    c.put_item()
-        .table_name("val")
-        .set_item(Some(at_limit))
-        .send()
-        .await
-        .expect("400 KB exactly");
+    put_item(&c, "val", at_limit).await.expect("400 KB exactly");
 
-    let unknown = c
-        .batch_write_item()
-        .request_items("nope", vec![put(ok())])
-        .send()
-        .await;
+    let unknown = batch_write(&c, "nope", vec![put(ok())]).await;
     assert_eq!(
         err(unknown),
-        (
-            "ResourceNotFoundException".into(),
-            "Requested resource not found".into()
-        )
+        error("ResourceNotFoundException", "Requested resource not found")
     );
-    let empty_list = c
-        .batch_write_item()
-        .request_items("val", vec![])
-        .send()
-        .await;
+    let empty_list = batch_write(&c, "val", vec![]).await;
     assert_eq!(err(empty_list).0, "ValidationException");
     let no_tables = c
         .batch_write_item()
@@ -488,44 +570,31 @@ async fn batch_write_validation_rules() {
     assert_eq!(err(no_tables).0, "ValidationException");
 
     // The same item rules apply to PutItem.
-    let p = c
-        .put_item()
-        .table_name("val")
-        .set_item(Some(with(&[("tags", ss(&["z", "z"]))])))
-        .send()
-        .await;
-    assert_eq!(
-        err(p),
-        validation(
-            "One or more parameter values were invalid: Input collection [z, z] contains duplicates."
-        )
-    );
-    let p = c
-        .put_item()
-        .table_name("val")
-        .set_item(Some(item(&[("sk", s("1"))])))
-        .send()
-        .await;
-    assert_eq!(
-        err(p),
-        validation("One or more parameter values were invalid: Missing the key pk in the item")
-    );
-    let p = c
-        .put_item()
-        .table_name("val")
-        .set_item(Some(with(&[("data", s(big))])))
-        .send()
-        .await;
-    assert_eq!(
-        err(p),
-        validation("Item size has exceeded the maximum allowed size")
-    );
-    let g = c
-        .get_item()
-        .table_name("val")
-        .set_key(Some(item(&[("pk", s("x"))])))
-        .send()
-        .await;
+    let put_cases = [
+        (
+            "set with duplicates",
+            with(&[("tags", ss(&["z", "z"]))]),
+            "One or more parameter values were invalid: Input collection [z, z] contains duplicates.",
+        ),
+        (
+            "missing partition key",
+            item(&[("sk", s("1"))]),
+            "One or more parameter values were invalid: Missing the key pk in the item",
+        ),
+        (
+            "item over 400 KB",
+            with(&[("data", s(big))]),
+            "Item size has exceeded the maximum allowed size",
+        ),
+    ];
+    for (what, put, expected) in put_cases {
+        assert_eq!(
+            err(put_item(&c, "val", put).await),
+            validation(expected),
+            "PutItem: {what}"
+        );
+    }
+    let g = get_item(&c, "val", &[("pk", s("x"))]).await;
     assert_eq!(
         err(g),
         validation("The provided key element does not match the schema")
@@ -544,9 +613,7 @@ async fn batch_write_validation_rules() {
 /// attribute, SET/REMOVE and ReturnValues, key and size rules.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_item_string_sets() {
-    let sim = start(SimConfig::default()).await;
-    let c = client(&sim).await;
-    create_table(&c, "msg", "topic", None).await;
+    let (_sim, c) = start_with_table(SimConfig::default(), "msg", "topic", None).await;
     let key = item(&[("topic", s("t/1"))]);
     let update = |expr: &str, values: Vec<(&str, AttributeValue)>| {
         let mut req = c
@@ -587,13 +654,7 @@ async fn update_item_string_sets() {
         .await
         .unwrap();
     assert!(!out.attributes().unwrap().contains_key("ids"));
-    let got = c
-        .get_item()
-        .table_name("msg")
-        .set_key(Some(key.clone()))
-        .send()
-        .await
-        .unwrap();
+    let got = get_item(&c, "msg", &[("topic", s("t/1"))]).await.unwrap();
     assert_eq!(
         got.item().unwrap(),
         &item(&[("topic", s("t/1")), ("n", AttributeValue::N("7".into()))])
@@ -652,22 +713,14 @@ async fn update_item_string_sets() {
         err(too_big),
         validation("Item size to update has exceeded the maximum allowed size")
     );
-    let got = c
-        .get_item()
-        .table_name("msg")
-        .set_key(Some(key))
-        .send()
-        .await
-        .unwrap();
+    let got = get_item(&c, "msg", &[("topic", s("t/1"))]).await.unwrap();
     assert!(!got.item().unwrap().contains_key("b"));
 }
 
 /// Conditions on PutItem, UpdateItem and DeleteItem; failures are ConditionalCheckFailedException.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conditional_writes() {
-    let sim = start(SimConfig::default()).await;
-    let c = client(&sim).await;
-    create_table(&c, "cond", "id", None).await;
+    let (sim, c) = start_with_table(SimConfig::default(), "cond", "id", None).await;
     let key = item(&[("id", s("1"))]);
     let create = || {
         c.put_item()
@@ -707,27 +760,22 @@ async fn conditional_writes() {
     bump("1").await.expect("generation matches");
     assert_eq!(
         err(bump("1").await),
-        (
-            "ConditionalCheckFailedException".into(),
-            "The conditional request failed".into()
+        error(
+            "ConditionalCheckFailedException",
+            "The conditional request failed"
         )
     );
-    let del = c
-        .delete_item()
-        .table_name("cond")
-        .set_key(Some(key.clone()))
-        .condition_expression("g = :g")
-        .expression_attribute_values(":g", AttributeValue::N("5".into()))
-        .send()
-        .await;
+    let delete_if_g = |g: &str| {
+        c.delete_item()
+            .table_name("cond")
+            .set_key(Some(key.clone()))
+            .condition_expression("g = :g")
+            .expression_attribute_values(":g", AttributeValue::N(g.into()))
+    };
+    let del = delete_if_g("5").send().await;
     assert_eq!(err(del).0, "ConditionalCheckFailedException");
     // An unused placeholder is a validation error, as in DynamoDB.
-    let unused = c
-        .delete_item()
-        .table_name("cond")
-        .set_key(Some(key.clone()))
-        .condition_expression("g = :g")
-        .expression_attribute_values(":g", AttributeValue::N("2".into()))
+    let unused = delete_if_g("2")
         .expression_attribute_values(":x", AttributeValue::N("2".into()))
         .send()
         .await;
@@ -735,12 +783,7 @@ async fn conditional_writes() {
         err(unused),
         validation("Value provided in ExpressionAttributeValues unused in expressions: keys: {:x}")
     );
-    let old = c
-        .delete_item()
-        .table_name("cond")
-        .set_key(Some(key))
-        .condition_expression("g = :g")
-        .expression_attribute_values(":g", AttributeValue::N("2".into()))
+    let old = delete_if_g("2")
         .return_values(ReturnValue::AllOld)
         .send()
         .await
@@ -758,9 +801,7 @@ async fn conditional_writes() {
 /// reverse order, Limit, begins_with, projection and COUNT.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_paginates_past_1mb_pages() {
-    let sim = start(SimConfig::default()).await;
-    let c = client(&sim).await;
-    create_table(&c, "qry", "pk", Some("sk")).await;
+    let (_sim, c) = start_with_table(SimConfig::default(), "qry", "pk", Some("sk")).await;
     let payload = "p".repeat(10_000);
     let items: Vec<Item> = (0..300)
         .map(|i| {
@@ -779,17 +820,16 @@ async fn query_paginates_past_1mb_pages() {
     )
     .await;
 
+    let query = || c.query().table_name("qry");
     let mut seen = Vec::new();
     let mut pages = 0;
-    let mut start: Option<Item> = None;
+    let mut cursor: Option<Item> = None;
     loop {
-        let page = c
-            .query()
-            .table_name("qry")
+        let page = query()
             .key_condition_expression("#p = :p")
             .expression_attribute_names("#p", "pk")
             .expression_attribute_values(":p", s("hot"))
-            .set_exclusive_start_key(start.take())
+            .set_exclusive_start_key(cursor.take())
             .send()
             .await
             .unwrap();
@@ -799,7 +839,7 @@ async fn query_paginates_past_1mb_pages() {
         assert!(items.len() <= 105, "page of {} items", items.len());
         seen.extend(items.iter().map(|i| i["sk"].as_s().unwrap().clone()));
         match page.last_evaluated_key() {
-            Some(k) => start = Some(k.clone()),
+            Some(k) => cursor = Some(k.clone()),
             None => break,
         }
         assert!(pages < 10);
@@ -808,9 +848,7 @@ async fn query_paginates_past_1mb_pages() {
     let expected: Vec<String> = (0..300).map(|i| format!("{i:04}")).collect();
     assert_eq!(seen, expected, "every item exactly once, in sort-key order");
 
-    let reverse = c
-        .query()
-        .table_name("qry")
+    let reverse = query()
         .key_condition_expression("pk = :p AND begins_with(sk, :pre)")
         .expression_attribute_values(":p", s("hot"))
         .expression_attribute_values(":pre", s("01"))
@@ -832,9 +870,7 @@ async fn query_paginates_past_1mb_pages() {
     );
     assert!(reverse.last_evaluated_key().is_some());
 
-    let between = c
-        .query()
-        .table_name("qry")
+    let between = query()
         .key_condition_expression("pk = :p AND sk BETWEEN :a AND :b")
         .expression_attribute_values(":p", s("hot"))
         .expression_attribute_values(":a", s("0010"))
@@ -846,15 +882,11 @@ async fn query_paginates_past_1mb_pages() {
     assert_eq!(between.count(), 10);
     assert!(between.items().is_empty());
 
-    let missing_hash = c
-        .query()
-        .table_name("qry")
+    let missing_hash = query()
         .key_condition_expression("sk = :a")
-        .expression_attribute_values(":a", s("0010"))
-        .send()
-        .await;
+        .expression_attribute_values(":a", s("0010"));
     assert_eq!(
-        err(missing_hash),
+        err(missing_hash.send().await),
         validation("Query condition missed key schema element: pk")
     );
 }
@@ -862,16 +894,9 @@ async fn query_paginates_past_1mb_pages() {
 /// A parallel scan with 4 segments covers every item exactly once, across small pages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scan_segments_cover_every_item_once() {
-    let sim = start(SimConfig::default()).await;
-    let c = client(&sim).await;
-    create_table(&c, "seg", "pk", Some("sk")).await;
+    let (_sim, c) = start_with_table(SimConfig::default(), "seg", "pk", Some("sk")).await;
     let items: Vec<Item> = (0..1000)
-        .map(|i| {
-            item(&[
-                ("pk", s(format!("client-{}", i % 250))),
-                ("sk", s(format!("{i}"))),
-            ])
-        })
+        .map(|i| keyed(format!("client-{}", i % 250), i))
         .collect();
     write_all(&c, "seg", items).await;
 
@@ -926,16 +951,13 @@ async fn scan_segments_cover_every_item_once() {
         .await
         .unwrap();
     // client-1, client-10..19, client-100..199: 111 partition keys of 4 items.
-    assert_eq!(counted.count(), 444);
-    assert_eq!(counted.scanned_count(), 1000);
+    assert_eq!((counted.count(), counted.scanned_count()), (444, 1000));
 }
 
 /// BatchGetItem: 100 keys fine, 101 rejected, duplicates rejected, UnprocessedKeys from the knob.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_get_limits_and_unprocessed_keys() {
-    let sim = start(SimConfig::default()).await;
-    let c = client(&sim).await;
-    create_table(&c, "get", "id", None).await;
+    let (sim, c) = start_with_table(SimConfig::default(), "get", "id", None).await;
     write_all(
         &c,
         "get",
@@ -953,19 +975,10 @@ async fn batch_get_limits_and_unprocessed_keys() {
             .build()
             .unwrap()
     };
-    let out = c
-        .batch_get_item()
-        .request_items("get", keys(100))
-        .send()
-        .await
-        .unwrap();
+    let out = batch_get(&c, "get", keys(100)).await.unwrap();
     assert_eq!(out.responses().unwrap()["get"].len(), 100);
     assert!(out.responses().unwrap()["get"].iter().all(|i| i.len() == 1));
-    let too_many = c
-        .batch_get_item()
-        .request_items("get", keys(101))
-        .send()
-        .await;
+    let too_many = batch_get(&c, "get", keys(101)).await;
     assert_eq!(
         err(too_many),
         validation("Too many items requested for the BatchGetItem call")
@@ -975,7 +988,7 @@ async fn batch_get_limits_and_unprocessed_keys() {
         .keys(item(&[("id", s("1"))]))
         .build()
         .unwrap();
-    let dup = c.batch_get_item().request_items("get", dup).send().await;
+    let dup = batch_get(&c, "get", dup).await;
     assert_eq!(
         err(dup),
         validation("Provided list of item keys contains duplicates")
@@ -986,12 +999,7 @@ async fn batch_get_limits_and_unprocessed_keys() {
         ..FaultConfig::default()
     })
     .unwrap();
-    let out = c
-        .batch_get_item()
-        .request_items("get", keys(10))
-        .send()
-        .await
-        .unwrap();
+    let out = batch_get(&c, "get", keys(10)).await.unwrap();
     assert!(out.responses().unwrap()["get"].is_empty());
     let left = &out.unprocessed_keys().unwrap()["get"];
     assert_eq!(left.keys().len(), 10);
@@ -1033,9 +1041,7 @@ async fn batch_get_limits_and_unprocessed_keys() {
 /// updates charge the larger of old/new, deletes the deleted item (a missing one costs 1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_unit_accounting() {
-    let sim = start(SimConfig::default()).await;
-    let c = client(&sim).await;
-    create_table(&c, "wcu", "id", None).await;
+    let (sim, c) = start_with_table(SimConfig::default(), "wcu", "id", None).await;
     // "id" (2) + "a"/"b" (2 + 1) + the value: 500 and 3,584 bytes in total.
     let small = item(&[("id", s("a")), ("d", s("x".repeat(500 - 4)))]);
     let large = item(&[("id", s("b")), ("d", s("x".repeat(3584 - 4)))]);
@@ -1120,71 +1126,27 @@ fn ten_kb(pk: &str, sk: usize) -> Item {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_throttling() {
     // 1 unit/s per key with 30 s of burst: 3 writes of 10 units, then 10 s until the next.
-    let sim = start(SimConfig {
-        limits: Limits {
-            key_wcu: Some(1),
-            table_wcu: None,
-            burst_seconds: 30.0,
-        },
-        ..SimConfig::default()
-    })
-    .await;
-    let c = client(&sim).await;
-    create_table(&c, "key", "pk", Some("sk")).await;
+    let (sim, c) = start_with_table(limited(None, Some(1), 30.0), "key", "pk", Some("sk")).await;
     let batch: Vec<WriteRequest> = (0..5).map(|i| put(ten_kb("hot", i))).collect();
-    let out = c
-        .batch_write_item()
-        .request_items("key", batch.clone())
-        .send()
-        .await
-        .unwrap();
+    let out = batch_write(&c, "key", batch.clone()).await.unwrap();
     let left = &out.unprocessed_items().unwrap()["key"];
     assert_eq!(left.len(), 2);
     assert_eq!(left, &batch[3..], "UnprocessedItems echo the requests");
 
-    match c
-        .batch_write_item()
-        .request_items("key", left.clone())
-        .send()
-        .await
-    {
-        Err(SdkError::ServiceError(e)) => match e.err() {
-            BatchWriteItemError::ThrottlingException(t) => {
-                let reasons = t.throttling_reasons();
-                assert_eq!(reasons.len(), 1);
-                assert_eq!(
-                    reasons[0].reason(),
-                    Some("TableWriteKeyRangeThroughputExceeded")
-                );
-                assert_eq!(
-                    reasons[0].resource(),
-                    Some(format!("{ARN_PREFIX}key").as_str())
-                );
-            }
-            other => panic!("expected ThrottlingException, got {other:?}"),
-        },
+    match service_error(batch_write(&c, "key", left.clone()).await) {
+        BatchWriteItemError::ThrottlingException(t) => assert_one_reason(
+            t.throttling_reasons(),
+            "TableWriteKeyRangeThroughputExceeded",
+            "key",
+        ),
         other => panic!("expected ThrottlingException, got {other:?}"),
     }
-    let single = c
-        .put_item()
-        .table_name("key")
-        .set_item(Some(ten_kb("hot", 9)))
-        .send()
-        .await;
-    match single {
-        Err(SdkError::ServiceError(e)) => match e.err() {
-            PutItemError::ThrottlingException(t) => assert!(!t.throttling_reasons().is_empty()),
-            other => panic!("expected ThrottlingException, got {other:?}"),
-        },
+    match service_error(put_item(&c, "key", ten_kb("hot", 9)).await) {
+        PutItemError::ThrottlingException(t) => assert!(!t.throttling_reasons().is_empty()),
         other => panic!("expected ThrottlingException, got {other:?}"),
     }
     // Other keys are not affected.
-    c.put_item()
-        .table_name("key")
-        .set_item(Some(ten_kb("cold", 0)))
-        .send()
-        .await
-        .unwrap();
+    put_item(&c, "key", ten_kb("cold", 0)).await.unwrap();
     let stats = sim.stats();
     assert_eq!(stats.throttled_items, 2);
     assert_eq!(stats.throttled_requests, 2);
@@ -1194,50 +1156,20 @@ async fn key_throttling() {
 /// table_wcu: a table out of capacity answers ProvisionedThroughputExceededException.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn table_throttling() {
-    let sim = start(SimConfig {
-        limits: Limits {
-            table_wcu: Some(1),
-            key_wcu: None,
-            burst_seconds: 25.0,
-        },
-        ..SimConfig::default()
-    })
-    .await;
-    let c = client(&sim).await;
-    create_table(&c, "tbl", "pk", Some("sk")).await;
+    let (sim, c) = start_with_table(limited(Some(1), None, 25.0), "tbl", "pk", Some("sk")).await;
     let batch: Vec<WriteRequest> = (0..3).map(|i| put(ten_kb(&format!("k{i}"), i))).collect();
-    let out = c
-        .batch_write_item()
-        .request_items("tbl", batch)
-        .send()
-        .await
-        .unwrap();
+    let out = batch_write(&c, "tbl", batch).await.unwrap();
     assert_eq!(
         out.unprocessed_items().unwrap()["tbl"].len(),
         1,
         "25 units: two 10-unit writes fit"
     );
-    match c
-        .put_item()
-        .table_name("tbl")
-        .set_item(Some(ten_kb("other", 0)))
-        .send()
-        .await
-    {
-        Err(SdkError::ServiceError(e)) => match e.err() {
-            PutItemError::ProvisionedThroughputExceededException(p) => {
-                let reasons = p.throttling_reasons();
-                assert_eq!(
-                    reasons[0].reason(),
-                    Some("TableWriteProvisionedThroughputExceeded")
-                );
-                assert_eq!(
-                    reasons[0].resource(),
-                    Some(format!("{ARN_PREFIX}tbl").as_str())
-                );
-            }
-            other => panic!("expected ProvisionedThroughputExceededException, got {other:?}"),
-        },
+    match service_error(put_item(&c, "tbl", ten_kb("other", 0)).await) {
+        PutItemError::ProvisionedThroughputExceededException(p) => assert_one_reason(
+            p.throttling_reasons(),
+            "TableWriteProvisionedThroughputExceeded",
+            "tbl",
+        ),
         other => panic!("expected ProvisionedThroughputExceededException, got {other:?}"),
     }
     // Raising the limit at run time lets writes through again.
@@ -1249,36 +1181,24 @@ async fn table_throttling() {
     })
     .unwrap();
     let small = item(&[("pk", s("other")), ("sk", s("1"))]);
-    c.put_item()
-        .table_name("tbl")
-        .set_item(Some(small))
-        .send()
-        .await
-        .unwrap();
+    put_item(&c, "tbl", small).await.unwrap();
 }
 
 /// throttle_rate 1.0: every write of a batch comes back unprocessed, nothing is written, no exception.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_throttle_rate() {
-    let sim = start(SimConfig {
+    let config = SimConfig {
         faults: FaultConfig {
             throttle_rate: 1.0,
             ..FaultConfig::default()
         },
         ..SimConfig::default()
-    })
-    .await;
-    let c = client(&sim).await;
-    create_table(&c, "rnd", "pk", None).await;
+    };
+    let (sim, c) = start_with_table(config, "rnd", "pk", None).await;
     let batch: Vec<WriteRequest> = (0..10)
         .map(|i| put(item(&[("pk", s(format!("{i}")))])))
         .collect();
-    let out = c
-        .batch_write_item()
-        .request_items("rnd", batch)
-        .send()
-        .await
-        .unwrap();
+    let out = batch_write(&c, "rnd", batch).await.unwrap();
     assert_eq!(out.unprocessed_items().unwrap()["rnd"].len(), 10);
     assert_eq!(sim.stats().throttled_items, 10);
     assert_eq!(sim.stats().item_counts["rnd"], 0);
@@ -1287,19 +1207,8 @@ async fn random_throttle_rate() {
 /// Faults at rate 1.0: 5xx is a service error, a reset is a dispatch/IO error, stalls answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_errors_resets_and_stalls() {
-    let sim = start(SimConfig {
-        seed: Some(42),
-        ..SimConfig::default()
-    })
-    .await;
-    let c = client(&sim).await;
-    create_table(&c, "flt", "pk", None).await;
-    let write = || {
-        c.put_item()
-            .table_name("flt")
-            .set_item(Some(item(&[("pk", s("1"))])))
-            .send()
-    };
+    let (sim, c) = start_with_table(seeded(42), "flt", "pk", None).await;
+    let write = || put_item(&c, "flt", item(&[("pk", s("1"))]));
 
     sim.set_faults(FaultConfig {
         error_rate: 1.0,
@@ -1307,18 +1216,12 @@ async fn injected_errors_resets_and_stalls() {
     })
     .unwrap();
     for _ in 0..4 {
-        match write().await {
-            Err(SdkError::ServiceError(e)) => {
-                let status = e.raw().status().as_u16();
-                assert!(status == 500 || status == 503, "status {status}");
-                let code = e.err().code().unwrap();
-                assert!(
-                    code == "InternalServerError" || code == "ServiceUnavailable",
-                    "{code}"
-                );
-            }
-            other => panic!("expected a 5xx service error, got {other:?}"),
-        }
+        let (status, code) = service_failure(write().await);
+        assert!(status == 500 || status == 503, "status {status}");
+        assert!(
+            code == "InternalServerError" || code == "ServiceUnavailable",
+            "{code}"
+        );
     }
     assert_eq!(sim.stats().faults.errors, 4);
     assert_eq!(
@@ -1380,29 +1283,17 @@ async fn get_pk(c: &Client, table: &str, pk: &str) -> Option<Item> {
 fn assert_internal_error<T: Debug, E: ProvideErrorMetadata + Debug>(
     result: Result<T, SdkError<E, HttpResponse>>,
 ) {
-    match result {
-        Err(SdkError::ServiceError(e)) => {
-            assert_eq!(e.raw().status().as_u16(), 500);
-            assert_eq!(e.err().code(), Some("InternalServerError"));
-        }
-        other => panic!("expected a 500 InternalServerError, got {other:?}"),
-    }
+    assert_eq!(
+        service_failure(result),
+        (500, "InternalServerError".to_owned())
+    );
 }
 
 /// apply_then_error_rate: every kind of write is applied, then answered 500; reads are spared.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_then_error_applies_writes_and_answers_500() {
-    let sim = start(SimConfig {
-        seed: Some(5),
-        ..SimConfig::default()
-    })
-    .await;
-    let c = client(&sim).await;
-    create_table(&c, "ate", "pk", None).await;
-    c.put_item()
-        .table_name("ate")
-        .set_item(Some(item(&[("pk", s("gone"))])))
-        .send()
+    let (sim, c) = start_with_table(seeded(5), "ate", "pk", None).await;
+    put_item(&c, "ate", item(&[("pk", s("gone"))]))
         .await
         .unwrap();
     sim.set_faults(FaultConfig {
@@ -1411,22 +1302,9 @@ async fn apply_then_error_applies_writes_and_answers_500() {
     })
     .unwrap();
 
-    assert_internal_error(
-        c.put_item()
-            .table_name("ate")
-            .set_item(Some(item(&[("pk", s("put")), ("v", s("1"))])))
-            .send()
-            .await,
-    );
-    assert_internal_error(
-        c.batch_write_item()
-            .request_items(
-                "ate",
-                vec![put(item(&[("pk", s("b1"))])), put(item(&[("pk", s("b2"))]))],
-            )
-            .send()
-            .await,
-    );
+    assert_internal_error(put_item(&c, "ate", item(&[("pk", s("put")), ("v", s("1"))])).await);
+    let pair = vec![put(item(&[("pk", s("b1"))])), put(item(&[("pk", s("b2"))]))];
+    assert_internal_error(batch_write(&c, "ate", pair).await);
     for _ in 0..2 {
         assert_internal_error(
             c.update_item()
@@ -1500,13 +1378,7 @@ async fn apply_then_error_applies_writes_and_answers_500() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_late_lands_after_the_client_timed_out() {
     let delay = Duration::from_millis(300);
-    let sim = start(SimConfig {
-        seed: Some(6),
-        ..SimConfig::default()
-    })
-    .await;
-    let c = client(&sim).await;
-    create_table(&c, "late", "pk", None).await;
+    let (sim, c) = start_with_table(seeded(6), "late", "pk", None).await;
     let impatient = sdk_client(
         &sim,
         "test-key",
@@ -1523,12 +1395,12 @@ async fn apply_late_lands_after_the_client_timed_out() {
     .unwrap();
 
     let sent = Instant::now();
-    let result = impatient
-        .put_item()
-        .table_name("late")
-        .set_item(Some(item(&[("pk", s("k")), ("v", s("late"))])))
-        .send()
-        .await;
+    let result = put_item(
+        &impatient,
+        "late",
+        item(&[("pk", s("k")), ("v", s("late"))]),
+    )
+    .await;
     assert!(
         matches!(result, Err(SdkError::TimeoutError(_))),
         "expected an attempt timeout, got {result:?}"
@@ -1562,21 +1434,10 @@ async fn apply_late_lands_after_the_client_timed_out() {
 /// endpoints keep working during an outage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outages() {
-    let sim = start(SimConfig::default()).await;
-    let c = client(&sim).await;
-    create_table(&c, "out", "pk", None).await;
-    let write = || {
-        c.put_item()
-            .table_name("out")
-            .set_item(Some(item(&[("pk", s("1"))])))
-            .send()
-    };
-    let unavailable = |r: Result<PutItemOutput, SdkError<PutItemError, HttpResponse>>| match r {
-        Err(SdkError::ServiceError(e)) => {
-            assert_eq!(e.raw().status().as_u16(), 503);
-            assert_eq!(e.err().code(), Some("ServiceUnavailable"));
-        }
-        other => panic!("expected 503, got {other:?}"),
+    let (sim, c) = start_with_table(SimConfig::default(), "out", "pk", None).await;
+    let write = || put_item(&c, "out", item(&[("pk", s("1"))]));
+    let unavailable = |r: Result<PutItemOutput, SdkError<PutItemError, HttpResponse>>| {
+        assert_eq!(service_failure(r), (503, "ServiceUnavailable".to_owned()));
     };
 
     sim.set_outage(true);
@@ -1619,9 +1480,9 @@ async fn wrong_access_key_is_rejected() {
     let wrong = client_with_key(&sim, "WRONGKEY").await;
     assert_eq!(
         err(wrong.list_tables().send().await),
-        (
-            "UnrecognizedClientException".into(),
-            "The security token included in the request is invalid.".into()
+        error(
+            "UnrecognizedClientException",
+            "The security token included in the request is invalid."
         )
     );
     let right = client_with_key(&sim, "RIGHTKEY").await;
@@ -1761,15 +1622,8 @@ async fn garbage_bodies_are_rejected_without_panics() {
 /// The control endpoints: stats JSON, reset, unknown paths.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_endpoints() {
-    let sim = start(SimConfig::default()).await;
-    let c = client(&sim).await;
-    create_table(&c, "ctl", "pk", None).await;
-    c.put_item()
-        .table_name("ctl")
-        .set_item(Some(item(&[("pk", s("1"))])))
-        .send()
-        .await
-        .unwrap();
+    let (sim, c) = start_with_table(SimConfig::default(), "ctl", "pk", None).await;
+    put_item(&c, "ctl", item(&[("pk", s("1"))])).await.unwrap();
     let stats = raw_stats(&sim).await;
     assert_eq!(stats["requests_by_operation"]["PutItem"], 1);
     assert_eq!(stats["requests_by_operation"]["CreateTable"], 1);
@@ -1794,20 +1648,13 @@ async fn control_endpoints() {
 /// Concurrent writers on several connections: every item lands once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers() {
-    let sim = start(SimConfig::default()).await;
-    let c = client(&sim).await;
-    create_table(&c, "cwr", "pk", Some("sk")).await;
+    let (sim, c) = start_with_table(SimConfig::default(), "cwr", "pk", Some("sk")).await;
     let mut tasks = Vec::new();
     for w in 0..8 {
         let c = c.clone();
         tasks.push(tokio::spawn(async move {
             let items = (0..100)
-                .map(|i| {
-                    item(&[
-                        ("pk", s(format!("w{w}-{}", i % 10))),
-                        ("sk", s(format!("{i}"))),
-                    ])
-                })
+                .map(|i| keyed(format!("w{w}-{}", i % 10), i))
                 .collect();
             write_all(&c, "cwr", items).await;
         }));
@@ -1816,22 +1663,13 @@ async fn concurrent_writers() {
         t.await.unwrap();
     }
     assert_eq!(sim.stats().item_counts["cwr"], 800);
-    let blob = c
-        .put_item()
-        .table_name("cwr")
-        .set_item(Some(item(&[
-            ("pk", s("b")),
-            ("sk", s("1")),
-            ("bin", AttributeValue::B(Blob::new(vec![0, 1, 2]))),
-        ])))
-        .send()
-        .await;
-    blob.unwrap();
-    let got = c
-        .get_item()
-        .table_name("cwr")
-        .set_key(Some(item(&[("pk", s("b")), ("sk", s("1"))])))
-        .send()
+    let blob = item(&[
+        ("pk", s("b")),
+        ("sk", s("1")),
+        ("bin", AttributeValue::B(Blob::new(vec![0, 1, 2]))),
+    ]);
+    put_item(&c, "cwr", blob).await.unwrap();
+    let got = get_item(&c, "cwr", &[("pk", s("b")), ("sk", s("1"))])
         .await
         .unwrap();
     assert_eq!(

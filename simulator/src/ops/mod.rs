@@ -18,59 +18,57 @@ use crate::value::{Item, parse_item};
 /// Items are at most 400 KB (409,600 bytes by the item-size rule).
 pub const MAX_ITEM_BYTES: usize = 400 * 1024;
 
-/// The operations the simulator implements, plus `Unknown` for everything else.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    CreateTable,
-    DescribeTable,
-    ListTables,
-    DeleteTable,
-    PutItem,
-    GetItem,
-    DeleteItem,
-    UpdateItem,
-    BatchWriteItem,
-    BatchGetItem,
-    Query,
-    Scan,
-    Unknown,
+/// Declares [`Op`] (one variant per operation, plus `Unknown`), `Op::ALL`, `Op::name` and
+/// [`dispatch`] from one list of operations and their handlers.
+macro_rules! operations {
+    ($($op:ident => $handler:path),* $(,)?) => {
+        /// The operations the simulator implements, plus `Unknown` for everything else.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Op {
+            $($op,)*
+            Unknown,
+        }
+
+        impl Op {
+            pub const ALL: [Op; [$(stringify!($op)),*].len() + 1] = [$(Op::$op,)* Op::Unknown];
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Op::$op => stringify!($op),)*
+                    Op::Unknown => "Unknown",
+                }
+            }
+        }
+
+        /// Runs one operation on a parsed request body.
+        pub fn dispatch(sim: &Shared, op: Op, body: &Map<String, Json>) -> Result<Json, ApiError> {
+            let req = Req(body);
+            match op {
+                $(Op::$op => $handler(sim, &req),)*
+                Op::Unknown => Err(ApiError::unknown_operation(
+                    "The operation is not known to dynamo-sim",
+                )),
+            }
+        }
+    };
+}
+
+operations! {
+    CreateTable => tables::create_table,
+    DescribeTable => tables::describe_table,
+    ListTables => tables::list_tables,
+    DeleteTable => tables::delete_table,
+    PutItem => write::put_item,
+    GetItem => read::get_item,
+    DeleteItem => write::delete_item,
+    UpdateItem => write::update_item,
+    BatchWriteItem => write::batch_write_item,
+    BatchGetItem => read::batch_get_item,
+    Query => read::query,
+    Scan => read::scan,
 }
 
 impl Op {
-    pub const ALL: [Op; 13] = [
-        Op::CreateTable,
-        Op::DescribeTable,
-        Op::ListTables,
-        Op::DeleteTable,
-        Op::PutItem,
-        Op::GetItem,
-        Op::DeleteItem,
-        Op::UpdateItem,
-        Op::BatchWriteItem,
-        Op::BatchGetItem,
-        Op::Query,
-        Op::Scan,
-        Op::Unknown,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Op::CreateTable => "CreateTable",
-            Op::DescribeTable => "DescribeTable",
-            Op::ListTables => "ListTables",
-            Op::DeleteTable => "DeleteTable",
-            Op::PutItem => "PutItem",
-            Op::GetItem => "GetItem",
-            Op::DeleteItem => "DeleteItem",
-            Op::UpdateItem => "UpdateItem",
-            Op::BatchWriteItem => "BatchWriteItem",
-            Op::BatchGetItem => "BatchGetItem",
-            Op::Query => "Query",
-            Op::Scan => "Scan",
-            Op::Unknown => "Unknown",
-        }
-    }
-
     /// A data-plane write (the operations `apply_then_error_rate` and `apply_late_rate` apply to).
     pub fn is_write(self) -> bool {
         matches!(
@@ -86,28 +84,6 @@ impl Op {
             .and_then(|name| Op::ALL.into_iter().find(|op| op.name() == name))
             .filter(|op| *op != Op::Unknown)
             .unwrap_or(Op::Unknown)
-    }
-}
-
-/// Runs one operation on a parsed request body.
-pub fn dispatch(sim: &Shared, op: Op, body: &Map<String, Json>) -> Result<Json, ApiError> {
-    let req = Req(body);
-    match op {
-        Op::CreateTable => tables::create_table(sim, &req),
-        Op::DescribeTable => tables::describe_table(sim, &req),
-        Op::ListTables => tables::list_tables(sim, &req),
-        Op::DeleteTable => tables::delete_table(sim, &req),
-        Op::PutItem => write::put_item(sim, &req),
-        Op::DeleteItem => write::delete_item(sim, &req),
-        Op::UpdateItem => write::update_item(sim, &req),
-        Op::BatchWriteItem => write::batch_write_item(sim, &req),
-        Op::GetItem => read::get_item(sim, &req),
-        Op::BatchGetItem => read::batch_get_item(sim, &req),
-        Op::Query => read::query(sim, &req),
-        Op::Scan => read::scan(sim, &req),
-        Op::Unknown => Err(ApiError::unknown_operation(
-            "The operation is not known to dynamo-sim",
-        )),
     }
 }
 
@@ -182,11 +158,27 @@ impl<'a> Req<'a> {
         Ok(())
     }
 
+    /// `RequestItems` of a batch, which must not be empty.
+    pub fn request_items(&self) -> Result<&'a Map<String, Json>, ApiError> {
+        let items = self
+            .obj("RequestItems")?
+            .ok_or_else(|| ApiError::missing("requestItems"))?;
+        if items.is_empty() {
+            return Err(ApiError::validation(
+                "1 validation error detected: Value '{}' at 'requestItems' failed to satisfy constraint: Member must have length greater than or equal to 1",
+            ));
+        }
+        Ok(items)
+    }
+
+    /// A string member that must be present (`path` names it in the error).
+    pub fn required_str(&self, member: &str, path: &str) -> Result<&'a str, ApiError> {
+        self.str(member)?.ok_or_else(|| ApiError::missing(path))
+    }
+
     /// `TableName`, validated like DynamoDB does.
     pub fn table_name(&self) -> Result<&'a str, ApiError> {
-        let name = self
-            .str("TableName")?
-            .ok_or_else(|| ApiError::missing("tableName"))?;
+        let name = self.required_str("TableName", "tableName")?;
         check_table_name(name)?;
         Ok(name)
     }
@@ -249,6 +241,26 @@ impl<'a> Req<'a> {
             Some(_) => Err(ApiError::validation("Return values set to invalid value")),
         }
     }
+}
+
+/// Counts the requests of a batch's `RequestItems` and checks the total against `max` (`op`
+/// names the operation in the error); `list` returns one table's requests (or fails).
+pub fn count_batch<'a>(
+    request_items: &'a Map<String, Json>,
+    max: usize,
+    op: &str,
+    list: impl Fn(&str, &'a Json) -> Result<&'a Vec<Json>, ApiError>,
+) -> Result<usize, ApiError> {
+    let mut total = 0;
+    for (name, requests) in request_items {
+        total += list(name, requests)?.len();
+    }
+    if total > max {
+        return Err(ApiError::validation(format!(
+            "Too many items requested for the {op} call"
+        )));
+    }
+    Ok(total)
 }
 
 pub fn enum_error(member: &str, value: &str, set: &str) -> ApiError {

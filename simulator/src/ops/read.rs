@@ -15,7 +15,7 @@ use crate::error::ApiError;
 use crate::expr::{CmpOp, Cond, ExprKind, Operand, Path, project};
 use crate::state::Shared;
 use crate::stats::add;
-use crate::store::{KeyPart, SHARDS, StoreKey, Stored, Table, hash_key, shard_of};
+use crate::store::{KeyPart, SHARDS, Schema, StoreKey, Stored, Table, hash_key, shard_of};
 use crate::value::{Item, Value, item_to_json, parse_item};
 
 /// Query and Scan pages hold at most 1 MB of (pre-filter, pre-projection) item data.
@@ -60,69 +60,12 @@ struct GetRequest<'a> {
 }
 
 pub fn batch_get_item(sim: &Shared, req: &Req) -> Result<Json, ApiError> {
-    let request_items = req
-        .obj("RequestItems")?
-        .ok_or_else(|| ApiError::missing("requestItems"))?;
-    if request_items.is_empty() {
-        return Err(ApiError::validation(
-            "1 validation error detected: Value '{}' at 'requestItems' failed to satisfy constraint: Member must have length greater than or equal to 1",
-        ));
-    }
-    let mut total = 0;
-    for (name, kaa) in request_items {
-        let keys = Req(kaa
-            .as_object()
-            .ok_or_else(|| ApiError::serialization("KeysAndAttributes must be an object"))?)
-        .arr("Keys")?
-        .ok_or_else(|| ApiError::missing(&format!("requestItems.{name}.member.keys")))?;
-        if keys.is_empty() {
-            return Err(ApiError::validation(format!(
-                "1 validation error detected: Value '[]' at 'requestItems.{name}.member.keys' failed to satisfy constraint: Member must have length greater than or equal to 1"
-            )));
-        }
-        total += keys.len();
-    }
-    if total > MAX_BATCH_GET_KEYS {
-        return Err(ApiError::validation(
-            "Too many items requested for the BatchGetItem call",
-        ));
-    }
-    let mut requests = Vec::with_capacity(request_items.len());
-    for (name, kaa) in request_items {
-        super::check_table_name(name)?;
-        let table = sim.store.get(name).ok_or_else(ApiError::not_found)?;
-        let kaa_map = kaa.as_object().expect("checked above");
-        let r = Req(kaa_map);
-        r.reject_legacy()?;
-        if r.get("ExpressionAttributeValues").is_some() {
-            return Err(ApiError::validation(
-                "ExpressionAttributeValues can only be specified when using expressions",
-            ));
-        }
-        let mut ctx = r.expr_context()?;
-        let projection = r.projection(&mut ctx)?;
-        ctx.finish()?;
-        r.bool("ConsistentRead")?;
-        let mut seen = HashSet::new();
-        let mut keys = Vec::new();
-        for raw in r.arr("Keys")?.into_iter().flatten() {
-            let key = table.schema.key_of_key(&parse_item(raw)?)?;
-            if !seen.insert(key.clone()) {
-                return Err(ApiError::validation(
-                    "Provided list of item keys contains duplicates",
-                ));
-            }
-            keys.push((key, raw));
-        }
-        let mut options = kaa_map.clone();
-        options.remove("Keys");
-        requests.push(GetRequest {
-            table,
-            keys,
-            projection,
-            options,
-        });
-    }
+    let request_items = req.request_items()?;
+    check_key_counts(request_items)?;
+    let requests = request_items
+        .iter()
+        .map(|(name, kaa)| get_request(sim, name, kaa))
+        .collect::<Result<Vec<_>, _>>()?;
 
     let (_, rate) = sim.faults.batch_rates();
     let mut responses = Map::new();
@@ -160,6 +103,66 @@ pub fn batch_get_item(sim: &Shared, req: &Req) -> Result<Json, ApiError> {
     add(&sim.stats.items_read, read);
     add(&sim.stats.unprocessed_keys, left);
     Ok(json!({ "Responses": responses, "UnprocessedKeys": unprocessed }))
+}
+
+/// Checks that every table asks for 1 or more keys, and at most 100 in all.
+fn check_key_counts(request_items: &Map<String, Json>) -> Result<(), ApiError> {
+    super::count_batch(
+        request_items,
+        MAX_BATCH_GET_KEYS,
+        "BatchGetItem",
+        |name, kaa| {
+            let keys = Req(kaa
+                .as_object()
+                .ok_or_else(|| ApiError::serialization("KeysAndAttributes must be an object"))?)
+            .arr("Keys")?
+            .ok_or_else(|| ApiError::missing(&format!("requestItems.{name}.member.keys")))?;
+            if keys.is_empty() {
+                return Err(ApiError::validation(format!(
+                    "1 validation error detected: Value '[]' at 'requestItems.{name}.member.keys' failed to satisfy constraint: Member must have length greater than or equal to 1"
+                )));
+            }
+            Ok(keys)
+        },
+    )?;
+    Ok(())
+}
+
+/// One table's part of a BatchGetItem, validated (`kaa` is its `KeysAndAttributes`).
+fn get_request<'a>(sim: &Shared, name: &str, kaa: &'a Json) -> Result<GetRequest<'a>, ApiError> {
+    super::check_table_name(name)?;
+    let table = sim.store.get(name).ok_or_else(ApiError::not_found)?;
+    let kaa_map = kaa.as_object().expect("checked by check_key_counts");
+    let r = Req(kaa_map);
+    r.reject_legacy()?;
+    if r.get("ExpressionAttributeValues").is_some() {
+        return Err(ApiError::validation(
+            "ExpressionAttributeValues can only be specified when using expressions",
+        ));
+    }
+    let mut ctx = r.expr_context()?;
+    let projection = r.projection(&mut ctx)?;
+    ctx.finish()?;
+    r.bool("ConsistentRead")?;
+    let mut seen = HashSet::new();
+    let mut keys = Vec::new();
+    for raw in r.arr("Keys")?.into_iter().flatten() {
+        let key = table.schema.key_of_key(&parse_item(raw)?)?;
+        if !seen.insert(key.clone()) {
+            return Err(ApiError::validation(
+                "Provided list of item keys contains duplicates",
+            ));
+        }
+        keys.push((key, raw));
+    }
+    let mut options = kaa_map.clone();
+    options.remove("Keys");
+    Ok(GetRequest {
+        table,
+        keys,
+        projection,
+        options,
+    })
 }
 
 /// What Query and Scan share: filter, projection, Select, Limit, and the page being built.
@@ -289,12 +292,58 @@ struct RangeCond {
     prefix: Option<KeyPart>,
 }
 
+fn invalid_operator(what: &str) -> ApiError {
+    ApiError::validation(format!(
+        "Invalid operator used in KeyConditionExpression: {what}"
+    ))
+}
+
 fn key_condition(table: &Table, cond: Cond) -> Result<(KeyPart, RangeCond), ApiError> {
-    let invalid = |what: &str| {
-        ApiError::validation(format!(
-            "Invalid operator used in KeyConditionExpression: {what}"
-        ))
+    let schema = &table.schema;
+    let mut hash = None;
+    let mut range = RangeCond {
+        lo: Bound::Unbounded,
+        hi: Bound::Unbounded,
+        prefix: None,
     };
+    let mut has_range = false;
+    for term in key_terms(cond)? {
+        let term = path_first(term);
+        if let Cond::Cmp(Operand::Path(p), CmpOp::Eq, Operand::Value(v)) = &term
+            && p.as_attr() == Some(schema.hash.name.as_str())
+            && hash.is_none()
+        {
+            hash = Some(key_part(schema, &schema.hash.name, v)?);
+            continue;
+        }
+        if !has_range && let Some(r) = range_cond(schema, &term)? {
+            range = r;
+            has_range = true;
+            continue;
+        }
+        return Err(match term {
+            Cond::Cmp(Operand::Path(p), ..)
+            | Cond::Between(Operand::Path(p), ..)
+            | Cond::BeginsWith(Operand::Path(p), ..)
+                if !schema.is_key_attr(p.top()) =>
+            {
+                missed_hash_key(schema)
+            }
+            _ => ApiError::validation("Query key condition not supported"),
+        });
+    }
+    Ok((hash.ok_or_else(|| missed_hash_key(schema))?, range))
+}
+
+fn missed_hash_key(schema: &Schema) -> ApiError {
+    ApiError::validation(format!(
+        "Query condition missed key schema element: {}",
+        schema.hash.name
+    ))
+}
+
+/// The terms of a key condition joined by AND: at most two, and no OR or NOT.
+fn key_terms(cond: Cond) -> Result<Vec<Cond>, ApiError> {
     let mut terms = Vec::new();
     let mut stack = vec![cond];
     while let Some(c) = stack.pop() {
@@ -303,8 +352,8 @@ fn key_condition(table: &Table, cond: Cond) -> Result<(KeyPart, RangeCond), ApiE
                 stack.push(*b);
                 stack.push(*a);
             }
-            Cond::Or(..) => return Err(invalid("OR")),
-            Cond::Not(..) => return Err(invalid("NOT")),
+            Cond::Or(..) => return Err(invalid_operator("OR")),
+            Cond::Not(..) => return Err(invalid_operator("NOT")),
             other => terms.push(other),
         }
     }
@@ -313,114 +362,86 @@ fn key_condition(table: &Table, cond: Cond) -> Result<(KeyPart, RangeCond), ApiE
             "Invalid KeyConditionExpression: The expression has too many conditions; a key condition names the partition key and at most one sort key condition",
         ));
     }
-    let schema = &table.schema;
-    let part = |name: &str, value: &Value| -> Result<KeyPart, ApiError> {
-        let ty = if name == schema.hash.name {
-            schema.hash.ty
-        } else {
-            schema
-                .range
-                .as_ref()
-                .map(|r| r.ty)
-                .expect("range key checked")
-        };
-        KeyPart::of(value, ty).ok_or_else(|| {
-            ApiError::validation(
-                "One or more parameter values were invalid: Condition parameter type does not match schema type",
-            )
-        })
+    Ok(terms)
+}
+
+/// Normalises `:v op path` to `path op' :v`.
+fn path_first(term: Cond) -> Cond {
+    match term {
+        Cond::Cmp(Operand::Value(v), op, Operand::Path(p)) => {
+            let flipped = match op {
+                CmpOp::Lt => CmpOp::Gt,
+                CmpOp::Le => CmpOp::Ge,
+                CmpOp::Gt => CmpOp::Lt,
+                CmpOp::Ge => CmpOp::Le,
+                other => other,
+            };
+            Cond::Cmp(Operand::Path(p), flipped, Operand::Value(v))
+        }
+        other => other,
+    }
+}
+
+/// A key attribute's value as a key part of the schema's type.
+fn key_part(schema: &Schema, name: &str, value: &Value) -> Result<KeyPart, ApiError> {
+    let ty = if name == schema.hash.name {
+        schema.hash.ty
+    } else {
+        schema
+            .range
+            .as_ref()
+            .map(|r| r.ty)
+            .expect("range key checked")
     };
+    KeyPart::of(value, ty).ok_or_else(|| {
+        ApiError::validation(
+            "One or more parameter values were invalid: Condition parameter type does not match schema type",
+        )
+    })
+}
+
+/// The sort-key range of `term` if it is a condition on the sort key, `None` otherwise.
+fn range_cond(schema: &Schema, term: &Cond) -> Result<Option<RangeCond>, ApiError> {
     let is_range = |p: &Path| {
         schema
             .range
             .as_ref()
             .is_some_and(|r| p.as_attr() == Some(r.name.as_str()))
     };
-    let mut hash = None;
-    let mut range = RangeCond {
-        lo: Bound::Unbounded,
-        hi: Bound::Unbounded,
-        prefix: None,
-    };
-    let mut has_range = false;
-    for term in terms {
-        // Normalise `:v op path` to `path op' :v`.
-        let term = match term {
-            Cond::Cmp(Operand::Value(v), op, Operand::Path(p)) => {
-                let flipped = match op {
-                    CmpOp::Lt => CmpOp::Gt,
-                    CmpOp::Le => CmpOp::Ge,
-                    CmpOp::Gt => CmpOp::Lt,
-                    CmpOp::Ge => CmpOp::Le,
-                    other => other,
-                };
-                Cond::Cmp(Operand::Path(p), flipped, Operand::Value(v))
-            }
-            other => other,
-        };
-        match term {
-            Cond::Cmp(Operand::Path(p), CmpOp::Eq, Operand::Value(v))
-                if p.as_attr() == Some(schema.hash.name.as_str()) && hash.is_none() =>
-            {
-                hash = Some(part(&schema.hash.name, &v)?);
-            }
-            Cond::Cmp(Operand::Path(p), op, Operand::Value(v)) if is_range(&p) && !has_range => {
-                let k = part(p.top(), &v)?;
-                (range.lo, range.hi) = match op {
-                    CmpOp::Eq => (Bound::Included(k.clone()), Bound::Included(k)),
-                    CmpOp::Lt => (Bound::Unbounded, Bound::Excluded(k)),
-                    CmpOp::Le => (Bound::Unbounded, Bound::Included(k)),
-                    CmpOp::Gt => (Bound::Excluded(k), Bound::Unbounded),
-                    CmpOp::Ge => (Bound::Included(k), Bound::Unbounded),
-                    CmpOp::Ne => return Err(invalid("<>")),
-                };
-                has_range = true;
-            }
-            Cond::Between(Operand::Path(p), Operand::Value(a), Operand::Value(b))
-                if is_range(&p) && !has_range =>
-            {
-                let (a, b) = (part(p.top(), &a)?, part(p.top(), &b)?);
-                if a > b {
-                    return Err(ApiError::validation(
-                        "Invalid KeyConditionExpression: The BETWEEN operator requires upper bound to be greater than or equal to lower bound",
-                    ));
-                }
-                (range.lo, range.hi) = (Bound::Included(a), Bound::Included(b));
-                has_range = true;
-            }
-            Cond::BeginsWith(Operand::Path(p), Operand::Value(v)) if is_range(&p) && !has_range => {
-                let k = part(p.top(), &v)?;
-                if matches!(k, KeyPart::N(_)) {
-                    return Err(ApiError::validation(
-                        "Invalid KeyConditionExpression: Incorrect operand type for operator or function; operator or function: begins_with, operand type: N",
-                    ));
-                }
-                range.lo = Bound::Included(k.clone());
-                range.prefix = Some(k);
-                has_range = true;
-            }
-            Cond::Cmp(Operand::Path(p), ..)
-            | Cond::Between(Operand::Path(p), ..)
-            | Cond::BeginsWith(Operand::Path(p), ..)
-                if !schema.is_key_attr(p.top()) =>
-            {
-                return Err(ApiError::validation(format!(
-                    "Query condition missed key schema element: {}",
-                    schema.hash.name
-                )));
-            }
-            _ => {
-                return Err(ApiError::validation("Query key condition not supported"));
-            }
+    let (lo, hi, prefix) = match term {
+        Cond::Cmp(Operand::Path(p), op, Operand::Value(v)) if is_range(p) => {
+            let k = key_part(schema, p.top(), v)?;
+            let (lo, hi) = match op {
+                CmpOp::Eq => (Bound::Included(k.clone()), Bound::Included(k)),
+                CmpOp::Lt => (Bound::Unbounded, Bound::Excluded(k)),
+                CmpOp::Le => (Bound::Unbounded, Bound::Included(k)),
+                CmpOp::Gt => (Bound::Excluded(k), Bound::Unbounded),
+                CmpOp::Ge => (Bound::Included(k), Bound::Unbounded),
+                CmpOp::Ne => return Err(invalid_operator("<>")),
+            };
+            (lo, hi, None)
         }
-    }
-    let hash = hash.ok_or_else(|| {
-        ApiError::validation(format!(
-            "Query condition missed key schema element: {}",
-            schema.hash.name
-        ))
-    })?;
-    Ok((hash, range))
+        Cond::Between(Operand::Path(p), Operand::Value(a), Operand::Value(b)) if is_range(p) => {
+            let (a, b) = (key_part(schema, p.top(), a)?, key_part(schema, p.top(), b)?);
+            if a > b {
+                return Err(ApiError::validation(
+                    "Invalid KeyConditionExpression: The BETWEEN operator requires upper bound to be greater than or equal to lower bound",
+                ));
+            }
+            (Bound::Included(a), Bound::Included(b), None)
+        }
+        Cond::BeginsWith(Operand::Path(p), Operand::Value(v)) if is_range(p) => {
+            let k = key_part(schema, p.top(), v)?;
+            if matches!(k, KeyPart::N(_)) {
+                return Err(ApiError::validation(
+                    "Invalid KeyConditionExpression: Incorrect operand type for operator or function; operator or function: begins_with, operand type: N",
+                ));
+            }
+            (Bound::Included(k.clone()), Bound::Unbounded, Some(k))
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(RangeCond { lo, hi, prefix }))
 }
 
 fn has_prefix(sk: &KeyPart, prefix: &KeyPart) -> bool {

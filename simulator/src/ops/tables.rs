@@ -1,6 +1,8 @@
 //! CreateTable, DescribeTable, ListTables, DeleteTable. Tables are ACTIVE at once.
 
-use serde_json::{Value as Json, json};
+use std::sync::Arc;
+
+use serde_json::{Map, Value as Json, json};
 
 use super::{Req, enum_error};
 use crate::error::ApiError;
@@ -22,32 +24,46 @@ pub fn create_table(sim: &Shared, req: &Req) -> Result<Json, ApiError> {
             ));
         }
     }
+    let types = attribute_types(defs)?;
+    let key_attrs = key_schema(keys, &types)?;
+    if types.len() != key_attrs.len() {
+        return Err(ApiError::validation(
+            "One or more parameter values were invalid: Number of attributes in KeySchema does not exactly match number of attributes defined in AttributeDefinitions",
+        ));
+    }
+    let billing = billing(req)?;
+    let mut key_attrs = key_attrs.into_iter();
+    let schema = Schema {
+        name: name.to_owned(),
+        hash: key_attrs.next().expect("one key at least"),
+        range: key_attrs.next(),
+        billing,
+        created: now_epoch_seconds(),
+        id: sim.table_id(),
+    };
+    let table = sim.store.create(schema)?;
+    Ok(json!({ "TableDescription": describe(&table, "ACTIVE") }))
+}
+
+/// `AttributeDefinitions`: each attribute's name and scalar type.
+fn attribute_types(defs: &[Json]) -> Result<Vec<(String, KeyType)>, ApiError> {
     let mut types = Vec::with_capacity(defs.len());
     for (i, def) in defs.iter().enumerate() {
         let def = Req(def.as_object().ok_or_else(|| {
             ApiError::serialization("AttributeDefinitions members must be objects")
         })?);
-        let attr = def.str("AttributeName")?.ok_or_else(|| {
-            ApiError::missing(&format!(
-                "attributeDefinitions.{}.member.attributeName",
-                i + 1
-            ))
-        })?;
-        let ty = def.str("AttributeType")?.ok_or_else(|| {
-            ApiError::missing(&format!(
-                "attributeDefinitions.{}.member.attributeType",
-                i + 1
-            ))
-        })?;
-        let ty = KeyType::parse(ty).ok_or_else(|| {
-            enum_error(
-                &format!("attributeDefinitions.{}.member.attributeType", i + 1),
-                ty,
-                "[B, N, S]",
-            )
-        })?;
+        let member = |field: &str| format!("attributeDefinitions.{}.member.{field}", i + 1);
+        let attr = def.required_str("AttributeName", &member("attributeName"))?;
+        let ty = def.required_str("AttributeType", &member("attributeType"))?;
+        let ty = KeyType::parse(ty)
+            .ok_or_else(|| enum_error(&member("attributeType"), ty, "[B, N, S]"))?;
         types.push((attr.to_owned(), ty));
     }
+    Ok(types)
+}
+
+/// `KeySchema`: a HASH key, then optionally a RANGE key, each defined in `types`.
+fn key_schema(keys: &[Json], types: &[(String, KeyType)]) -> Result<Vec<KeyAttr>, ApiError> {
     if keys.is_empty() || keys.len() > 2 {
         return Err(ApiError::validation(format!(
             "1 validation error detected: Value '{}' at 'keySchema' failed to satisfy constraint: Member must have length less than or equal to 2 and greater than or equal to 1",
@@ -59,19 +75,12 @@ pub fn create_table(sim: &Shared, req: &Req) -> Result<Json, ApiError> {
         let key = Req(key
             .as_object()
             .ok_or_else(|| ApiError::serialization("KeySchema members must be objects"))?);
-        let attr = key.str("AttributeName")?.ok_or_else(|| {
-            ApiError::missing(&format!("keySchema.{}.member.attributeName", i + 1))
-        })?;
-        let kind = key
-            .str("KeyType")?
-            .ok_or_else(|| ApiError::missing(&format!("keySchema.{}.member.keyType", i + 1)))?;
+        let member = |field: &str| format!("keySchema.{}.member.{field}", i + 1);
+        let attr = key.required_str("AttributeName", &member("attributeName"))?;
+        let kind = key.required_str("KeyType", &member("keyType"))?;
         let expected = if i == 0 { "HASH" } else { "RANGE" };
         if !matches!(kind, "HASH" | "RANGE") {
-            return Err(enum_error(
-                &format!("keySchema.{}.member.keyType", i + 1),
-                kind,
-                "[HASH, RANGE]",
-            ));
+            return Err(enum_error(&member("keyType"), kind, "[HASH, RANGE]"));
         }
         if kind != expected {
             return Err(ApiError::validation(if i == 0 {
@@ -100,20 +109,20 @@ pub fn create_table(sim: &Shared, req: &Req) -> Result<Json, ApiError> {
             "Invalid KeySchema: Some index key attribute have no definition",
         ));
     }
-    if types.len() != key_attrs.len() {
-        return Err(ApiError::validation(
-            "One or more parameter values were invalid: Number of attributes in KeySchema does not exactly match number of attributes defined in AttributeDefinitions",
-        ));
-    }
+    Ok(key_attrs)
+}
+
+/// `BillingMode` (PROVISIONED by default) and, for PROVISIONED, its `ProvisionedThroughput`.
+fn billing(req: &Req) -> Result<Billing, ApiError> {
     let throughput = req.obj("ProvisionedThroughput")?;
-    let billing = match req.str("BillingMode")?.unwrap_or("PROVISIONED") {
+    match req.str("BillingMode")?.unwrap_or("PROVISIONED") {
         "PAY_PER_REQUEST" => {
             if throughput.is_some() {
                 return Err(ApiError::validation(
                     "One or more parameter values were invalid: Neither ReadCapacityUnits nor WriteCapacityUnits can be specified when BillingMode is PAY_PER_REQUEST",
                 ));
             }
-            Billing::PayPerRequest
+            Ok(Billing::PayPerRequest)
         }
         "PROVISIONED" => {
             let missing = || {
@@ -129,48 +138,45 @@ pub fn create_table(sim: &Shared, req: &Req) -> Result<Json, ApiError> {
                     "One or more parameter values were invalid: Provisioned throughput units must be at least 1",
                 ));
             }
-            Billing::Provisioned {
+            Ok(Billing::Provisioned {
                 read: read as u64,
                 write: write as u64,
-            }
+            })
         }
-        other => {
-            return Err(enum_error(
-                "billingMode",
-                other,
-                "[PROVISIONED, PAY_PER_REQUEST]",
-            ));
-        }
-    };
-    let mut key_attrs = key_attrs.into_iter();
-    let schema = Schema {
-        name: name.to_owned(),
-        hash: key_attrs.next().expect("one key at least"),
-        range: key_attrs.next(),
-        billing,
-        created: now_epoch_seconds(),
-        id: sim.table_id(),
-    };
-    let table = sim.store.create(schema)?;
-    Ok(json!({ "TableDescription": describe(&table, "ACTIVE") }))
+        other => Err(enum_error(
+            "billingMode",
+            other,
+            "[PROVISIONED, PAY_PER_REQUEST]",
+        )),
+    }
 }
 
 pub fn describe_table(sim: &Shared, req: &Req) -> Result<Json, ApiError> {
-    let name = req.table_name()?;
-    let table = sim
-        .store
-        .get(name)
-        .ok_or_else(|| ApiError::table_not_found(name))?;
-    Ok(json!({ "Table": describe(&table, "ACTIVE") }))
+    named_table(req, |name| sim.store.get(name), "Table", "ACTIVE")
 }
 
 pub fn delete_table(sim: &Shared, req: &Req) -> Result<Json, ApiError> {
+    named_table(
+        req,
+        |name| sim.store.delete(name),
+        "TableDescription",
+        "DELETING",
+    )
+}
+
+/// DescribeTable and DeleteTable: `find` gets (or removes) the table named by `TableName`,
+/// which is described under `member` with `status`.
+fn named_table(
+    req: &Req,
+    find: impl FnOnce(&str) -> Option<Arc<Table>>,
+    member: &str,
+    status: &str,
+) -> Result<Json, ApiError> {
     let name = req.table_name()?;
-    let table = sim
-        .store
-        .delete(name)
-        .ok_or_else(|| ApiError::table_not_found(name))?;
-    Ok(json!({ "TableDescription": describe(&table, "DELETING") }))
+    let table = find(name).ok_or_else(|| ApiError::table_not_found(name))?;
+    let mut out = Map::new();
+    out.insert(member.to_owned(), describe(&table, status));
+    Ok(Json::Object(out))
 }
 
 pub fn list_tables(sim: &Shared, req: &Req) -> Result<Json, ApiError> {

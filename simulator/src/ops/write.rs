@@ -89,39 +89,26 @@ pub fn put_item(sim: &Shared, req: &Req) -> Result<Json, ApiError> {
     let table = req.table(sim)?;
     let item_json = req.get("Item").ok_or_else(|| ApiError::missing("item"))?;
     let (item, key, size) = checked_item(&table, item_json)?;
-    let mut ctx = req.expr_context()?;
-    let cond = req.condition(&mut ctx, "ConditionExpression", ExprKind::Condition)?;
-    ctx.finish()?;
-    let return_values = req.return_values(&["NONE", "ALL_OLD"])?;
-    let wants_capacity = req.wants_capacity()?;
-
-    let mut shard = table.write_shard(key.shard());
-    let old_size = shard.items().get(&key).map_or(0, |s| s.size);
-    if let Some(cond) = &cond
-        && !condition_holds(cond, shard.items().get(&key))
-    {
-        return Err(fail_condition(sim, &table, &mut shard, &key, old_size));
-    }
-    let units = write_units(size.max(old_size));
-    charge(sim, &table, &mut shard, &key, units)?;
-    let old = shard.put(key, Stored { item, size });
-    drop(shard);
-    Ok(single_response(
-        old.as_ref()
-            .map(|o| &o.item)
-            .filter(|_| return_values == "ALL_OLD"),
-        wants_capacity.then_some((table.name(), units)),
-    ))
-}
-
-fn condition_holds(cond: &Cond, old: Option<&Stored>) -> bool {
-    cond.eval(old.map_or(&NO_ITEM, |s| &s.item))
+    put_or_delete(sim, req, &table, key, Some((item, size)))
 }
 
 pub fn delete_item(sim: &Shared, req: &Req) -> Result<Json, ApiError> {
     req.reject_legacy()?;
     let table = req.table(sim)?;
     let key = req.key(&table)?;
+    put_or_delete(sim, req, &table, key, None)
+}
+
+/// PutItem (`put` is the item and its size) or DeleteItem (`put` is `None`) once the item or
+/// key is read: the condition, the charge (the larger of the old and the new item, a missing
+/// item counting 0), the write and the response.
+fn put_or_delete(
+    sim: &Shared,
+    req: &Req,
+    table: &Table,
+    key: StoreKey,
+    put: Option<(Item, usize)>,
+) -> Result<Json, ApiError> {
     let mut ctx = req.expr_context()?;
     let cond = req.condition(&mut ctx, "ConditionExpression", ExprKind::Condition)?;
     ctx.finish()?;
@@ -133,11 +120,12 @@ pub fn delete_item(sim: &Shared, req: &Req) -> Result<Json, ApiError> {
     if let Some(cond) = &cond
         && !condition_holds(cond, shard.items().get(&key))
     {
-        return Err(fail_condition(sim, &table, &mut shard, &key, old_size));
+        return Err(fail_condition(sim, table, &mut shard, &key, old_size));
     }
-    let units = write_units(old_size);
-    charge(sim, &table, &mut shard, &key, units)?;
-    let old = shard.remove(&key);
+    let new_size = put.as_ref().map_or(0, |(_, size)| *size);
+    let units = write_units(new_size.max(old_size));
+    charge(sim, table, &mut shard, &key, units)?;
+    let old = apply(&mut shard, key, put);
     drop(shard);
     Ok(single_response(
         old.as_ref()
@@ -145,6 +133,18 @@ pub fn delete_item(sim: &Shared, req: &Req) -> Result<Json, ApiError> {
             .filter(|_| return_values == "ALL_OLD"),
         wants_capacity.then_some((table.name(), units)),
     ))
+}
+
+/// Stores `put` under `key`, or deletes `key` if `put` is `None`; returns the old item.
+fn apply(shard: &mut Shard, key: StoreKey, put: Option<(Item, usize)>) -> Option<Stored> {
+    match put {
+        Some((item, size)) => shard.put(key, Stored { item, size }),
+        None => shard.remove(&key),
+    }
+}
+
+fn condition_holds(cond: &Cond, old: Option<&Stored>) -> bool {
+    cond.eval(old.map_or(&NO_ITEM, |s| &s.item))
 }
 
 pub fn update_item(sim: &Shared, req: &Req) -> Result<Json, ApiError> {
@@ -240,63 +240,64 @@ struct Planned<'a> {
 }
 
 pub fn batch_write_item(sim: &Shared, req: &Req) -> Result<Json, ApiError> {
-    let request_items = req
-        .obj("RequestItems")?
-        .ok_or_else(|| ApiError::missing("requestItems"))?;
-    if request_items.is_empty() {
-        return Err(ApiError::validation(
-            "1 validation error detected: Value '{}' at 'requestItems' failed to satisfy constraint: Member must have length greater than or equal to 1",
-        ));
-    }
-    let mut total = 0;
-    for (name, requests) in request_items {
-        let requests = requests.as_array().ok_or_else(|| {
-            ApiError::serialization("RequestItems values must be arrays of WriteRequest")
-        })?;
-        if requests.is_empty() {
-            return Err(ApiError::validation(format!(
-                "1 validation error detected: Value '{{{name}=[]}}' at 'requestItems' failed to satisfy constraint: Map value must satisfy constraint: [Member must have length less than or equal to 25, Member must have length greater than or equal to 1]"
-            )));
-        }
-        total += requests.len();
-    }
-    if total > MAX_BATCH_WRITES {
-        return Err(ApiError::validation(
-            "Too many items requested for the BatchWriteItem call",
-        ));
-    }
+    let request_items = req.request_items()?;
+    let total = count_write_requests(request_items)?;
     let wants_capacity = req.wants_capacity()?;
-
     // Validate everything before writing anything: any failure rejects the whole batch.
+    let planned = plan_batch(sim, request_items, total)?;
+
+    let mut units_by_table: BTreeMap<&str, u64> = request_items
+        .keys()
+        .map(|name| (name.as_str(), 0))
+        .collect();
+    let unprocessed = write_batch(sim, &planned, &mut units_by_table)?;
+    let unprocessed_count: usize = unprocessed.values().map(Vec::len).sum();
+    add(&sim.stats.throttled_items, unprocessed_count as u64);
+
+    let mut out = json!({ "UnprocessedItems": unprocessed });
+    if wants_capacity {
+        out["ConsumedCapacity"] = units_by_table
+            .iter()
+            .map(|(t, u)| write_capacity(t, *u))
+            .collect();
+    }
+    Ok(out)
+}
+
+/// Checks the shape of `RequestItems` (arrays of 1 to 25 requests, at most 25 in all) and
+/// returns the number of requests.
+fn count_write_requests(request_items: &Map<String, Json>) -> Result<usize, ApiError> {
+    super::count_batch(
+        request_items,
+        MAX_BATCH_WRITES,
+        "BatchWriteItem",
+        |name, requests| {
+            let requests = requests.as_array().ok_or_else(|| {
+                ApiError::serialization("RequestItems values must be arrays of WriteRequest")
+            })?;
+            if requests.is_empty() {
+                return Err(ApiError::validation(format!(
+                    "1 validation error detected: Value '{{{name}=[]}}' at 'requestItems' failed to satisfy constraint: Map value must satisfy constraint: [Member must have length less than or equal to 25, Member must have length greater than or equal to 1]"
+                )));
+            }
+            Ok(requests)
+        },
+    )
+}
+
+/// Validates every request of a batch: tables, items, keys, no key twice.
+fn plan_batch<'a>(
+    sim: &Shared,
+    request_items: &'a Map<String, Json>,
+    total: usize,
+) -> Result<Vec<Planned<'a>>, ApiError> {
     let mut planned = Vec::with_capacity(total);
     let mut seen = HashSet::with_capacity(total);
     for (name, requests) in request_items {
         super::check_table_name(name)?;
         let table = sim.store.get(name).ok_or_else(ApiError::not_found)?;
         for raw in requests.as_array().into_iter().flatten() {
-            let r = Req(raw
-                .as_object()
-                .ok_or_else(|| ApiError::serialization("WriteRequest must be an object"))?);
-            let (key, put) = match (r.obj("PutRequest")?, r.obj("DeleteRequest")?) {
-                (Some(put), None) => {
-                    let item = Req(put)
-                        .get("Item")
-                        .ok_or_else(|| ApiError::missing("requestItems.member.putRequest.item"))?;
-                    let (item, key, size) = checked_item(&table, item)?;
-                    (key, Some((item, size)))
-                }
-                (None, Some(delete)) => {
-                    let key = Req(delete).get("Key").ok_or_else(|| {
-                        ApiError::missing("requestItems.member.deleteRequest.key")
-                    })?;
-                    (table.schema.key_of_key(&parse_item(key)?)?, None)
-                }
-                _ => {
-                    return Err(ApiError::validation(
-                        "Supplied WriteRequest must contain exactly one of PutRequest or DeleteRequest",
-                    ));
-                }
-            };
+            let (key, put) = plan_request(&table, raw)?;
             if !seen.insert((name.as_str(), key.clone())) {
                 return Err(ApiError::validation(
                     "Provided list of item keys contains duplicates",
@@ -310,16 +311,47 @@ pub fn batch_write_item(sim: &Shared, req: &Req) -> Result<Json, ApiError> {
             });
         }
     }
+    Ok(planned)
+}
 
+/// One WriteRequest: its key, and for a put the item and its size.
+fn plan_request(table: &Table, raw: &Json) -> Result<(StoreKey, Option<(Item, usize)>), ApiError> {
+    let r = Req(raw
+        .as_object()
+        .ok_or_else(|| ApiError::serialization("WriteRequest must be an object"))?);
+    match (r.obj("PutRequest")?, r.obj("DeleteRequest")?) {
+        (Some(put), None) => {
+            let item = Req(put)
+                .get("Item")
+                .ok_or_else(|| ApiError::missing("requestItems.member.putRequest.item"))?;
+            let (item, key, size) = checked_item(table, item)?;
+            Ok((key, Some((item, size))))
+        }
+        (None, Some(delete)) => {
+            let key = Req(delete)
+                .get("Key")
+                .ok_or_else(|| ApiError::missing("requestItems.member.deleteRequest.key"))?;
+            Ok((table.schema.key_of_key(&parse_item(key)?)?, None))
+        }
+        _ => Err(ApiError::validation(
+            "Supplied WriteRequest must contain exactly one of PutRequest or DeleteRequest",
+        )),
+    }
+}
+
+/// Writes what fits of a validated batch, adding its units to `units_by_table`; returns the
+/// requests left unprocessed (`throttle_rate`, or no capacity), or the throttling exception
+/// if no request could be charged.
+fn write_batch<'a>(
+    sim: &Shared,
+    planned: &'a [Planned<'a>],
+    units_by_table: &mut BTreeMap<&'a str, u64>,
+) -> Result<BTreeMap<&'a str, Vec<Json>>, ApiError> {
     let (throttle_rate, _) = sim.faults.batch_rates();
     let mut unprocessed: BTreeMap<&str, Vec<Json>> = BTreeMap::new();
-    let mut units_by_table: BTreeMap<&str, u64> = request_items
-        .keys()
-        .map(|name| (name.as_str(), 0))
-        .collect();
     let mut reasons: Vec<(ThrottleKind, String)> = Vec::new();
     let mut written = 0usize;
-    for p in &planned {
+    for p in planned {
         let name = p.table.name();
         if sim.faults.roll(throttle_rate) {
             unprocessed.entry(name).or_default().push(p.raw.clone());
@@ -337,20 +369,7 @@ pub fn batch_write_item(sim: &Shared, req: &Req) -> Result<Json, ApiError> {
             unprocessed.entry(name).or_default().push(p.raw.clone());
             continue;
         }
-        match &p.put {
-            Some((item, size)) => {
-                shard.put(
-                    p.key.clone(),
-                    Stored {
-                        item: item.clone(),
-                        size: *size,
-                    },
-                );
-            }
-            None => {
-                shard.remove(&p.key);
-            }
-        }
+        apply(&mut shard, p.key.clone(), p.put.clone());
         drop(shard);
         *units_by_table.entry(name).or_default() += units;
         add(&sim.stats.write_units, units);
@@ -361,15 +380,5 @@ pub fn batch_write_item(sim: &Shared, req: &Req) -> Result<Json, ApiError> {
         // Nothing could be charged: DynamoDB answers with the exception instead.
         return Err(ApiError::throttled(reasons));
     }
-    let unprocessed_count: usize = unprocessed.values().map(Vec::len).sum();
-    add(&sim.stats.throttled_items, unprocessed_count as u64);
-
-    let mut out = json!({ "UnprocessedItems": unprocessed });
-    if wants_capacity {
-        out["ConsumedCapacity"] = units_by_table
-            .iter()
-            .map(|(t, u)| write_capacity(t, *u))
-            .collect();
-    }
-    Ok(out)
+    Ok(unprocessed)
 }
