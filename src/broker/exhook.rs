@@ -72,10 +72,14 @@ pub fn hook_specs(rules: &RuleSet) -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
-/// The gRPC service (both versions share it).
+/// The gRPC service (both versions share it). tonic clones it per connection; every clone shares
+/// the same admission, so a hook call that finds the queue full waits (or drops) there.
 #[derive(Debug, Clone)]
 pub struct ExhookService {
+    /// The door to the pipeline: every hook call queues its event through it and answers once
+    /// it is queued, never after DynamoDB.
     admission: Arc<Admission>,
+    /// What `OnProviderLoaded` answers, computed once from the rules.
     specs: Arc<Vec<(String, Vec<String>)>>,
 }
 
@@ -96,7 +100,7 @@ impl ExhookService {
     async fn admit(&self, event: HookEvent) -> Result<(), Status> {
         match self.admission.admit(event, ActionScope::All).await {
             Ok(()) => Ok(()),
-            Err(AdmitError::Invalid(reason)) => Err(Status::invalid_argument(reason)),
+            Err(AdmitError::Invalid(e)) => Err(Status::invalid_argument(e.to_string())),
             Err(AdmitError::Dropped) => Err(Status::resource_exhausted(
                 "mqtt-dynamo's ingest queue is full; event dropped",
             )),
@@ -155,9 +159,13 @@ fn qos(q: u32) -> Result<u8, Status> {
 }
 
 /// Generates the conversions and the `HookProvider` impl for one protocol version. The whole
-/// impl is generated (not methods inside it), which `async_trait` handles.
+/// impl is generated (not methods inside it), which `async_trait` handles; the hook points no
+/// action uses are listed once and each answered without effect.
 macro_rules! hook_provider {
     ($v:ident) => {
+        hook_provider!(@impl $v; on_client_connack(ClientConnackRequest), on_client_subscribe(ClientSubscribeRequest), on_client_unsubscribe(ClientUnsubscribeRequest), on_session_created(SessionCreatedRequest), on_session_resumed(SessionResumedRequest), on_session_discarded(SessionDiscardedRequest), on_session_takenover(SessionTakenoverRequest), on_session_terminated(SessionTerminatedRequest), on_message_delivered(MessageDeliveredRequest), on_message_dropped(MessageDroppedRequest));
+    };
+    (@impl $v:ident; $($noop:ident($request:ident)),* $(,)?) => {
         impl From<$v::ClientInfo> for ClientInfo {
             fn from(c: $v::ClientInfo) -> Self {
                 ClientInfo {
@@ -325,13 +333,6 @@ macro_rules! hook_provider {
                 Ok(Response::new($v::EmptySuccess {}))
             }
 
-            async fn on_client_connack(
-                &self,
-                _: Request<$v::ClientConnackRequest>,
-            ) -> Result<Response<$v::EmptySuccess>, Status> {
-                Ok(Response::new($v::EmptySuccess {}))
-            }
-
             async fn on_client_authenticate(
                 &self,
                 _: Request<$v::ClientAuthenticateRequest>,
@@ -353,68 +354,14 @@ macro_rules! hook_provider {
                 }))
             }
 
-            async fn on_client_subscribe(
-                &self,
-                _: Request<$v::ClientSubscribeRequest>,
-            ) -> Result<Response<$v::EmptySuccess>, Status> {
-                Ok(Response::new($v::EmptySuccess {}))
-            }
-
-            async fn on_client_unsubscribe(
-                &self,
-                _: Request<$v::ClientUnsubscribeRequest>,
-            ) -> Result<Response<$v::EmptySuccess>, Status> {
-                Ok(Response::new($v::EmptySuccess {}))
-            }
-
-            async fn on_session_created(
-                &self,
-                _: Request<$v::SessionCreatedRequest>,
-            ) -> Result<Response<$v::EmptySuccess>, Status> {
-                Ok(Response::new($v::EmptySuccess {}))
-            }
-
-            async fn on_session_resumed(
-                &self,
-                _: Request<$v::SessionResumedRequest>,
-            ) -> Result<Response<$v::EmptySuccess>, Status> {
-                Ok(Response::new($v::EmptySuccess {}))
-            }
-
-            async fn on_session_discarded(
-                &self,
-                _: Request<$v::SessionDiscardedRequest>,
-            ) -> Result<Response<$v::EmptySuccess>, Status> {
-                Ok(Response::new($v::EmptySuccess {}))
-            }
-
-            async fn on_session_takenover(
-                &self,
-                _: Request<$v::SessionTakenoverRequest>,
-            ) -> Result<Response<$v::EmptySuccess>, Status> {
-                Ok(Response::new($v::EmptySuccess {}))
-            }
-
-            async fn on_session_terminated(
-                &self,
-                _: Request<$v::SessionTerminatedRequest>,
-            ) -> Result<Response<$v::EmptySuccess>, Status> {
-                Ok(Response::new($v::EmptySuccess {}))
-            }
-
-            async fn on_message_delivered(
-                &self,
-                _: Request<$v::MessageDeliveredRequest>,
-            ) -> Result<Response<$v::EmptySuccess>, Status> {
-                Ok(Response::new($v::EmptySuccess {}))
-            }
-
-            async fn on_message_dropped(
-                &self,
-                _: Request<$v::MessageDroppedRequest>,
-            ) -> Result<Response<$v::EmptySuccess>, Status> {
-                Ok(Response::new($v::EmptySuccess {}))
-            }
+            $(
+                async fn $noop(
+                    &self,
+                    _: Request<$v::$request>,
+                ) -> Result<Response<$v::EmptySuccess>, Status> {
+                    Ok(Response::new($v::EmptySuccess {}))
+                }
+            )*
         }
     };
 }
