@@ -7,6 +7,7 @@
 //! `AWS_SECRET_ACCESS_KEY`. With no keys anywhere the AWS default credential chain applies.
 
 pub mod import;
+mod validate;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -596,115 +597,6 @@ impl Config {
                 .collect::<Result<Vec<_>, _>>()
                 .map(RuleSet::new),
         }
-    }
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        let p = &self.pipeline;
-        let invalid = |key, reason: &str| {
-            Err(ConfigError::Invalid {
-                key,
-                reason: reason.to_string(),
-            })
-        };
-        if !(1..=1_000_000).contains(&self.lookup.scan_segments) {
-            return invalid("lookup.scan_segments", "must be 1 to 1000000");
-        }
-        if self.lookup.max_retained == 0 {
-            return invalid("lookup.max_retained", "must be at least 1");
-        }
-        if !(1..=MAX_BATCH_REQUESTS).contains(&p.max_batch_requests) {
-            return invalid(
-                "pipeline.max_batch_requests",
-                "must be 1 to 25 (DynamoDB's BatchWriteItem limit)",
-            );
-        }
-        if p.max_batch_bytes == 0 || p.max_batch_bytes > MAX_BATCH_BYTES {
-            return invalid(
-                "pipeline.max_batch_bytes",
-                "must be 1 to 16777216 (DynamoDB's 16 MB limit)",
-            );
-        }
-        for (key, v) in [
-            ("pipeline.shards", p.shards),
-            ("pipeline.ingest_capacity_events", p.ingest_capacity_events),
-            ("pipeline.shard_queue_capacity", p.shard_queue_capacity),
-            ("pipeline.shard_queue_bytes", p.shard_queue_bytes),
-            ("pipeline.max_in_flight", p.max_in_flight),
-            ("pipeline.min_in_flight", p.min_in_flight),
-            ("pipeline.max_pending_keys", p.max_pending_keys),
-        ] {
-            if v == 0 {
-                return invalid(key, "must be at least 1");
-            }
-        }
-        if p.min_in_flight > p.max_in_flight {
-            return invalid(
-                "pipeline.min_in_flight",
-                "must not exceed pipeline.max_in_flight",
-            );
-        }
-        if p.ingest_capacity_bytes < crate::storage::item::MAX_ITEM_BYTES * 2 {
-            return invalid(
-                "pipeline.ingest_capacity_bytes",
-                "must hold at least two maximum-size items (819200 bytes)",
-            );
-        }
-        if p.max_pending_bytes < crate::storage::item::MAX_ITEM_BYTES * 2 {
-            return invalid(
-                "pipeline.max_pending_bytes",
-                "must hold at least two maximum-size items (819200 bytes)",
-            );
-        }
-        if p.retry.initial_backoff.is_zero() || p.retry.max_backoff < p.retry.initial_backoff {
-            return invalid(
-                "pipeline.retry",
-                "initial_backoff must be positive and at most max_backoff",
-            );
-        }
-        if p.hot_key_max_window < p.hot_key_window {
-            return invalid(
-                "pipeline.hot_key_max_window",
-                "must be at least pipeline.hot_key_window",
-            );
-        }
-        let spool = &p.spool;
-        if spool.enabled {
-            if spool.segment_mb == 0 {
-                return invalid("pipeline.spool.segment_mb", "must be at least 1");
-            }
-            if spool.max_mb < 2 * spool.segment_mb {
-                return invalid(
-                    "pipeline.spool.max_mb",
-                    "must be at least twice pipeline.spool.segment_mb",
-                );
-            }
-            if spool.fsync == FsyncPolicy::Interval && spool.fsync_interval.is_zero() {
-                return invalid("pipeline.spool.fsync_interval", "must be positive");
-            }
-            if spool.segment_age.is_zero() {
-                return invalid("pipeline.spool.segment_age", "must be positive");
-            }
-        }
-        if self.exhook.tls_cert.is_some() != self.exhook.tls_key.is_some() {
-            return invalid("exhook.tls_cert", "tls_cert and tls_key go together");
-        }
-        if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
-            return invalid("http.tls_cert", "tls_cert and tls_key go together");
-        }
-        if self.exhook.max_message_bytes < crate::storage::item::MAX_ITEM_BYTES {
-            return invalid(
-                "exhook.max_message_bytes",
-                "must be at least 409600 (one maximum-size item)",
-            );
-        }
-        if self.dynamodb.access_key_id.is_some() != self.dynamodb.secret_access_key.is_some() {
-            return invalid(
-                "dynamodb.access_key_id",
-                "access_key_id and secret_access_key go together",
-            );
-        }
-        self.rule_set()?;
-        Ok(())
     }
 }
 

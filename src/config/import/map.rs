@@ -1,11 +1,12 @@
-//! Mapping a hook line's JSON object to a rule, or to the warning why it cannot be.
+//! Mapping a hook line's JSON object to a rule, or to the reason it is skipped.
 
-use serde_json::Value as Json;
+use serde_json::{Map, Value as Json};
+use thiserror::Error;
 
 use super::parse::{HookLine, Seq};
 use super::{HOOK_JSON_KEYS, Importer, SUPPORTED_HOOKS};
 use crate::event::HookPoint;
-use crate::rules::{Action, Rule};
+use crate::rules::{Action, Rule, RuleError};
 
 /// A hook line that maps to a rule.
 #[derive(Debug)]
@@ -21,162 +22,192 @@ pub(super) struct Mapped {
     pub(super) client_hook: bool,
 }
 
+/// Why a hook line's value is not one JSON object.
+#[derive(Debug, Error)]
+pub(super) enum JsonValueError {
+    #[error("the value is empty (expected a JSON object)")]
+    Empty,
+    #[error("the value is not valid JSON ({0})")]
+    Invalid(#[source] serde_json::Error),
+    #[error("there is text after the JSON object")]
+    TrailingText,
+    #[error("the value is not a JSON object")]
+    NotObject,
+}
+
+/// Why a hook line is skipped (the warning reads `line N: <key>: <reason>; skipped`).
+#[derive(Debug, Error)]
+enum Skip {
+    #[error(
+        "hook point {0:?} was never supported by the EMQX 4 DynamoDB backend (it handles client.connected, client.disconnected, session.subscribed, session.unsubscribed, message.publish and message.acked)"
+    )]
+    UnsupportedHook(String),
+    #[error(transparent)]
+    Json(#[from] JsonValueError),
+    #[error("has no \"action\" (expected {{\"action\": {{\"function\": \"...\"}}, ...}})")]
+    NoAction,
+    #[error("\"action\" is not an object like {{\"function\": \"on_message_publish\"}}")]
+    ActionNotObject,
+    #[error("action.function is not a string")]
+    FunctionNotString,
+    #[error("action has no \"function\"")]
+    NoFunction,
+    /// Quoted `action.<key>` names.
+    #[error(
+        "{} (raw statements of the SQL, Redis, MongoDB and Cassandra backends) cannot be mapped: the DynamoDB backend only runs its built-in functions (action.function)",
+        .0.join(", ")
+    )]
+    RawStatements(Vec<String>),
+    #[error("function {function:?} is not a function of the DynamoDB backend ({source})")]
+    UnknownFunction {
+        function: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("\"topic\" is not a string")]
+    TopicNotString,
+    #[error(transparent)]
+    Rule(#[from] RuleError),
+}
+
 impl Importer {
-    /// Maps one hook line, or warns why it cannot be.
+    /// Maps one hook line, or warns why it cannot be. Notes about a line that maps are kept; a
+    /// skipped line gets only the reason it was skipped.
     pub(super) fn map_hook(&mut self, h: &HookLine, hook_index: usize) -> Option<Mapped> {
         let at = format!("line {}: {}", h.line, h.key);
-        if !SUPPORTED_HOOKS.contains(&h.hook.as_str()) {
-            self.warn(format!(
-                "{at}: hook point {:?} was never supported by the EMQX 4 DynamoDB backend (it handles client.connected, client.disconnected, session.subscribed, session.unsubscribed, message.publish and message.acked); skipped",
-                h.hook
-            ));
-            return None;
-        }
-        let object = match parse_json_object(&h.value) {
-            Ok(object) => object,
-            Err(reason) => {
-                self.warn(format!("{at}: {reason}; skipped"));
-                return None;
-            }
-        };
-        // Notes about a line that maps; a skipped line gets only the reason it was skipped.
         let mut notes = Vec::new();
-        let function = match object.get("action") {
-            None => {
-                self.warn(format!(
-                    "{at}: has no \"action\" (expected {{\"action\": {{\"function\": \"...\"}}, ...}}); skipped"
-                ));
-                return None;
+        match map_line(h, hook_index, &at, &mut notes) {
+            Ok(mapped) => {
+                self.warnings.extend(notes);
+                Some(mapped)
             }
-            Some(Json::Object(action)) => match action.get("function") {
-                Some(Json::String(function)) => {
-                    let extra: Vec<String> = action
-                        .keys()
-                        .filter(|k| *k != "function")
-                        .map(|k| format!("action.{k}"))
-                        .collect();
-                    if !extra.is_empty() {
-                        notes.push(format!(
-                            "{at}: {} not supported by mqtt-dynamo and ignored",
-                            describe_keys(&extra)
-                        ));
-                    }
-                    function.clone()
-                }
-                Some(_) => {
-                    self.warn(format!("{at}: action.function is not a string; skipped"));
-                    return None;
-                }
-                None if action.is_empty() => {
-                    self.warn(format!("{at}: action has no \"function\"; skipped"));
-                    return None;
-                }
-                None => {
-                    let raw: Vec<String> = action.keys().map(|k| format!("action.{k}")).collect();
-                    let quoted: Vec<String> = raw.iter().map(|k| format!("{k:?}")).collect();
-                    self.warn(format!(
-                        "{at}: {} (raw statements of the SQL, Redis, MongoDB and Cassandra backends) cannot be mapped: the DynamoDB backend only runs its built-in functions (action.function); skipped",
-                        quoted.join(", ")
-                    ));
-                    return None;
-                }
-            },
-            Some(_) => {
-                self.warn(format!(
-                    "{at}: \"action\" is not an object like {{\"function\": \"on_message_publish\"}}; skipped"
-                ));
-                return None;
-            }
-        };
-        let action: Action = match serde_json::from_value(Json::String(function.clone())) {
-            Ok(action) => action,
-            Err(e) => {
-                self.warn(format!(
-                    "{at}: function {function:?} is not a function of the DynamoDB backend ({e}); skipped"
-                ));
-                return None;
-            }
-        };
-        let topic = match object.get("topic") {
-            None | Some(Json::Null) => None,
-            Some(Json::String(topic)) => Some(topic.clone()),
-            Some(_) => {
-                self.warn(format!("{at}: \"topic\" is not a string; skipped"));
-                return None;
-            }
-        };
-        let pool = match object.get("pool") {
-            Some(Json::String(pool)) => Some(pool.clone()),
-            None | Some(Json::Null) => {
-                notes.push(format!(
-                    "{at}: has no \"pool\"; the rule is kept and writes to the one DynamoDB endpoint of the imported configuration"
-                ));
+            Err(skip) => {
+                self.warn(format!("{at}: {skip}; skipped"));
                 None
             }
-            Some(_) => {
-                notes.push(format!(
-                    "{at}: \"pool\" is not a string; the rule is kept and writes to the one DynamoDB endpoint of the imported configuration"
-                ));
-                None
-            }
-        };
-        let extra: Vec<String> = object
-            .keys()
-            .filter(|k| !HOOK_JSON_KEYS.contains(&k.as_str()))
-            .cloned()
-            .collect();
-        if !extra.is_empty() {
-            notes.push(format!(
-                "{at}: {} not supported by mqtt-dynamo and ignored",
-                describe_keys(&extra)
-            ));
         }
-        let rule = match Rule::new(&h.hook, action, topic.as_deref()) {
-            Ok(rule) => rule,
-            Err(e) => {
-                self.warn(format!("{at}: {e}; skipped"));
-                return None;
-            }
-        };
-        let client_hook = matches!(
-            rule.hook,
-            HookPoint::ClientConnected | HookPoint::ClientDisconnected
-        );
-        if client_hook && topic.is_some() {
-            notes.push(format!(
-                "{at}: a topic has no effect on a client hook (there is no topic to match); kept as written"
-            ));
-        }
-        self.warnings.extend(notes);
-        Some(Mapped {
-            line: h.line,
-            key: h.key.clone(),
-            hook: h.hook.clone(),
-            hook_index,
-            seq: h.seq.clone(),
-            action,
-            topic,
-            pool,
-            client_hook,
-        })
     }
 }
 
+/// Maps one hook line (`at` names it in notes), adding notes about what it leaves out.
+fn map_line(
+    h: &HookLine,
+    hook_index: usize,
+    at: &str,
+    notes: &mut Vec<String>,
+) -> Result<Mapped, Skip> {
+    if !SUPPORTED_HOOKS.contains(&h.hook.as_str()) {
+        return Err(Skip::UnsupportedHook(h.hook.clone()));
+    }
+    let object = parse_json_object(&h.value)?;
+    let function = action_function(&object, at, notes)?;
+    let action: Action = serde_json::from_value(Json::String(function.clone()))
+        .map_err(|source| Skip::UnknownFunction { function, source })?;
+    let topic = match object.get("topic") {
+        None | Some(Json::Null) => None,
+        Some(Json::String(topic)) => Some(topic.clone()),
+        Some(_) => return Err(Skip::TopicNotString),
+    };
+    let pool = pool_of(&object, at, notes);
+    let extra: Vec<String> = object
+        .keys()
+        .filter(|k| !HOOK_JSON_KEYS.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    notes.extend(ignored_keys(at, &extra));
+    let rule = Rule::new(&h.hook, action, topic.as_deref())?;
+    let client_hook = matches!(
+        rule.hook,
+        HookPoint::ClientConnected | HookPoint::ClientDisconnected
+    );
+    if client_hook && topic.is_some() {
+        notes.push(format!(
+            "{at}: a topic has no effect on a client hook (there is no topic to match); kept as written"
+        ));
+    }
+    Ok(Mapped {
+        line: h.line,
+        key: h.key.clone(),
+        hook: h.hook.clone(),
+        hook_index,
+        seq: h.seq.clone(),
+        action,
+        topic,
+        pool,
+        client_hook,
+    })
+}
+
+/// The built-in function `"action": {"function": ...}` names.
+fn action_function(
+    object: &Map<String, Json>,
+    at: &str,
+    notes: &mut Vec<String>,
+) -> Result<String, Skip> {
+    let action = match object.get("action") {
+        None => return Err(Skip::NoAction),
+        Some(Json::Object(action)) => action,
+        Some(_) => return Err(Skip::ActionNotObject),
+    };
+    match action.get("function") {
+        Some(Json::String(function)) => {
+            let extra: Vec<String> = action
+                .keys()
+                .filter(|k| *k != "function")
+                .map(|k| format!("action.{k}"))
+                .collect();
+            notes.extend(ignored_keys(at, &extra));
+            Ok(function.clone())
+        }
+        Some(_) => Err(Skip::FunctionNotString),
+        None if action.is_empty() => Err(Skip::NoFunction),
+        None => Err(Skip::RawStatements(
+            action
+                .keys()
+                .map(|k| format!("{:?}", format!("action.{k}")))
+                .collect(),
+        )),
+    }
+}
+
+/// The pool a hook line names; without one the rule is kept, with a note.
+fn pool_of(object: &Map<String, Json>, at: &str, notes: &mut Vec<String>) -> Option<String> {
+    let problem = match object.get("pool") {
+        Some(Json::String(pool)) => return Some(pool.clone()),
+        None | Some(Json::Null) => "has no \"pool\"",
+        Some(_) => "\"pool\" is not a string",
+    };
+    notes.push(format!(
+        "{at}: {problem}; the rule is kept and writes to the one DynamoDB endpoint of the imported configuration"
+    ));
+    None
+}
+
+/// The note about JSON keys mqtt-dynamo ignores, if there are any.
+fn ignored_keys(at: &str, keys: &[String]) -> Option<String> {
+    (!keys.is_empty()).then(|| {
+        format!(
+            "{at}: {} not supported by mqtt-dynamo and ignored",
+            describe_keys(keys)
+        )
+    })
+}
+
 /// A hook line's value: one JSON object, optionally followed by a `#` comment.
-pub(super) fn parse_json_object(value: &str) -> Result<serde_json::Map<String, Json>, String> {
+pub(super) fn parse_json_object(value: &str) -> Result<Map<String, Json>, JsonValueError> {
     let mut stream = serde_json::Deserializer::from_str(value).into_iter::<Json>();
     let parsed = match stream.next() {
-        None => return Err("the value is empty (expected a JSON object)".to_string()),
-        Some(Err(e)) => return Err(format!("the value is not valid JSON ({e})")),
+        None => return Err(JsonValueError::Empty),
+        Some(Err(e)) => return Err(JsonValueError::Invalid(e)),
         Some(Ok(parsed)) => parsed,
     };
     let rest = value.get(stream.byte_offset()..).unwrap_or("").trim();
     if !rest.is_empty() && !rest.starts_with('#') {
-        return Err("there is text after the JSON object".to_string());
+        return Err(JsonValueError::TrailingText);
     }
     match parsed {
         Json::Object(object) => Ok(object),
-        _ => Err("the value is not a JSON object".to_string()),
+        _ => Err(JsonValueError::NotObject),
     }
 }
 
