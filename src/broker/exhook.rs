@@ -147,6 +147,11 @@ fn missing(field: &str) -> Status {
     Status::invalid_argument(format!("{field} is missing"))
 }
 
+/// A request's client info, which every client and session hook carries.
+fn client_info<C: Into<ClientInfo>>(info: Option<C>) -> Result<ClientInfo, Status> {
+    info.map(Into::into).ok_or_else(|| missing("clientinfo"))
+}
+
 fn opt(s: String) -> Option<String> {
     if s.is_empty() { None } else { Some(s) }
 }
@@ -159,13 +164,44 @@ fn qos(q: u32) -> Result<u8, Status> {
 }
 
 /// Generates the conversions and the `HookProvider` impl for one protocol version. The whole
-/// impl is generated (not methods inside it), which `async_trait` handles; the hook points no
-/// action uses are listed once and each answered without effect.
+/// impl is generated (not methods inside it), which `async_trait` handles. The hooks that only
+/// queue an event are listed once as request → event (a missing field or a bad QoS is refused,
+/// counted as `invalid`); the hook points no action uses are listed once and each answered
+/// without effect.
 macro_rules! hook_provider {
     ($v:ident) => {
-        hook_provider!(@impl $v; on_client_connack(ClientConnackRequest), on_client_subscribe(ClientSubscribeRequest), on_client_unsubscribe(ClientUnsubscribeRequest), on_session_created(SessionCreatedRequest), on_session_resumed(SessionResumedRequest), on_session_discarded(SessionDiscardedRequest), on_session_takenover(SessionTakenoverRequest), on_session_terminated(SessionTerminatedRequest), on_message_delivered(MessageDeliveredRequest), on_message_dropped(MessageDroppedRequest));
+        hook_provider!(@impl $v;
+            events: {
+                on_client_connected(ClientConnectedRequest, req) => HookEvent::ClientConnected {
+                    client: client_info(req.clientinfo)?,
+                    connected_at_ms: now_ms(),
+                },
+                on_client_disconnected(ClientDisconnectedRequest, req) => HookEvent::ClientDisconnected {
+                    client: client_info(req.clientinfo)?,
+                    reason: req.reason,
+                    disconnected_at_ms: now_ms(),
+                },
+                on_session_subscribed(SessionSubscribedRequest, req) => HookEvent::SessionSubscribed {
+                    client: client_info(req.clientinfo)?,
+                    qos: qos(req.subopts.map(|o| o.qos).unwrap_or(0))?,
+                    topic: req.topic,
+                },
+                on_session_unsubscribed(SessionUnsubscribedRequest, req) => HookEvent::SessionUnsubscribed {
+                    client: client_info(req.clientinfo)?,
+                    topic: req.topic,
+                },
+                on_message_acked(MessageAckedRequest, req) => HookEvent::MessageAcked {
+                    client: client_info(req.clientinfo)?,
+                    message: req.message.ok_or_else(|| missing("message")).and_then(Message::try_from)?,
+                },
+            }
+            noops: { on_client_connack(ClientConnackRequest), on_client_subscribe(ClientSubscribeRequest), on_client_unsubscribe(ClientUnsubscribeRequest), on_session_created(SessionCreatedRequest), on_session_resumed(SessionResumedRequest), on_session_discarded(SessionDiscardedRequest), on_session_takenover(SessionTakenoverRequest), on_session_terminated(SessionTerminatedRequest), on_message_delivered(MessageDeliveredRequest), on_message_dropped(MessageDroppedRequest) }
+        );
     };
-    (@impl $v:ident; $($noop:ident($request:ident)),* $(,)?) => {
+    (@impl $v:ident;
+        events: { $($hook:ident($hook_request:ident, $req:ident) => $event:expr),* $(,)? }
+        noops: { $($noop:ident($request:ident)),* $(,)? }
+    ) => {
         impl From<$v::ClientInfo> for ClientInfo {
             fn from(c: $v::ClientInfo) -> Self {
                 ClientInfo {
@@ -225,64 +261,17 @@ macro_rules! hook_provider {
                 Ok(Response::new($v::EmptySuccess {}))
             }
 
-            async fn on_client_connected(
-                &self,
-                request: Request<$v::ClientConnectedRequest>,
-            ) -> Result<Response<$v::EmptySuccess>, Status> {
-                let req = request.into_inner();
-                let client = self.read(req.clientinfo.ok_or_else(|| missing("clientinfo")))?;
-                self.notify(HookEvent::ClientConnected {
-                    client: client.into(),
-                    connected_at_ms: now_ms(),
-                })
-                .await?;
-                Ok(Response::new($v::EmptySuccess {}))
-            }
-
-            async fn on_client_disconnected(
-                &self,
-                request: Request<$v::ClientDisconnectedRequest>,
-            ) -> Result<Response<$v::EmptySuccess>, Status> {
-                let req = request.into_inner();
-                let client = self.read(req.clientinfo.ok_or_else(|| missing("clientinfo")))?;
-                self.notify(HookEvent::ClientDisconnected {
-                    client: client.into(),
-                    reason: req.reason,
-                    disconnected_at_ms: now_ms(),
-                })
-                .await?;
-                Ok(Response::new($v::EmptySuccess {}))
-            }
-
-            async fn on_session_subscribed(
-                &self,
-                request: Request<$v::SessionSubscribedRequest>,
-            ) -> Result<Response<$v::EmptySuccess>, Status> {
-                let req = request.into_inner();
-                let client = self.read(req.clientinfo.ok_or_else(|| missing("clientinfo")))?;
-                let qos = self.read(qos(req.subopts.map(|o| o.qos).unwrap_or(0)))?;
-                self.notify(HookEvent::SessionSubscribed {
-                    client: client.into(),
-                    topic: req.topic,
-                    qos,
-                })
-                .await?;
-                Ok(Response::new($v::EmptySuccess {}))
-            }
-
-            async fn on_session_unsubscribed(
-                &self,
-                request: Request<$v::SessionUnsubscribedRequest>,
-            ) -> Result<Response<$v::EmptySuccess>, Status> {
-                let req = request.into_inner();
-                let client = self.read(req.clientinfo.ok_or_else(|| missing("clientinfo")))?;
-                self.notify(HookEvent::SessionUnsubscribed {
-                    client: client.into(),
-                    topic: req.topic,
-                })
-                .await?;
-                Ok(Response::new($v::EmptySuccess {}))
-            }
+            $(
+                async fn $hook(
+                    &self,
+                    request: Request<$v::$hook_request>,
+                ) -> Result<Response<$v::EmptySuccess>, Status> {
+                    let $req = request.into_inner();
+                    let event = (|| -> Result<HookEvent, Status> { Ok($event) })();
+                    self.notify(self.read(event)?).await?;
+                    Ok(Response::new($v::EmptySuccess {}))
+                }
+            )*
 
             async fn on_message_publish(
                 &self,
@@ -304,27 +293,6 @@ macro_rules! hook_provider {
                 }))
             }
 
-            async fn on_message_acked(
-                &self,
-                request: Request<$v::MessageAckedRequest>,
-            ) -> Result<Response<$v::EmptySuccess>, Status> {
-                let req = request.into_inner();
-                let client = self.read(req.clientinfo.ok_or_else(|| missing("clientinfo")))?;
-                let message = self.read(
-                    req.message
-                        .ok_or_else(|| missing("message"))
-                        .and_then(Message::try_from),
-                )?;
-                self.notify(HookEvent::MessageAcked {
-                    client: client.into(),
-                    message,
-                })
-                .await?;
-                Ok(Response::new($v::EmptySuccess {}))
-            }
-
-            // Hook points no action uses: never registered, so EMQX does not call them; a
-            // stray call is answered without effect.
             async fn on_client_connect(
                 &self,
                 _: Request<$v::ClientConnectRequest>,

@@ -23,7 +23,7 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{MethodRouter, post};
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -54,8 +54,8 @@ pub struct HttpState {
 pub fn router(state: HttpState, max_body_bytes: usize) -> Router {
     let lookups = state.admission.handle().reader().is_some();
     let router = Router::new()
-        .route("/v1/events/emqx-rule", post(emqx_rule))
-        .route("/v1/events/emqx-webhook", post(emqx_webhook));
+        .route("/v1/events/emqx-rule", ingest_route(rule_row_event))
+        .route("/v1/events/emqx-webhook", ingest_route(webhook_event));
     let router = if lookups {
         router.merge(crate::lookup::http::routes())
     } else {
@@ -219,6 +219,19 @@ impl<'a> Row<'a> {
         }
     }
 
+    /// `field` names a kind of row the translator does not know; `expected` lists the known.
+    pub(super) fn unsupported(&self, field: &str, got: &str, expected: &[&str]) -> FieldError {
+        let listed = match expected.split_last() {
+            Some((last, [])) => last.to_string(),
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => String::new(),
+        };
+        self.err(
+            field,
+            format!("unsupported {field} {got:?} (expected {listed})"),
+        )
+    }
+
     pub(super) fn opt_str(&self, name: &str) -> Result<Option<String>, FieldError> {
         match self.map.get(name) {
             None | Some(Value::Null) => Ok(None),
@@ -297,17 +310,35 @@ impl<'a> Row<'a> {
 /// A row translator: `(row, index, base64 payloads)` to an event.
 type Translate = fn(&Map<String, Value>, usize, bool) -> Result<HookEvent, FieldError>;
 
-/// One ingest request, timed and with its refusals counted.
-async fn ingest(
-    state: HttpState,
+/// What an ingest route extracted from a request, read by [`read_request`].
+struct IngestRequest {
     headers: HeaderMap,
     query: Result<Query<IngestQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
-    translate: Translate,
-) -> Response {
+}
+
+/// An ingest endpoint translating its rows with `translate`.
+fn ingest_route(translate: Translate) -> MethodRouter<HttpState> {
+    post(
+        move |State(state): State<HttpState>,
+              headers: HeaderMap,
+              query: Result<Query<IngestQuery>, QueryRejection>,
+              body: Result<Bytes, BytesRejection>| {
+            let request = IngestRequest {
+                headers,
+                query,
+                body,
+            };
+            ingest(state, request, translate)
+        },
+    )
+}
+
+/// One ingest request, timed and with its refusals counted.
+async fn ingest(state: HttpState, request: IngestRequest, translate: Translate) -> Response {
     let t0 = std::time::Instant::now();
     let handle = state.admission.handle().clone();
-    let (response, refused) = handle_ingest(state, headers, query, body, translate).await;
+    let (response, refused) = handle_ingest(state, request, translate).await;
     if let Some((reason, n)) = refused {
         handle.count_refusals(reason, n as u64);
     }
@@ -323,9 +354,9 @@ type Refused = Option<(RejectReason, usize)>;
 /// A refused request: the answer, and what to count.
 type Refusal = (Response, Refused);
 
-/// Refused before its rows are read: one count for the request.
-fn refused_once(response: Response, reason: RejectReason) -> Refusal {
-    (response, Some((reason, 1)))
+/// Refused before its rows are read: one count for the request (boxed: it is the rare path).
+fn refused_once(response: Response, reason: RejectReason) -> Box<Refusal> {
+    Box::new((response, Some((reason, 1))))
 }
 
 /// A 400 naming the bad field.
@@ -333,33 +364,33 @@ fn bad_request(error_text: impl Into<String>, field: Option<&str>) -> Response {
     error(StatusCode::BAD_REQUEST, error_text, field)
 }
 
-async fn handle_ingest(
-    state: HttpState,
-    headers: HeaderMap,
-    query: Result<Query<IngestQuery>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
-    translate: Translate,
-) -> Refusal {
-    let (rows, base64) = match read_request(&state, &headers, query, body) {
+async fn handle_ingest(state: HttpState, request: IngestRequest, translate: Translate) -> Refusal {
+    let (rows, base64) = match read_request(&state, request) {
         Ok(read) => read,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     let events = match translate_rows(&state, &rows, base64, translate) {
         Ok(events) => events,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     admit_rows(&state, events).await
 }
+
+/// A request's rows, and whether their payloads are base64.
+type ReadRequest = (Vec<Map<String, Value>>, bool);
 
 /// Checks the token, the body and the query, and reads the body's rows and the payload
 /// encoding (`true`: base64).
 fn read_request(
     state: &HttpState,
-    headers: &HeaderMap,
-    query: Result<Query<IngestQuery>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<(Vec<Map<String, Value>>, bool), Refusal> {
-    if let Some(resp) = unauthorized(state, headers) {
+    request: IngestRequest,
+) -> Result<ReadRequest, Box<Refusal>> {
+    let IngestRequest {
+        headers,
+        query,
+        body,
+    } = request;
+    if let Some(resp) = unauthorized(state, &headers) {
         return Err(refused_once(resp, RejectReason::Unauthorized));
     }
     let body = body.map_err(|rejection| {
@@ -398,8 +429,8 @@ fn translate_rows(
     rows: &[Map<String, Value>],
     base64: bool,
     translate: Translate,
-) -> Result<Vec<(HookEvent, ActionScope)>, Refusal> {
-    let all = |resp, reason| (resp, Some((reason, rows.len().max(1))));
+) -> Result<Vec<(HookEvent, ActionScope)>, Box<Refusal>> {
+    let all = |resp, reason| Box::new((resp, Some((reason, rows.len().max(1)))));
     let handle = state.admission.handle();
     let mut events = Vec::with_capacity(rows.len());
     for (i, row) in rows.iter().enumerate() {
@@ -472,24 +503,6 @@ fn scope_of(event: &HookEvent, publish_actions: HttpPublishActions) -> ActionSco
         }
         _ => ActionScope::All,
     }
-}
-
-async fn emqx_rule(
-    State(state): State<HttpState>,
-    headers: HeaderMap,
-    query: Result<Query<IngestQuery>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    ingest(state, headers, query, body, rule_row_event).await
-}
-
-async fn emqx_webhook(
-    State(state): State<HttpState>,
-    headers: HeaderMap,
-    query: Result<Query<IngestQuery>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    ingest(state, headers, query, body, webhook_event).await
 }
 
 #[cfg(test)]

@@ -54,6 +54,16 @@ fn message(row: &Row<'_>, from_field: &str) -> Result<Message, FieldError> {
     })
 }
 
+/// The `event` values this translator reads.
+const EVENTS: [&str; 6] = [
+    "client.connected",
+    "client.disconnected",
+    "session.subscribed",
+    "session.unsubscribed",
+    "message.publish",
+    "message.acked",
+];
+
 /// One EMQX 5 rule-engine row as an event.
 pub fn rule_row_event(
     map: &Map<String, Value>,
@@ -88,14 +98,7 @@ pub fn rule_row_event(
             client: client(&row, "clientid")?,
             message: message(&row, "from_clientid")?,
         },
-        other => {
-            return Err(row.err(
-                "event",
-                format!(
-                    "unsupported event {other:?} (expected client.connected, client.disconnected, session.subscribed, session.unsubscribed, message.publish or message.acked)"
-                ),
-            ));
-        }
+        other => return Err(row.unsupported("event", other, &EVENTS)),
     })
 }
 
@@ -156,6 +159,10 @@ mod tests {
         let err =
             rule_row_event(&obj(json!({"event": "message.delivered"})), 0, false).unwrap_err();
         assert_eq!(err.field, "[0].event");
+        assert_eq!(
+            err.error,
+            "unsupported event \"message.delivered\" (expected client.connected, client.disconnected, session.subscribed, session.unsubscribed, message.publish or message.acked)"
+        );
         let err = rule_row_event(
             &obj(json!({"event": "session.subscribed", "node": "n", "clientid": "c", "topic": "t", "qos": 7})),
             0,

@@ -79,6 +79,16 @@ fn subscribe_qos(map: &Map<String, Value>, index: usize) -> Result<u8, FieldErro
     }
 }
 
+/// The `action` values this translator reads.
+const ACTIONS: [&str; 6] = [
+    "client_connected",
+    "client_disconnected",
+    "session_subscribed",
+    "session_unsubscribed",
+    "message_publish",
+    "message_acked",
+];
+
 /// One EMQX 4 web-hook object as an event.
 pub fn webhook_event(
     map: &Map<String, Value>,
@@ -117,14 +127,7 @@ pub fn webhook_event(
             client: client(&row, &node, "clientid")?,
             message: message(&row, &node)?,
         },
-        other => {
-            return Err(row.err(
-                "action",
-                format!(
-                    "unsupported action {other:?} (expected client_connected, client_disconnected, session_subscribed, session_unsubscribed, message_publish or message_acked)"
-                ),
-            ));
-        }
+        other => return Err(row.unsupported("action", other, &ACTIONS)),
     })
 }
 
@@ -179,5 +182,12 @@ mod tests {
                 ..
             }
         ));
+        let err =
+            webhook_event(&obj(json!({"action": "message_delivered"})), 2, false).unwrap_err();
+        assert_eq!(err.field, "[2].action");
+        assert_eq!(
+            err.error,
+            "unsupported action \"message_delivered\" (expected client_connected, client_disconnected, session_subscribed, session_unsubscribed, message_publish or message_acked)"
+        );
     }
 }
