@@ -195,11 +195,16 @@ macro_rules! hook_provider {
                     message: req.message.ok_or_else(|| missing("message")).and_then(Message::try_from)?,
                 },
             }
+            ignored: {
+                on_client_authenticate(ClientAuthenticateRequest),
+                on_client_authorize(ClientAuthorizeRequest),
+            }
             noops: { on_client_connack(ClientConnackRequest), on_client_subscribe(ClientSubscribeRequest), on_client_unsubscribe(ClientUnsubscribeRequest), on_session_created(SessionCreatedRequest), on_session_resumed(SessionResumedRequest), on_session_discarded(SessionDiscardedRequest), on_session_takenover(SessionTakenoverRequest), on_session_terminated(SessionTerminatedRequest), on_message_delivered(MessageDeliveredRequest), on_message_dropped(MessageDroppedRequest) }
         );
     };
     (@impl $v:ident;
         events: { $($hook:ident($hook_request:ident, $req:ident) => $event:expr),* $(,)? }
+        ignored: { $($ignore:ident($ignore_request:ident)),* $(,)? }
         noops: { $($noop:ident($request:ident)),* $(,)? }
     ) => {
         impl From<$v::ClientInfo> for ClientInfo {
@@ -301,26 +306,18 @@ macro_rules! hook_provider {
                 Ok(Response::new($v::EmptySuccess {}))
             }
 
-            async fn on_client_authenticate(
-                &self,
-                _: Request<$v::ClientAuthenticateRequest>,
-            ) -> Result<Response<$v::ValuedResponse>, Status> {
-                // IGNORE: this provider has no opinion on authentication.
-                Ok(Response::new($v::ValuedResponse {
-                    r#type: $v::valued_response::ResponsedType::Ignore as i32,
-                    value: None,
-                }))
-            }
-
-            async fn on_client_authorize(
-                &self,
-                _: Request<$v::ClientAuthorizeRequest>,
-            ) -> Result<Response<$v::ValuedResponse>, Status> {
-                Ok(Response::new($v::ValuedResponse {
-                    r#type: $v::valued_response::ResponsedType::Ignore as i32,
-                    value: None,
-                }))
-            }
+            // IGNORE: this provider has no opinion on authentication or authorization.
+            $(
+                async fn $ignore(
+                    &self,
+                    _: Request<$v::$ignore_request>,
+                ) -> Result<Response<$v::ValuedResponse>, Status> {
+                    Ok(Response::new($v::ValuedResponse {
+                        r#type: $v::valued_response::ResponsedType::Ignore as i32,
+                        value: None,
+                    }))
+                }
+            )*
 
             $(
                 async fn $noop(

@@ -381,10 +381,7 @@ type ReadRequest = (Vec<Map<String, Value>>, bool);
 
 /// Checks the token, the body and the query, and reads the body's rows and the payload
 /// encoding (`true`: base64).
-fn read_request(
-    state: &HttpState,
-    request: IngestRequest,
-) -> Result<ReadRequest, Box<Refusal>> {
+fn read_request(state: &HttpState, request: IngestRequest) -> Result<ReadRequest, Box<Refusal>> {
     let IngestRequest {
         headers,
         query,

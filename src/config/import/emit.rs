@@ -24,7 +24,7 @@ impl Importer {
                 mapped.push(m);
             }
         }
-        mapped.sort_by(|a, b| (a.hook_index, &a.seq).cmp(&(b.hook_index, &b.seq)));
+        mapped.sort_by(|a, b| (a.hook_index, &a.source.seq).cmp(&(b.hook_index, &b.source.seq)));
 
         let chosen = self.choose_pool(&mapped);
         self.check_pool_references(&mapped, chosen);
@@ -109,8 +109,8 @@ impl Importer {
                 continue;
             }
             match undefined.iter_mut().find(|(n, _)| *n == name) {
-                Some((_, lines)) => lines.push(m.line),
-                None => undefined.push((name, vec![m.line])),
+                Some((_, lines)) => lines.push(m.source.line),
+                None => undefined.push((name, vec![m.source.line])),
             }
         }
         let target = match chosen {
@@ -207,8 +207,8 @@ impl Importer {
 
     pub(super) fn write_rules(&self, out: &mut String, mapped: &[Mapped]) {
         for m in mapped {
-            let _ = writeln!(out, "\n# {} (line {})", m.key, m.line);
-            if m.hook == "session.created" {
+            let _ = writeln!(out, "\n# {} (line {})", m.source.key, m.source.line);
+            if m.source.hook == "session.created" {
                 out.push_str(
                     "# session.created runs as client.connected in mqtt-dynamo (reference/emqx.md §1.6).\n",
                 );
@@ -217,7 +217,7 @@ impl Importer {
                 out.push_str("# A topic has no effect on a client hook.\n");
             }
             out.push_str("[[rules]]\n");
-            let _ = writeln!(out, "hook = {}", quote(&m.hook));
+            let _ = writeln!(out, "hook = {}", quote(&m.source.hook));
             let _ = writeln!(out, "action = {}", quote(m.action.as_str()));
             if let Some(topic) = &m.topic {
                 let _ = writeln!(out, "topic = {}", quote(topic));

@@ -3,19 +3,18 @@
 use serde_json::{Map, Value as Json};
 use thiserror::Error;
 
-use super::parse::{HookLine, Seq};
+use super::parse::HookLine;
 use super::{HOOK_JSON_KEYS, Importer, SUPPORTED_HOOKS};
 use crate::event::HookPoint;
 use crate::rules::{Action, Rule, RuleError};
 
 /// A hook line that maps to a rule.
 #[derive(Debug)]
-pub(super) struct Mapped {
-    pub(super) line: usize,
-    pub(super) key: String,
-    pub(super) hook: String,
+pub(super) struct Mapped<'a> {
+    /// The line as read (its line number, key, hook point and `<n>`).
+    pub(super) source: &'a HookLine,
+    /// The position of its hook point among the file's hook points.
     pub(super) hook_index: usize,
-    pub(super) seq: Seq,
     pub(super) action: Action,
     pub(super) topic: Option<String>,
     pub(super) pool: Option<String>,
@@ -73,7 +72,11 @@ enum Skip {
 impl Importer {
     /// Maps one hook line, or warns why it cannot be. Notes about a line that maps are kept; a
     /// skipped line gets only the reason it was skipped.
-    pub(super) fn map_hook(&mut self, h: &HookLine, hook_index: usize) -> Option<Mapped> {
+    pub(super) fn map_hook<'a>(
+        &mut self,
+        h: &'a HookLine,
+        hook_index: usize,
+    ) -> Option<Mapped<'a>> {
         let at = format!("line {}: {}", h.line, h.key);
         let mut notes = Vec::new();
         match map_line(h, hook_index, &at, &mut notes) {
@@ -90,12 +93,12 @@ impl Importer {
 }
 
 /// Maps one hook line (`at` names it in notes), adding notes about what it leaves out.
-fn map_line(
-    h: &HookLine,
+fn map_line<'a>(
+    h: &'a HookLine,
     hook_index: usize,
     at: &str,
     notes: &mut Vec<String>,
-) -> Result<Mapped, Skip> {
+) -> Result<Mapped<'a>, Skip> {
     if !SUPPORTED_HOOKS.contains(&h.hook.as_str()) {
         return Err(Skip::UnsupportedHook(h.hook.clone()));
     }
@@ -126,11 +129,8 @@ fn map_line(
         ));
     }
     Ok(Mapped {
-        line: h.line,
-        key: h.key.clone(),
-        hook: h.hook.clone(),
+        source: h,
         hook_index,
-        seq: h.seq.clone(),
         action,
         topic,
         pool,

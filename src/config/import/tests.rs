@@ -17,6 +17,16 @@ fn import(text: &str) -> Imported {
     import_emqx4(text).unwrap()
 }
 
+/// Imports [`POOL1`] followed by `lines`, each ending in a newline.
+fn import_with_pool1(lines: &[&str]) -> Imported {
+    let mut text = POOL1.to_string();
+    for line in lines {
+        text.push_str(line);
+        text.push('\n');
+    }
+    import(&text)
+}
+
 fn parse(imported: &Imported) -> Config {
     match Config::parse(&imported.toml, "imported.toml") {
         Ok(config) => config,
@@ -39,6 +49,20 @@ fn rules(config: &Config) -> Vec<(String, &'static str, Option<String>)> {
             )
         })
         .collect()
+}
+
+/// The import warned about exactly one thing.
+fn assert_one_warning(imported: &Imported) {
+    assert_eq!(imported.warnings.len(), 1, "{:#?}", imported.warnings);
+}
+
+/// One rule as [`rules`] lists it.
+fn rule(
+    hook: &str,
+    action: &'static str,
+    topic: Option<&str>,
+) -> (String, &'static str, Option<String>) {
+    (hook.to_string(), action, topic.map(str::to_string))
 }
 
 /// The single warning containing `needle`.
@@ -100,7 +124,7 @@ fn seed_config_imports_to_the_seed_rules() {
     // The commented-out on_message_store line stays out.
     assert!(!imported.toml.contains("on_message_store"));
 
-    assert_eq!(imported.warnings.len(), 1, "{:#?}", imported.warnings);
+    assert_one_warning(&imported);
     let w = &imported.warnings[0];
     assert!(w.contains("line 6") && w.contains("pool_size"), "{w}");
     assert!(w.contains("[pipeline] max_in_flight"), "{w}");
@@ -144,7 +168,7 @@ backend.dynamo.hook.message.acked.1 = {"topic": "#", "action": {"function": "on_
     assert!(w.contains("pool1 (1 mapped hook line)"), "{w}");
     assert!(w.contains("pool3 (0 mapped hook lines)"), "{w}");
     assert!(!w.contains("SECRET2"), "{w}");
-    assert_eq!(imported.warnings.len(), 1, "{:#?}", imported.warnings);
+    assert_one_warning(&imported);
 }
 
 #[test]
@@ -166,27 +190,23 @@ backend.dynamo.hook.client.disconnected.1 = {"action": {"function": "on_client_d
 
 #[test]
 fn undefined_pool_reference_is_warned_and_the_rule_kept() {
-    let text = format!(
-        "{POOL1}{}\n{}\n",
+    let imported = import_with_pool1(&[
         r##"backend.dynamo.hook.client.connected.1 = {"action": {"function": "on_client_connected"}, "pool": "pool9"}"##,
         r##"backend.dynamo.hook.client.disconnected.1 = {"action": {"function": "on_client_disconnected"}, "pool": "pool9"}"##,
-    );
-    let imported = import(&text);
+    ]);
     let config = parse(&imported);
     assert_eq!(rules(&config).len(), 2);
     let w = warning(&imported, "not defined");
     assert!(w.contains("\"pool9\" (named on lines 2, 3)"), "{w}");
     assert!(w.contains("the endpoint of pool pool1"), "{w}");
-    assert_eq!(imported.warnings.len(), 1, "{:#?}", imported.warnings);
+    assert_one_warning(&imported);
 }
 
 #[test]
 fn unknown_function_is_skipped() {
-    let text = format!(
-        "{POOL1}{}\n",
-        r##"backend.dynamo.hook.session.subscribed.1 = {"topic": "#", "action": {"function": "on_message_fetch_for_pubsub"}, "pool": "pool1"}"##
-    );
-    let imported = import(&text);
+    let imported = import_with_pool1(&[
+        r##"backend.dynamo.hook.session.subscribed.1 = {"topic": "#", "action": {"function": "on_message_fetch_for_pubsub"}, "pool": "pool1"}"##,
+    ]);
     let config = parse(&imported);
     assert!(rules(&config).is_empty());
     let w = warning(&imported, "on_message_fetch_for_pubsub");
@@ -203,13 +223,11 @@ fn unknown_function_is_skipped() {
 
 #[test]
 fn wrong_hook_for_an_action_is_skipped() {
-    let text = format!(
-        "{POOL1}{}\n{}\n",
+    let imported = import_with_pool1(&[
         r##"backend.dynamo.hook.message.acked.1 = {"topic": "#", "action": {"function": "on_message_publish"}, "pool": "pool1"}"##,
         // session.created is accepted only for on_subscribe_lookup.
         r##"backend.dynamo.hook.session.created.1 = {"action": {"function": "on_client_connected"}, "pool": "pool1"}"##,
-    );
-    let imported = import(&text);
+    ]);
     let config = parse(&imported);
     assert!(rules(&config).is_empty());
     let w = warning(&imported, "message.acked.1");
@@ -224,20 +242,14 @@ fn wrong_hook_for_an_action_is_skipped() {
 
 #[test]
 fn invalid_topic_filter_is_skipped() {
-    let text = format!(
-        "{POOL1}{}\n{}\n",
+    let imported = import_with_pool1(&[
         r##"backend.dynamo.hook.message.publish.1 = {"topic": "a/#/b", "action": {"function": "on_message_publish"}, "pool": "pool1"}"##,
         r##"backend.dynamo.hook.message.publish.2 = {"topic": "a/+/b", "action": {"function": "on_message_retain"}, "pool": "pool1"}"##,
-    );
-    let imported = import(&text);
+    ]);
     let config = parse(&imported);
     assert_eq!(
         rules(&config),
-        vec![(
-            "message.publish".into(),
-            "on_message_retain",
-            Some("a/+/b".into())
-        )]
+        vec![rule("message.publish", "on_message_retain", Some("a/+/b"))]
     );
     let w = warning(&imported, "a/#/b");
     assert!(w.contains("'#' must be the last level"), "{w}");
@@ -246,34 +258,30 @@ fn invalid_topic_filter_is_skipped() {
 
 #[test]
 fn extra_json_keys_are_ignored_with_a_warning() {
-    let text = format!(
-        "{POOL1}{}\n",
-        r##"backend.dynamo.hook.session.subscribed.1 = {"topic": "q/#", "action": {"function": "on_message_fetch_for_queue"}, "offline_opts": {"max_returned_count": 500, "time_range": "2h"}, "expired_time": 3600, "pool": "pool1"}"##
-    );
-    let imported = import(&text);
+    let imported = import_with_pool1(&[
+        r##"backend.dynamo.hook.session.subscribed.1 = {"topic": "q/#", "action": {"function": "on_message_fetch_for_queue"}, "offline_opts": {"max_returned_count": 500, "time_range": "2h"}, "expired_time": 3600, "pool": "pool1"}"##,
+    ]);
     let config = parse(&imported);
     assert_eq!(
         rules(&config),
-        vec![(
-            "session.subscribed".into(),
+        vec![rule(
+            "session.subscribed",
             "on_message_fetch_for_queue",
-            Some("q/#".into())
+            Some("q/#")
         )]
     );
     let w = warning(&imported, "offline_opts");
     assert!(w.contains("\"expired_time\""), "{w}");
     assert!(w.contains("ignored"), "{w}");
-    assert_eq!(imported.warnings.len(), 1, "{:#?}", imported.warnings);
+    assert_one_warning(&imported);
 }
 
 #[test]
 fn raw_statement_action_is_skipped() {
-    let text = format!(
-        "{POOL1}{}\n{}\n",
+    let imported = import_with_pool1(&[
         r##"backend.dynamo.hook.session.unsubscribed.1 = {"topic": "#", "action": {"sql": ["delete from mqtt_acked where clientid = ${clientid}"]}, "pool": "pool1"}"##,
         r##"backend.dynamo.hook.client.connected.1 = {"action": {"function": "on_client_connected"}, "pool": "pool1"}"##,
-    );
-    let imported = import(&text);
+    ]);
     let config = parse(&imported);
     assert_eq!(rules(&config).len(), 1);
     let w = warning(&imported, "\"action.sql\"");
@@ -284,11 +292,9 @@ fn raw_statement_action_is_skipped() {
 
 #[test]
 fn unsupported_hook_point_is_skipped() {
-    let text = format!(
-        "{POOL1}{}\n",
-        r##"backend.dynamo.hook.client.authenticate.1 = {"action": {"function": "on_client_connected"}, "pool": "pool1"}"##
-    );
-    let imported = import(&text);
+    let imported = import_with_pool1(&[
+        r##"backend.dynamo.hook.client.authenticate.1 = {"action": {"function": "on_client_connected"}, "pool": "pool1"}"##,
+    ]);
     let w = warning(&imported, "client.authenticate");
     assert!(w.contains("never supported"), "{w}");
     assert!(w.ends_with("skipped"), "{w}");
@@ -299,13 +305,11 @@ fn unsupported_hook_point_is_skipped() {
 
 #[test]
 fn malformed_json_is_skipped() {
-    let text = format!(
-        "{POOL1}{}\n{}\n{}\n",
+    let imported = import_with_pool1(&[
         r##"backend.dynamo.hook.client.connected.1 = {"action": {"function": "on_client_connected"}, "pool": "pool1""##,
         r##"backend.dynamo.hook.client.connected.2 = on_client_connected"##,
         r##"backend.dynamo.hook.client.disconnected.1 = ["on_client_disconnected"]"##,
-    );
-    let imported = import(&text);
+    ]);
     assert!(rules(&parse(&imported)).is_empty());
     let w = warning(&imported, "client.connected.1");
     assert!(w.contains("not valid JSON"), "{w}");
@@ -317,12 +321,10 @@ fn malformed_json_is_skipped() {
 
 #[test]
 fn trailing_comment_after_json_is_accepted() {
-    let text = format!(
-        "{POOL1}{}\n{}\n",
+    let imported = import_with_pool1(&[
         r##"backend.dynamo.hook.client.connected.1 = {"action": {"function": "on_client_connected"}, "pool": "pool1"}  # keep"##,
         r##"backend.dynamo.hook.client.disconnected.1 = {"action": {"function": "on_client_disconnected"}, "pool": "pool1"} junk"##,
-    );
-    let imported = import(&text);
+    ]);
     assert_eq!(rules(&parse(&imported)).len(), 1);
     assert!(warning(&imported, "disconnected.1").contains("text after the JSON object"));
 }
@@ -385,11 +387,9 @@ fn secret_never_appears_in_warnings_or_errors() {
 
 #[test]
 fn no_mappable_hook_line_writes_an_empty_rule_list() {
-    let text = format!(
-        "{POOL1}{}\n",
-        r##"backend.dynamo.hook.message.publish.1 = {"topic": "#", "action": {"function": "on_nothing"}, "pool": "pool1"}"##
-    );
-    let imported = import(&text);
+    let imported = import_with_pool1(&[
+        r##"backend.dynamo.hook.message.publish.1 = {"topic": "#", "action": {"function": "on_nothing"}, "pool": "pool1"}"##,
+    ]);
     assert!(
         imported.toml.contains("\nrules = []\n"),
         "{}",
@@ -412,7 +412,7 @@ fn no_hook_lines_leaves_the_seed_defaults_with_a_warning() {
     assert!(config.rules.is_none());
     assert_eq!(config.rule_set().unwrap().rules().len(), 10);
     assert!(warning(&imported, "no backend.dynamo.hook").contains("default rules apply"));
-    assert_eq!(imported.warnings.len(), 1, "{:#?}", imported.warnings);
+    assert_one_warning(&imported);
 }
 
 #[test]
@@ -531,11 +531,9 @@ fn scalar_trailing_comments_are_cut() {
 #[test]
 fn a_skipped_line_gets_only_the_reason_it_was_skipped() {
     // No pool and an extra key, but the action is on the wrong hook: one warning.
-    let text = format!(
-        "{POOL1}{}\n",
-        r##"backend.dynamo.hook.message.publish.1 = {"action": {"function": "on_client_connected"}, "expired_time": 10}"##
-    );
-    let imported = import(&text);
+    let imported = import_with_pool1(&[
+        r##"backend.dynamo.hook.message.publish.1 = {"action": {"function": "on_client_connected"}, "expired_time": 10}"##,
+    ]);
     let about_line: Vec<&String> = imported
         .warnings
         .iter()
