@@ -1,4 +1,5 @@
-//! The configuration file (TOML) and its validation.
+//! The configuration file (TOML); its validation is in `validate.rs`, the EMQX 4 import in
+//! [`import`].
 //!
 //! Unknown keys are rejected; parse errors name the key and the line. Every section and key is
 //! optional: an empty file is the seed's setup on the embedded DynamoDB. AWS settings follow AWS
@@ -19,7 +20,7 @@ use thiserror::Error;
 use crate::rules::{Action, MsgIdFormat, Rule, RuleError, RuleSet, StorageFormat, TimeUnit};
 use crate::storage::item::Table;
 
-/// DynamoDB's limit on requests in one BatchWriteItem.
+/// DynamoDB's limit on writes (puts and deletes) in one BatchWriteItem call.
 pub const MAX_BATCH_REQUESTS: usize = 25;
 /// DynamoDB's limit on one BatchWriteItem's size.
 pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
@@ -273,7 +274,7 @@ pub struct DynamoConfig {
     pub embedded_listen: SocketAddr,
     /// Prefix for the six table names (`prefix` + `mqtt_client`, …).
     pub table_prefix: String,
-    /// Time limit of one DynamoDB request attempt.
+    /// Time limit of one attempt of a DynamoDB call.
     #[serde(with = "humantime_serde")]
     pub attempt_timeout: Duration,
     #[serde(with = "humantime_serde")]
@@ -340,7 +341,7 @@ pub struct PipelineConfig {
     pub max_pending_keys: usize,
     /// … or this many bytes of pending writes.
     pub max_pending_bytes: usize,
-    /// Requests per flush (BatchWriteItem allows 25).
+    /// Writes in one flush's BatchWriteItem call (DynamoDB allows 25).
     pub max_batch_requests: usize,
     /// Flush when this many bytes are pending, and cap one flush at it.
     pub max_batch_bytes: usize,
@@ -353,12 +354,12 @@ pub struct PipelineConfig {
     /// The lower bound of the adaptive limit.
     pub min_in_flight: usize,
     /// Adapt the limit (AIMD): halve it when DynamoDB throttles or slows down, grow it by one
-    /// per limit's worth of clean requests. Off: always `max_in_flight`.
+    /// per limit's worth of clean DynamoDB calls. Off: always `max_in_flight`.
     pub adaptive_concurrency: bool,
     /// A key DynamoDB throttles itself (UnprocessedItems, or a key-range ThrottlingReason) waits
-    /// this long before its next write is sent, so its ops merge meanwhile; each further throttle
-    /// doubles the wait up to `hot_key_max_window`, each clean write halves it. Other keys are
-    /// not held. 0 turns it off.
+    /// this long before its next write is sent, so its writes merge meanwhile; each further
+    /// throttle doubles the wait up to `hot_key_max_window`, each clean write halves it. Other
+    /// keys are not held. 0 turns it off.
     #[serde(with = "humantime_serde")]
     pub hot_key_window: Duration,
     #[serde(with = "humantime_serde")]

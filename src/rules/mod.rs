@@ -1,5 +1,7 @@
-//! The seed's actions bound to hook points with optional topic filters, and the planner that turns
-//! one hook event into the writes its rules call for.
+//! The seed's actions bound to hook points with optional topic filters, and the rule sets they
+//! form. The planner that turns one hook event into the writes its rules call for is in
+//! `plan.rs` (its entry points are [`RuleSet::plan`] and [`RuleSet::plan_scoped`]); how
+//! message ids and times are written is in `format.rs`.
 //!
 //! Each write-side action does exactly what the 4.x backend did (BRIEF §4, reference/emqx.md §1.3),
 //! producing the items of the storage contract (BRIEF §3). The read-side actions

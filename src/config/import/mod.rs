@@ -25,7 +25,7 @@
 //!   the in-memory one mqtt-dynamo starts when no endpoint is configured.
 //! - **Rules** keep EMQX's order: hook points in the order they first appear in the file, lines
 //!   of one hook point by `<n>` (numerically; non-numeric suffixes after the numbers). Each line
-//!   is validated with [`Rule::new`], so `session.created` + `on_subscribe_lookup` (the seed's
+//!   is validated with [`Rule::new`](crate::rules::Rule::new), so `session.created` + `on_subscribe_lookup` (the seed's
 //!   sample) is accepted and written as `hook = "session.created"`; a wrong hook for an action,
 //!   an unknown function or an invalid topic filter skips the line with a warning. Raw statements
 //!   of other backends (`action.sql`, `action.commands`, …), hook points the 4.x DynamoDB backend
