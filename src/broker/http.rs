@@ -514,6 +514,11 @@ pub(crate) mod tests {
         }
     }
 
+    /// Row 0 of a request with plain payloads, through `translate`.
+    pub(crate) fn row0(translate: Translate, v: Value) -> Result<HookEvent, FieldError> {
+        translate(&obj(v), 0, false)
+    }
+
     #[test]
     fn tokens() {
         assert!(token_matches("abc", "abc"));

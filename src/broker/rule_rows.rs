@@ -105,16 +105,17 @@ pub fn rule_row_event(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::http::tests::obj;
+    use crate::broker::http::tests::{obj, row0};
     use serde_json::json;
 
     #[test]
     fn rule_rows_translate() {
-        let e = rule_row_event(
-            &obj(json!({"event": "client.connected", "node": "emqx@n1", "clientid": "c1", "username": "u",
-                        "peername": "10.0.0.5:51000", "connected_at": 1700000000123u64, "timestamp": 1})),
-            0,
-            false,
+        let e = row0(
+            rule_row_event,
+            json!({
+                "event": "client.connected", "node": "emqx@n1", "clientid": "c1", "username": "u",
+                "peername": "10.0.0.5:51000", "connected_at": 1700000000123u64, "timestamp": 1
+            }),
         )
         .unwrap();
         assert_eq!(
@@ -156,17 +157,17 @@ mod tests {
                 error: "is required".into()
             }
         );
-        let err =
-            rule_row_event(&obj(json!({"event": "message.delivered"})), 0, false).unwrap_err();
+        let err = row0(rule_row_event, json!({"event": "message.delivered"})).unwrap_err();
         assert_eq!(err.field, "[0].event");
         assert_eq!(
             err.error,
             "unsupported event \"message.delivered\" (expected client.connected, client.disconnected, session.subscribed, session.unsubscribed, message.publish or message.acked)"
         );
-        let err = rule_row_event(
-            &obj(json!({"event": "session.subscribed", "node": "n", "clientid": "c", "topic": "t", "qos": 7})),
-            0,
-            false,
+        let err = row0(
+            rule_row_event,
+            json!({
+                "event": "session.subscribed", "node": "n", "clientid": "c", "topic": "t", "qos": 7
+            }),
         )
         .unwrap_err();
         assert_eq!(err.error, "7 is not 0, 1 or 2");

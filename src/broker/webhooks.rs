@@ -134,24 +134,20 @@ pub fn webhook_event(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::http::tests::obj;
+    use crate::broker::http::tests::{obj, row0};
     use serde_json::json;
 
     #[test]
     fn webhook_publish_and_ack_agree_on_the_derived_id() {
-        let publish = webhook_event(
-            &obj(json!({"action": "message_publish", "node": "emqx@n1", "from_client_id": "p", "from_username": "u",
-                        "topic": "t/1", "qos": 1, "retain": false, "payload": "x", "ts": 1700000000123u64})),
-            0,
-            false,
-        )
+        let publish = row0(webhook_event, json!({
+            "action": "message_publish", "node": "emqx@n1", "from_client_id": "p", "from_username": "u",
+            "topic": "t/1", "qos": 1, "retain": false, "payload": "x", "ts": 1700000000123u64
+        }))
         .unwrap();
-        let ack = webhook_event(
-            &obj(json!({"action": "message_acked", "node": "emqx@n1", "clientid": "s", "from_client_id": "p",
-                        "topic": "t/1", "qos": 1, "retain": false, "payload": "x", "ts": 1700000000123u64})),
-            0,
-            false,
-        )
+        let ack = row0(webhook_event, json!({
+            "action": "message_acked", "node": "emqx@n1", "clientid": "s", "from_client_id": "p",
+            "topic": "t/1", "qos": 1, "retain": false, "payload": "x", "ts": 1700000000123u64
+        }))
         .unwrap();
         let (
             HookEvent::MessagePublish { message: m1 },
@@ -169,10 +165,9 @@ mod tests {
             1700000000123000
         );
         // Seconds are read as seconds.
-        let e = webhook_event(
-            &obj(json!({"action": "client_connected", "clientid": "c", "connected_at": 1700000000u64})),
-            0,
-            false,
+        let e = row0(
+            webhook_event,
+            json!({"action": "client_connected", "clientid": "c", "connected_at": 1700000000u64}),
         )
         .unwrap();
         assert!(matches!(
