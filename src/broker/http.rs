@@ -351,11 +351,11 @@ async fn ingest(state: HttpState, request: IngestRequest, translate: Translate) 
 /// ones ingest saw itself are counted there).
 type Refused = Option<(RejectReason, usize)>;
 
-/// A refused request: the answer, and what to count.
-type Refusal = (Response, Refused);
+/// A request's answer, and the refusals to count (none when every row was queued).
+type Answer = (Response, Refused);
 
 /// Refused before its rows are read: one count for the request (boxed: it is the rare path).
-fn refused_once(response: Response, reason: RejectReason) -> Box<Refusal> {
+fn refused_once(response: Response, reason: RejectReason) -> Box<Answer> {
     Box::new((response, Some((reason, 1))))
 }
 
@@ -364,7 +364,9 @@ fn bad_request(error_text: impl Into<String>, field: Option<&str>) -> Response {
     error(StatusCode::BAD_REQUEST, error_text, field)
 }
 
-async fn handle_ingest(state: HttpState, request: IngestRequest, translate: Translate) -> Refusal {
+/// Reads, translates and checks every row, then queues them: all or nothing as far as content
+/// goes (see the module docs).
+async fn handle_ingest(state: HttpState, request: IngestRequest, translate: Translate) -> Answer {
     let (rows, base64) = match read_request(&state, request) {
         Ok(read) => read,
         Err(refusal) => return *refusal,
@@ -381,7 +383,7 @@ type ReadRequest = (Vec<Map<String, Value>>, bool);
 
 /// Checks the token, the body and the query, and reads the body's rows and the payload
 /// encoding (`true`: base64).
-fn read_request(state: &HttpState, request: IngestRequest) -> Result<ReadRequest, Box<Refusal>> {
+fn read_request(state: &HttpState, request: IngestRequest) -> Result<ReadRequest, Box<Answer>> {
     let IngestRequest {
         headers,
         query,
@@ -426,7 +428,7 @@ fn translate_rows(
     rows: &[Map<String, Value>],
     base64: bool,
     translate: Translate,
-) -> Result<Vec<(HookEvent, ActionScope)>, Box<Refusal>> {
+) -> Result<Vec<(HookEvent, ActionScope)>, Box<Answer>> {
     let all = |resp, reason| Box::new((resp, Some((reason, rows.len().max(1)))));
     let handle = state.admission.handle();
     let mut events = Vec::with_capacity(rows.len());
@@ -453,7 +455,7 @@ fn translate_rows(
 }
 
 /// Queues the checked rows in order; the first one refused ends the request.
-async fn admit_rows(state: &HttpState, events: Vec<(HookEvent, ActionScope)>) -> Refusal {
+async fn admit_rows(state: &HttpState, events: Vec<(HookEvent, ActionScope)>) -> Answer {
     let total = events.len();
     for (accepted, (event, scope)) in events.into_iter().enumerate() {
         // Ingest counted the row that failed; the rows after it are refused too.
