@@ -64,17 +64,14 @@ fn lookup_checks(l: &LookupConfig) -> [Check; 2] {
             "lookup.scan_segments",
             "must be 1 to 1000000",
         ),
-        (
-            l.max_retained == 0,
-            "lookup.max_retained",
-            "must be at least 1",
-        ),
+        at_least_one("lookup.max_retained", l.max_retained),
     ]
 }
 
 /// DynamoDB's batch limits, the queue and flush limits, backoff and hot-key windows.
 fn pipeline_checks(p: &PipelineConfig) -> Vec<Check> {
-    let mut checks = vec![
+    let two_items = "must hold at least two maximum-size items (819200 bytes)";
+    vec![
         (
             !(1..=MAX_BATCH_REQUESTS).contains(&p.max_batch_requests),
             "pipeline.max_batch_requests",
@@ -85,21 +82,13 @@ fn pipeline_checks(p: &PipelineConfig) -> Vec<Check> {
             "pipeline.max_batch_bytes",
             "must be 1 to 16777216 (DynamoDB's 16 MB limit)",
         ),
-    ];
-    checks.extend(
-        [
-            ("pipeline.shards", p.shards),
-            ("pipeline.ingest_capacity_events", p.ingest_capacity_events),
-            ("pipeline.shard_queue_capacity", p.shard_queue_capacity),
-            ("pipeline.shard_queue_bytes", p.shard_queue_bytes),
-            ("pipeline.max_in_flight", p.max_in_flight),
-            ("pipeline.min_in_flight", p.min_in_flight),
-            ("pipeline.max_pending_keys", p.max_pending_keys),
-        ]
-        .map(|(key, v)| (v == 0, key, "must be at least 1")),
-    );
-    let two_items = "must hold at least two maximum-size items (819200 bytes)";
-    checks.extend([
+        at_least_one("pipeline.shards", p.shards),
+        at_least_one("pipeline.ingest_capacity_events", p.ingest_capacity_events),
+        at_least_one("pipeline.shard_queue_capacity", p.shard_queue_capacity),
+        at_least_one("pipeline.shard_queue_bytes", p.shard_queue_bytes),
+        at_least_one("pipeline.max_in_flight", p.max_in_flight),
+        at_least_one("pipeline.min_in_flight", p.min_in_flight),
+        at_least_one("pipeline.max_pending_keys", p.max_pending_keys),
         (
             p.min_in_flight > p.max_in_flight,
             "pipeline.min_in_flight",
@@ -125,8 +114,12 @@ fn pipeline_checks(p: &PipelineConfig) -> Vec<Check> {
             "pipeline.hot_key_max_window",
             "must be at least pipeline.hot_key_window",
         ),
-    ]);
-    checks
+    ]
+}
+
+/// A count that must not be zero.
+fn at_least_one(key: &'static str, v: usize) -> Check {
+    (v == 0, key, "must be at least 1")
 }
 
 /// The spool's limits, when it is on.
