@@ -172,34 +172,53 @@ macro_rules! hook_provider {
     ($v:ident) => {
         hook_provider!(@impl $v;
             events: {
-                on_client_connected(ClientConnectedRequest, req) => HookEvent::ClientConnected {
-                    client: client_info(req.clientinfo)?,
-                    connected_at_ms: now_ms(),
-                },
-                on_client_disconnected(ClientDisconnectedRequest, req) => HookEvent::ClientDisconnected {
-                    client: client_info(req.clientinfo)?,
-                    reason: req.reason,
-                    disconnected_at_ms: now_ms(),
-                },
-                on_session_subscribed(SessionSubscribedRequest, req) => HookEvent::SessionSubscribed {
-                    client: client_info(req.clientinfo)?,
-                    qos: qos(req.subopts.map(|o| o.qos).unwrap_or(0))?,
-                    topic: req.topic,
-                },
-                on_session_unsubscribed(SessionUnsubscribedRequest, req) => HookEvent::SessionUnsubscribed {
-                    client: client_info(req.clientinfo)?,
-                    topic: req.topic,
-                },
-                on_message_acked(MessageAckedRequest, req) => HookEvent::MessageAcked {
-                    client: client_info(req.clientinfo)?,
-                    message: req.message.ok_or_else(|| missing("message")).and_then(Message::try_from)?,
-                },
+                on_client_connected(ClientConnectedRequest, req) =>
+                    HookEvent::ClientConnected {
+                        client: client_info(req.clientinfo)?,
+                        connected_at_ms: now_ms(),
+                    },
+                on_client_disconnected(ClientDisconnectedRequest, req) =>
+                    HookEvent::ClientDisconnected {
+                        client: client_info(req.clientinfo)?,
+                        reason: req.reason,
+                        disconnected_at_ms: now_ms(),
+                    },
+                on_session_subscribed(SessionSubscribedRequest, req) =>
+                    HookEvent::SessionSubscribed {
+                        client: client_info(req.clientinfo)?,
+                        qos: qos(req.subopts.map(|o| o.qos).unwrap_or(0))?,
+                        topic: req.topic,
+                    },
+                on_session_unsubscribed(SessionUnsubscribedRequest, req) =>
+                    HookEvent::SessionUnsubscribed {
+                        client: client_info(req.clientinfo)?,
+                        topic: req.topic,
+                    },
+                on_message_acked(MessageAckedRequest, req) =>
+                    HookEvent::MessageAcked {
+                        client: client_info(req.clientinfo)?,
+                        message: req
+                            .message
+                            .ok_or_else(|| missing("message"))
+                            .and_then(Message::try_from)?,
+                    },
             }
             ignored: {
                 on_client_authenticate(ClientAuthenticateRequest),
                 on_client_authorize(ClientAuthorizeRequest),
             }
-            noops: { on_client_connack(ClientConnackRequest), on_client_subscribe(ClientSubscribeRequest), on_client_unsubscribe(ClientUnsubscribeRequest), on_session_created(SessionCreatedRequest), on_session_resumed(SessionResumedRequest), on_session_discarded(SessionDiscardedRequest), on_session_takenover(SessionTakenoverRequest), on_session_terminated(SessionTerminatedRequest), on_message_delivered(MessageDeliveredRequest), on_message_dropped(MessageDroppedRequest) }
+            noops: {
+                on_client_connack(ClientConnackRequest),
+                on_client_subscribe(ClientSubscribeRequest),
+                on_client_unsubscribe(ClientUnsubscribeRequest),
+                on_session_created(SessionCreatedRequest),
+                on_session_resumed(SessionResumedRequest),
+                on_session_discarded(SessionDiscardedRequest),
+                on_session_takenover(SessionTakenoverRequest),
+                on_session_terminated(SessionTerminatedRequest),
+                on_message_delivered(MessageDeliveredRequest),
+                on_message_dropped(MessageDroppedRequest),
+            }
         );
     };
     (@impl $v:ident;

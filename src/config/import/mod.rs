@@ -25,13 +25,14 @@
 //!   the in-memory one mqtt-dynamo starts when no endpoint is configured.
 //! - **Rules** keep EMQX's order: hook points in the order they first appear in the file, lines
 //!   of one hook point by `<n>` (numerically; non-numeric suffixes after the numbers). Each line
-//!   is validated with [`Rule::new`](crate::rules::Rule::new), so `session.created` + `on_subscribe_lookup` (the seed's
-//!   sample) is accepted and written as `hook = "session.created"`; a wrong hook for an action,
-//!   an unknown function or an invalid topic filter skips the line with a warning. Raw statements
-//!   of other backends (`action.sql`, `action.commands`, …), hook points the 4.x DynamoDB backend
-//!   never loaded, and unparsable JSON skip the line too. JSON keys other than `action`, `pool`
-//!   and `topic` (`offline_opts`, `expired_time`, `payload_format`, …) are ignored with a warning.
-//!   Text after the JSON object is accepted only if it is a `#` comment.
+//!   is validated with [`Rule::new`](crate::rules::Rule::new), so `session.created` +
+//!   `on_subscribe_lookup` (the seed's sample) is accepted and written as
+//!   `hook = "session.created"`; a wrong hook for an action, an unknown function or an invalid
+//!   topic filter skips the line with a warning. Raw statements of other backends (`action.sql`,
+//!   `action.commands`, …), hook points the 4.x DynamoDB backend never loaded, and unparsable
+//!   JSON skip the line too. JSON keys other than `action`, `pool` and `topic` (`offline_opts`,
+//!   `expired_time`, `payload_format`, …) are ignored with a warning. Text after the JSON object
+//!   is accepted only if it is a `#` comment.
 //! - **No rules.** If the file has hook lines but none maps, `rules = []` is written (no rules),
 //!   because a missing `rules` key means the seed's default rules, which would silently persist
 //!   more than the EMQX setup did. If the file has no hook lines at all, `rules` is left out and a
