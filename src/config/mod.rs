@@ -25,6 +25,15 @@ pub const MAX_BATCH_REQUESTS: usize = 25;
 /// DynamoDB's limit on one BatchWriteItem's size.
 pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 
+/// How long a hook call may wait for room in the ingest queue by default (both adapters): below
+/// EMQX's 5 s `request_timeout`.
+const DEFAULT_BLOCK_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// A default listen address: the loopback interface, `port`.
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
 /// Why the configuration cannot be used.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -154,7 +163,7 @@ impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             enabled: true,
-            listen: SocketAddr::from(([127, 0, 0, 1], 9100)),
+            listen: loopback(9100),
         }
     }
 }
@@ -200,9 +209,9 @@ impl Default for ExhookConfig {
     fn default() -> Self {
         ExhookConfig {
             enabled: true,
-            listen: SocketAddr::from(([127, 0, 0, 1], 9000)),
-            when_full: WhenFull::Block,
-            block_timeout: Duration::from_secs(4),
+            listen: loopback(9000),
+            when_full: WhenFull::default(),
+            block_timeout: DEFAULT_BLOCK_TIMEOUT,
             max_message_bytes: 4 * 1024 * 1024,
             tls_cert: None,
             tls_key: None,
@@ -244,12 +253,12 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             enabled: true,
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            listen: loopback(8080),
             token: None,
             max_body_bytes: 8 * 1024 * 1024,
             publish_actions: HttpPublishActions::RetainedOnly,
-            when_full: WhenFull::Block,
-            block_timeout: Duration::from_secs(4),
+            when_full: WhenFull::default(),
+            block_timeout: DEFAULT_BLOCK_TIMEOUT,
             tls_cert: None,
             tls_key: None,
         }
@@ -289,7 +298,7 @@ impl Default for DynamoConfig {
             access_key_id: None,
             secret_access_key: None,
             embedded: true,
-            embedded_listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            embedded_listen: loopback(8000),
             table_prefix: String::new(),
             attempt_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_millis(3100),
