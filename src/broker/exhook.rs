@@ -72,10 +72,14 @@ pub fn hook_specs(rules: &RuleSet) -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
-/// The gRPC service (both versions share it).
+/// The gRPC service (both versions share it). tonic clones it per connection; every clone shares
+/// the same admission, so a hook call that finds the queue full waits (or drops) there.
 #[derive(Debug, Clone)]
 pub struct ExhookService {
+    /// The door to the pipeline: every hook call queues its event through it and answers once
+    /// it is queued, never after DynamoDB.
     admission: Arc<Admission>,
+    /// What `OnProviderLoaded` answers, computed once from the rules.
     specs: Arc<Vec<(String, Vec<String>)>>,
 }
 
@@ -96,7 +100,7 @@ impl ExhookService {
     async fn admit(&self, event: HookEvent) -> Result<(), Status> {
         match self.admission.admit(event, ActionScope::All).await {
             Ok(()) => Ok(()),
-            Err(AdmitError::Invalid(reason)) => Err(Status::invalid_argument(reason)),
+            Err(AdmitError::Invalid(e)) => Err(Status::invalid_argument(e.to_string())),
             Err(AdmitError::Dropped) => Err(Status::resource_exhausted(
                 "mqtt-dynamo's ingest queue is full; event dropped",
             )),
@@ -143,6 +147,11 @@ fn missing(field: &str) -> Status {
     Status::invalid_argument(format!("{field} is missing"))
 }
 
+/// A request's client info, which every client and session hook carries.
+fn client_info<C: Into<ClientInfo>>(info: Option<C>) -> Result<ClientInfo, Status> {
+    info.map(Into::into).ok_or_else(|| missing("clientinfo"))
+}
+
 fn opt(s: String) -> Option<String> {
     if s.is_empty() { None } else { Some(s) }
 }
@@ -155,9 +164,68 @@ fn qos(q: u32) -> Result<u8, Status> {
 }
 
 /// Generates the conversions and the `HookProvider` impl for one protocol version. The whole
-/// impl is generated (not methods inside it), which `async_trait` handles.
+/// impl is generated (not methods inside it), which `async_trait` handles. The hooks that only
+/// queue an event are listed once as request → event (a missing field or a bad QoS is refused,
+/// counted as `invalid`); the hook points no action uses are listed once and each answered
+/// without effect.
 macro_rules! hook_provider {
     ($v:ident) => {
+        hook_provider!(@impl $v;
+            events: {
+                on_client_connected(ClientConnectedRequest, req) =>
+                    HookEvent::ClientConnected {
+                        client: client_info(req.clientinfo)?,
+                        connected_at_ms: now_ms(),
+                    },
+                on_client_disconnected(ClientDisconnectedRequest, req) =>
+                    HookEvent::ClientDisconnected {
+                        client: client_info(req.clientinfo)?,
+                        reason: req.reason,
+                        disconnected_at_ms: now_ms(),
+                    },
+                on_session_subscribed(SessionSubscribedRequest, req) =>
+                    HookEvent::SessionSubscribed {
+                        client: client_info(req.clientinfo)?,
+                        qos: qos(req.subopts.map(|o| o.qos).unwrap_or(0))?,
+                        topic: req.topic,
+                    },
+                on_session_unsubscribed(SessionUnsubscribedRequest, req) =>
+                    HookEvent::SessionUnsubscribed {
+                        client: client_info(req.clientinfo)?,
+                        topic: req.topic,
+                    },
+                on_message_acked(MessageAckedRequest, req) =>
+                    HookEvent::MessageAcked {
+                        client: client_info(req.clientinfo)?,
+                        message: req
+                            .message
+                            .ok_or_else(|| missing("message"))
+                            .and_then(Message::try_from)?,
+                    },
+            }
+            ignored: {
+                on_client_authenticate(ClientAuthenticateRequest),
+                on_client_authorize(ClientAuthorizeRequest),
+            }
+            noops: {
+                on_client_connack(ClientConnackRequest),
+                on_client_subscribe(ClientSubscribeRequest),
+                on_client_unsubscribe(ClientUnsubscribeRequest),
+                on_session_created(SessionCreatedRequest),
+                on_session_resumed(SessionResumedRequest),
+                on_session_discarded(SessionDiscardedRequest),
+                on_session_takenover(SessionTakenoverRequest),
+                on_session_terminated(SessionTerminatedRequest),
+                on_message_delivered(MessageDeliveredRequest),
+                on_message_dropped(MessageDroppedRequest),
+            }
+        );
+    };
+    (@impl $v:ident;
+        events: { $($hook:ident($hook_request:ident, $req:ident) => $event:expr),* $(,)? }
+        ignored: { $($ignore:ident($ignore_request:ident)),* $(,)? }
+        noops: { $($noop:ident($request:ident)),* $(,)? }
+    ) => {
         impl From<$v::ClientInfo> for ClientInfo {
             fn from(c: $v::ClientInfo) -> Self {
                 ClientInfo {
@@ -217,64 +285,17 @@ macro_rules! hook_provider {
                 Ok(Response::new($v::EmptySuccess {}))
             }
 
-            async fn on_client_connected(
-                &self,
-                request: Request<$v::ClientConnectedRequest>,
-            ) -> Result<Response<$v::EmptySuccess>, Status> {
-                let req = request.into_inner();
-                let client = self.read(req.clientinfo.ok_or_else(|| missing("clientinfo")))?;
-                self.notify(HookEvent::ClientConnected {
-                    client: client.into(),
-                    connected_at_ms: now_ms(),
-                })
-                .await?;
-                Ok(Response::new($v::EmptySuccess {}))
-            }
-
-            async fn on_client_disconnected(
-                &self,
-                request: Request<$v::ClientDisconnectedRequest>,
-            ) -> Result<Response<$v::EmptySuccess>, Status> {
-                let req = request.into_inner();
-                let client = self.read(req.clientinfo.ok_or_else(|| missing("clientinfo")))?;
-                self.notify(HookEvent::ClientDisconnected {
-                    client: client.into(),
-                    reason: req.reason,
-                    disconnected_at_ms: now_ms(),
-                })
-                .await?;
-                Ok(Response::new($v::EmptySuccess {}))
-            }
-
-            async fn on_session_subscribed(
-                &self,
-                request: Request<$v::SessionSubscribedRequest>,
-            ) -> Result<Response<$v::EmptySuccess>, Status> {
-                let req = request.into_inner();
-                let client = self.read(req.clientinfo.ok_or_else(|| missing("clientinfo")))?;
-                let qos = self.read(qos(req.subopts.map(|o| o.qos).unwrap_or(0)))?;
-                self.notify(HookEvent::SessionSubscribed {
-                    client: client.into(),
-                    topic: req.topic,
-                    qos,
-                })
-                .await?;
-                Ok(Response::new($v::EmptySuccess {}))
-            }
-
-            async fn on_session_unsubscribed(
-                &self,
-                request: Request<$v::SessionUnsubscribedRequest>,
-            ) -> Result<Response<$v::EmptySuccess>, Status> {
-                let req = request.into_inner();
-                let client = self.read(req.clientinfo.ok_or_else(|| missing("clientinfo")))?;
-                self.notify(HookEvent::SessionUnsubscribed {
-                    client: client.into(),
-                    topic: req.topic,
-                })
-                .await?;
-                Ok(Response::new($v::EmptySuccess {}))
-            }
+            $(
+                async fn $hook(
+                    &self,
+                    request: Request<$v::$hook_request>,
+                ) -> Result<Response<$v::EmptySuccess>, Status> {
+                    let $req = request.into_inner();
+                    let event = (|| -> Result<HookEvent, Status> { Ok($event) })();
+                    self.notify(self.read(event)?).await?;
+                    Ok(Response::new($v::EmptySuccess {}))
+                }
+            )*
 
             async fn on_message_publish(
                 &self,
@@ -296,27 +317,6 @@ macro_rules! hook_provider {
                 }))
             }
 
-            async fn on_message_acked(
-                &self,
-                request: Request<$v::MessageAckedRequest>,
-            ) -> Result<Response<$v::EmptySuccess>, Status> {
-                let req = request.into_inner();
-                let client = self.read(req.clientinfo.ok_or_else(|| missing("clientinfo")))?;
-                let message = self.read(
-                    req.message
-                        .ok_or_else(|| missing("message"))
-                        .and_then(Message::try_from),
-                )?;
-                self.notify(HookEvent::MessageAcked {
-                    client: client.into(),
-                    message,
-                })
-                .await?;
-                Ok(Response::new($v::EmptySuccess {}))
-            }
-
-            // Hook points no action uses: never registered, so EMQX does not call them; a
-            // stray call is answered without effect.
             async fn on_client_connect(
                 &self,
                 _: Request<$v::ClientConnectRequest>,
@@ -325,96 +325,27 @@ macro_rules! hook_provider {
                 Ok(Response::new($v::EmptySuccess {}))
             }
 
-            async fn on_client_connack(
-                &self,
-                _: Request<$v::ClientConnackRequest>,
-            ) -> Result<Response<$v::EmptySuccess>, Status> {
-                Ok(Response::new($v::EmptySuccess {}))
-            }
+            // IGNORE: this provider has no opinion on authentication or authorization.
+            $(
+                async fn $ignore(
+                    &self,
+                    _: Request<$v::$ignore_request>,
+                ) -> Result<Response<$v::ValuedResponse>, Status> {
+                    Ok(Response::new($v::ValuedResponse {
+                        r#type: $v::valued_response::ResponsedType::Ignore as i32,
+                        value: None,
+                    }))
+                }
+            )*
 
-            async fn on_client_authenticate(
-                &self,
-                _: Request<$v::ClientAuthenticateRequest>,
-            ) -> Result<Response<$v::ValuedResponse>, Status> {
-                // IGNORE: this provider has no opinion on authentication.
-                Ok(Response::new($v::ValuedResponse {
-                    r#type: $v::valued_response::ResponsedType::Ignore as i32,
-                    value: None,
-                }))
-            }
-
-            async fn on_client_authorize(
-                &self,
-                _: Request<$v::ClientAuthorizeRequest>,
-            ) -> Result<Response<$v::ValuedResponse>, Status> {
-                Ok(Response::new($v::ValuedResponse {
-                    r#type: $v::valued_response::ResponsedType::Ignore as i32,
-                    value: None,
-                }))
-            }
-
-            async fn on_client_subscribe(
-                &self,
-                _: Request<$v::ClientSubscribeRequest>,
-            ) -> Result<Response<$v::EmptySuccess>, Status> {
-                Ok(Response::new($v::EmptySuccess {}))
-            }
-
-            async fn on_client_unsubscribe(
-                &self,
-                _: Request<$v::ClientUnsubscribeRequest>,
-            ) -> Result<Response<$v::EmptySuccess>, Status> {
-                Ok(Response::new($v::EmptySuccess {}))
-            }
-
-            async fn on_session_created(
-                &self,
-                _: Request<$v::SessionCreatedRequest>,
-            ) -> Result<Response<$v::EmptySuccess>, Status> {
-                Ok(Response::new($v::EmptySuccess {}))
-            }
-
-            async fn on_session_resumed(
-                &self,
-                _: Request<$v::SessionResumedRequest>,
-            ) -> Result<Response<$v::EmptySuccess>, Status> {
-                Ok(Response::new($v::EmptySuccess {}))
-            }
-
-            async fn on_session_discarded(
-                &self,
-                _: Request<$v::SessionDiscardedRequest>,
-            ) -> Result<Response<$v::EmptySuccess>, Status> {
-                Ok(Response::new($v::EmptySuccess {}))
-            }
-
-            async fn on_session_takenover(
-                &self,
-                _: Request<$v::SessionTakenoverRequest>,
-            ) -> Result<Response<$v::EmptySuccess>, Status> {
-                Ok(Response::new($v::EmptySuccess {}))
-            }
-
-            async fn on_session_terminated(
-                &self,
-                _: Request<$v::SessionTerminatedRequest>,
-            ) -> Result<Response<$v::EmptySuccess>, Status> {
-                Ok(Response::new($v::EmptySuccess {}))
-            }
-
-            async fn on_message_delivered(
-                &self,
-                _: Request<$v::MessageDeliveredRequest>,
-            ) -> Result<Response<$v::EmptySuccess>, Status> {
-                Ok(Response::new($v::EmptySuccess {}))
-            }
-
-            async fn on_message_dropped(
-                &self,
-                _: Request<$v::MessageDroppedRequest>,
-            ) -> Result<Response<$v::EmptySuccess>, Status> {
-                Ok(Response::new($v::EmptySuccess {}))
-            }
+            $(
+                async fn $noop(
+                    &self,
+                    _: Request<$v::$request>,
+                ) -> Result<Response<$v::EmptySuccess>, Status> {
+                    Ok(Response::new($v::EmptySuccess {}))
+                }
+            )*
         }
     };
 }

@@ -1,4 +1,6 @@
-//! The HTTP ingest: EMQX 5 rule-engine event rows and EMQX 4 web-hook JSON.
+//! The HTTP ingest listener's routes, bearer-token check, body limit and shared responses; the
+//! rows themselves are translated by [`rule_rows`](super::rule_rows) (EMQX 5 rule-engine rows) and
+//! [`webhooks`](super::webhooks) (EMQX 4 web-hook JSON).
 //!
 //! - `POST /v1/events/emqx-rule`: one row or an array of rows as EMQX's HTTP action posts them
 //!   with `SELECT *` and an empty body template (`client.connected`, `client.disconnected`,
@@ -21,22 +23,29 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{MethodRouter, post};
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+pub use super::rule_rows::rule_row_event;
+pub use super::webhooks::webhook_event;
+
 use super::{Admission, AdmitError, now_ms};
 use crate::config::{HttpPublishActions, Secret};
-use crate::event::{ClientInfo, HookEvent, Message};
+use crate::event::HookEvent;
 use crate::rules::ActionScope;
 use crate::telemetry::stats::RejectReason;
 
-/// Shared state of the HTTP handlers.
+/// Shared state of the HTTP handlers, cloned into each request (the fields are cheap to clone).
 #[derive(Debug, Clone)]
 pub struct HttpState {
+    /// The door to the pipeline, shared by every request: a request whose rows find the queue
+    /// full waits there under `when_full = "block"` (on the blocking pool), or is answered 503.
     pub admission: Arc<Admission>,
+    /// The bearer token requests must carry, when set.
     pub token: Option<Secret>,
+    /// Which publish actions posted rows feed.
     pub publish_actions: HttpPublishActions,
 }
 
@@ -45,8 +54,8 @@ pub struct HttpState {
 pub fn router(state: HttpState, max_body_bytes: usize) -> Router {
     let lookups = state.admission.handle().reader().is_some();
     let router = Router::new()
-        .route("/v1/events/emqx-rule", post(emqx_rule))
-        .route("/v1/events/emqx-webhook", post(emqx_webhook));
+        .route("/v1/events/emqx-rule", ingest_route(rule_row_event))
+        .route("/v1/events/emqx-webhook", ingest_route(webhook_event));
     let router = if lookups {
         router.merge(crate::lookup::http::routes())
     } else {
@@ -180,22 +189,50 @@ fn rows(body: &Bytes) -> Result<Vec<Map<String, Value>>, FieldError> {
         .collect()
 }
 
-/// Typed access to one row's fields, producing [`FieldError`]s with the row's index.
-struct Row<'a> {
-    map: &'a Map<String, Value>,
+/// Typed access to one row's fields, producing [`FieldError`]s with the row's index: what both
+/// translators ([`rule_rows`](super::rule_rows), [`webhooks`](super::webhooks)) read rows with.
+pub(super) struct Row<'a> {
+    pub(super) map: &'a Map<String, Value>,
     index: usize,
     encoding: PayloadEncoding,
 }
 
-impl Row<'_> {
-    fn err(&self, field: &str, error: impl Into<String>) -> FieldError {
+impl<'a> Row<'a> {
+    /// Row `index` of a request, its payloads base64 when `base64` is set.
+    pub(super) fn new(map: &'a Map<String, Value>, index: usize, base64: bool) -> Self {
+        let encoding = if base64 {
+            PayloadEncoding::Base64
+        } else {
+            PayloadEncoding::Plain
+        };
+        Row {
+            map,
+            index,
+            encoding,
+        }
+    }
+
+    pub(super) fn err(&self, field: &str, error: impl Into<String>) -> FieldError {
         FieldError {
             field: format!("[{}].{field}", self.index),
             error: error.into(),
         }
     }
 
-    fn opt_str(&self, name: &str) -> Result<Option<String>, FieldError> {
+    /// `field` names a kind of row the translator does not know; `expected` lists the known.
+    pub(super) fn unsupported(&self, field: &str, got: &str, expected: &[&str]) -> FieldError {
+        let listed = match expected.split_last() {
+            Some((last, [])) => last.to_string(),
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => String::new(),
+        };
+        self.err(
+            field,
+            format!("unsupported {field} {got:?} (expected {listed})"),
+        )
+    }
+
+    pub(super) fn opt_str(&self, name: &str) -> Result<Option<String>, FieldError> {
         match self.map.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -203,14 +240,19 @@ impl Row<'_> {
         }
     }
 
-    fn str(&self, name: &str) -> Result<String, FieldError> {
+    /// A string that is absent when empty (`username: ""` means none).
+    pub(super) fn opt_nonempty(&self, name: &str) -> Result<Option<String>, FieldError> {
+        Ok(self.opt_str(name)?.filter(|s| !s.is_empty()))
+    }
+
+    pub(super) fn str(&self, name: &str) -> Result<String, FieldError> {
         match self.opt_str(name)? {
             Some(s) if !s.is_empty() => Ok(s),
             _ => Err(self.err(name, "is required")),
         }
     }
 
-    fn opt_u64(&self, name: &str) -> Result<Option<u64>, FieldError> {
+    pub(super) fn opt_u64(&self, name: &str) -> Result<Option<u64>, FieldError> {
         match self.map.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Number(n)) => n
@@ -225,7 +267,7 @@ impl Row<'_> {
         }
     }
 
-    fn qos(&self, name: &str) -> Result<u8, FieldError> {
+    pub(super) fn qos(&self, name: &str) -> Result<u8, FieldError> {
         match self.opt_u64(name)? {
             None => Ok(0),
             Some(q) if q <= 2 => Ok(q as u8),
@@ -233,7 +275,7 @@ impl Row<'_> {
         }
     }
 
-    fn opt_bool(&self, name: &str) -> Result<Option<bool>, FieldError> {
+    pub(super) fn opt_bool(&self, name: &str) -> Result<Option<bool>, FieldError> {
         match self.map.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
@@ -244,7 +286,7 @@ impl Row<'_> {
         }
     }
 
-    fn payload(&self, name: &str) -> Result<Vec<u8>, FieldError> {
+    pub(super) fn payload(&self, name: &str) -> Result<Vec<u8>, FieldError> {
         let text = self.opt_str(name)?.unwrap_or_default();
         match self.encoding {
             PayloadEncoding::Plain => Ok(text.into_bytes()),
@@ -255,7 +297,7 @@ impl Row<'_> {
     }
 
     /// A timestamp in milliseconds from the first present field, else now.
-    fn time_ms(&self, names: &[&str]) -> Result<u64, FieldError> {
+    pub(super) fn time_ms(&self, names: &[&str]) -> Result<u64, FieldError> {
         for n in names {
             if let Some(v) = self.opt_u64(n)? {
                 return Ok(v);
@@ -265,248 +307,38 @@ impl Row<'_> {
     }
 }
 
-/// `"10.0.0.5:51000"` or `"[::1]:51000"` → the host part.
-fn host_of(peername: &str) -> String {
-    if let Some(rest) = peername.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest).to_string();
-    }
-    match peername.rsplit_once(':') {
-        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host.to_string(),
-        _ => peername.to_string(),
-    }
-}
-
-/// One EMQX 5 rule-engine row as an event.
-pub fn rule_row_event(
-    map: &Map<String, Value>,
-    index: usize,
-    base64: bool,
-) -> Result<HookEvent, FieldError> {
-    let row = Row {
-        map,
-        index,
-        encoding: if base64 {
-            PayloadEncoding::Base64
-        } else {
-            PayloadEncoding::Plain
-        },
-    };
-    let event = row.str("event")?;
-    let client = |id_field: &str| -> Result<ClientInfo, FieldError> {
-        Ok(ClientInfo {
-            node: row.str("node")?,
-            clientid: row.str(id_field)?,
-            username: row.opt_str("username")?.filter(|u| !u.is_empty()),
-            peerhost: match row.opt_str("peerhost")? {
-                Some(h) => Some(h),
-                None => row.opt_str("peername")?.map(|p| host_of(&p)),
-            },
-        })
-    };
-    let message = |from_field: &str| -> Result<Message, FieldError> {
-        let flags = map.get("flags");
-        let retain = match flags {
-            None | Some(Value::Null) => false,
-            Some(Value::Object(f)) => match f.get("retain") {
-                None | Some(Value::Null) => false,
-                Some(Value::Bool(b)) => *b,
-                Some(_) => return Err(row.err("flags.retain", "must be a boolean")),
-            },
-            Some(_) => return Err(row.err("flags", "must be an object")),
-        };
-        Ok(Message {
-            node: row.str("node")?,
-            id: row.str("id")?,
-            qos: row.qos("qos")?,
-            from: row.str(from_field)?,
-            topic: row.str("topic")?,
-            payload: row.payload("payload")?,
-            retain,
-            timestamp_ms: row.time_ms(&["publish_received_at", "timestamp"])?,
-            username: row.opt_str("username")?.filter(|u| !u.is_empty()),
-        })
-    };
-    Ok(match event.as_str() {
-        "client.connected" => HookEvent::ClientConnected {
-            client: client("clientid")?,
-            connected_at_ms: row.time_ms(&["connected_at", "timestamp"])?,
-        },
-        "client.disconnected" => HookEvent::ClientDisconnected {
-            client: client("clientid")?,
-            reason: row.opt_str("reason")?.unwrap_or_default(),
-            disconnected_at_ms: row.time_ms(&["disconnected_at", "timestamp"])?,
-        },
-        "session.subscribed" => HookEvent::SessionSubscribed {
-            client: client("clientid")?,
-            topic: row.str("topic")?,
-            qos: row.qos("qos")?,
-        },
-        "session.unsubscribed" => HookEvent::SessionUnsubscribed {
-            client: client("clientid")?,
-            topic: row.str("topic")?,
-        },
-        "message.publish" => HookEvent::MessagePublish {
-            message: message("clientid")?,
-        },
-        "message.acked" => HookEvent::MessageAcked {
-            client: client("clientid")?,
-            message: message("from_clientid")?,
-        },
-        other => {
-            return Err(row.err(
-                "event",
-                format!(
-                    "unsupported event {other:?} (expected client.connected, client.disconnected, session.subscribed, session.unsubscribed, message.publish or message.acked)"
-                ),
-            ));
-        }
-    })
-}
-
-/// 64-bit FNV-1a: a stable hash for derived message ids (the same on every build and run).
-fn fnv1a(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for b in part.iter().chain(std::iter::once(&0xff)) {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h
-}
-
-/// EMQX 4 web hooks carry no message id. One is derived so that a publish and its ack agree: the
-/// timestamp in the GUID's time bits, a hash of publisher, topic and payload below.
-fn derived_id(ts_ms: u64, from: &str, topic: &str, payload: &[u8]) -> String {
-    let micros = u128::from(ts_ms) * 1000;
-    crate::guid::to_hex(
-        micros << 64 | u128::from(fnv1a(&[from.as_bytes(), topic.as_bytes(), payload])),
-    )
-}
-
-/// Web hook times: milliseconds, or seconds for values too small to be milliseconds.
-fn web_hook_ms(v: u64) -> u64 {
-    if v < 100_000_000_000 { v * 1000 } else { v }
-}
-
-/// One EMQX 4 web-hook object as an event.
-pub fn webhook_event(
-    map: &Map<String, Value>,
-    index: usize,
-    base64: bool,
-) -> Result<HookEvent, FieldError> {
-    let row = Row {
-        map,
-        index,
-        encoding: if base64 {
-            PayloadEncoding::Base64
-        } else {
-            PayloadEncoding::Plain
-        },
-    };
-    let action = row.str("action")?;
-    let node = row.opt_str("node")?.unwrap_or_default();
-    let client = |id_field: &str| -> Result<ClientInfo, FieldError> {
-        Ok(ClientInfo {
-            node: node.clone(),
-            clientid: row.str(id_field)?,
-            username: row.opt_str("username")?.filter(|u| !u.is_empty()),
-            peerhost: row.opt_str("ipaddress")?,
-        })
-    };
-    let time = |names: &[&str]| -> Result<u64, FieldError> {
-        for n in names {
-            if let Some(v) = row.opt_u64(n)? {
-                return Ok(web_hook_ms(v));
-            }
-        }
-        Ok(now_ms())
-    };
-    let message = || -> Result<Message, FieldError> {
-        let from = row.str("from_client_id")?;
-        let topic = row.str("topic")?;
-        let payload = row.payload("payload")?;
-        let ts = time(&["ts"])?;
-        let id = match row.opt_str("id")? {
-            Some(id) => id,
-            None => derived_id(ts, &from, &topic, &payload),
-        };
-        Ok(Message {
-            node: node.clone(),
-            id,
-            qos: row.qos("qos")?,
-            from,
-            topic,
-            payload,
-            retain: row.opt_bool("retain")?.unwrap_or(false),
-            timestamp_ms: ts,
-            username: row.opt_str("from_username")?.filter(|u| !u.is_empty()),
-        })
-    };
-    Ok(match action.as_str() {
-        "client_connected" => HookEvent::ClientConnected {
-            client: client("clientid")?,
-            connected_at_ms: time(&["connected_at"])?,
-        },
-        "client_disconnected" => HookEvent::ClientDisconnected {
-            client: client("clientid")?,
-            reason: row.opt_str("reason")?.unwrap_or_default(),
-            disconnected_at_ms: time(&["disconnected_at"])?,
-        },
-        "session_subscribed" => {
-            let qos = match map.get("opts") {
-                Some(Value::Object(o)) => Row {
-                    map: o,
-                    index,
-                    encoding: PayloadEncoding::Plain,
-                }
-                .qos("qos")
-                .map_err(|e| FieldError {
-                    field: format!("[{index}].opts.qos"),
-                    error: e.error,
-                })?,
-                _ => 0,
-            };
-            HookEvent::SessionSubscribed {
-                client: client("clientid")?,
-                topic: row.str("topic")?,
-                qos,
-            }
-        }
-        "session_unsubscribed" => HookEvent::SessionUnsubscribed {
-            client: client("clientid")?,
-            topic: row.str("topic")?,
-        },
-        "message_publish" => HookEvent::MessagePublish {
-            message: message()?,
-        },
-        "message_acked" => HookEvent::MessageAcked {
-            client: client("clientid")?,
-            message: message()?,
-        },
-        other => {
-            return Err(row.err(
-                "action",
-                format!(
-                    "unsupported action {other:?} (expected client_connected, client_disconnected, session_subscribed, session_unsubscribed, message_publish or message_acked)"
-                ),
-            ));
-        }
-    })
-}
-
+/// A row translator: `(row, index, base64 payloads)` to an event.
 type Translate = fn(&Map<String, Value>, usize, bool) -> Result<HookEvent, FieldError>;
 
-async fn ingest(
-    state: HttpState,
+/// What an ingest route extracted from a request, read by [`read_request`].
+struct IngestRequest {
     headers: HeaderMap,
     query: Result<Query<IngestQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
-    translate: Translate,
-) -> Response {
+}
+
+/// An ingest endpoint translating its rows with `translate`.
+fn ingest_route(translate: Translate) -> MethodRouter<HttpState> {
+    post(
+        move |State(state): State<HttpState>,
+              headers: HeaderMap,
+              query: Result<Query<IngestQuery>, QueryRejection>,
+              body: Result<Bytes, BytesRejection>| {
+            let request = IngestRequest {
+                headers,
+                query,
+                body,
+            };
+            ingest(state, request, translate)
+        },
+    )
+}
+
+/// One ingest request, timed and with its refusals counted.
+async fn ingest(state: HttpState, request: IngestRequest, translate: Translate) -> Response {
     let t0 = std::time::Instant::now();
     let handle = state.admission.handle().clone();
-    let (response, refused) = handle_ingest(state, headers, query, body, translate).await;
+    let (response, refused) = handle_ingest(state, request, translate).await;
     if let Some((reason, n)) = refused {
         handle.count_refusals(reason, n as u64);
     }
@@ -519,69 +351,91 @@ async fn ingest(
 /// ones ingest saw itself are counted there).
 type Refused = Option<(RejectReason, usize)>;
 
-async fn handle_ingest(
-    state: HttpState,
-    headers: HeaderMap,
-    query: Result<Query<IngestQuery>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
-    translate: Translate,
-) -> (Response, Refused) {
-    // Refused before its rows are read: one count for the request.
-    let once = |reason| Some((reason, 1));
-    if let Some(resp) = unauthorized(&state, &headers) {
-        return (resp, once(RejectReason::Unauthorized));
+/// A request's answer, and the refusals to count (none when every row was queued).
+type Answer = (Response, Refused);
+
+/// Refused before its rows are read: one count for the request (boxed: it is the rare path).
+fn refused_once(response: Response, reason: RejectReason) -> Box<Answer> {
+    Box::new((response, Some((reason, 1))))
+}
+
+/// A 400 naming the bad field.
+fn bad_request(error_text: impl Into<String>, field: Option<&str>) -> Response {
+    error(StatusCode::BAD_REQUEST, error_text, field)
+}
+
+/// Reads, translates and checks every row, then queues them: all or nothing as far as content
+/// goes (see the module docs).
+async fn handle_ingest(state: HttpState, request: IngestRequest, translate: Translate) -> Answer {
+    let (rows, base64) = match read_request(&state, request) {
+        Ok(read) => read,
+        Err(refusal) => return *refusal,
+    };
+    let events = match translate_rows(&state, &rows, base64, translate) {
+        Ok(events) => events,
+        Err(refusal) => return *refusal,
+    };
+    admit_rows(&state, events).await
+}
+
+/// A request's rows, and whether their payloads are base64.
+type ReadRequest = (Vec<Map<String, Value>>, bool);
+
+/// Checks the token, the body and the query, and reads the body's rows and the payload
+/// encoding (`true`: base64).
+fn read_request(state: &HttpState, request: IngestRequest) -> Result<ReadRequest, Box<Answer>> {
+    let IngestRequest {
+        headers,
+        query,
+        body,
+    } = request;
+    if let Some(resp) = unauthorized(state, &headers) {
+        return Err(refused_once(resp, RejectReason::Unauthorized));
     }
-    let body = match body {
-        Ok(b) => b,
-        Err(rejection) => {
-            let reason = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                RejectReason::TooLarge
-            } else {
-                RejectReason::Invalid
-            };
-            let resp = error(rejection.status(), rejection.body_text(), None);
-            return (resp, once(reason));
-        }
-    };
-    let query = match query {
-        Ok(Query(q)) => q,
-        Err(r) => return (query_rejection(r), once(RejectReason::Invalid)),
-    };
+    let body = body.map_err(|rejection| {
+        let reason = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            RejectReason::TooLarge
+        } else {
+            RejectReason::Invalid
+        };
+        let resp = error(rejection.status(), rejection.body_text(), None);
+        refused_once(resp, reason)
+    })?;
+    let Query(query) =
+        query.map_err(|r| refused_once(query_rejection(r), RejectReason::Invalid))?;
     let base64 = match query.payload_encoding.as_deref() {
         None | Some("plain") => false,
         Some("base64") => true,
         Some(other) => {
-            let resp = error(
-                StatusCode::BAD_REQUEST,
+            let resp = bad_request(
                 format!("unknown payload_encoding {other:?} (plain or base64)"),
                 Some("payload_encoding"),
             );
-            return (resp, once(RejectReason::Invalid));
+            return Err(refused_once(resp, RejectReason::Invalid));
         }
     };
-    let rows = match rows(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            let field = Some(&e.field).filter(|f| !f.is_empty()).map(|s| s.as_str());
-            let resp = error(StatusCode::BAD_REQUEST, e.error.clone(), field);
-            return (resp, once(RejectReason::Invalid));
-        }
-    };
-    let total = rows.len();
-    // One bad row refuses every row of the request (all or nothing): each is counted.
-    let all = |reason| Some((reason, total.max(1)));
+    let rows = rows(&body).map_err(|e| {
+        let field = Some(&e.field).filter(|f| !f.is_empty()).map(|s| s.as_str());
+        refused_once(bad_request(e.error.clone(), field), RejectReason::Invalid)
+    })?;
+    Ok((rows, base64))
+}
+
+/// Translates every row and checks that it can be stored, before anything of the request is
+/// queued (all or nothing): one bad row refuses every row, and each is counted.
+fn translate_rows(
+    state: &HttpState,
+    rows: &[Map<String, Value>],
+    base64: bool,
+    translate: Translate,
+) -> Result<Vec<(HookEvent, ActionScope)>, Box<Answer>> {
+    let all = |resp, reason| Box::new((resp, Some((reason, rows.len().max(1)))));
     let handle = state.admission.handle();
     let mut events = Vec::with_capacity(rows.len());
     for (i, row) in rows.iter().enumerate() {
-        let event = match translate(row, i, base64) {
-            Ok(e) => e,
-            Err(e) => {
-                let resp = error(StatusCode::BAD_REQUEST, e.error, Some(&e.field));
-                return (resp, all(RejectReason::Invalid));
-            }
-        };
+        let event = translate(row, i, base64)
+            .map_err(|e| all(bad_request(e.error, Some(&e.field)), RejectReason::Invalid))?;
         let scope = scope_of(&event, state.publish_actions);
-        // Check that it can be stored before queueing anything of the request (all or nothing).
         // This plans each row once more than queueing alone would; HTTP is the low-rate path
         // (ExHook carries the per-message load), so the simpler door is kept.
         if let Err(e) = handle.rules().plan_scoped(&event, &handle.format(), scope) {
@@ -590,18 +444,25 @@ async fn handle_ingest(
             } else {
                 RejectReason::Invalid
             };
-            let resp = error(
-                StatusCode::BAD_REQUEST,
-                e.to_string(),
-                Some(&format!("[{i}]")),
-            );
-            return (resp, all(reason));
+            return Err(all(
+                bad_request(e.to_string(), Some(&format!("[{i}]"))),
+                reason,
+            ));
         }
         events.push((event, scope));
     }
+    Ok(events)
+}
+
+/// Queues the checked rows in order; the first one refused ends the request.
+async fn admit_rows(state: &HttpState, events: Vec<(HookEvent, ActionScope)>) -> Answer {
+    let total = events.len();
     for (accepted, (event, scope)) in events.into_iter().enumerate() {
         // Ingest counted the row that failed; the rows after it are refused too.
-        let rest = |reason| Some((reason, total - accepted - 1)).filter(|(_, n)| *n > 0);
+        let rest = |resp, reason| {
+            let n = total - accepted - 1;
+            (resp, Some((reason, n)).filter(|(_, n)| *n > 0))
+        };
         match state.admission.admit(event, scope).await {
             Ok(()) => {}
             Err(AdmitError::Dropped) => {
@@ -610,7 +471,7 @@ async fn handle_ingest(
                     axum::Json(json!({"error": "ingest queue is full", "accepted": accepted, "rows": total})),
                 )
                     .into_response();
-                return (resp, rest(RejectReason::QueueFull));
+                return rest(resp, RejectReason::QueueFull);
             }
             Err(AdmitError::Closed) => {
                 let resp = error(
@@ -618,15 +479,15 @@ async fn handle_ingest(
                     "the service is shutting down",
                     None,
                 );
-                return (resp, rest(RejectReason::Closed));
+                return rest(resp, RejectReason::Closed);
             }
             Err(AdmitError::Unavailable(reason)) => {
                 let resp = error(StatusCode::SERVICE_UNAVAILABLE, reason, None);
-                return (resp, rest(RejectReason::SpoolError));
+                return rest(resp, RejectReason::SpoolError);
             }
             Err(AdmitError::Invalid(e)) => {
-                let resp = error(StatusCode::BAD_REQUEST, e, Some(&format!("[{accepted}]")));
-                return (resp, rest(RejectReason::Invalid));
+                let resp = bad_request(e.to_string(), Some(&format!("[{accepted}]")));
+                return rest(resp, RejectReason::Invalid);
             }
         }
     }
@@ -643,144 +504,25 @@ fn scope_of(event: &HookEvent, publish_actions: HttpPublishActions) -> ActionSco
     }
 }
 
-async fn emqx_rule(
-    State(state): State<HttpState>,
-    headers: HeaderMap,
-    query: Result<Query<IngestQuery>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    ingest(state, headers, query, body, rule_row_event).await
-}
-
-async fn emqx_webhook(
-    State(state): State<HttpState>,
-    headers: HeaderMap,
-    query: Result<Query<IngestQuery>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    ingest(state, headers, query, body, webhook_event).await
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn obj(v: Value) -> Map<String, Value> {
+    /// A JSON object as a row.
+    pub(crate) fn obj(v: Value) -> Map<String, Value> {
         match v {
             Value::Object(m) => m,
             _ => unreachable!(),
         }
     }
 
-    #[test]
-    fn rule_rows_translate() {
-        let e = rule_row_event(
-            &obj(json!({"event": "client.connected", "node": "emqx@n1", "clientid": "c1", "username": "u",
-                        "peername": "10.0.0.5:51000", "connected_at": 1700000000123u64, "timestamp": 1})),
-            0,
-            false,
-        )
-        .unwrap();
-        assert_eq!(
-            e,
-            HookEvent::ClientConnected {
-                client: ClientInfo {
-                    node: "emqx@n1".into(),
-                    clientid: "c1".into(),
-                    username: Some("u".into()),
-                    peerhost: Some("10.0.0.5".into())
-                },
-                connected_at_ms: 1700000000123
-            }
-        );
-        let e = rule_row_event(
-            &obj(json!({"event": "message.publish", "node": "n", "id": "0005F65F239F03FEF44300000BB40002",
-                        "clientid": "p", "topic": "t", "qos": 1, "payload": "aGk=", "flags": {"retain": true, "dup": false},
-                        "publish_received_at": 5})),
-            0,
-            true,
-        )
-        .unwrap();
-        let HookEvent::MessagePublish { message } = e else {
-            panic!()
-        };
-        assert!(message.retain);
-        assert_eq!(message.payload, b"hi");
-        assert_eq!(message.timestamp_ms, 5);
-        let err = rule_row_event(
-            &obj(json!({"event": "session.subscribed", "node": "n", "topic": "t"})),
-            3,
-            false,
-        )
-        .unwrap_err();
-        assert_eq!(
-            err,
-            FieldError {
-                field: "[3].clientid".into(),
-                error: "is required".into()
-            }
-        );
-        let err =
-            rule_row_event(&obj(json!({"event": "message.delivered"})), 0, false).unwrap_err();
-        assert_eq!(err.field, "[0].event");
-        let err = rule_row_event(
-            &obj(json!({"event": "session.subscribed", "node": "n", "clientid": "c", "topic": "t", "qos": 7})),
-            0,
-            false,
-        )
-        .unwrap_err();
-        assert_eq!(err.error, "7 is not 0, 1 or 2");
+    /// Row 0 of a request with plain payloads, through `translate`.
+    pub(crate) fn row0(translate: Translate, v: Value) -> Result<HookEvent, FieldError> {
+        translate(&obj(v), 0, false)
     }
 
     #[test]
-    fn webhook_publish_and_ack_agree_on_the_derived_id() {
-        let publish = webhook_event(
-            &obj(json!({"action": "message_publish", "node": "emqx@n1", "from_client_id": "p", "from_username": "u",
-                        "topic": "t/1", "qos": 1, "retain": false, "payload": "x", "ts": 1700000000123u64})),
-            0,
-            false,
-        )
-        .unwrap();
-        let ack = webhook_event(
-            &obj(json!({"action": "message_acked", "node": "emqx@n1", "clientid": "s", "from_client_id": "p",
-                        "topic": "t/1", "qos": 1, "retain": false, "payload": "x", "ts": 1700000000123u64})),
-            0,
-            false,
-        )
-        .unwrap();
-        let (
-            HookEvent::MessagePublish { message: m1 },
-            HookEvent::MessageAcked { message: m2, .. },
-        ) = (publish, ack)
-        else {
-            panic!()
-        };
-        assert_eq!(m1.id, m2.id);
-        assert_eq!(
-            crate::guid::timestamp_micros(crate::guid::from_hex(&m1.id).unwrap()),
-            1700000000123000
-        );
-        // Seconds are read as seconds.
-        let e = webhook_event(
-            &obj(json!({"action": "client_connected", "clientid": "c", "connected_at": 1700000000u64})),
-            0,
-            false,
-        )
-        .unwrap();
-        assert!(matches!(
-            e,
-            HookEvent::ClientConnected {
-                connected_at_ms: 1700000000000,
-                ..
-            }
-        ));
-    }
-
-    #[test]
-    fn peer_hosts_and_tokens() {
-        assert_eq!(host_of("10.0.0.5:51000"), "10.0.0.5");
-        assert_eq!(host_of("[::1]:51000"), "::1");
-        assert_eq!(host_of("host"), "host");
+    fn tokens() {
         assert!(token_matches("abc", "abc"));
         assert!(!token_matches("abc", "abd"));
         assert!(!token_matches("abc", "abcd"));

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use thiserror::Error;
 
+/// Why a listener's TLS settings could not be loaded.
 #[derive(Debug, Error)]
 pub enum TlsError {
     #[error("cannot read {path}: {source}")]
@@ -13,10 +14,11 @@ pub enum TlsError {
         #[source]
         source: std::io::Error,
     },
-    #[error("TLS setup for {listener} failed: {reason}")]
+    #[error("TLS setup for {listener} failed: {source}")]
     Setup {
         listener: &'static str,
-        reason: String,
+        #[source]
+        source: std::io::Error,
     },
 }
 
@@ -47,8 +49,8 @@ pub async fn http(
     install_crypto_provider();
     axum_server::tls_rustls::RustlsConfig::from_pem(read(cert)?, read(key)?)
         .await
-        .map_err(|e| TlsError::Setup {
+        .map_err(|source| TlsError::Setup {
             listener: "http",
-            reason: e.to_string(),
+            source,
         })
 }

@@ -1,4 +1,5 @@
-//! The configuration file (TOML) and its validation.
+//! The configuration file (TOML); its validation is in `validate.rs`, the EMQX 4 import in
+//! [`import`].
 //!
 //! Unknown keys are rejected; parse errors name the key and the line. Every section and key is
 //! optional: an empty file is the seed's setup on the embedded DynamoDB. AWS settings follow AWS
@@ -7,6 +8,7 @@
 //! `AWS_SECRET_ACCESS_KEY`. With no keys anywhere the AWS default credential chain applies.
 
 pub mod import;
+mod validate;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -18,10 +20,19 @@ use thiserror::Error;
 use crate::rules::{Action, MsgIdFormat, Rule, RuleError, RuleSet, StorageFormat, TimeUnit};
 use crate::storage::item::Table;
 
-/// DynamoDB's limit on requests in one BatchWriteItem.
+/// DynamoDB's limit on writes (puts and deletes) in one BatchWriteItem call.
 pub const MAX_BATCH_REQUESTS: usize = 25;
 /// DynamoDB's limit on one BatchWriteItem's size.
 pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+
+/// How long a hook call may wait for room in the ingest queue by default (both adapters): below
+/// EMQX's 5 s `request_timeout`.
+const DEFAULT_BLOCK_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// A default listen address: the loopback interface, `port`.
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
 
 /// Why the configuration cannot be used.
 #[derive(Debug, Error)]
@@ -152,7 +163,7 @@ impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             enabled: true,
-            listen: SocketAddr::from(([127, 0, 0, 1], 9100)),
+            listen: loopback(9100),
         }
     }
 }
@@ -198,9 +209,9 @@ impl Default for ExhookConfig {
     fn default() -> Self {
         ExhookConfig {
             enabled: true,
-            listen: SocketAddr::from(([127, 0, 0, 1], 9000)),
-            when_full: WhenFull::Block,
-            block_timeout: Duration::from_secs(4),
+            listen: loopback(9000),
+            when_full: WhenFull::default(),
+            block_timeout: DEFAULT_BLOCK_TIMEOUT,
             max_message_bytes: 4 * 1024 * 1024,
             tls_cert: None,
             tls_key: None,
@@ -242,12 +253,12 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             enabled: true,
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            listen: loopback(8080),
             token: None,
             max_body_bytes: 8 * 1024 * 1024,
             publish_actions: HttpPublishActions::RetainedOnly,
-            when_full: WhenFull::Block,
-            block_timeout: Duration::from_secs(4),
+            when_full: WhenFull::default(),
+            block_timeout: DEFAULT_BLOCK_TIMEOUT,
             tls_cert: None,
             tls_key: None,
         }
@@ -272,7 +283,7 @@ pub struct DynamoConfig {
     pub embedded_listen: SocketAddr,
     /// Prefix for the six table names (`prefix` + `mqtt_client`, …).
     pub table_prefix: String,
-    /// Time limit of one DynamoDB request attempt.
+    /// Time limit of one attempt of a DynamoDB call.
     #[serde(with = "humantime_serde")]
     pub attempt_timeout: Duration,
     #[serde(with = "humantime_serde")]
@@ -287,7 +298,7 @@ impl Default for DynamoConfig {
             access_key_id: None,
             secret_access_key: None,
             embedded: true,
-            embedded_listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            embedded_listen: loopback(8000),
             table_prefix: String::new(),
             attempt_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_millis(3100),
@@ -339,7 +350,7 @@ pub struct PipelineConfig {
     pub max_pending_keys: usize,
     /// … or this many bytes of pending writes.
     pub max_pending_bytes: usize,
-    /// Requests per flush (BatchWriteItem allows 25).
+    /// Writes in one flush's BatchWriteItem call (DynamoDB allows 25).
     pub max_batch_requests: usize,
     /// Flush when this many bytes are pending, and cap one flush at it.
     pub max_batch_bytes: usize,
@@ -352,12 +363,12 @@ pub struct PipelineConfig {
     /// The lower bound of the adaptive limit.
     pub min_in_flight: usize,
     /// Adapt the limit (AIMD): halve it when DynamoDB throttles or slows down, grow it by one
-    /// per limit's worth of clean requests. Off: always `max_in_flight`.
+    /// per limit's worth of clean DynamoDB calls. Off: always `max_in_flight`.
     pub adaptive_concurrency: bool,
     /// A key DynamoDB throttles itself (UnprocessedItems, or a key-range ThrottlingReason) waits
-    /// this long before its next write is sent, so its ops merge meanwhile; each further throttle
-    /// doubles the wait up to `hot_key_max_window`, each clean write halves it. Other keys are
-    /// not held. 0 turns it off.
+    /// this long before its next write is sent, so its writes merge meanwhile; each further
+    /// throttle doubles the wait up to `hot_key_max_window`, each clean write halves it. Other
+    /// keys are not held. 0 turns it off.
     #[serde(with = "humantime_serde")]
     pub hot_key_window: Duration,
     #[serde(with = "humantime_serde")]
@@ -596,115 +607,6 @@ impl Config {
                 .collect::<Result<Vec<_>, _>>()
                 .map(RuleSet::new),
         }
-    }
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        let p = &self.pipeline;
-        let invalid = |key, reason: &str| {
-            Err(ConfigError::Invalid {
-                key,
-                reason: reason.to_string(),
-            })
-        };
-        if !(1..=1_000_000).contains(&self.lookup.scan_segments) {
-            return invalid("lookup.scan_segments", "must be 1 to 1000000");
-        }
-        if self.lookup.max_retained == 0 {
-            return invalid("lookup.max_retained", "must be at least 1");
-        }
-        if !(1..=MAX_BATCH_REQUESTS).contains(&p.max_batch_requests) {
-            return invalid(
-                "pipeline.max_batch_requests",
-                "must be 1 to 25 (DynamoDB's BatchWriteItem limit)",
-            );
-        }
-        if p.max_batch_bytes == 0 || p.max_batch_bytes > MAX_BATCH_BYTES {
-            return invalid(
-                "pipeline.max_batch_bytes",
-                "must be 1 to 16777216 (DynamoDB's 16 MB limit)",
-            );
-        }
-        for (key, v) in [
-            ("pipeline.shards", p.shards),
-            ("pipeline.ingest_capacity_events", p.ingest_capacity_events),
-            ("pipeline.shard_queue_capacity", p.shard_queue_capacity),
-            ("pipeline.shard_queue_bytes", p.shard_queue_bytes),
-            ("pipeline.max_in_flight", p.max_in_flight),
-            ("pipeline.min_in_flight", p.min_in_flight),
-            ("pipeline.max_pending_keys", p.max_pending_keys),
-        ] {
-            if v == 0 {
-                return invalid(key, "must be at least 1");
-            }
-        }
-        if p.min_in_flight > p.max_in_flight {
-            return invalid(
-                "pipeline.min_in_flight",
-                "must not exceed pipeline.max_in_flight",
-            );
-        }
-        if p.ingest_capacity_bytes < crate::storage::item::MAX_ITEM_BYTES * 2 {
-            return invalid(
-                "pipeline.ingest_capacity_bytes",
-                "must hold at least two maximum-size items (819200 bytes)",
-            );
-        }
-        if p.max_pending_bytes < crate::storage::item::MAX_ITEM_BYTES * 2 {
-            return invalid(
-                "pipeline.max_pending_bytes",
-                "must hold at least two maximum-size items (819200 bytes)",
-            );
-        }
-        if p.retry.initial_backoff.is_zero() || p.retry.max_backoff < p.retry.initial_backoff {
-            return invalid(
-                "pipeline.retry",
-                "initial_backoff must be positive and at most max_backoff",
-            );
-        }
-        if p.hot_key_max_window < p.hot_key_window {
-            return invalid(
-                "pipeline.hot_key_max_window",
-                "must be at least pipeline.hot_key_window",
-            );
-        }
-        let spool = &p.spool;
-        if spool.enabled {
-            if spool.segment_mb == 0 {
-                return invalid("pipeline.spool.segment_mb", "must be at least 1");
-            }
-            if spool.max_mb < 2 * spool.segment_mb {
-                return invalid(
-                    "pipeline.spool.max_mb",
-                    "must be at least twice pipeline.spool.segment_mb",
-                );
-            }
-            if spool.fsync == FsyncPolicy::Interval && spool.fsync_interval.is_zero() {
-                return invalid("pipeline.spool.fsync_interval", "must be positive");
-            }
-            if spool.segment_age.is_zero() {
-                return invalid("pipeline.spool.segment_age", "must be positive");
-            }
-        }
-        if self.exhook.tls_cert.is_some() != self.exhook.tls_key.is_some() {
-            return invalid("exhook.tls_cert", "tls_cert and tls_key go together");
-        }
-        if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
-            return invalid("http.tls_cert", "tls_cert and tls_key go together");
-        }
-        if self.exhook.max_message_bytes < crate::storage::item::MAX_ITEM_BYTES {
-            return invalid(
-                "exhook.max_message_bytes",
-                "must be at least 409600 (one maximum-size item)",
-            );
-        }
-        if self.dynamodb.access_key_id.is_some() != self.dynamodb.secret_access_key.is_some() {
-            return invalid(
-                "dynamodb.access_key_id",
-                "access_key_id and secret_access_key go together",
-            );
-        }
-        self.rule_set()?;
-        Ok(())
     }
 }
 
