@@ -28,7 +28,7 @@ pub enum AdmitError {
     Closed,
     /// The event could not be made durable (a spool write or fsync failed).
     #[error("{0}")]
-    Unavailable(String),
+    Unavailable(#[source] crate::spool::SpoolError),
 }
 
 /// The door between an adapter and the pipeline: submit, and when the queue is full apply the

@@ -105,7 +105,7 @@ impl ExhookService {
                 "mqtt-dynamo's ingest queue is full; event dropped",
             )),
             Err(AdmitError::Closed) => Err(Status::unavailable("mqtt-dynamo is shutting down")),
-            Err(AdmitError::Unavailable(reason)) => Err(Status::unavailable(reason)),
+            Err(e @ AdmitError::Unavailable(_)) => Err(Status::unavailable(e.to_string())),
         }
     }
 

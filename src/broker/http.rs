@@ -481,8 +481,8 @@ async fn admit_rows(state: &HttpState, events: Vec<(HookEvent, ActionScope)>) ->
                 );
                 return rest(resp, RejectReason::Closed);
             }
-            Err(AdmitError::Unavailable(reason)) => {
-                let resp = error(StatusCode::SERVICE_UNAVAILABLE, reason, None);
+            Err(e @ AdmitError::Unavailable(_)) => {
+                let resp = error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), None);
                 return rest(resp, RejectReason::SpoolError);
             }
             Err(AdmitError::Invalid(e)) => {

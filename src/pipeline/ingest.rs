@@ -50,8 +50,8 @@ pub enum SubmitError {
     #[error("the pipeline is shut down")]
     Closed,
     /// The spool could not take the event (a write or fsync error); nothing of it is queued.
-    #[error("{0}")]
-    Spool(String),
+    #[error(transparent)]
+    Spool(SpoolError),
 }
 
 /// What an accepted submission still waits for before it may be acknowledged: nothing without
@@ -191,7 +191,7 @@ fn spool_error(e: SpoolError) -> SubmitError {
     match e {
         SpoolError::Full { .. } => SubmitError::Full,
         SpoolError::Closed => SubmitError::Closed,
-        other => SubmitError::Spool(other.to_string()),
+        other => SubmitError::Spool(other),
     }
 }
 

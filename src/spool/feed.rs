@@ -108,19 +108,25 @@ impl Spool {
     }
 }
 
+/// Why a record written earlier could not be read back.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error("cannot read the segment: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Codec(#[from] codec::CodecError),
+}
+
 /// Reads one record at the cursor: its ops and its size on disk.
-fn read_record(c: &mut Cursor, payload: &mut Vec<u8>) -> Result<(Vec<Op>, u64), String> {
+fn read_record(c: &mut Cursor, payload: &mut Vec<u8>) -> Result<(Vec<Op>, u64), ReadError> {
     let mut header = [0u8; codec::HEADER];
-    c.file
-        .read_exact_at(&mut header, c.pos)
-        .map_err(|e| e.to_string())?;
-    let n = codec::payload_len(&header).map_err(|e| e.to_string())?;
+    c.file.read_exact_at(&mut header, c.pos)?;
+    let n = codec::payload_len(&header)?;
     payload.resize(n, 0);
     c.file
-        .read_exact_at(payload, c.pos + codec::HEADER as u64)
-        .map_err(|e| e.to_string())?;
-    codec::verify(&header, payload).map_err(|e| e.to_string())?;
-    let ops = codec::decode(payload).map_err(|e| e.to_string())?;
+        .read_exact_at(payload, c.pos + codec::HEADER as u64)?;
+    codec::verify(&header, payload)?;
+    let ops = codec::decode(payload)?;
     Ok((ops, (codec::HEADER + n) as u64))
 }
 
