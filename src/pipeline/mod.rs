@@ -12,6 +12,7 @@
 pub mod coalesce;
 mod concurrency;
 pub mod deadletter;
+pub(crate) mod dedup;
 pub mod flush;
 pub mod ingest;
 pub mod shard;
