@@ -2,43 +2,72 @@
 //! subscribed/unsubscribed, message published/acked) into DynamoDB, in the table layout of EMQX's
 //! DynamoDB backend, through a coalescing, batching write pipeline that never makes the broker wait.
 //!
+//! A library user starts the whole service with [`service::start`] (what `mqtt-dynamo serve`
+//! does), or only the write pipeline with [`Pipeline::from_config`] and submits
+//! [`HookEvent`]s through a [`PipelineHandle`].
+//!
 //! # Layout
 //!
-//! The data path, in the order an event travels:
+//! Each folder is one part of the data path, each file one concern. In the order an event
+//! travels:
 //!
-//! - [`event`]: the hook events, one type for the six hook points.
-//! - [`rules`]: the seed's actions bound to hook points and topic filters, and the planner that
-//!   turns one event into the writes of the storage contract. [`topic`] matches MQTT filters;
-//!   [`guid`] converts EMQX message ids between hex and base62.
-//! - [`ingest`]: the bounded crossbeam queue callers submit into (limits in events and bytes).
-//! - [`spool`]: the optional on-disk write-ahead log between ingest and the router (group-commit
-//!   fsync, replay after a crash, segments deleted once durable in DynamoDB, bounded disk).
-//! - [`shard`]: the router thread that spreads writes over shards by key hash, and the shard task
-//!   that owns a [`coalesce::Coalescer`] and starts flushes.
-//! - [`coalesce`]: the write algebra — at most one pending write per key — as a pure structure.
-//! - [`concurrency`]: the adaptive (AIMD) limit on flushes in flight.
-//! - [`flush`]: one flush on the wire: BatchWriteItem for puts and deletes, UpdateItem for updates
-//!   and set changes, retries with full-jitter backoff, poison isolation.
-//! - [`retry`]: the retry decision as a pure function (retry after, hand back, give up, leave to
-//!   the spool) and the shutdown deadline every retry loop watches.
-//! - [`pipeline`]: wires the stages together; start, submit handle, drain on shutdown.
-//!
-//! The read side:
-//!
-//! - [`lookup`]: subscriptions, retained messages (MQTT wildcards through a topic index) and
-//!   offline messages (GUID time order, limits), read from DynamoDB with the pipeline's accepted
-//!   but unwritten writes replayed over them (read-your-writes).
-//!
-//! Around it:
-//!
-//! - [`item`]: the tables, keys, values and writes; [`model`] applies writes sequentially (the
-//!   reference the coalescer is tested against, and loadgen's expected final state).
-//! - [`dynamo`]: the SDK client, value conversion and error classification; [`tables`] creates,
-//!   checks and describes the tables; [`embedded`] runs dynoxide in-process.
-//! - [`config`]: the TOML configuration; [`stats`]: counters for every stage; [`metrics`]: the
-//!   Prometheus recorder and the `/metrics`, `/healthz`, `/readyz` listener.
-//! - [`adapter`]: the broker-facing listeners (ExHook gRPC, HTTP ingest); [`import`]: EMQX 4
-//!   configuration import.
+//! ```text
+//! service.rs          the service as a library call: start(config) -> Service (bound addresses), shutdown
+//! event.rs            HookEvent: the six hook points, with what ExHook carries
+//! topic.rs            MQTT topic names and filters: validation and matching
+//! guid.rs             EMQX message ids: hex and base62, composing and deriving GUIDs
+//! broker/             what the broker talks to
+//!   mod.rs              the listeners (ExHook, HTTP), started and stopped together
+//!   admission.rs        the full-queue policy (drop or block) between a listener and the pipeline
+//!   exhook.rs           the ExHook gRPC server (emqx.exhook.v2 and v3)
+//!   http.rs             the HTTP ingest: routes, token, body limit, shared answers
+//!   rule_rows.rs        EMQX 5 rule-engine rows -> events
+//!   webhooks.rs         EMQX 4 web hooks -> events
+//!   tls.rs              rustls for both listeners
+//! rules/              what to store for an event
+//!   mod.rs              actions bound to hook points and topic filters; rule sets
+//!   plan.rs             planning one event into writes (with the size and key checks)
+//!   format.rs           storage formats: message id form, time unit
+//! pipeline/           accepted events to durable writes
+//!   mod.rs              wiring: Pipeline (start, shutdown) and PipelineHandle (submit, stats)
+//!   ingest.rs           the one submit: bounded queue in events and bytes, Admit, Receipt
+//!   dedup.rs            repeated publishes (ids published and acked recently)
+//!   shard.rs            the router thread and the shard task (coalesce, start flushes)
+//!   coalesce.rs         the write algebra and the pending table, pure (tests.rs: against the model)
+//!   flush/              one flush on the wire: BatchWriteItem, UpdateItem, retries (retry.rs)
+//!   concurrency.rs      the adaptive (AIMD) limit on flushes in flight
+//!   deadletter.rs       the JSON-lines file of writes given up
+//! spool/              the optional write-ahead log between ingest and the router
+//!   mod.rs              the spool's state, opening, barriers, shutdown
+//!   append.rs           appends under the lock, segment rolls, the group-commit syncer
+//!   segment.rs          segment files: naming, preallocation, scan and recovery
+//!   codec.rs            the record format (CRC-32)
+//!   feed.rs             the feeder thread: segments back into the ingest queue, in order
+//! storage/            DynamoDB
+//!   item.rs             tables, keys, values, writes, ops
+//!   limits.rs           DynamoDB's limits in one place, and the key check
+//!   model.rs            writes applied in order: the reference for the coalescer and loadgen
+//!   dynamo.rs           the SDK client, value conversion, error classes, backoff
+//!   tables.rs           create, check and describe the six tables
+//!   embedded.rs         dynoxide serving DynamoDB's HTTP API in process
+//! lookup/             the read side
+//!   mod.rs              Reader: subscriptions and retained messages
+//!   batch_get.rs        reading items by key (BatchGetItem), overlay replayed over them
+//!   offline.rs          offline messages in GUID time order, limits, since
+//!   overlay.rs          read-your-writes: accepted but unwritten writes, op numbering
+//!   index.rs            topic indexes for wildcard lookups
+//!   http.rs             the lookup API's routes
+//! config/             configuration
+//!   mod.rs              the TOML file and its sections
+//!   validate.rs         its validation, in order
+//!   import/             EMQX 4 configuration import: parse, map, emit
+//! telemetry/          what the service says about itself
+//!   catalogue.rs        every metric: name, kind, unit, help, labels, buckets
+//!   stats.rs            counters for every stage
+//!   recorder.rs         the Prometheus recorder, registration and the gauge sampler
+//!   admin.rs            /metrics, /healthz, /readyz
+//! bin/mqtt-dynamo/    the command: main.rs dispatches; one file per command
+//! ```
 //!
 //! See `ARCHITECTURE.md` for the reasoning behind this shape.
 
@@ -54,3 +83,9 @@ pub mod spool;
 pub mod storage;
 pub mod telemetry;
 pub mod topic;
+
+pub use config::Config;
+pub use event::HookEvent;
+pub use pipeline::{Admit, Pipeline, PipelineHandle, Receipt, Submission, SubmitError};
+pub use service::{Service, ServiceError};
+pub use telemetry::stats::StatsSnapshot;

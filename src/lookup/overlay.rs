@@ -4,7 +4,7 @@
 //! The ingest numbers every accepted op (`seq`, one counter for the whole pipeline) and, for the
 //! tables lookups read, records a copy here before queueing it. The op travels through the
 //! coalescer with its number; when the write it was folded into settles (written, refused or
-//! cancelled out), the shard calls [`ReadState::settled`] with the numbers folded into it and the
+//! cancelled out), the shard calls `ReadState::settled` with the numbers folded into it and the
 //! copies are dropped. A lookup takes a snapshot of a key's recorded ops **before** reading
 //! DynamoDB and replays them over what it read: an op that settled before the snapshot is in the
 //! table by then, an op still recorded is replayed, and replaying an op the table already has is

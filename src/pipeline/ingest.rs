@@ -14,7 +14,7 @@
 //! publish through two adapters) must not bring back a message that was acked: a publish whose
 //! message id was acked within `pipeline.dedup_window` is not stored again, and one whose id was
 //! already published is stored with its writes marked maybe applied, so that its ack is written
-//! rather than cancelled ([`crate::pipeline::dedup`]; the certainty rule in [`crate::pipeline::coalesce`]).
+//! rather than cancelled (`pipeline::dedup`; the certainty rule in [`crate::pipeline::coalesce`]).
 //!
 //! With the spool on (`[pipeline.spool]`), an accepted event is appended to the spool instead and
 //! the spool's feeder queues it; "full" then means the spool's disk bound, and an accepted event

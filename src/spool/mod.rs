@@ -13,7 +13,7 @@
 //!   coalescer and the lookup overlay use), so file order, number order and queue order agree.
 //!   With `fsync = "always"` the caller is acknowledged after the fsync that covers its record
 //!   (group commit by the syncer thread); with `"interval"`, once the record is in the OS.
-//! - **Feed.** The feeder ([`feed`]) reads records back in order (from the page cache in the
+//! - **Feed.** The feeder (`feed`) reads records back in order (from the page cache in the
 //!   normal case) and queues them for the router, blocking while the queue is full. The spool,
 //!   not memory, holds the backlog: during a DynamoDB outage events keep being accepted until
 //!   `max_mb` is reached.
@@ -37,7 +37,7 @@
 //!   directory (held until the process ends, released by the kernel even after kill -9) and
 //!   writes its process id there; a second service on the same directory refuses to start and
 //!   names the holder.
-//! - **Stop at the shutdown deadline.** [`Spool::abandon`] ends the feeder at once; nothing
+//! - **Stop at the shutdown deadline.** `Spool::abandon` ends the feeder at once; nothing
 //!   unsettled is deleted, so the next start replays it.
 //! - **Bound.** When the segments would exceed `max_mb`, an append waits up to the caller's
 //!   deadline for deleted segments to make room, then fails with `Full`: the adapters' `when_full`
@@ -46,7 +46,7 @@
 //! Files: this one holds the spool's state, opening, barriers and shutdown; `append` the append
 //! under the lock, segment rolls and the group-commit syncer; `segment` the segment files
 //! (naming, preallocation, the spare, the scan and recovery of an earlier run's segments);
-//! [`codec`] the record format; [`feed`] the feeder thread.
+//! [`codec`] the record format; `feed` the feeder thread.
 
 mod append;
 pub mod codec;
