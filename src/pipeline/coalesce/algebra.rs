@@ -30,13 +30,9 @@ pub fn merge(key: &Key, earlier: Write, later: Write) -> Merged {
         (_, Put { item, .. }) => Merged::One(Put { item, fresh: false }),
         (Put { item, fresh }, later) => put_then(item, fresh, later),
         (Delete, later) => delete_then(key, later),
-        (
-            Update {
-                set: s1,
-                guard: g1,
-            },
-            Update { set: s2, guard: g2 },
-        ) => updates((s1, g1), (s2, g2)),
+        (Update { set: s1, guard: g1 }, Update { set: s2, guard: g2 }) => {
+            updates((s1, g1), (s2, g2))
+        }
         (
             SetDelta {
                 attr: a1,

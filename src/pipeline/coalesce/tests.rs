@@ -12,9 +12,9 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::event::{ClientInfo, HookEvent, Message};
+use crate::rules::{Action, Rule, RuleSet, StorageFormat};
 use crate::storage::item::{Item, Key, Op, Table, Value, Write};
 use crate::storage::model::TableModel;
-use crate::rules::{Action, Rule, RuleSet, StorageFormat};
 
 #[derive(Debug, Clone)]
 enum Step {
@@ -223,7 +223,8 @@ impl Sim {
                 if applied > 0 {
                     write.maybe_applied();
                 }
-                self.coalescer.requeue(t.key.clone(), write, t.seqs, t.since);
+                self.coalescer
+                    .requeue(t.key.clone(), write, t.seqs, t.since);
             }
             if let Some(ms) = hold {
                 self.coalescer

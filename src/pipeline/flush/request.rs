@@ -57,7 +57,11 @@ pub(super) fn write_request(key: &Key, write: &Write) -> WriteRequest {
 }
 
 /// The key a BatchWriteItem request (as DynamoDB returns it in UnprocessedItems) writes to.
-pub(super) fn request_key(tables: &TableNames, table_name: &str, req: &WriteRequest) -> Option<Key> {
+pub(super) fn request_key(
+    tables: &TableNames,
+    table_name: &str,
+    req: &WriteRequest,
+) -> Option<Key> {
     let table = tables.table(table_name)?;
     if let Some(put) = req.put_request() {
         dynamo::key_of_attrs(table, put.item())

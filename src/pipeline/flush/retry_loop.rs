@@ -151,13 +151,21 @@ pub(super) trait Request: Send + Sync + Sized {
     fn alone(&self, key: &Key) -> Option<Self>;
 
     /// After an applied attempt (UpdateItem: trims a MsgId set past its cap).
-    fn applied(&self, _flusher: &Flusher, _consumed: &[(Table, f64)]) -> impl Future<Output = ()> + Send {
+    fn applied(
+        &self,
+        _flusher: &Flusher,
+        _consumed: &[(Table, f64)],
+    ) -> impl Future<Output = ()> + Send {
         async {}
     }
 
     /// After a ValidationException: `true` when room was made and the attempt is to be sent
     /// again at once (UpdateItem: a MsgId set at DynamoDB's 400 KB, trimmed once per request).
-    fn make_room(&mut self, _flusher: &Flusher, _message: &str) -> impl Future<Output = bool> + Send {
+    fn make_room(
+        &mut self,
+        _flusher: &Flusher,
+        _message: &str,
+    ) -> impl Future<Output = bool> + Send {
         async { false }
     }
 }
@@ -221,7 +229,15 @@ impl Flusher {
                 break;
             }
             pending = self
-                .after_failure::<R>(request, pending, failed, attempt, started, &last_error, &mut done)
+                .after_failure::<R>(
+                    request,
+                    pending,
+                    failed,
+                    attempt,
+                    started,
+                    &last_error,
+                    &mut done,
+                )
                 .await;
             attempt += 1;
         }
@@ -307,7 +323,10 @@ impl Flusher {
             return pending;
         }
         let age = pending.iter().map(|u| u.age).min().unwrap_or_default();
-        match self.decide(R::OPERATION, failed, attempt, started, age).await {
+        match self
+            .decide(R::OPERATION, failed, attempt, started, age)
+            .await
+        {
             Decision::RetryAfter(_) => return pending,
             Decision::HandBack => done.extend(pending.drain(..).map(|u| (u, End::HandedBack))),
             Decision::Leave => done.extend(pending.drain(..).map(|u| (u, End::Left))),
@@ -340,7 +359,10 @@ impl Flusher {
                 for (table, units) in consumed {
                     self.stats.consumed(*table, *units);
                 }
-                let left = pending.iter().filter(|u| unprocessed.contains(&u.key)).count();
+                let left = pending
+                    .iter()
+                    .filter(|u| unprocessed.contains(&u.key))
+                    .count();
                 if left == 0 {
                     self.concurrency.success(elapsed);
                     Outcome::Success

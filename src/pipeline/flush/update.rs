@@ -53,7 +53,11 @@ impl Request for UpdateCall<'_> {
         None
     }
 
-    fn applied(&self, flusher: &Flusher, consumed: &[(Table, f64)]) -> impl Future<Output = ()> + Send {
+    fn applied(
+        &self,
+        flusher: &Flusher,
+        consumed: &[(Table, f64)],
+    ) -> impl Future<Output = ()> + Send {
         let units = consumed.first().map(|(_, units)| *units);
         async move {
             if let (Some(attr), Some(units)) = (self.spec.adds_to.as_deref(), units)
@@ -85,7 +89,10 @@ fn reply<R>(
     table: Table,
     sent: Result<
         aws_sdk_dynamodb::operation::update_item::UpdateItemOutput,
-        aws_sdk_dynamodb::error::SdkError<aws_sdk_dynamodb::operation::update_item::UpdateItemError, R>,
+        aws_sdk_dynamodb::error::SdkError<
+            aws_sdk_dynamodb::operation::update_item::UpdateItemError,
+            R,
+        >,
     >,
 ) -> Reply
 where

@@ -101,7 +101,11 @@ mod tests {
             hot.after_write(&Key::new(Table::Retain, format!("k{i}")), true, t);
         }
         let new = Key::new(Table::Retain, "new");
-        assert_eq!(hot.after_write(&new, true, t + MS(1)), None, "full, none idle");
+        assert_eq!(
+            hot.after_write(&new, true, t + MS(1)),
+            None,
+            "full, none idle"
+        );
         let later = t + HOT_KEY_MEMORY;
         assert_eq!(hot.after_write(&new, true, later), Some(later + MS(100)));
         assert_eq!(hot.len(), 1, "the idle ones were forgotten");

@@ -267,7 +267,11 @@ async fn a_barrier_is_passed_only_once_every_write_before_it_is_durable() {
     settle().await;
     advance(super::barrier::BARRIER_CHECK_INTERVAL).await;
     settle().await;
-    assert_eq!(h.acks.try_recv().ok(), Some(2), "op 3 (after it) does not hold it");
+    assert_eq!(
+        h.acks.try_recv().ok(),
+        Some(2),
+        "op 3 (after it) does not hold it"
+    );
     Harness::answer(fc, |_| WRITTEN);
     assert_eq!(h.shut_down().await, 0);
 }
