@@ -271,3 +271,46 @@ impl Flush for Flusher {
         Flusher::give_up(self, key, write, reason, error_text);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::item::Table;
+
+    #[test]
+    fn a_handed_back_write_is_requeued_hot_and_marked_maybe_applied_when_ambiguous() {
+        let key = Key::new(Table::Msg, "m");
+        let put = Write::Put {
+            item: key.to_item(),
+            fresh: true,
+        };
+        let mut unit = Unit::new(key, std::time::Duration::ZERO);
+        let end = KeyEnd::new(&unit, End::HandedBack, || Some(put.clone()));
+        assert_eq!(
+            end,
+            KeyEnd::Requeue {
+                write: put.clone(),
+                ambiguous: false
+            }
+        );
+        assert!(end.hot() && !end.ambiguous());
+        unit.ambiguous = true;
+        let KeyEnd::Requeue { write, ambiguous } =
+            KeyEnd::new(&unit, End::HandedBack, || Some(put.clone()))
+        else {
+            panic!("handed back");
+        };
+        assert!(ambiguous && !write.is_fresh(), "the certainty rule");
+        unit.hot = true;
+        let written = KeyEnd::new(&unit, End::Written, || None);
+        assert_eq!(
+            written,
+            KeyEnd::Written {
+                hot: true,
+                ambiguous: true
+            }
+        );
+        assert!(written.hot() && written.ambiguous());
+        assert_eq!(KeyEnd::new(&unit, End::Left, || None), KeyEnd::Left);
+    }
+}
