@@ -635,7 +635,10 @@ mod tests {
     async fn an_ambiguous_attempt_marks_the_write_whatever_comes_after() {
         let f = flusher(false, true, Arc::new(Deadline::new()));
         let [a, _] = keys();
-        let (ends, _) = send(&f, &[a.clone()], vec![transient()], || applied(&[])).await;
+        let (ends, _) = send(&f, std::slice::from_ref(&a), vec![transient()], || {
+            applied(&[])
+        })
+        .await;
         assert_eq!(ends, [(a.clone(), End::Written, false, true)]);
         // Ambiguous, then throttled on its own key: handed back, still ambiguous.
         let hot = Reply::Throttled {
@@ -643,7 +646,10 @@ mod tests {
             own_key: true,
             reasons: Vec::new(),
         };
-        let (ends, _) = send(&f, &[a.clone()], vec![transient(), hot], || applied(&[])).await;
+        let (ends, _) = send(&f, std::slice::from_ref(&a), vec![transient(), hot], || {
+            applied(&[])
+        })
+        .await;
         assert_eq!(ends, [(a, End::HandedBack, true, true)]);
     }
 
@@ -673,7 +679,7 @@ mod tests {
     async fn without_the_spool_a_failing_write_is_given_up_after_max_elapsed() {
         let f = flusher(false, false, Arc::new(Deadline::new()));
         let [a, _] = keys();
-        let (ends, sent) = send(&f, &[a.clone()], vec![], transient).await;
+        let (ends, sent) = send(&f, std::slice::from_ref(&a), vec![], transient).await;
         assert_eq!(ends, [(a, End::Dropped, false, true)]);
         assert!(sent.len() > 5, "retried with backoff until max_elapsed");
         assert_eq!(f.stats.snapshot().dropped_retries_exhausted, 1);
@@ -685,7 +691,7 @@ mod tests {
         deadline.fire();
         let [a, _] = keys();
         let spooled = flusher(true, true, Arc::clone(&deadline));
-        let (ends, sent) = send(&spooled, &[a.clone()], vec![], transient).await;
+        let (ends, sent) = send(&spooled, std::slice::from_ref(&a), vec![], transient).await;
         assert_eq!(
             ends,
             [(a.clone(), End::Left, false, true)],
@@ -693,7 +699,7 @@ mod tests {
         );
         assert_eq!(sent.len(), 0, "never sent");
         let plain = flusher(false, true, deadline);
-        let (ends, _) = send(&plain, &[a.clone()], vec![], transient).await;
+        let (ends, _) = send(&plain, std::slice::from_ref(&a), vec![], transient).await;
         assert_eq!(ends, [(a, End::Dropped, false, true)]);
         assert_eq!(plain.stats.snapshot().dropped_shutdown, 1);
     }
