@@ -108,6 +108,11 @@ impl Entry {
 /// Invariants: a key in `in_flight` is never handed out again until [`Coalescer::complete`], a key
 /// in `held` not before [`Coalescer::release_due`] passes its instant; `ready` counts entries whose
 /// key is neither in flight nor held; `bytes` sums every entry's size.
+///
+/// Owned by one shard task: no locks, nothing blocks, nothing is dropped (a write leaves only
+/// through [`Coalescer::take`], a cancellation reported by [`Coalescer::push_numbered`], or
+/// [`Coalescer::drain_pending`] at the shutdown deadline). Instants are the caller's (`std`,
+/// as ingest stamps them).
 #[derive(Debug, Default)]
 pub struct Coalescer {
     /// Pending writes by key.
@@ -119,8 +124,11 @@ pub struct Coalescer {
     in_flight: HashSet<Key>,
     /// Hot keys whose next write waits until the given instant (see [`Coalescer::hold`]).
     held: HashMap<Key, Instant>,
+    /// The next slot number in `order` (so a recreated entry makes its old slot stale).
     next_seq: u64,
+    /// Entries whose key is neither in flight nor held: what a flush could take now.
     ready: usize,
+    /// Bytes of all pending writes, for the shard's byte limits and the bytes trigger.
     bytes: usize,
 }
 

@@ -142,13 +142,16 @@ pub(crate) trait Flush: Send + Sync + 'static {
 /// shard except the flush it awaits (which ends by the shutdown deadline at the latest).
 #[derive(Debug)]
 pub struct Flusher {
+    /// The pipeline's client, with the SDK's own retries off (this is the one retry layer).
     client: Client,
+    /// Table names as configured, to address requests and read UnprocessedItems back.
     tables: TableNames,
     /// What to do after a failed attempt (spool on or off, hot-key windows).
     policy: RetryPolicy,
     /// Fired when `pipeline.shutdown_timeout` runs out: pauses end and requests in flight are
     /// abandoned, their writes left to the spool or dead-lettered.
     deadline: Arc<Deadline>,
+    /// Counters of every request, write, retry and drop (shared with the shards).
     stats: Arc<Stats>,
     /// Where given-up writes are recorded.
     dead_letters: crate::pipeline::deadletter::DeadLetters,

@@ -81,11 +81,15 @@ pub(crate) struct Shard<F: Flush = Flusher> {
     stopped: bool,
     /// Writes left to the spool at the deadline.
     left: u64,
+    /// The pending writes of this shard's keys (this task is their only owner).
     coalescer: Coalescer,
+    /// Sends the flushes (each in a task of its own, so the shard keeps coalescing meanwhile).
     flusher: Arc<F>,
     /// The adaptive limit on flushes in flight across all shards; its semaphore hands out one
     /// permit per flush.
     concurrency: Arc<Concurrency>,
+    /// `concurrency`'s semaphore (a flush starts only with a permit; waiting for one blocks
+    /// nothing else: it is one branch of the shard's select).
     permits: Arc<Semaphore>,
     /// A permit acquired while waiting, used by the next flush.
     spare: Option<OwnedSemaphorePermit>,
@@ -95,8 +99,11 @@ pub(crate) struct Shard<F: Flush = Flusher> {
     flush_keys: HashMap<tokio::task::Id, Vec<(Key, Seqs)>>,
     /// Told when a write settles, so lookups stop replaying its ops.
     read: Option<Arc<ReadState>>,
+    /// Batching limits, flush age, hot-key windows, `ambiguous_hold`, pending limits.
     cfg: PipelineConfig,
+    /// Counters and the shared pending/hot-key gauges.
     stats: Arc<Stats>,
+    /// The router sent `Shutdown` (or is gone): flush everything, then end.
     draining: bool,
     /// The pending keys, bytes and hot keys last added to the shared gauges.
     published: (i64, i64, i64),
