@@ -10,25 +10,31 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 /// How much slower than the average a request must be to count as a latency spike.
 const SPIKE_FACTOR: f64 = 3.0;
 /// Below this, latencies are noise on loopback; no spike is declared under it.
 const SPIKE_FLOOR: Duration = Duration::from_millis(20);
 
-/// The AIMD arithmetic, without the semaphore (pure, so it is unit-tested on its own).
+/// The AIMD arithmetic, without the semaphore (pure, so it is unit-tested on its own; the
+/// caller passes tokio's `now`).
 #[derive(Debug, Clone)]
 pub struct Aimd {
+    /// The current limit on flushes in flight.
     pub limit: usize,
+    /// `pipeline.min_in_flight`: the floor of a decrease.
     min: usize,
+    /// `pipeline.max_in_flight`: the ceiling of an increase (and the start).
     max: usize,
     /// Clean requests since the last increase.
     successes: usize,
     /// Exponentially weighted average of clean requests' latency, seconds.
     average: Option<f64>,
+    /// When the limit last halved: at most one decrease per round trip.
     last_decrease: Option<Instant>,
 }
 
@@ -95,6 +101,10 @@ impl Aimd {
 /// - `aimd`: the arithmetic behind a mutex held for a few integer operations, never across I/O.
 /// - `debt`: permits still to be forgotten after a decrease found them in use.
 /// - `limit`: the current limit, for the gauge.
+///
+/// Nothing here blocks: a shard waits on the semaphore only when it has a flush to start and no
+/// permit is free. Nothing is dropped: a permit owed to a decrease is forgotten on release
+/// instead of returned.
 #[derive(Debug)]
 pub struct Concurrency {
     permits: std::sync::Arc<Semaphore>,

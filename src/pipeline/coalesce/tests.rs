@@ -5,7 +5,7 @@
 //! service may crash with writes in flight (applied or not) and replay a suffix of the ops from the
 //! spool, some of which had already landed, and senders repeat publishes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
@@ -13,7 +13,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::event::{ClientInfo, HookEvent, Message};
 use crate::rules::{Action, Rule, RuleSet, StorageFormat};
-use crate::storage::item::{Item, Table};
+use crate::storage::item::{Item, Key, Op, Table, Value, Write};
 use crate::storage::model::TableModel;
 
 #[derive(Debug, Clone)]
@@ -105,37 +105,47 @@ fn client(c: u8, node: u8) -> ClientInfo {
     }
 }
 
-/// Replays `steps` through the rules, then both ways; returns (sequential, coalesced).
-///
-/// The coalesced side plays the pipeline: ops are numbered as ingest numbers them, repeated
-/// publishes go through ingest's [`crate::pipeline::ingest::Dedup`] (an acked one is dropped, an unacked
-/// one marked maybe applied), and a crash replays the spool's suffix marked maybe applied.
-fn run(steps: &[Step], rules: &RuleSet, initial: &TableModel) -> (TableModel, TableModel, u64) {
-    let format = StorageFormat::default();
-    let mut sequential = initial.clone();
-    let mut coalesced = initial.clone();
-    let mut coalescer = Coalescer::new();
-    let mut in_flight: VecDeque<Taken> = VecDeque::new();
-    let mut published: Vec<(String, String)> = Vec::new();
-    let dedup = crate::pipeline::ingest::Dedup::new(Duration::from_secs(3600), 100_000);
-    // Every op accepted, by number (what the spool holds until it is settled).
-    let mut history: Vec<Op> = Vec::new();
-    let mut next_id = 1u128 << 80;
-    let now = Instant::now();
-    let mut ops_total = 0u64;
-    for (i, step) in steps.iter().enumerate() {
-        let at = now + Duration::from_millis(i as u64);
-        coalescer.release_due(at);
-        let event = match *step {
-            Step::Connect { client: c, node } => Some(HookEvent::ClientConnected {
+/// The pipeline as the property test plays it: the coalescer and the writes in flight, the table
+/// they are applied to, and what ingest and the spool remember.
+struct Sim {
+    coalesced: TableModel,
+    coalescer: Coalescer,
+    in_flight: VecDeque<Taken>,
+    /// Every message published, for acks and repeats to pick from.
+    published: Vec<(String, String)>,
+    dedup: crate::pipeline::ingest::Dedup,
+    /// Every op accepted, by number (what the spool holds until it is settled).
+    history: Vec<Op>,
+    next_id: u128,
+}
+
+fn message(id: String, topic: String, from: String, payload: Vec<u8>) -> Message {
+    Message {
+        node: "emqx@n0".into(),
+        id,
+        qos: 1,
+        from,
+        topic,
+        payload,
+        retain: false,
+        timestamp_ms: 1,
+        username: None,
+    }
+}
+
+impl Sim {
+    /// The hook event of step number `i`, if it is one.
+    fn event(&mut self, step: &Step, i: usize) -> Option<HookEvent> {
+        Some(match *step {
+            Step::Connect { client: c, node } => HookEvent::ClientConnected {
                 client: client(c, node),
                 connected_at_ms: 1_000_000 + i as u64 * 1000,
-            }),
-            Step::Disconnect { client: c, node } => Some(HookEvent::ClientDisconnected {
+            },
+            Step::Disconnect { client: c, node } => HookEvent::ClientDisconnected {
                 client: client(c, node),
                 reason: "normal".into(),
                 disconnected_at_ms: 1_000_000 + i as u64 * 1000,
-            }),
+            },
             Step::Publish {
                 client: c,
                 topic,
@@ -145,173 +155,200 @@ fn run(steps: &[Step], rules: &RuleSet, initial: &TableModel) -> (TableModel, Ta
                 repeat,
             } => {
                 let (id, topic) = match repeat {
-                    Some(pick) if !published.is_empty() => {
-                        published[pick % published.len()].clone()
+                    Some(pick) if !self.published.is_empty() => {
+                        self.published[pick % self.published.len()].clone()
                     }
                     _ => {
-                        next_id += 1;
-                        let id = crate::guid::to_hex(next_id);
+                        self.next_id += 1;
+                        let id = crate::guid::to_hex(self.next_id);
                         let topic = format!("t/{topic}");
-                        published.push((id.clone(), topic.clone()));
+                        self.published.push((id.clone(), topic.clone()));
                         (id, topic)
                     }
                 };
-                Some(HookEvent::MessagePublish {
-                    message: Message {
-                        node: "emqx@n0".into(),
-                        id,
-                        qos,
-                        from: format!("c{c}"),
-                        topic,
-                        payload: if empty {
-                            vec![]
-                        } else {
-                            format!("p{i}").into_bytes()
-                        },
-                        retain,
-                        timestamp_ms: 1_000_000 + i as u64,
-                        username: None,
-                    },
-                })
+                let payload = if empty {
+                    vec![]
+                } else {
+                    format!("p{i}").into_bytes()
+                };
+                let mut message = message(id, topic, format!("c{c}"), payload);
+                (message.qos, message.retain) = (qos, retain);
+                message.timestamp_ms = 1_000_000 + i as u64;
+                HookEvent::MessagePublish { message }
             }
             Step::Ack { client: c, pick } => {
-                let (id, topic) = if published.is_empty() {
+                let (id, topic) = if self.published.is_empty() {
                     (crate::guid::to_hex(7), "t/0".to_string())
                 } else {
-                    published[pick % published.len()].clone()
+                    self.published[pick % self.published.len()].clone()
                 };
-                Some(HookEvent::MessageAcked {
+                HookEvent::MessageAcked {
                     client: client(c, 0),
-                    message: Message {
-                        node: "emqx@n0".into(),
-                        id,
-                        qos: 1,
-                        from: "x".into(),
-                        topic,
-                        payload: b"p".to_vec(),
-                        retain: false,
-                        timestamp_ms: 1,
-                        username: None,
-                    },
-                })
+                    message: message(id, topic, "x".into(), b"p".to_vec()),
+                }
             }
-            Step::Unsubscribe { client: c, topic } => Some(HookEvent::SessionUnsubscribed {
+            Step::Unsubscribe { client: c, topic } => HookEvent::SessionUnsubscribed {
                 client: client(c, 0),
                 topic: format!("t/{topic}"),
-            }),
-            Step::Take(n) => {
-                in_flight.extend(coalescer.take(n, usize::MAX));
-                None
+            },
+            _ => return None,
+        })
+    }
+
+    /// Ends up to `n` flights, oldest first, as `step` says: written, written but throttled (the
+    /// key waits a window), throttled and handed back unapplied; or applied but answered with an
+    /// error, then retried in place (applied twice) or handed back maybe applied.
+    fn end_flights(&mut self, step: &Step, n: usize, at: Instant) {
+        let (applied, hand_back, hold) = match *step {
+            Step::Complete(_) => (1, false, None),
+            Step::CompleteHot(_, ms) => (1, false, Some(ms)),
+            Step::Requeue(_, ms) => (0, true, Some(ms)),
+            Step::AmbiguousRetry(_) => (2, false, None),
+            Step::AmbiguousRequeue(_, ms) => (1, true, Some(ms)),
+            _ => return,
+        };
+        for _ in 0..n {
+            let Some(t) = self.in_flight.pop_front() else {
+                break;
+            };
+            for _ in 0..applied {
+                self.coalesced.apply(&Op {
+                    key: t.key.clone(),
+                    write: t.write.clone(),
+                });
             }
+            self.coalescer.complete(&t.key);
+            if hand_back {
+                let mut write = t.write;
+                if applied > 0 {
+                    write.maybe_applied();
+                }
+                self.coalescer
+                    .requeue(t.key.clone(), write, t.seqs, t.since);
+            }
+            if let Some(ms) = hold {
+                self.coalescer
+                    .hold(&t.key, at + Duration::from_millis(u64::from(ms)));
+            }
+        }
+    }
+
+    /// The service dies with writes in flight (bit i of `applied`: the i-th was applied) and
+    /// restarts, replaying the spool from `back` ops before the oldest unsettled one.
+    fn crash(&mut self, applied: u32, back: u8, at: Instant) {
+        // Everything before the oldest unsettled op (pending or in flight: the service never
+        // heard how those flights ended) is in the table; the spool holds at least the rest.
+        let unsettled = self
+            .coalescer
+            .min_seq()
+            .into_iter()
+            .chain(self.in_flight.iter().map(|t| t.seqs.first))
+            .min()
+            .unwrap_or(self.history.len() as u64 + 1);
+        for (bit, t) in self.in_flight.drain(..).enumerate() {
+            if bit < 32 && applied & (1 << bit) != 0 {
+                self.coalesced.apply(&Op {
+                    key: t.key,
+                    write: t.write,
+                });
+            }
+        }
+        let from = unsettled.saturating_sub(u64::from(back)).max(1);
+        self.coalescer = Coalescer::new();
+        for seq in from..=self.history.len() as u64 {
+            let mut op = self.history[seq as usize - 1].clone();
+            op.write.maybe_applied();
+            self.coalescer.push_numbered(op, at, seq);
+        }
+    }
+
+    /// Plans `event`, passes repeated publishes through ingest's dedup (an acked one is dropped,
+    /// an unacked one marked maybe applied) and numbers and pushes the ops; returns them.
+    fn accept(&mut self, event: &HookEvent, rules: &RuleSet, at: Instant) -> Vec<Op> {
+        let mut ops = rules
+            .plan(event, &StorageFormat::default())
+            .expect("generated events are valid");
+        match event {
+            HookEvent::MessagePublish { message } if !ops.is_empty() => {
+                match self.dedup.publish(&message.id) {
+                    crate::pipeline::ingest::Seen::New => {}
+                    crate::pipeline::ingest::Seen::Published => {
+                        ops.iter_mut().for_each(|op| op.write.maybe_applied())
+                    }
+                    crate::pipeline::ingest::Seen::Acked => ops.clear(),
+                }
+            }
+            HookEvent::MessageAcked { message, .. } => self.dedup.acked(&message.id),
+            _ => {}
+        }
+        for op in &ops {
+            self.history.push(op.clone());
+            self.coalescer
+                .push_numbered(op.clone(), at, self.history.len() as u64);
+        }
+        ops
+    }
+
+    /// Finishes what is in flight, then flushes the rest, until nothing is left.
+    fn drain(&mut self, later: Instant) {
+        loop {
+            for t in self.in_flight.drain(..) {
+                self.coalesced.apply(&Op {
+                    key: t.key.clone(),
+                    write: t.write,
+                });
+                self.coalescer.complete(&t.key);
+            }
+            self.coalescer.release_due(later);
+            let batch = self.coalescer.take(25, usize::MAX);
+            if batch.is_empty() {
+                break;
+            }
+            self.in_flight.extend(batch);
+        }
+    }
+}
+
+/// Replays `steps` through the rules, then both ways; returns (sequential, coalesced).
+///
+/// The coalesced side plays the pipeline: ops are numbered as ingest numbers them, repeated
+/// publishes go through ingest's [`crate::pipeline::ingest::Dedup`] (an acked one is dropped, an
+/// unacked one marked maybe applied), and a crash replays the spool's suffix marked maybe applied.
+fn run(steps: &[Step], rules: &RuleSet, initial: &TableModel) -> (TableModel, TableModel, u64) {
+    let mut sequential = initial.clone();
+    let mut sim = Sim {
+        coalesced: initial.clone(),
+        coalescer: Coalescer::new(),
+        in_flight: VecDeque::new(),
+        published: Vec::new(),
+        dedup: crate::pipeline::ingest::Dedup::new(Duration::from_secs(3600), 100_000),
+        history: Vec::new(),
+        next_id: 1u128 << 80,
+    };
+    let now = Instant::now();
+    let mut ops_total = 0u64;
+    for (i, step) in steps.iter().enumerate() {
+        let at = now + Duration::from_millis(i as u64);
+        sim.coalescer.release_due(at);
+        match *step {
+            Step::Take(n) => sim.in_flight.extend(sim.coalescer.take(n, usize::MAX)),
             Step::Complete(n)
             | Step::CompleteHot(n, _)
             | Step::Requeue(n, _)
             | Step::AmbiguousRetry(n)
-            | Step::AmbiguousRequeue(n, _) => {
-                // How the flush ended: written, written but throttled (the key waits a window),
-                // throttled and handed back unapplied; or applied but answered with an error,
-                // then retried in place (applied twice) or handed back maybe applied.
-                let (applied, hand_back, hold) = match *step {
-                    Step::Complete(_) => (1, false, None),
-                    Step::CompleteHot(_, ms) => (1, false, Some(ms)),
-                    Step::Requeue(_, ms) => (0, true, Some(ms)),
-                    Step::AmbiguousRetry(_) => (2, false, None),
-                    Step::AmbiguousRequeue(_, ms) => (1, true, Some(ms)),
-                    _ => unreachable!("matched above"),
-                };
-                for _ in 0..n {
-                    let Some(t) = in_flight.pop_front() else {
-                        break;
-                    };
-                    for _ in 0..applied {
-                        coalesced.apply(&Op {
-                            key: t.key.clone(),
-                            write: t.write.clone(),
-                        });
-                    }
-                    coalescer.complete(&t.key);
-                    if hand_back {
-                        let mut write = t.write;
-                        if applied > 0 {
-                            write.maybe_applied();
-                        }
-                        coalescer.requeue(t.key.clone(), write, t.seqs, t.since);
-                    }
-                    if let Some(ms) = hold {
-                        coalescer.hold(&t.key, at + Duration::from_millis(u64::from(ms)));
-                    }
-                }
-                None
-            }
-            Step::Crash { applied, back } => {
-                // Everything before the oldest unsettled op (pending or in flight: the service
-                // never heard how those flights ended) is in the table; the spool holds at least
-                // the rest.
-                let unsettled = coalescer
-                    .min_seq()
-                    .into_iter()
-                    .chain(in_flight.iter().map(|t| t.seqs.first))
-                    .min()
-                    .unwrap_or(history.len() as u64 + 1);
-                for (bit, t) in in_flight.drain(..).enumerate() {
-                    if bit < 32 && applied & (1 << bit) != 0 {
-                        coalesced.apply(&Op {
-                            key: t.key,
-                            write: t.write,
-                        });
-                    }
-                }
-                let from = unsettled.saturating_sub(u64::from(back)).max(1);
-                coalescer = Coalescer::new();
-                for seq in from..=history.len() as u64 {
-                    let mut op = history[seq as usize - 1].clone();
-                    op.write.maybe_applied();
-                    coalescer.push_numbered(op, at, seq);
-                }
-                None
-            }
-        };
-        if let Some(event) = event {
-            let mut ops = rules
-                .plan(&event, &format)
-                .expect("generated events are valid");
-            match &event {
-                HookEvent::MessagePublish { message } if !ops.is_empty() => {
-                    match dedup.publish(&message.id) {
-                        crate::pipeline::ingest::Seen::New => {}
-                        crate::pipeline::ingest::Seen::Published => {
-                            ops.iter_mut().for_each(|op| op.write.maybe_applied())
-                        }
-                        crate::pipeline::ingest::Seen::Acked => ops.clear(),
-                    }
-                }
-                HookEvent::MessageAcked { message, .. } => dedup.acked(&message.id),
-                _ => {}
-            }
-            for op in ops {
+            | Step::AmbiguousRequeue(n, _) => sim.end_flights(step, n, at),
+            Step::Crash { applied, back } => sim.crash(applied, back, at),
+            _ => {}
+        }
+        if let Some(event) = sim.event(step, i) {
+            for op in sim.accept(&event, rules, at) {
                 ops_total += 1;
                 sequential.apply(&op);
-                history.push(op.clone());
-                coalescer.push_numbered(op, at, history.len() as u64);
             }
         }
     }
-    // Drain: finish what is in flight, then flush the rest.
-    loop {
-        for t in in_flight.drain(..) {
-            coalesced.apply(&Op {
-                key: t.key.clone(),
-                write: t.write,
-            });
-            coalescer.complete(&t.key);
-        }
-        coalescer.release_due(now + Duration::from_secs(3600));
-        let batch = coalescer.take(25, usize::MAX);
-        if batch.is_empty() {
-            break;
-        }
-        in_flight.extend(batch);
-    }
+    sim.drain(now + Duration::from_secs(3600));
+    let coalescer = &sim.coalescer;
     assert!(
         coalescer.is_empty(),
         "drained coalescer still holds {} keys",
@@ -319,7 +356,7 @@ fn run(steps: &[Step], rules: &RuleSet, initial: &TableModel) -> (TableModel, Ta
     );
     assert_eq!(coalescer.bytes(), 0);
     assert_eq!(coalescer.ready(), 0);
-    (sequential, coalesced, ops_total)
+    (sequential, sim.coalesced, ops_total)
 }
 
 #[allow(clippy::needless_range_loop)]

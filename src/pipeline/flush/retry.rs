@@ -1,6 +1,7 @@
 //! The retry decision: after an attempt failed, what happens to the writes it carried. A pure
 //! function of the failure, the attempt number, the time spent and the policy, so that every rule
-//! below is unit-tested without the SDK; the flusher's loops only carry it out.
+//! below is unit-tested without the SDK; the flusher's one retry loop
+//! (`retry_loop`) only carries it out.
 //!
 //! | situation | decision |
 //! |---|---|
@@ -115,7 +116,7 @@ impl RetryPolicy {
 }
 
 /// The shutdown deadline (`pipeline.shutdown_timeout`), fired once by
-/// [`crate::pipeline::Pipeline::shutdown`] and watched by every retry loop and shard.
+/// [`crate::pipeline::Pipeline::shutdown`] and watched by the retry loop and every shard.
 ///
 /// `fired` answers "has it passed?" without a lock; `notify` wakes the tasks waiting in
 /// [`Deadline::wait`] (a backoff pause, a request in flight, a shard's select). Firing twice is
@@ -270,6 +271,52 @@ mod tests {
             policy(false, false).decide(hot, 0, MS(5), S(1), false, 0.5),
             Decision::RetryAfter(_)
         ));
+    }
+
+    #[test]
+    fn only_own_key_throttles_of_young_writes_are_handed_back_and_only_with_windows_on() {
+        let hot = Failed::Throttled { own_key: true };
+        let p = policy(false, true);
+        assert!(p.hands_back(hot, S(119)));
+        assert!(
+            !p.hands_back(hot, S(120)),
+            "at max_elapsed: retried so it can be given up"
+        );
+        assert!(
+            policy(true, true).hands_back(hot, S(86_400)),
+            "spooled: any age"
+        );
+        assert!(!policy(false, false).hands_back(hot, S(1)), "windows off");
+        for failed in [
+            Failed::Throttled { own_key: false },
+            Failed::Transient,
+            Failed::Credentials,
+        ] {
+            assert!(!p.hands_back(failed, S(1)), "{failed:?}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_from_the_attempt_not_from_the_time_spent() {
+        let p = policy(true, false);
+        for elapsed in [MS(1), S(60)] {
+            assert_eq!(
+                p.decide(
+                    Failed::Throttled { own_key: false },
+                    2,
+                    elapsed,
+                    elapsed,
+                    false,
+                    1.0
+                ),
+                Decision::RetryAfter(MS(100))
+            );
+        }
+        assert_eq!(
+            p.decide(Failed::Transient, u32::MAX, S(1), S(1), false, 1.0),
+            Decision::RetryAfter(S(5)),
+            "a huge attempt number neither overflows nor passes max_backoff"
+        );
     }
 
     #[tokio::test]

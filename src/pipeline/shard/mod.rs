@@ -1,36 +1,52 @@
-//! Shards: the router that spreads accepted writes over shards by key hash, and the shard task
-//! that coalesces them and starts flushes.
+//! Shards: the shard task that coalesces the writes of its keys and starts flushes; the router
+//! that spreads writes over shards ([`router`]), hot-key windows ([`hot_keys`]) and spool
+//! barriers ([`barrier`]) are files of their own.
 //!
 //! A key always hashes to the same shard, so one task owns all of a key's pending and in-flight
 //! state and per-key order needs no locks. Shards hold keys of every table, so one flush can fill
 //! a BatchWriteItem across tables.
+//!
+//! Time is tokio's clock ([`tokio::time::Instant`]), so the tests below run on paused time; the
+//! coalescer keeps `std::time::Instant`s (the accepted instants ingest stamps), converted here.
+
+mod barrier;
+mod hot_keys;
+mod router;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crossbeam_channel::Receiver;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tracing::error;
+
+pub(crate) use barrier::BarrierAck;
+use barrier::Barriers;
+use hot_keys::HotKeys;
+pub(crate) use router::route;
+pub use router::shard_of;
 
 use crate::config::PipelineConfig;
 use crate::lookup::ReadState;
 use crate::pipeline::coalesce::{Coalescer, PushOutcome, Seqs};
 use crate::pipeline::concurrency::Concurrency;
-use crate::pipeline::flush::{Completed, Flusher, KeyEnd};
-use crate::pipeline::ingest::{ByteBudget, IngestMsg};
-use crate::storage::item::{Key, Op, Table};
-use crate::telemetry::stats::{FlushTrigger, Stats};
+use crate::pipeline::flush::{Completed, Flush, Flusher, KeyEnd};
+use crate::pipeline::ingest::ByteBudget;
+use crate::storage::item::{Key, Op, Table, Write};
+use crate::telemetry::stats::{DropReason, FlushTrigger, Stats};
 
 /// What a shard receives from the router.
 #[derive(Debug)]
 pub(crate) enum ShardMsg {
     /// The writes of one event that hash to this shard, in event order, with their ingest
-    /// sequence numbers, when the event was accepted, and the bytes reserved for them in the
-    /// shard's inbox budget (released when the shard takes them).
-    Ops(Vec<(Op, u64)>, Instant, usize),
+    /// sequence numbers, when the event was accepted (ingest's `std` clock, which the coalescer
+    /// keeps), and the bytes reserved for them in the shard's inbox budget (released when the
+    /// shard takes them).
+    Ops(Vec<(Op, u64)>, std::time::Instant, usize),
     /// Every op numbered up to this that belongs to this shard is in its inbox ahead of the
     /// barrier; acknowledge it to the spool once they are all settled.
     Barrier(u64),
@@ -38,87 +54,24 @@ pub(crate) enum ShardMsg {
     Shutdown,
 }
 
-/// At most this many hot keys per shard are remembered …
-const HOT_KEYS_MAX: usize = 10_000;
-/// … and a key not throttled or written for this long is forgotten when room is needed.
-const HOT_KEY_MEMORY: Duration = Duration::from_secs(60);
-
-/// How often a shard with barriers waiting checks them.
-const BARRIER_CHECK_INTERVAL: Duration = Duration::from_millis(10);
-
-/// The shard a key belongs to. `DefaultHasher::new()` uses fixed keys, so this is stable.
-pub fn shard_of(key: &Key, shards: usize) -> usize {
-    let mut h = DefaultHasher::new();
-    key.hash(&mut h);
-    (h.finish() % shards as u64) as usize
+/// The coalescer's instant for tokio's `t`.
+fn coalescer_time(t: Instant) -> std::time::Instant {
+    t.into_std()
 }
 
-/// The router: runs on its own OS thread, blocking on the crossbeam ingest queue and on the
-/// shards' bounded inboxes (which is how a slow shard pushes back on ingest). Ends after
-/// forwarding the shutdown marker to every shard.
-pub(crate) fn route(
-    rx: Receiver<IngestMsg>,
-    shards: Vec<(mpsc::Sender<ShardMsg>, Arc<ByteBudget>)>,
-    budget: Arc<ByteBudget>,
-) {
-    let n = shards.len();
-    let mut per_shard: Vec<Vec<(Op, u64)>> = (0..n).map(|_| Vec::new()).collect();
-    for msg in rx {
-        match msg {
-            IngestMsg::Event(env) => {
-                budget.release(env.bytes);
-                let numbered = env.first_seq != 0;
-                for (i, op) in env.ops.into_iter().enumerate() {
-                    let seq = if numbered {
-                        env.first_seq + i as u64
-                    } else {
-                        0
-                    };
-                    per_shard[shard_of(&op.key, n)].push((op, seq));
-                }
-                for (i, ops) in per_shard.iter_mut().enumerate() {
-                    if ops.is_empty() {
-                        continue;
-                    }
-                    let batch = std::mem::take(ops);
-                    let (shard, inbox_budget) = &shards[i];
-                    // Bounded in bytes as well as in messages: waits while the shard's inbox
-                    // holds its byte limit (one message larger than the limit goes alone).
-                    let bytes =
-                        inbox_budget.reserve_wait(batch.iter().map(|(op, _)| op.size()).sum());
-                    if shard
-                        .blocking_send(ShardMsg::Ops(batch, env.accepted, bytes))
-                        .is_err()
-                    {
-                        // Only after a shard task died (a bug): say so loudly.
-                        error!(shard = i, "shard is gone; writes lost");
-                    }
-                }
-            }
-            IngestMsg::Barrier(b) => {
-                for (shard, _) in &shards {
-                    let _ = shard.blocking_send(ShardMsg::Barrier(b));
-                }
-            }
-            IngestMsg::Shutdown => break,
-        }
-    }
-    for (shard, _) in &shards {
-        let _ = shard.blocking_send(ShardMsg::Shutdown);
-    }
-}
-
-/// One shard's task: owns a [`Coalescer`], takes writes from its inbox, and starts flushes.
+/// One shard's task: owns a [`Coalescer`], takes writes from its inbox, and starts flushes
+/// (through `F`, the [`Flusher`] outside tests).
 ///
-/// - Blocks (awaits) on: its inbox, flush completions, the age deadline of its oldest write, and a
-///   concurrency permit when it has a flush to start and none is free.
+/// - Blocks (awaits) on: its inbox, flush completions, the age deadline of its oldest write, the
+///   end of a hot key's hold, the next barrier check, and a concurrency permit when it has a
+///   flush to start and none is free.
 /// - Stops reading its inbox while it holds `max_pending_keys` keys or `max_pending_bytes`
 ///   bytes, so its bounded inbox fills and the router, then ingest, push back.
 /// - Drops nothing itself while running: a write leaves only when its flush reports it durable or
 ///   dropped. When the shutdown deadline fires it stops: without the spool every write it still
 ///   holds or receives is dead-lettered (`reason="shutdown"`); with the spool they are left there
 ///   (no barrier is passed any more, so their segments stay for the next start).
-pub(crate) struct Shard {
+pub(crate) struct Shard<F: Flush = Flusher> {
     inbox: mpsc::Receiver<ShardMsg>,
     /// The inbox's byte limit, shared with the router (which reserves) — released as ops arrive.
     inbox_budget: Arc<ByteBudget>,
@@ -128,41 +81,45 @@ pub(crate) struct Shard {
     stopped: bool,
     /// Writes left to the spool at the deadline.
     left: u64,
+    /// The pending writes of this shard's keys (this task is their only owner).
     coalescer: Coalescer,
-    flusher: Arc<Flusher>,
+    /// Sends the flushes (each in a task of its own, so the shard keeps coalescing meanwhile).
+    flusher: Arc<F>,
     /// The adaptive limit on flushes in flight across all shards; its semaphore hands out one
     /// permit per flush.
     concurrency: Arc<Concurrency>,
+    /// `concurrency`'s semaphore (a flush starts only with a permit; waiting for one blocks
+    /// nothing else: it is one branch of the shard's select).
     permits: Arc<Semaphore>,
     /// A permit acquired while waiting, used by the next flush.
     spare: Option<OwnedSemaphorePermit>,
-    /// Running flushes, and the keys each took (to release them even if a flush task panics).
+    /// Running flushes, and the keys each took (to release them even if a flush task panics,
+    /// and for the barrier check: their ops are not settled yet).
     flushes: JoinSet<Vec<Completed>>,
     flush_keys: HashMap<tokio::task::Id, Vec<(Key, Seqs)>>,
     /// Told when a write settles, so lookups stop replaying its ops.
     read: Option<Arc<ReadState>>,
+    /// Batching limits, flush age, hot-key windows, `ambiguous_hold`, pending limits.
     cfg: PipelineConfig,
+    /// Counters and the shared pending/hot-key gauges.
     stats: Arc<Stats>,
+    /// The router sent `Shutdown` (or is gone): flush everything, then end.
     draining: bool,
     /// The pending keys, bytes and hot keys last added to the shared gauges.
     published: (i64, i64, i64),
-    /// The spool to acknowledge barriers to, and this shard's index there.
-    spool: Option<(Arc<crate::spool::Spool>, usize)>,
-    /// Barriers received and not yet passed, oldest first.
-    barriers: std::collections::VecDeque<u64>,
-    /// When the barriers were last checked (a check walks every pending write).
-    barriers_checked: Instant,
-    /// Hot keys: each one's current window, and when it was last throttled or written.
-    hot: HashMap<Key, (Duration, Instant)>,
+    /// With the spool on: the barriers received and how to acknowledge them. `None`: no spool.
+    spool: Option<Barriers>,
+    /// Keys DynamoDB throttled itself, and their windows.
+    hot: HotKeys,
 }
 
-impl Shard {
+impl<F: Flush> Shard<F> {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         inbox: mpsc::Receiver<ShardMsg>,
         inbox_budget: Arc<ByteBudget>,
         deadline: Arc<crate::pipeline::flush::retry::Deadline>,
-        flusher: Arc<Flusher>,
+        flusher: Arc<F>,
         concurrency: Arc<Concurrency>,
         cfg: PipelineConfig,
         stats: Arc<Stats>,
@@ -182,51 +139,32 @@ impl Shard {
             spare: None,
             flushes: JoinSet::new(),
             flush_keys: HashMap::new(),
+            hot: HotKeys::new(cfg.hot_key_window, cfg.hot_key_max_window),
             cfg,
             stats,
             draining: false,
             published: (0, 0, 0),
             spool: None,
-            barriers: Default::default(),
-            barriers_checked: Instant::now(),
-            hot: HashMap::new(),
         }
-    }
-
-    /// A hot key's window after one more write: doubled when DynamoDB throttled the key again,
-    /// halved when it did not (and the key forgotten below `hot_key_window`). The key's next
-    /// write is held back for the window.
-    fn cool_or_heat(&mut self, key: &Key, throttled: bool, now: Instant) {
-        let (base, max) = (self.cfg.hot_key_window, self.cfg.hot_key_max_window);
-        if base.is_zero() {
-            return;
-        }
-        let window = match (self.hot.get(key), throttled) {
-            (None, false) => return,
-            (None, true) => base,
-            (Some((w, _)), true) => (*w * 2).min(max),
-            (Some((w, _)), false) => *w / 2,
-        };
-        if window < base {
-            self.hot.remove(key);
-            return;
-        }
-        if self.hot.len() >= HOT_KEYS_MAX && !self.hot.contains_key(key) {
-            // Forget keys not seen for a minute rather than grow without bound.
-            self.hot
-                .retain(|_, (_, seen)| now.saturating_duration_since(*seen) < HOT_KEY_MEMORY);
-            if self.hot.len() >= HOT_KEYS_MAX {
-                return;
-            }
-        }
-        self.hot.insert(key.clone(), (window, now));
-        self.coalescer.hold(key, now + window);
     }
 
     /// Acknowledges barriers to `spool` as shard number `index`.
-    pub fn with_spool(mut self, spool: Arc<crate::spool::Spool>, index: usize) -> Self {
-        self.spool = Some((spool, index));
+    pub fn with_spool(self, spool: Arc<crate::spool::Spool>, index: usize) -> Self {
+        self.with_barrier_ack(Box::new(move |b| spool.barrier_passed(index, b)))
+    }
+
+    /// Acknowledges barriers through `ack` (the spool is on).
+    pub fn with_barrier_ack(mut self, ack: BarrierAck) -> Self {
+        self.spool = Some(Barriers::new(ack));
         self
+    }
+
+    /// A hot key's window after one more write (see [`HotKeys::after_write`]): the key's next
+    /// write is held back for it.
+    fn cool_or_heat(&mut self, key: &Key, throttled: bool, now: Instant) {
+        if let Some(until) = self.hot.after_write(key, throttled, now) {
+            self.coalescer.hold(key, coalescer_time(until));
+        }
     }
 
     /// The lowest op number in any write this shard holds, pending or in flight.
@@ -244,29 +182,13 @@ impl Shard {
     /// it runs at most every 10 ms unless `force`d (at the end of a drain). Never after the
     /// shutdown deadline: what was left unwritten must stay in the spool.
     fn pass_barriers(&mut self, force: bool) {
-        let Some((spool, index)) = &self.spool else {
-            return;
-        };
-        if self.stopped {
+        let now = Instant::now();
+        if self.stopped || !self.spool.as_ref().is_some_and(|b| b.due(now, force)) {
             return;
         }
-        if self.barriers.is_empty()
-            || (!force && self.barriers_checked.elapsed() < BARRIER_CHECK_INTERVAL)
-        {
-            return;
-        }
-        self.barriers_checked = Instant::now();
         let low = self.lowest_live_seq();
-        let mut passed = None;
-        while let Some(&b) = self.barriers.front() {
-            if low.is_some_and(|low| low <= b) {
-                break;
-            }
-            passed = Some(b);
-            self.barriers.pop_front();
-        }
-        if let Some(b) = passed {
-            spool.barrier_passed(*index, b);
+        if let Some(barriers) = &mut self.spool {
+            barriers.pass(low, now);
         }
     }
 
@@ -294,6 +216,12 @@ impl Shard {
         }
     }
 
+    /// When the oldest write that could be sent now reaches `max_batch_age`.
+    fn age_due(&mut self) -> Option<Instant> {
+        let oldest = self.coalescer.oldest()?;
+        Some(Instant::from_std(oldest) + self.cfg.max_batch_age)
+    }
+
     /// Why to flush now, if at all.
     fn trigger(&mut self, now: Instant) -> Option<FlushTrigger> {
         if self.coalescer.ready() == 0 {
@@ -308,8 +236,8 @@ impl Shard {
         if self.coalescer.bytes() >= self.cfg.max_batch_bytes {
             return Some(FlushTrigger::Bytes);
         }
-        match self.coalescer.oldest() {
-            Some(t) if now >= t + self.cfg.max_batch_age => Some(FlushTrigger::Age),
+        match self.age_due() {
+            Some(due) if now >= due => Some(FlushTrigger::Age),
             _ => None,
         }
     }
@@ -347,67 +275,75 @@ impl Shard {
         }
     }
 
+    /// A flush task ended: every write it took is settled, handed back, or (if it panicked)
+    /// counted as lost.
     fn completed(
         &mut self,
         joined: Result<(tokio::task::Id, Vec<Completed>), tokio::task::JoinError>,
     ) {
         self.stats.flush_done();
-        let now = Instant::now();
         match joined {
             Ok((id, done)) => {
                 self.flush_keys.remove(&id);
-                let mut latencies = Vec::with_capacity(done.len());
-                for c in done {
-                    self.coalescer.complete(&c.key);
-                    // A requeued write is always a hot one (throttled on its own key).
-                    self.cool_or_heat(&c.key, c.hot, now);
-                    if c.ambiguous && !self.cfg.ambiguous_hold.is_zero() {
-                        // An attempt may still land: the key's next write goes after it.
-                        self.coalescer
-                            .hold_at_least(&c.key, now + self.cfg.ambiguous_hold);
-                    }
-                    match c.end {
-                        KeyEnd::Requeue(write) => {
-                            // Back in line, ahead of the key's newer ops, which merge into it
-                            // while the key waits its window.
-                            self.stats.requeued();
-                            let vanished =
-                                self.coalescer
-                                    .requeue(c.key.clone(), write, c.seqs, c.since);
-                            if let Some(read) = &self.read {
-                                for seqs in vanished {
-                                    read.settled(&c.key, seqs);
-                                }
-                            }
-                        }
-                        // Past the shutdown deadline with the spool on: the write stays in the
-                        // spool (its barrier is never passed) and is replayed at the next start.
-                        KeyEnd::Left => self.left += 1,
-                        KeyEnd::Written | KeyEnd::Dropped => {
-                            if let Some(read) = &self.read {
-                                read.settled(&c.key, c.seqs);
-                            }
-                            if c.end == KeyEnd::Written {
-                                latencies.push(now.saturating_duration_since(c.since));
-                            }
-                        }
-                    }
-                }
+                let now = Instant::now();
+                let latencies: Vec<Duration> = done
+                    .into_iter()
+                    .filter_map(|c| self.key_completed(c, now))
+                    .collect();
                 self.stats.durable(&latencies);
             }
             Err(e) => {
                 let keys = self.flush_keys.remove(&e.id()).unwrap_or_default();
                 error!(error = %e, writes = keys.len(), "flush task failed; its writes are lost");
-                self.stats.dropped(
-                    crate::telemetry::stats::DropReason::RetriesExhausted,
-                    keys.len() as u64,
-                );
+                self.stats
+                    .dropped(DropReason::RetriesExhausted, keys.len() as u64);
                 for (k, seqs) in keys {
                     self.coalescer.complete(&k);
                     if let Some(read) = &self.read {
                         read.settled(&k, seqs);
                     }
                 }
+            }
+        }
+    }
+
+    /// One key's write ended: releases the key, sets its holds, and puts a handed-back write
+    /// back in line. Returns the ingest-to-durable latency of a written one.
+    fn key_completed(&mut self, c: Completed, now: Instant) -> Option<Duration> {
+        self.coalescer.complete(&c.key);
+        self.cool_or_heat(&c.key, c.end.hot(), now);
+        if c.end.ambiguous() && !self.cfg.ambiguous_hold.is_zero() {
+            // An attempt may still land: the key's next write goes after it.
+            self.coalescer
+                .hold_at_least(&c.key, coalescer_time(now + self.cfg.ambiguous_hold));
+        }
+        match c.end {
+            KeyEnd::Requeue { write, .. } => {
+                // Back in line, ahead of the key's newer ops, which merge into it while the key
+                // waits its window.
+                self.stats.requeued();
+                let vanished = self
+                    .coalescer
+                    .requeue(c.key.clone(), write, c.seqs, c.since);
+                if let Some(read) = &self.read {
+                    for seqs in vanished {
+                        read.settled(&c.key, seqs);
+                    }
+                }
+                None
+            }
+            // Past the shutdown deadline with the spool on: the write stays in the spool (its
+            // barrier is never passed) and is replayed at the next start.
+            KeyEnd::Left => {
+                self.left += 1;
+                None
+            }
+            KeyEnd::Written { .. } | KeyEnd::Dropped { .. } => {
+                if let Some(read) = &self.read {
+                    read.settled(&c.key, c.seqs);
+                }
+                matches!(c.end, KeyEnd::Written { .. })
+                    .then(|| coalescer_time(now).saturating_duration_since(c.since))
             }
         }
     }
@@ -428,12 +364,12 @@ impl Shard {
                 }
             );
         }
-        let rest: Vec<(Key, crate::storage::item::Write, Seqs)> = self.coalescer.drain_pending();
+        let rest: Vec<(Key, Write, Seqs)> = self.coalescer.drain_pending();
         self.abandon(rest);
     }
 
     /// Writes that will not be sent: left to the spool, or dead-lettered and counted.
-    fn abandon(&mut self, writes: Vec<(Key, crate::storage::item::Write, Seqs)>) {
+    fn abandon(&mut self, writes: Vec<(Key, Write, Seqs)>) {
         for (key, write, seqs) in writes {
             if self.spool.is_some() {
                 self.left += 1;
@@ -442,7 +378,7 @@ impl Shard {
             self.flusher.give_up(
                 &key,
                 &write,
-                crate::telemetry::stats::DropReason::Shutdown,
+                DropReason::Shutdown,
                 "not written when pipeline.shutdown_timeout ran out",
             );
             if let Some(read) = &self.read {
@@ -460,7 +396,7 @@ impl Shard {
         self.abandon(writes);
     }
 
-    fn push(&mut self, ops: Vec<(Op, u64)>, accepted: Instant) {
+    fn push(&mut self, ops: Vec<(Op, u64)>, accepted: std::time::Instant) {
         let mut counts: HashMap<Table, (u64, u64)> = HashMap::new();
         for (op, seq) in ops {
             let table = op.key.table;
@@ -488,10 +424,47 @@ impl Shard {
         }
     }
 
-    /// Writes left to the spool at the shutdown deadline (0 if it did not fire).
+    /// One message from the inbox (`None`: the router is gone).
+    fn received(&mut self, msg: Option<ShardMsg>) {
+        match msg {
+            Some(ShardMsg::Ops(ops, accepted, bytes)) => {
+                self.inbox_budget.release(bytes);
+                if self.stopped {
+                    self.abandon_ops(ops);
+                } else {
+                    self.push(ops, accepted);
+                }
+            }
+            Some(ShardMsg::Barrier(b)) => {
+                if let Some(barriers) = &mut self.spool {
+                    barriers.push(b);
+                }
+                self.pass_barriers(true);
+            }
+            Some(ShardMsg::Shutdown) | None => self.draining = true,
+        }
+    }
+
+    /// When to wake without a message or a completion: the oldest ready write's age deadline
+    /// (unless a flush is wanted now), the next barrier check, the end of the next hold.
+    fn next_wake(&mut self, want_flush: bool, next_release: Option<Instant>) -> Option<Instant> {
+        let age = if !want_flush && self.coalescer.ready() > 0 {
+            self.age_due()
+        } else {
+            None
+        };
+        let barrier = self.spool.as_ref().and_then(Barriers::next_check);
+        [age, barrier, next_release].into_iter().flatten().min()
+    }
+
+    /// Runs the shard until it has drained; returns the writes left to the spool at the
+    /// shutdown deadline (0 if it did not fire).
     pub async fn run(mut self) -> u64 {
         loop {
-            let next_release = self.coalescer.release_due(Instant::now());
+            let next_release = self
+                .coalescer
+                .release_due(coalescer_time(Instant::now()))
+                .map(Instant::from_std);
             if self.deadline.passed() {
                 self.stop();
             } else {
@@ -509,41 +482,15 @@ impl Shard {
                 && (self.stopped
                     || (self.coalescer.len() < self.cfg.max_pending_keys
                         && self.coalescer.bytes() < self.cfg.max_pending_bytes));
-            let mut wake = match self.coalescer.oldest() {
-                Some(t) if !want_flush && self.coalescer.ready() > 0 => {
-                    Some(t + self.cfg.max_batch_age)
-                }
-                _ => None,
-            };
-            if !self.barriers.is_empty() {
-                let check = self.barriers_checked + BARRIER_CHECK_INTERVAL;
-                wake = Some(wake.map_or(check, |w| w.min(check)));
-            }
-            if let Some(release) = next_release {
-                wake = Some(wake.map_or(release, |w| w.min(release)));
-            }
+            let wake = self.next_wake(want_flush, next_release);
             let far = now + Duration::from_secs(3600);
             tokio::select! {
                 Some(joined) = self.flushes.join_next_with_id(), if !self.flushes.is_empty() => {
                     self.completed(joined);
                 }
                 () = self.deadline.wait(), if !self.stopped => self.stop(),
-                msg = self.inbox.recv(), if accepting => match msg {
-                    Some(ShardMsg::Ops(ops, accepted, bytes)) => {
-                        self.inbox_budget.release(bytes);
-                        if self.stopped {
-                            self.abandon_ops(ops);
-                        } else {
-                            self.push(ops, accepted);
-                        }
-                    }
-                    Some(ShardMsg::Barrier(b)) => {
-                        self.barriers.push_back(b);
-                        self.pass_barriers(true);
-                    }
-                    Some(ShardMsg::Shutdown) | None => self.draining = true,
-                },
-                _ = tokio::time::sleep_until(wake.unwrap_or(far).into()), if wake.is_some() => {}
+                msg = self.inbox.recv(), if accepting => self.received(msg),
+                _ = tokio::time::sleep_until(wake.unwrap_or(far)), if wake.is_some() => {}
                 permit = Arc::clone(&self.permits).acquire_owned(), if want_flush && self.spare.is_none() => {
                     // The semaphore is never closed, so this is always Ok.
                     self.spare = permit.ok();

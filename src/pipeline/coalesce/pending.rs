@@ -1,161 +1,11 @@
-//! Per-key coalescing: the write algebra and the pending-write table it maintains.
-//!
-//! Within a flush window each key holds one pending write, built by [`merge`] so that applying the
-//! merged write gives the same table state as applying every write in order (BRIEF §5):
-//!
-//! | earlier ∘ later | result |
-//! |---|---|
-//! | put ∘ put | the later put (certain only if the earlier one was) |
-//! | put ∘ delete | delete; **nothing at all** when the put is certain (`fresh`, below) |
-//! | put ∘ update | the put with the update applied (its guard evaluated against the put) |
-//! | put ∘ set delta | the put with the set changed |
-//! | delete ∘ put | the put |
-//! | delete ∘ update | delete when guarded (the guard fails on a missing item); otherwise a put of key + SETs |
-//! | delete ∘ set delta | a put of key + the added members; delete when nothing is added |
-//! | update ∘ update | one update, later SETs winning, when both have the same guard and the first does not SET the guard attribute |
-//! | set delta ∘ set delta | one delta: an ADD withdraws a pending DELETE of that member; a DELETE of a pending ADD withdraws the ADD, and when the earlier delta is not certain, also stays as a DELETE |
-//! | anything ∘ put / delete | the put / delete |
-//!
-//! **The certainty rule.** Cancelling — put∘delete to nothing, ADD∘DELETE of one member to
-//! nothing — is sound only while no attempt that carried the earlier write can have been applied
-//! and nothing earlier can have put it there. A write is *certain* (`fresh` on
-//! [`Write::Put`] and [`Write::SetDelta`]) when it was planned from a message id seen for the
-//! first time and has never been sent, or every attempt that carried it ended with a definite
-//! "not applied" (UnprocessedItems, a throttling or validation error). It is *maybe applied* —
-//! [`Write::maybe_applied`] — when an attempt ended ambiguously (a timeout, a 5xx, a reset:
-//! DynamoDB says such a request "may or may not have succeeded") and the write is then handed back
-//! to its shard, when it was replayed from the spool (a suffix of which may already be in the
-//! table), or when its message id was already seen (a sender that repeats itself). Anything folded
-//! into a maybe-applied write is maybe applied too. For a maybe-applied write the later delete /
-//! `DELETE` is written: costlier by one write, never a resurrection. Without faults, replays and
-//! duplicates every write is certain, so the rule costs nothing.
-//!
-//! The few pairs the algebra cannot fold into one write (two updates guarded by different values,
-//! an update and a set delta on one key) stay as a short queue for that key, sent one after the
-//! other; the flusher never has two writes of one key in flight.
-//!
-//! [`Coalescer`] is a pure data structure: no I/O, no clock of its own (callers pass the instant an
-//! op was accepted). The shard that owns it decides when to flush.
+//! The pending-write table of one shard: the per-key pending writes (folded by the algebra), in
+//! arrival order, with byte accounting, the age of the oldest, and the keys in flight or held.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
-use crate::storage::item::{Key, Op, Value, Write};
-
-/// The result of folding a later write into an earlier one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Merged {
-    /// One write has the effect of both.
-    One(Write),
-    /// Together they have no effect: nothing needs to be written.
-    Cancelled,
-    /// They cannot be folded; both must be applied, in order.
-    Two(Write, Write),
-}
-
-/// Folds `later` into `earlier` for the same key (see the module table).
-pub fn merge(key: &Key, earlier: Write, later: Write) -> Merged {
-    use Write::*;
-    match (earlier, later) {
-        (Put { fresh: f1, .. }, Put { item, fresh: f2 }) => Merged::One(Put {
-            item,
-            fresh: f1 && f2,
-        }),
-        (Put { fresh: true, .. }, Delete) => Merged::Cancelled,
-        (_, Delete) => Merged::One(Delete),
-        (_, Put { item, .. }) => Merged::One(Put { item, fresh: false }),
-        (Put { mut item, fresh }, Update { set, guard }) => {
-            let holds = guard
-                .as_ref()
-                .is_none_or(|(attr, value)| item.get(attr) == Some(value));
-            if holds {
-                item.extend(set);
-            }
-            Merged::One(Put { item, fresh })
-        }
-        (Put { mut item, fresh }, SetDelta { attr, add, del, .. }) => {
-            let mut members = match item.remove(&attr) {
-                Some(Value::Ss(set)) => set,
-                _ => Default::default(),
-            };
-            members.extend(add);
-            for m in &del {
-                members.remove(m);
-            }
-            if !members.is_empty() {
-                item.insert(attr, Value::Ss(members));
-            }
-            Merged::One(Put { item, fresh })
-        }
-        (Delete, Update { guard: Some(_), .. }) => Merged::One(Delete),
-        (Delete, Update { set, guard: None }) => {
-            let mut item = key.to_item();
-            item.extend(set);
-            Merged::One(Put { item, fresh: false })
-        }
-        (Delete, SetDelta { attr, add, .. }) => {
-            if add.is_empty() {
-                Merged::One(Delete)
-            } else {
-                let mut item = key.to_item();
-                item.insert(attr, Value::Ss(add));
-                Merged::One(Put { item, fresh: false })
-            }
-        }
-        (
-            Update {
-                set: mut s1,
-                guard: g1,
-            },
-            Update { set: s2, guard: g2 },
-        ) => {
-            let guard_untouched = g1.as_ref().is_none_or(|(attr, _)| !s1.contains_key(attr));
-            if g1 == g2 && guard_untouched {
-                s1.extend(s2);
-                Merged::One(Update { set: s1, guard: g1 })
-            } else {
-                Merged::Two(Update { set: s1, guard: g1 }, Update { set: s2, guard: g2 })
-            }
-        }
-        (
-            SetDelta {
-                attr: a1,
-                add: mut add1,
-                del: mut del1,
-                fresh: f1,
-            },
-            SetDelta {
-                attr: a2,
-                add: add2,
-                del: del2,
-                fresh: f2,
-            },
-        ) if a1 == a2 => {
-            for m in add2 {
-                del1.remove(&m);
-                add1.insert(m);
-            }
-            // Members of a pending ADD are certain not to be stored only while the delta is
-            // certain; otherwise the DELETE must go out too (the certainty rule).
-            for m in del2 {
-                if !(add1.remove(&m) && f1) {
-                    del1.insert(m);
-                }
-            }
-            if add1.is_empty() && del1.is_empty() {
-                Merged::Cancelled
-            } else {
-                Merged::One(SetDelta {
-                    attr: a1,
-                    add: add1,
-                    del: del1,
-                    fresh: f1 && f2,
-                })
-            }
-        }
-        (earlier, later) => Merged::Two(earlier, later),
-    }
-}
+use super::algebra::{Merged, merge};
+use crate::storage::item::{Key, Op, Write};
 
 /// What [`Coalescer::push`] did with an op.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,6 +108,11 @@ impl Entry {
 /// Invariants: a key in `in_flight` is never handed out again until [`Coalescer::complete`], a key
 /// in `held` not before [`Coalescer::release_due`] passes its instant; `ready` counts entries whose
 /// key is neither in flight nor held; `bytes` sums every entry's size.
+///
+/// Owned by one shard task: no locks, nothing blocks, nothing is dropped (a write leaves only
+/// through [`Coalescer::take`], a cancellation reported by [`Coalescer::push_numbered`], or
+/// [`Coalescer::drain_pending`] at the shutdown deadline). Instants are the caller's (`std`,
+/// as ingest stamps them).
 #[derive(Debug, Default)]
 pub struct Coalescer {
     /// Pending writes by key.
@@ -269,8 +124,11 @@ pub struct Coalescer {
     in_flight: HashSet<Key>,
     /// Hot keys whose next write waits until the given instant (see [`Coalescer::hold`]).
     held: HashMap<Key, Instant>,
+    /// The next slot number in `order` (so a recreated entry makes its old slot stale).
     next_seq: u64,
+    /// Entries whose key is neither in flight nor held: what a flush could take now.
     ready: usize,
+    /// Bytes of all pending writes, for the shard's byte limits and the bytes trigger.
     bytes: usize,
 }
 
@@ -573,6 +431,3 @@ impl Coalescer {
         self.in_flight.len()
     }
 }
-
-#[cfg(test)]
-mod tests;

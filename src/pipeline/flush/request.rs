@@ -1,0 +1,180 @@
+//! Request building: table names both ways, the put/delete requests of a BatchWriteItem, and the
+//! UpdateItem expressions of an update or a set delta (and what is left of a write when only some
+//! of its UpdateItems went out).
+
+use std::collections::{BTreeSet, HashMap};
+
+use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, WriteRequest};
+
+use crate::config::DynamoConfig;
+use crate::storage::dynamo;
+use crate::storage::item::{Key, Table, Value, Write};
+
+/// Table names as configured, both ways.
+#[derive(Debug, Clone)]
+pub struct TableNames {
+    names: [String; 6],
+    by_name: HashMap<String, Table>,
+}
+
+impl TableNames {
+    pub fn new(cfg: &DynamoConfig) -> Self {
+        let names = Table::ALL.map(|t| cfg.table_name(t));
+        let by_name = Table::ALL
+            .iter()
+            .map(|t| (cfg.table_name(*t), *t))
+            .collect();
+        TableNames { names, by_name }
+    }
+
+    pub fn name(&self, table: Table) -> &str {
+        &self.names[Table::ALL.iter().position(|t| *t == table).unwrap_or(0)]
+    }
+
+    pub fn table(&self, name: &str) -> Option<Table> {
+        self.by_name.get(name).copied()
+    }
+}
+
+/// The BatchWriteItem request of a put or a delete.
+pub(super) fn write_request(key: &Key, write: &Write) -> WriteRequest {
+    let builder = WriteRequest::builder();
+    match write {
+        Write::Put { item, .. } => builder.put_request(
+            PutRequest::builder()
+                .set_item(Some(dynamo::to_attrs(item)))
+                .build()
+                .expect("item is set"),
+        ),
+        _ => builder.delete_request(
+            DeleteRequest::builder()
+                .set_key(Some(dynamo::key_attrs(key)))
+                .build()
+                .expect("key is set"),
+        ),
+    }
+    .build()
+}
+
+/// The key a BatchWriteItem request (as DynamoDB returns it in UnprocessedItems) writes to.
+pub(super) fn request_key(
+    tables: &TableNames,
+    table_name: &str,
+    req: &WriteRequest,
+) -> Option<Key> {
+    let table = tables.table(table_name)?;
+    if let Some(put) = req.put_request() {
+        dynamo::key_of_attrs(table, put.item())
+    } else {
+        req.delete_request()
+            .and_then(|d| dynamo::key_of_attrs(table, d.key()))
+    }
+}
+
+/// One UpdateItem, ready to send (and resend).
+#[derive(Debug, Clone)]
+pub(super) struct UpdateSpec {
+    /// The set attribute this ADDs to (for the MsgId size cap), if it is a set ADD.
+    pub adds_to: Option<String>,
+    /// For a set delta: the members this request adds (`true`) or deletes, so that what is left
+    /// after a hand-back can be rebuilt.
+    pub members: Option<(bool, BTreeSet<String>)>,
+    pub expression: String,
+    pub condition: Option<String>,
+    pub names: HashMap<String, String>,
+    pub values: HashMap<String, AttributeValue>,
+}
+
+/// The UpdateItems of one update or set delta, in the order they must go (for a set delta: ADD
+/// chunks first, then DELETE chunks). Puts and deletes have none (they go by BatchWriteItem).
+pub(super) fn update_specs(key: &Key, write: &Write) -> Vec<UpdateSpec> {
+    match write {
+        Write::Update { set, guard } => vec![set_spec(set, guard.as_ref())],
+        Write::SetDelta { attr, add, del, .. } => delta_specs(key, attr, add, del),
+        // Puts and deletes go through BatchWriteItem.
+        _ => Vec::new(),
+    }
+}
+
+/// `SET` of every attribute, conditional on the guard if there is one.
+fn set_spec(set: &crate::storage::item::Item, guard: Option<&(String, Value)>) -> UpdateSpec {
+    let mut names = HashMap::new();
+    let mut values = HashMap::new();
+    let mut parts = Vec::new();
+    for (i, (attr, value)) in set.iter().enumerate() {
+        names.insert(format!("#a{i}"), attr.clone());
+        values.insert(format!(":a{i}"), dynamo::to_attr(value));
+        parts.push(format!("#a{i} = :a{i}"));
+    }
+    let condition = guard.map(|(attr, value)| {
+        names.insert("#g".into(), attr.clone());
+        values.insert(":g".into(), dynamo::to_attr(value));
+        "#g = :g".to_string()
+    });
+    UpdateSpec {
+        adds_to: None,
+        members: None,
+        expression: format!("SET {}", parts.join(", ")),
+        condition,
+        names,
+        values,
+    }
+}
+
+/// `ADD` chunks, then `DELETE` chunks, each at most [`crate::storage::item::MAX_SET_CHUNK_BYTES`].
+fn delta_specs(
+    key: &Key,
+    attr: &str,
+    add: &BTreeSet<String>,
+    del: &BTreeSet<String>,
+) -> Vec<UpdateSpec> {
+    let mut specs = Vec::new();
+    for chunk in crate::storage::item::split_set(add) {
+        specs.push(UpdateSpec {
+            adds_to: (key.table == Table::TopicMsgMap).then(|| attr.to_string()),
+            expression: "ADD #s :m".into(),
+            condition: None,
+            names: [("#s".to_string(), attr.to_string())].into(),
+            values: [(":m".to_string(), dynamo::to_attr(&Value::Ss(chunk.clone())))].into(),
+            members: Some((true, chunk)),
+        });
+    }
+    for chunk in crate::storage::item::split_set(del) {
+        // Never create an item just to delete from it.
+        specs.push(UpdateSpec {
+            adds_to: None,
+            expression: "DELETE #s :m".into(),
+            condition: Some("attribute_exists(#k)".into()),
+            names: [
+                ("#s".to_string(), attr.to_string()),
+                ("#k".to_string(), key.table.key_names().0.to_string()),
+            ]
+            .into(),
+            values: [(":m".to_string(), dynamo::to_attr(&Value::Ss(chunk.clone())))].into(),
+            members: Some((false, chunk)),
+        });
+    }
+    specs
+}
+
+/// What is left of `write` when only the UpdateItems `rest` are still to go: for a set delta,
+/// the members those requests carry (ADD chunks go first, then DELETE chunks).
+pub(super) fn remainder(write: &Write, rest: &[UpdateSpec]) -> Write {
+    match write {
+        Write::SetDelta { attr, fresh, .. } => {
+            let (mut add, mut del) = (BTreeSet::new(), BTreeSet::new());
+            for spec in rest {
+                if let Some((adds, members)) = &spec.members {
+                    if *adds { &mut add } else { &mut del }.extend(members.iter().cloned());
+                }
+            }
+            Write::SetDelta {
+                attr: attr.clone(),
+                add,
+                del,
+                fresh: *fresh,
+            }
+        }
+        other => other.clone(),
+    }
+}
