@@ -31,9 +31,6 @@ pub mod index;
 mod offline;
 pub mod overlay;
 
-/// The overlay's older name (the pipeline's shards use it).
-pub(crate) use overlay as state;
-
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 

@@ -28,7 +28,7 @@ use thiserror::Error;
 
 use crate::event::HookEvent;
 use crate::lookup::ReadState;
-pub(crate) use crate::pipeline::dedup::{Dedup, Seen};
+use crate::pipeline::dedup::{Dedup, Seen};
 use crate::rules::{ActionScope, EventError, RuleSet, StorageFormat};
 use crate::spool::{Spool, SpoolError};
 use crate::storage::item::Op;

@@ -113,7 +113,7 @@ struct Sim {
     in_flight: VecDeque<Taken>,
     /// Every message published, for acks and repeats to pick from.
     published: Vec<(String, String)>,
-    dedup: crate::pipeline::ingest::Dedup,
+    dedup: crate::pipeline::dedup::Dedup,
     /// Every op accepted, by number (what the spool holds until it is settled).
     history: Vec<Op>,
     next_id: u128,
@@ -271,11 +271,11 @@ impl Sim {
         match event {
             HookEvent::MessagePublish { message } if !ops.is_empty() => {
                 match self.dedup.publish(&message.id) {
-                    crate::pipeline::ingest::Seen::New => {}
-                    crate::pipeline::ingest::Seen::Published => {
+                    crate::pipeline::dedup::Seen::New => {}
+                    crate::pipeline::dedup::Seen::Published => {
                         ops.iter_mut().for_each(|op| op.write.maybe_applied())
                     }
-                    crate::pipeline::ingest::Seen::Acked => ops.clear(),
+                    crate::pipeline::dedup::Seen::Acked => ops.clear(),
                 }
             }
             HookEvent::MessageAcked { message, .. } => self.dedup.acked(&message.id),
@@ -312,7 +312,7 @@ impl Sim {
 /// Replays `steps` through the rules, then both ways; returns (sequential, coalesced).
 ///
 /// The coalesced side plays the pipeline: ops are numbered as ingest numbers them, repeated
-/// publishes go through ingest's [`crate::pipeline::ingest::Dedup`] (an acked one is dropped, an
+/// publishes go through ingest's [`crate::pipeline::dedup::Dedup`] (an acked one is dropped, an
 /// unacked one marked maybe applied), and a crash replays the spool's suffix marked maybe applied.
 fn run(steps: &[Step], rules: &RuleSet, initial: &TableModel) -> (TableModel, TableModel, u64) {
     let mut sequential = initial.clone();
@@ -321,7 +321,7 @@ fn run(steps: &[Step], rules: &RuleSet, initial: &TableModel) -> (TableModel, Ta
         coalescer: Coalescer::new(),
         in_flight: VecDeque::new(),
         published: Vec::new(),
-        dedup: crate::pipeline::ingest::Dedup::new(Duration::from_secs(3600), 100_000),
+        dedup: crate::pipeline::dedup::Dedup::new(Duration::from_secs(3600), 100_000),
         history: Vec::new(),
         next_id: 1u128 << 80,
     };

@@ -26,7 +26,7 @@
 //!   of members each, ADDs first, so a long-merged hot key's delta never exceeds what DynamoDB
 //!   takes.
 //!
-//! Files, one concern each: [`request`] builds requests; `batch` sends BatchWriteItem, `update`
+//! Files, one concern each: `request` builds requests; `batch` sends BatchWriteItem, `update`
 //! UpdateItem, both through the one loop in `retry_loop`; [`retry`] is the retry decision; `msgid`
 //! trims MsgId sets at their size cap.
 
@@ -58,7 +58,7 @@ pub struct Completed {
     pub key: Key,
     /// When its oldest event was accepted (the coalescer's clock).
     pub since: std::time::Instant,
-    /// The ops folded into the write (for [`crate::lookup::ReadState::settled`]).
+    /// The ops folded into the write (for `ReadState::settled`).
     pub seqs: Seqs,
     pub end: KeyEnd,
 }

@@ -1,6 +1,6 @@
 //! Shards: the shard task that coalesces the writes of its keys and starts flushes; the router
-//! that spreads writes over shards ([`router`]), hot-key windows ([`hot_keys`]) and spool
-//! barriers ([`barrier`]) are files of their own.
+//! that spreads writes over shards (`router`), hot-key windows (`hot_keys`) and spool
+//! barriers (`barrier`) are files of their own.
 //!
 //! A key always hashes to the same shard, so one task owns all of a key's pending and in-flight
 //! state and per-key order needs no locks. Shards hold keys of every table, so one flush can fill
@@ -403,7 +403,7 @@ impl<F: Flush> Shard<F> {
             let key = self
                 .read
                 .as_ref()
-                .filter(|_| crate::lookup::state::tracked(table))
+                .filter(|_| crate::lookup::overlay::tracked(table))
                 .map(|_| op.key.clone());
             let (outcome, vanished) = self.coalescer.push_numbered(op, accepted, seq);
             if let (Some(read), Some(key), Some(seqs)) = (&self.read, key, vanished) {
