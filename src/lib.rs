@@ -53,4 +53,6 @@ pub mod service;
 pub mod spool;
 pub mod storage;
 pub mod telemetry;
+#[cfg(feature = "test-util")]
+pub mod test_util;
 pub mod topic;
