@@ -21,7 +21,7 @@ use mqtt_dynamo::guid;
 use mqtt_dynamo::pipeline::Pipeline;
 use mqtt_dynamo::storage::item::{Item, Key, Table, Value as V};
 
-use support::{Backend, normalized, scan_all};
+use mqtt_dynamo::test_util::{Backend, normalized, scan_all};
 
 fn s(v: &str) -> V {
     V::S(v.into())
@@ -710,7 +710,7 @@ async fn tls_on_both_listeners() {
 /// rows it accepted once the queues are full, and every drop is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_full_queue_answers_503_and_counts_the_drop() {
-    let stalled = support::Stalled::start().await;
+    let stalled = mqtt_dynamo::test_util::stalled::Stalled::start().await;
     let mut cfg = stalled.tiny_config();
     cfg.http.when_full = mqtt_dynamo::config::WhenFull::Drop;
     cfg.http.listen = "127.0.0.1:0".parse().unwrap();

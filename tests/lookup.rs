@@ -22,7 +22,7 @@ use mqtt_dynamo::pipeline::Pipeline;
 use mqtt_dynamo::pipeline::{Admit, Receipt};
 use mqtt_dynamo::storage::item::{Item, Key, Op, Table, Value, Write};
 
-use support::Backend;
+use mqtt_dynamo::test_util::Backend;
 
 /// A hex GUID at `time_us` with sequence `seq`.
 fn guid_at(time_us: u64, seq: u16) -> String {

@@ -17,7 +17,8 @@ use mqtt_dynamo::pipeline::Pipeline;
 use mqtt_dynamo::pipeline::{Admit, Receipt};
 use mqtt_dynamo::storage::item::Table;
 
-use support::{Backend, http_get, scan_all};
+use mqtt_dynamo::test_util::{Backend, scan_all};
+use support::http_get;
 
 /// `name{label="v",...}` (labels sorted) → value, from the text exposition.
 fn parse_exposition(text: &str) -> BTreeMap<String, f64> {

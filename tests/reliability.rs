@@ -18,7 +18,7 @@ use mqtt_dynamo::rules::RuleSet;
 use mqtt_dynamo::storage::item::{Item, Key, Table, Value};
 use mqtt_dynamo::storage::model::TableModel;
 
-use support::{Backend, normalized, scan_all};
+use mqtt_dynamo::test_util::{Backend, normalized, scan_all};
 
 // ---------------------------------------------------------------------------------------------
 // A publish/ack/retained/presence stream as EMQX rule rows, and what the tables must show.

@@ -157,3 +157,24 @@ impl Drop for Backend {
     }
 }
 
+/// One test body, two tests: for each `body` (an `async fn body(backend: Backend)` in scope),
+/// a module `body` with the tests `on_dynoxide` and `on_dynalite`, each starting its backend
+/// and running the body on it. Bodies name the backend in their failure messages
+/// ([`Backend::name`]).
+#[macro_export]
+macro_rules! on_dynoxide_and_dynalite {
+    ($($(#[$meta:meta])* $body:ident;)+) => {$(
+        $(#[$meta])*
+        mod $body {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_dynoxide() {
+                super::$body($crate::test_util::Backend::dynoxide().await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_dynalite() {
+                super::$body($crate::test_util::Backend::dynalite().await).await;
+            }
+        }
+    )+};
+}

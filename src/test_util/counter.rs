@@ -44,4 +44,3 @@ impl Intercept for RequestCounter {
         Ok(())
     }
 }
-

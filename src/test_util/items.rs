@@ -59,4 +59,3 @@ pub fn normalized(items: &BTreeMap<Key, Item>) -> BTreeMap<Key, Item> {
     }
     model.normalized()
 }
-

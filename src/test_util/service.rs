@@ -11,7 +11,8 @@ use crate::service::{self, Service};
 use crate::storage::dynamo::{self, SdkRetries};
 
 /// 127.0.0.1, port chosen by the kernel.
-pub const EPHEMERAL: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+pub const EPHEMERAL: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
 /// `cfg` with the ExHook, HTTP and metrics listeners and the embedded DynamoDB on ephemeral
 /// loopback ports (whether each is enabled stays as `cfg` says).

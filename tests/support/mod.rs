@@ -1,6 +1,6 @@
 //! Test harness of the integration tests: what only they need (the fault-injecting proxy, the
 //! `serve` binary as a child process, blocking HTTP requests). The DynamoDB backends, builders
-//! and scans are in `mqtt_dynamo::test_util` (feature `test-util`), re-exported here.
+//! and scans are in `mqtt_dynamo::test_util` (feature `test-util`).
 
 #![allow(dead_code)]
 
@@ -8,8 +8,6 @@ pub mod faults;
 
 use std::time::Duration;
 
-pub use mqtt_dynamo::test_util::stalled::Stalled;
-pub use mqtt_dynamo::test_util::{Backend, RequestCounter, SubmitExt, normalized, scan_all};
 
 /// A running `mqtt-dynamo serve` and where it listens, read from its log (its stderr keeps being
 /// read, so the service never blocks on a full pipe). Killed on drop.
