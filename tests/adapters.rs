@@ -1,6 +1,7 @@
 //! The broker adapters over real sockets: the ExHook gRPC server driven by an independent client
-//! (Python grpcio with stubs generated from our .proto files, playing EMQX) against a running
-//! `mqtt-dynamo serve` on the embedded DynamoDB, and the HTTP ingest with real HTTP requests.
+//! (Python grpcio with stubs generated from our .proto files, playing EMQX) against the service
+//! started in process (as `mqtt-dynamo serve` runs it) on the embedded DynamoDB, and the HTTP
+//! ingest with real HTTP requests.
 
 mod support;
 
@@ -21,6 +22,7 @@ use mqtt_dynamo::guid;
 use mqtt_dynamo::pipeline::Pipeline;
 use mqtt_dynamo::storage::item::{Item, Key, Table, Value as V};
 
+use mqtt_dynamo::test_util::service::{self, addr};
 use mqtt_dynamo::test_util::{Backend, normalized, scan_all};
 
 fn s(v: &str) -> V {
@@ -336,14 +338,23 @@ fn python() -> PathBuf {
     p
 }
 
-fn run_client(py: &PathBuf, stubs: &std::path::Path, target: &str, api: &str, mode: &str) -> Value {
+/// Runs the Python client (on a blocking thread: the service under test shares this runtime).
+async fn run_client(
+    py: &PathBuf,
+    stubs: &std::path::Path,
+    target: &str,
+    api: &str,
+    mode: &str,
+) -> Value {
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/emqx_client/exhook_client.py");
-    let out = Command::new(py)
+    let mut command = Command::new(py);
+    command
         .arg(script)
         .args(["--target", target, "--api", api, "--mode", mode, "--stubs"])
-        .arg(stubs)
-        .output()
+        .arg(stubs);
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -354,7 +365,7 @@ fn run_client(py: &PathBuf, stubs: &std::path::Path, target: &str, api: &str, mo
     serde_json::from_str(&stdout).unwrap()
 }
 
-/// An independent client plays EMQX over ExHook v2 and v3 against `mqtt-dynamo serve` on the
+/// An independent client plays EMQX over ExHook v2 and v3 against the service in process on the
 /// embedded DynamoDB; retained publishes come through the HTTP ingest as an EMQX rule would post
 /// them; the tables are read back through the SDK and compared item by item. Malformed requests,
 /// an unknown RPC, invalid UTF-8 and an oversized payload get proper statuses and the server keeps
@@ -378,23 +389,18 @@ async fn emqx_plays_exhook_v2_and_v3_against_serve() {
         status.success(),
         "grpc_tools.protoc compiles the project's protos"
     );
-    let conf = dir.join("serve.toml");
-    std::fs::write(
-        &conf,
-        "[dynamodb]\nembedded_listen = \"127.0.0.1:0\"\n[exhook]\nlisten = \"127.0.0.1:0\"\n\
-         [http]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[pipeline]\nmax_batch_age = \"5ms\"\n",
-    )
-    .unwrap();
+    let cfg = service::parse("[pipeline]\nmax_batch_age = \"5ms\"\n");
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let serve = support::Serve::start(&conf);
-    let rule_url = format!("http://{}/v1/events/emqx-rule", serve.http);
+    let serve = service::start(&cfg).await;
+    let (exhook, http) = (addr(serve.addrs().exhook), addr(serve.addrs().http));
+    let rule_url = format!("http://{http}/v1/events/emqx-rule");
 
     let mut expected: BTreeMap<Key, Item> = BTreeMap::new();
     for api in ["v2", "v3"] {
-        let out = run_client(&py, &stubs, &serve.exhook, api, "scenario");
+        let out = run_client(&py, &stubs, &exhook, api, "scenario").await;
         let hooks: BTreeSet<&str> = out["hooks"]
             .as_object()
             .unwrap()
@@ -425,7 +431,7 @@ async fn emqx_plays_exhook_v2_and_v3_against_serve() {
             assert_ne!(r["message_untouched"], json!(false));
         }
         assert_eq!(out["errors"], json!([]));
-        let abuse = run_client(&py, &stubs, &serve.exhook, api, "abuse");
+        let abuse = run_client(&py, &stubs, &exhook, api, "abuse").await;
         assert_eq!(abuse["unknown_rpc"], json!("UNIMPLEMENTED"));
         assert_eq!(abuse["after"], json!("OK"));
         // Refused as too large to store, yet CONTINUE with the message unchanged: a persistence
@@ -534,16 +540,7 @@ async fn emqx_plays_exhook_v2_and_v3_against_serve() {
     }
 
     // Read back through the SDK until the pipeline has flushed (bounded).
-    let mut cfg = Config::default();
-    cfg.dynamodb.endpoint_url = Some(serve.dynamo.clone());
-    cfg.dynamodb.access_key_id = Some("local".into());
-    cfg.dynamodb.secret_access_key = Some(Secret::new("local"));
-    let client = mqtt_dynamo::storage::dynamo::client(
-        &cfg.dynamodb,
-        None,
-        mqtt_dynamo::storage::dynamo::SdkRetries::Standard,
-    )
-    .await;
+    let client = service::dynamo_client(&serve, &cfg).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -577,21 +574,17 @@ async fn emqx_plays_exhook_v2_and_v3_against_serve() {
     };
     assert_eq!(got, expected);
 
-    let mut serve = serve;
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &serve.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = serve.child.wait().unwrap();
-    assert!(status.success());
-    let log: Vec<String> = serve.log.try_iter().collect();
-    assert!(
-        log.iter().any(|l| l.contains("stopping the listeners")),
-        "{log:?}"
-    );
+    // Shutdown stops the listeners (the binary's SIGTERM path is tests/pipeline/shutdown.rs).
+    let stats = serve.shutdown().await;
+    assert_eq!(stats.dropped(), 0, "{stats}");
+    for listener in [&exhook, &http] {
+        assert!(
+            tokio::net::TcpStream::connect(listener.as_str())
+                .await
+                .is_err(),
+            "{listener} is closed after shutdown"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -1207,31 +1200,25 @@ async fn rejections(metrics: &str) -> BTreeMap<(String, String), f64> {
         .collect()
 }
 
-/// Every row of the README's bad-input table, sent to a running `serve`: the documented status
+/// Every row of the README's bad-input table, sent to the running service (in process): the documented status
 /// or gRPC answer, the one JSON error shape with the documented field, exactly the documented
 /// refusal counted (adapter and reason), and nothing stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_input_gets_its_documented_answer() {
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("serve.toml");
-    std::fs::write(
-        &conf,
-        "[dynamodb]\nembedded_listen = \"127.0.0.1:0\"\n[exhook]\nlisten = \"127.0.0.1:0\"\n\
-         max_message_bytes = 16777216\n\
-         [http]\nlisten = \"127.0.0.1:0\"\ntoken = \"s3cret\"\npublish_actions = \"all\"\nmax_body_bytes = 2097152\n\
-         [metrics]\nlisten = \"127.0.0.1:0\"\n",
-    )
-    .unwrap();
-    let serve = tokio::task::spawn_blocking(move || support::Serve::start(&conf))
-        .await
-        .unwrap();
+    let cfg = service::parse(
+        "[exhook]\nmax_message_bytes = 16777216\n\
+         [http]\ntoken = \"s3cret\"\npublish_actions = \"all\"\nmax_body_bytes = 2097152\n",
+    );
+    let serve = service::start(&cfg).await;
+    let addrs = serve.addrs();
+    let (exhook, http_addr, metrics) = (addr(addrs.exhook), addr(addrs.http), addr(addrs.metrics));
     let cases = bad_inputs();
     assert!(cases.len() >= 40, "at least 40 bad inputs: {}", cases.len());
     let mut failures = Vec::new();
     for c in &cases {
-        let before = rejections(&serve.metrics).await;
-        let answer = send_bad_input(&c.case, &serve.http, &serve.exhook).await;
-        let after = rejections(&serve.metrics).await;
+        let before = rejections(&metrics).await;
+        let answer = send_bad_input(&c.case, &http_addr, &exhook).await;
+        let after = rejections(&metrics).await;
         let delta: BTreeMap<(String, String), f64> = after
             .iter()
             .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
@@ -1288,14 +1275,9 @@ async fn every_bad_input_gets_its_documented_answer() {
     }
     // Valid traffic still flows.
     let ok = json!({"event": "client.connected", "node": "n", "clientid": "after"}).to_string();
-    let (status, _) = http(&serve.http, "POST", "/v1/events/emqx-rule", ok, TOKEN).await;
+    let (status, _) = http(&http_addr, "POST", "/v1/events/emqx-rule", ok, TOKEN).await;
     assert_eq!(status, 200);
-    let db = mqtt_dynamo::storage::dynamo::client(
-        &Config::default().dynamodb,
-        Some(&serve.dynamo),
-        mqtt_dynamo::storage::dynamo::SdkRetries::Standard,
-    )
-    .await;
+    let db = service::dynamo_client(&serve, &cfg).await;
     let t0 = Instant::now();
     let got = loop {
         let got = scan_all(&db, &Config::default()).await;

@@ -18,11 +18,12 @@ use mqtt_dynamo::config::{Config, MatchMode};
 use mqtt_dynamo::event::{HookEvent, Message};
 use mqtt_dynamo::guid;
 use mqtt_dynamo::lookup::{OfflineQuery, Payload, ReadState, Reader};
+use mqtt_dynamo::pipeline::Admit;
 use mqtt_dynamo::pipeline::Pipeline;
-use mqtt_dynamo::pipeline::{Admit, Receipt};
 use mqtt_dynamo::storage::item::{Item, Key, Op, Table, Value, Write};
 
 use mqtt_dynamo::test_util::Backend;
+use mqtt_dynamo::test_util::SubmitExt;
 
 /// A hex GUID at `time_us` with sequence `seq`.
 fn guid_at(time_us: u64, seq: u16) -> String {
@@ -67,8 +68,7 @@ async fn write_all(backend: &Backend, cfg: &Config, events: &[HookEvent]) {
     let handle = pipeline.handle();
     for e in events {
         handle
-            .submit(e, Admit::within(Duration::from_secs(10)))
-            .and_then(Receipt::wait)
+            .accept(e, Admit::within(Duration::from_secs(10)))
             .expect("event accepted");
     }
     let stats = pipeline.shutdown().await;
@@ -391,27 +391,16 @@ async fn read_your_writes(backend: Backend) {
         ),
         acked(&guid_at(1_700_000_000_800_000, 5), "o/2"),
     ] {
-        handle
-            .submit(&e, Admit::now())
-            .and_then(Receipt::wait)
-            .unwrap();
+        handle.accept_now(&e).unwrap();
     }
     handle
-        .submit(
-            vec![sub_op("c9", "s/1", 1), sub_op("c9", "s/2", 2)],
-            Admit::now(),
-        )
-        .and_then(Receipt::wait)
+        .accept_now(vec![sub_op("c9", "s/1", 1), sub_op("c9", "s/2", 2)])
         .unwrap();
     handle
-        .submit(
-            vec![Op {
-                key: Key::with_range(Table::Sub, "c9", "s/2"),
-                write: Write::Delete,
-            }],
-            Admit::now(),
-        )
-        .and_then(Receipt::wait)
+        .accept_now(vec![Op {
+            key: Key::with_range(Table::Sub, "c9", "s/2"),
+            write: Write::Delete,
+        }])
         .unwrap();
     let name = backend.name();
     // A retained message published a moment ago is found; one just cleared is not.
@@ -487,12 +476,11 @@ async fn pagination(backend: Backend) {
         .collect();
     for chunk in subs.chunks(50) {
         handle
-            .submit(
+            .accept(
                 chunk.to_vec(),
                 Some(std::time::Instant::now() + Duration::from_secs(10))
                     .map_or_else(Admit::now, Admit::until),
             )
-            .and_then(Receipt::wait)
             .unwrap();
     }
     let payload = vec![b'p'; 10_000];
@@ -505,8 +493,7 @@ async fn pagination(backend: Backend) {
             true,
         );
         handle
-            .submit(&e, Admit::within(Duration::from_secs(10)))
-            .and_then(Receipt::wait)
+            .accept(&e, Admit::within(Duration::from_secs(10)))
             .unwrap();
     }
     assert_eq!(pipeline.shutdown().await.dropped(), 0);
@@ -577,10 +564,7 @@ async fn http_lookup_api() {
         ),
         publish(&guid_at(1_700_000_000_200_000, 3), 1, "h/a", b"two", false),
     ] {
-        handle
-            .submit(&e, Admit::now())
-            .and_then(Receipt::wait)
-            .unwrap();
+        handle.accept_now(&e).unwrap();
     }
     // PUT, GET, DELETE a subscription whose topic has '/', '+' and '#' (one encoded segment).
     let sub = format!("{base}/v1/clients/c%201/subscriptions/h%2F%2B%2F%23");

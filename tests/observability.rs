@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use mqtt_dynamo::event::{ClientInfo, HookEvent, Message};
 use mqtt_dynamo::pipeline::Pipeline;
-use mqtt_dynamo::pipeline::{Admit, Receipt};
 use mqtt_dynamo::storage::item::Table;
 
+use mqtt_dynamo::test_util::SubmitExt;
 use mqtt_dynamo::test_util::{Backend, scan_all};
 use support::http_get;
 
@@ -85,14 +85,10 @@ async fn scraped_metrics_match_a_known_workload() {
     let pipeline = Pipeline::from_config(&cfg, client_sdk.clone()).unwrap();
     let h = pipeline.handle();
     for i in 0..10 {
-        h.submit(
-            &HookEvent::ClientConnected {
-                client: client("m1"),
-                connected_at_ms: 1_000 + i,
-            },
-            Admit::now(),
-        )
-        .and_then(Receipt::wait)
+        h.accept_now(&HookEvent::ClientConnected {
+            client: client("m1"),
+            connected_at_ms: 1_000 + i,
+        })
         .unwrap();
     }
     let message = Message {
@@ -106,32 +102,20 @@ async fn scraped_metrics_match_a_known_workload() {
         timestamp_ms: 5_000,
         username: None,
     };
-    h.submit(
-        &HookEvent::MessagePublish {
-            message: message.clone(),
-        },
-        Admit::now(),
-    )
-    .and_then(Receipt::wait)
+    h.accept_now(&HookEvent::MessagePublish {
+        message: message.clone(),
+    })
     .unwrap();
-    h.submit(
-        &HookEvent::MessageAcked {
-            client: client("s1"),
-            message,
-        },
-        Admit::now(),
-    )
-    .and_then(Receipt::wait)
+    h.accept_now(&HookEvent::MessageAcked {
+        client: client("s1"),
+        message,
+    })
     .unwrap();
     for c in ["c2", "c3", "c4"] {
-        h.submit(
-            &HookEvent::ClientConnected {
-                client: client(c),
-                connected_at_ms: 2_000,
-            },
-            Admit::now(),
-        )
-        .and_then(Receipt::wait)
+        h.accept_now(&HookEvent::ClientConnected {
+            client: client(c),
+            connected_at_ms: 2_000,
+        })
         .unwrap();
     }
     // One invalid event (empty client id): refused and counted.
@@ -139,11 +123,7 @@ async fn scraped_metrics_match_a_known_workload() {
         client: client(""),
         connected_at_ms: 0,
     };
-    assert!(
-        h.submit(&bad, Admit::now())
-            .and_then(Receipt::wait)
-            .is_err()
-    );
+    assert!(h.accept_now(&bad).is_err());
     let stats = pipeline.shutdown().await;
     // What the once-a-second sampler does.
     h.publish_gauges();

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::event::HookEvent;
-use crate::pipeline::ingest::SubmitError;
+use crate::pipeline::ingest::{Submission, SubmitError};
 use crate::pipeline::{Admit, PipelineHandle, Receipt};
 
 /// How long the `*_all` helpers wait for room in the queues, per event.
@@ -12,12 +12,12 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 
 /// Submit-and-wait on a [`PipelineHandle`].
 pub trait SubmitExt {
-    /// Submits `event` under `admit` and waits for its acceptance.
-    fn accept(&self, event: &HookEvent, admit: Admit) -> Result<(), SubmitError>;
+    /// Submits `what` (an event or writes) under `admit` and waits for its acceptance.
+    fn accept<'a>(&self, what: impl Into<Submission<'a>>, admit: Admit) -> Result<(), SubmitError>;
 
-    /// Submits `event` without waiting for room ([`Admit::now`]) and waits for its acceptance.
-    fn accept_now(&self, event: &HookEvent) -> Result<(), SubmitError> {
-        self.accept(event, Admit::now())
+    /// Submits `what` without waiting for room ([`Admit::now`]) and waits for its acceptance.
+    fn accept_now<'a>(&self, what: impl Into<Submission<'a>>) -> Result<(), SubmitError> {
+        self.accept(what, Admit::now())
     }
 
     /// Submits every event, waiting up to [`PATIENCE`] each for room; panics on a refusal.
@@ -31,7 +31,7 @@ pub trait SubmitExt {
 }
 
 impl SubmitExt for PipelineHandle {
-    fn accept(&self, event: &HookEvent, admit: Admit) -> Result<(), SubmitError> {
-        self.submit(event, admit).and_then(Receipt::wait)
+    fn accept<'a>(&self, what: impl Into<Submission<'a>>, admit: Admit) -> Result<(), SubmitError> {
+        self.submit(what, admit).and_then(Receipt::wait)
     }
 }

@@ -54,6 +54,10 @@ async fn serve_binary_starts_drains_and_checks_tables() {
     assert!(out.status.success(), "{out:?} {seen:?}");
     assert!(seen.iter().any(|l| l.contains("draining")), "{seen:?}");
     assert!(
+        seen.iter().any(|l| l.contains("stopping the listeners")),
+        "{seen:?}"
+    );
+    assert!(
         String::from_utf8_lossy(&out.stdout).contains("events received        0"),
         "{out:?}"
     );

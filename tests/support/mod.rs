@@ -8,7 +8,6 @@ pub mod faults;
 
 use std::time::Duration;
 
-
 /// A running `mqtt-dynamo serve` and where it listens, read from its log (its stderr keeps being
 /// read, so the service never blocks on a full pipe). Killed on drop.
 pub struct Serve {
