@@ -23,7 +23,7 @@ fn events(n: u32, keys: u32) -> Vec<HookEvent> {
             };
             let message = Message {
                 node: "emqx@n1".into(),
-                id: mqtt_dynamo::guid::to_hex((1_700_000_000_000_000u128 << 64) | u128::from(i)),
+                id: mqtt_dynamo::guid::to_hex(mqtt_dynamo::test_util::guids::nth(u64::from(i))),
                 qos: 1,
                 from: format!("c{k}"),
                 topic: format!("t/{k}"),

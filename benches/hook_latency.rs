@@ -79,9 +79,7 @@ async fn run_case(delay: Duration, rate: f64) -> Case {
                 tokio::time::sleep_until(due.into()).await;
                 let message = v3::Message {
                     node: "emqx@127.0.0.1".into(),
-                    id: mqtt_dynamo::guid::to_hex(
-                        (1_700_000_000_000_000u128 << 64) | u128::from(n),
-                    ),
+                    id: mqtt_dynamo::guid::to_hex(mqtt_dynamo::test_util::guids::nth(n)),
                     qos: 1,
                     r#from: format!("c{}", n % 1000),
                     topic: format!("bench/{}", n % 100),

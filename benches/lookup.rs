@@ -26,6 +26,7 @@ use mqtt_dynamo::storage::dynamo::{self, SdkRetries};
 use mqtt_dynamo::storage::embedded::EmbeddedDynamo;
 use mqtt_dynamo::storage::item::Table;
 use mqtt_dynamo::storage::tables::{self, Capacity};
+use mqtt_dynamo::test_util::guids;
 
 const SITES: usize = 100;
 const FLOORS: usize = 10;
@@ -115,11 +116,10 @@ async fn end_to_end(all: &[String]) {
     let pipeline = Pipeline::from_config(&cfg, client.clone()).unwrap();
     let handle = pipeline.handle();
     for (i, topic) in all.iter().enumerate() {
-        let guid = (1_700_000_000_000_000u128 + i as u128) << 64;
         let e = HookEvent::MessagePublish {
             message: Message {
                 node: "emqx@bench".into(),
-                id: mqtt_dynamo::guid::to_hex(guid),
+                id: guids::hex_at(guids::EPOCH_MICROS + i as u64, 0),
                 qos: 1,
                 from: "bench".into(),
                 topic: topic.clone(),

@@ -16,14 +16,20 @@ pub fn hex_at(micros: u64, seq: u16) -> String {
     guid::to_hex(at(micros, seq))
 }
 
-/// The stable test id `n`: the hex GUID at [`EPOCH_MICROS`] with sequence `n`.
+/// The `n`-th test GUID: at [`EPOCH_MICROS`], with `n` in the low 64 bits (node+pid and
+/// sequence), so ids for any `n` are distinct and the same in every run.
+pub fn nth(n: u64) -> u128 {
+    guid::compose(EPOCH_MICROS, n >> 16, n as u16)
+}
+
+/// The stable test id `n` in hex: [`nth`]`(n)`.
 pub fn msgid(n: u16) -> String {
-    hex_at(EPOCH_MICROS, n)
+    guid::to_hex(nth(n.into()))
 }
 
 /// The test id `n` in EMQX's base62 form, as the seed stores it.
 pub fn msgid_b62(n: u16) -> String {
-    guid::to_base62(at(EPOCH_MICROS, n))
+    guid::to_base62(nth(n.into()))
 }
 
 /// A hex id converted to base62 (panics on an invalid id: test data is written by hand).
