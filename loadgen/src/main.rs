@@ -175,6 +175,42 @@ impl Source {
     }
 }
 
+/// Events from a [`Source`], each written to the `--record` file (if one is named) as it is taken.
+struct Feed {
+    source: Source,
+    recorder: Option<stream::Recorder>,
+}
+
+impl Feed {
+    fn open(args: &Args) -> Result<Feed, String> {
+        Ok(Feed {
+            source: Source::open(args)?,
+            recorder: args
+                .record
+                .as_deref()
+                .map(stream::Recorder::create)
+                .transpose()?,
+        })
+    }
+
+    /// The next event, recorded; `None` at the end of the source.
+    fn next(&mut self) -> Result<Option<HookEvent>, String> {
+        let Some(event) = self.source.next() else {
+            return Ok(None);
+        };
+        let event = event?;
+        if let Some(r) = self.recorder.as_mut() {
+            r.write(&event)?;
+        }
+        Ok(Some(event))
+    }
+
+    /// Flushes the recording, if any.
+    fn finish(self) -> Result<(), String> {
+        self.recorder.map_or(Ok(()), stream::Recorder::finish)
+    }
+}
+
 /// The writes the service makes for `event` when it arrives over ExHook, which carries no
 /// retain flag (so a retained publish is stored as a plain one), plus the retained actions the
 /// EMQX rule posts to the HTTP ingest.
@@ -258,24 +294,15 @@ fn write_ops(args: &Args, out: &std::path::Path) -> Result<(), String> {
     let format = cfg.storage.format();
     let (limit, _) = args.limits();
     let limit = if limit == u64::MAX { 100_000 } else { limit };
-    let mut source = Source::open(args)?;
+    let mut feed = Feed::open(args)?;
     if let Some(dir) = out.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
     let f = std::fs::File::create(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let mut w = std::io::BufWriter::new(f);
-    let mut recorder = args
-        .record
-        .as_deref()
-        .map(stream::Recorder::create)
-        .transpose()?;
     let mut n = 0u64;
     while n < limit {
-        let Some(event) = source.next() else { break };
-        let event = event?;
-        if let Some(r) = recorder.as_mut() {
-            r.write(&event)?;
-        }
+        let Some(event) = feed.next()? else { break };
         let ops: Vec<serde_json::Value> = rules
             .plan(&event, &format)
             .map_err(|e| e.to_string())?
@@ -300,9 +327,7 @@ fn write_ops(args: &Args, out: &std::path::Path) -> Result<(), String> {
         n += 1;
     }
     w.flush().map_err(|e| e.to_string())?;
-    if let Some(r) = recorder {
-        r.finish()?;
-    }
+    feed.finish()?;
     println!("wrote the writes of {n} events to {}", out.display());
     Ok(())
 }
@@ -478,23 +503,14 @@ async fn run_exhook(args: &Args) -> Result<bool, String> {
     let live = Arc::clone(&pool.live);
     let (limit, time_limit) = args.limits();
     let bar = progress(args, limit);
-    let mut source = Source::open(args)?;
-    let mut recorder = args
-        .record
-        .as_deref()
-        .map(stream::Recorder::create)
-        .transpose()?;
+    let mut feed = Feed::open(args)?;
     let start = Instant::now();
     let mut sent = 0u64;
     while sent < limit {
         if time_limit.is_some_and(|d| start.elapsed() >= d) {
             break;
         }
-        let Some(event) = source.next() else { break };
-        let event = event?;
-        if let Some(r) = recorder.as_mut() {
-            r.write(&event)?;
-        }
+        let Some(event) = feed.next()? else { break };
         if args.rate > 0 {
             let due = start + Duration::from_secs_f64(sent as f64 / args.rate as f64);
             tokio::time::sleep_until(due.into()).await;
@@ -510,9 +526,7 @@ async fn run_exhook(args: &Args) -> Result<bool, String> {
             ));
         }
     }
-    if let Some(r) = recorder {
-        r.finish()?;
-    }
+    feed.finish()?;
     let driven = pool.finish().await;
     bar.finish_and_clear();
     let accepted = sent - driven.errors + driven.rule_posts - driven.rule_errors;
@@ -640,12 +654,7 @@ async fn run_inprocess(args: &Args) -> Result<bool, String> {
     );
     let (limit, time_limit) = args.limits();
     let bar = progress(args, limit);
-    let mut source = Source::open(args)?;
-    let mut recorder = args
-        .record
-        .as_deref()
-        .map(stream::Recorder::create)
-        .transpose()?;
+    let mut feed = Feed::open(args)?;
     let rate = args.rate;
     // Submitting blocks (up to 4 s per event, below EMQX's 5 s hook timeout) when the pipeline
     // is full, so run it on a blocking thread.
@@ -659,11 +668,7 @@ async fn run_inprocess(args: &Args) -> Result<bool, String> {
             if time_limit.is_some_and(|d| start.elapsed() >= d) {
                 break;
             }
-            let Some(event) = source.next() else { break };
-            let event = event?;
-            if let Some(r) = recorder.as_mut() {
-                r.write(&event)?;
-            }
+            let Some(event) = feed.next()? else { break };
             if rate > 0 {
                 let due = start + Duration::from_secs_f64(sent as f64 / rate as f64);
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {
@@ -687,9 +692,7 @@ async fn run_inprocess(args: &Args) -> Result<bool, String> {
                 bar.set_message(format!("queue {depth}/{cap}  refused {}", refused.len()));
             }
         }
-        if let Some(r) = recorder {
-            r.finish()?;
-        }
+        feed.finish()?;
         bar.finish_and_clear();
         Ok((refused, latency, sent, start))
     });
