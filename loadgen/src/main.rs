@@ -175,15 +175,23 @@ impl Source {
     }
 }
 
-/// Events from a [`Source`], each written to the `--record` file (if one is named) as it is taken.
+/// Events from a [`Source`] up to the run's limits, each written to the `--record` file (if one
+/// is named) as it is taken.
 struct Feed {
     source: Source,
     recorder: Option<stream::Recorder>,
+    /// How many events at most.
+    limit: u64,
+    /// For how long at most.
+    time_limit: Option<Duration>,
 }
 
 impl Feed {
     fn open(args: &Args) -> Result<Feed, String> {
+        let (limit, time_limit) = args.limits();
         Ok(Feed {
+            limit,
+            time_limit,
             source: Source::open(args)?,
             recorder: args
                 .record
@@ -193,8 +201,12 @@ impl Feed {
         })
     }
 
-    /// The next event, recorded; `None` at the end of the source.
-    fn next(&mut self) -> Result<Option<HookEvent>, String> {
+    /// The next event, recorded; `None` at the end of the source, once `sent` is the limit, or
+    /// once the time limit has passed since `start`.
+    fn next(&mut self, sent: u64, start: Instant) -> Result<Option<HookEvent>, String> {
+        if sent >= self.limit || self.time_limit.is_some_and(|d| start.elapsed() >= d) {
+            return Ok(None);
+        }
         let Some(event) = self.source.next() else {
             return Ok(None);
         };
@@ -292,17 +304,19 @@ fn write_ops(args: &Args, out: &std::path::Path) -> Result<(), String> {
     let cfg = Config::default();
     let rules = cfg.rule_set().map_err(|e| e.to_string())?;
     let format = cfg.storage.format();
-    let (limit, _) = args.limits();
-    let limit = if limit == u64::MAX { 100_000 } else { limit };
     let mut feed = Feed::open(args)?;
+    if feed.limit == u64::MAX {
+        feed.limit = 100_000;
+    }
+    feed.time_limit = None;
+    let start = Instant::now();
     if let Some(dir) = out.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
     let f = std::fs::File::create(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let mut w = std::io::BufWriter::new(f);
     let mut n = 0u64;
-    while n < limit {
-        let Some(event) = feed.next()? else { break };
+    while let Some(event) = feed.next(n, start)? {
         let ops: Vec<serde_json::Value> = rules
             .plan(&event, &format)
             .map_err(|e| e.to_string())?
@@ -501,16 +515,11 @@ async fn run_exhook(args: &Args) -> Result<bool, String> {
     };
     let pool = exhook::Pool::connect(&targets, args.workers_per_channel.max(1)).await?;
     let live = Arc::clone(&pool.live);
-    let (limit, time_limit) = args.limits();
-    let bar = progress(args, limit);
     let mut feed = Feed::open(args)?;
+    let bar = progress(args, feed.limit);
     let start = Instant::now();
     let mut sent = 0u64;
-    while sent < limit {
-        if time_limit.is_some_and(|d| start.elapsed() >= d) {
-            break;
-        }
-        let Some(event) = feed.next()? else { break };
+    while let Some(event) = feed.next(sent, start)? {
         if args.rate > 0 {
             let due = start + Duration::from_secs_f64(sent as f64 / args.rate as f64);
             tokio::time::sleep_until(due.into()).await;
@@ -652,9 +661,8 @@ async fn run_inprocess(args: &Args) -> Result<bool, String> {
             .unwrap_or_default(),
         args.seed
     );
-    let (limit, time_limit) = args.limits();
-    let bar = progress(args, limit);
     let mut feed = Feed::open(args)?;
+    let bar = progress(args, feed.limit);
     let rate = args.rate;
     // Submitting blocks (up to 4 s per event, below EMQX's 5 s hook timeout) when the pipeline
     // is full, so run it on a blocking thread.
@@ -664,11 +672,7 @@ async fn run_inprocess(args: &Args) -> Result<bool, String> {
             Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
         let start = Instant::now();
         let mut sent = 0u64;
-        while sent < limit {
-            if time_limit.is_some_and(|d| start.elapsed() >= d) {
-                break;
-            }
-            let Some(event) = feed.next()? else { break };
+        while let Some(event) = feed.next(sent, start)? {
             if rate > 0 {
                 let due = start + Duration::from_secs_f64(sent as f64 / rate as f64);
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {

@@ -123,20 +123,20 @@ impl Backend {
 
     /// A configuration pointing at this backend, with static test keys.
     pub fn config(&self) -> Config {
-        let mut cfg = Config::default();
-        cfg.dynamodb.endpoint_url = Some(self.endpoint());
-        cfg.dynamodb.access_key_id = Some("test".into());
-        cfg.dynamodb.secret_access_key = Some(Secret::new("test"));
-        cfg.dynamodb.embedded = false;
-        cfg
+        config_at(self.endpoint())
     }
 
-    /// A pipeline client (no SDK retries) that counts requests, and the six tables created.
-    pub async fn prepare(&self, cfg: &Config) -> (Client, RequestCounter) {
+    /// Creates the six tables `cfg` names (on demand; idempotent), through `cfg`'s endpoint.
+    pub async fn create_tables(cfg: &Config) {
         let admin = dynamo::client(&cfg.dynamodb, None, SdkRetries::Standard).await;
         tables::create_all(&admin, &cfg.dynamodb, Capacity::OnDemand)
             .await
             .expect("tables are created");
+    }
+
+    /// A pipeline client (no SDK retries) that counts requests, and the six tables created.
+    pub async fn prepare(&self, cfg: &Config) -> (Client, RequestCounter) {
+        Backend::create_tables(cfg).await;
         let client = dynamo::client(&cfg.dynamodb, None, SdkRetries::Disabled).await;
         let counter = RequestCounter::default();
         let conf = client
@@ -146,6 +146,17 @@ impl Backend {
             .build();
         (Client::from_conf(conf), counter)
     }
+}
+
+/// A configuration pointing at the DynamoDB at `endpoint` (no embedded one), with static test
+/// keys.
+pub fn config_at(endpoint: String) -> Config {
+    let mut cfg = Config::default();
+    cfg.dynamodb.endpoint_url = Some(endpoint);
+    cfg.dynamodb.access_key_id = Some("test".into());
+    cfg.dynamodb.secret_access_key = Some(Secret::new("test"));
+    cfg.dynamodb.embedded = false;
+    cfg
 }
 
 impl Drop for Backend {

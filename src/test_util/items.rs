@@ -24,8 +24,14 @@ pub fn item(table: Table, attrs: &[(&str, Value)]) -> (Key, Item) {
     (key, item)
 }
 
-/// Every item of every table, read back through the SDK with all pages.
+/// Every item of every table, read back through the SDK with all pages; panics if a scan fails
+/// or an item does not have the contract's types.
 pub async fn scan_all(client: &Client, cfg: &Config) -> BTreeMap<Key, Item> {
+    try_scan_all(client, cfg).await.expect("scans succeed")
+}
+
+/// Every item of every table (all pages, consistent reads), or what failed, naming the table.
+pub async fn try_scan_all(client: &Client, cfg: &Config) -> Result<BTreeMap<Key, Item>, String> {
     let mut out = BTreeMap::new();
     for table in Table::ALL {
         let mut start = None;
@@ -33,13 +39,14 @@ pub async fn scan_all(client: &Client, cfg: &Config) -> BTreeMap<Key, Item> {
             let page = client
                 .scan()
                 .table_name(cfg.dynamodb.table_name(table))
+                .consistent_read(true)
                 .set_exclusive_start_key(start)
                 .send()
                 .await
-                .expect("scan succeeds");
+                .map_err(|e| format!("scan {table}: {}", dynamo::error_text(&e)))?;
             for attrs in page.items() {
                 let (key, item) =
-                    dynamo::from_attrs(table, attrs).expect("items have the contract's types");
+                    dynamo::from_attrs(table, attrs).map_err(|e| format!("{table}: {e}"))?;
                 out.insert(key, item);
             }
             start = page.last_evaluated_key().cloned();
@@ -48,7 +55,7 @@ pub async fn scan_all(client: &Client, cfg: &Config) -> BTreeMap<Key, Item> {
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// The documented equivalence (see `model`): a topic map item without ids reads as no item.

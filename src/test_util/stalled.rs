@@ -3,7 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::config::{Config, Secret};
+use crate::config::Config;
+use crate::test_util::backend::config_at;
 
 /// A DynamoDB endpoint that accepts connections and never answers: an outage that times out.
 pub struct Stalled {
@@ -27,11 +28,7 @@ impl Stalled {
     /// A configuration against this endpoint with the smallest queues, so they fill at once,
     /// and short timeouts and retry budget, so the outage ends the writes quickly.
     pub fn tiny_config(&self) -> Config {
-        let mut cfg = Config::default();
-        cfg.dynamodb.endpoint_url = Some(format!("http://{}", self.addr));
-        cfg.dynamodb.access_key_id = Some("t".into());
-        cfg.dynamodb.secret_access_key = Some(Secret::new("t"));
-        cfg.dynamodb.embedded = false;
+        let mut cfg = config_at(format!("http://{}", self.addr));
         cfg.dynamodb.attempt_timeout = Duration::from_millis(100);
         cfg.pipeline.shards = 1;
         cfg.pipeline.ingest_capacity_events = 2;
