@@ -136,36 +136,40 @@ async fn scraped_metrics_match_a_known_workload() {
             .unwrap_or_else(|| panic!("{k} missing from:\n{text}"))
     };
 
-    assert_eq!(
-        get(r#"mqtt_dynamo_events_received_total{hook="client.connected"}"#),
-        13.0
-    );
-    assert_eq!(
-        get(r#"mqtt_dynamo_events_received_total{hook="message.publish"}"#),
-        1.0
-    );
-    assert_eq!(
-        get(r#"mqtt_dynamo_events_received_total{hook="message.acked"}"#),
-        1.0
-    );
-    assert_eq!(
-        get(r#"mqtt_dynamo_events_rejected_total{adapter="api",reason="invalid"}"#),
-        1.0
-    );
-    assert_eq!(
-        get(r#"mqtt_dynamo_ops_coalesced_total{table="mqtt_client"}"#),
-        9.0
-    );
-    assert_eq!(
-        get(r#"mqtt_dynamo_writes_cancelled_total{table="mqtt_msg"}"#),
-        1.0
-    );
-    assert_eq!(
-        get(r#"mqtt_dynamo_writes_cancelled_total{table="mqtt_topic_msg_map"}"#),
-        1.0
-    );
-    assert_eq!(get(r#"mqtt_dynamo_flushes_total{trigger="shutdown"}"#), 1.0);
-    assert_eq!(get("mqtt_dynamo_batch_requests_count"), 1.0);
+    for (want, series) in [
+        (
+            13.0,
+            r#"mqtt_dynamo_events_received_total{hook="client.connected"}"#,
+        ),
+        (
+            1.0,
+            r#"mqtt_dynamo_events_received_total{hook="message.publish"}"#,
+        ),
+        (
+            1.0,
+            r#"mqtt_dynamo_events_received_total{hook="message.acked"}"#,
+        ),
+        (
+            1.0,
+            r#"mqtt_dynamo_events_rejected_total{adapter="api",reason="invalid"}"#,
+        ),
+        (
+            9.0,
+            r#"mqtt_dynamo_ops_coalesced_total{table="mqtt_client"}"#,
+        ),
+        (
+            1.0,
+            r#"mqtt_dynamo_writes_cancelled_total{table="mqtt_msg"}"#,
+        ),
+        (
+            1.0,
+            r#"mqtt_dynamo_writes_cancelled_total{table="mqtt_topic_msg_map"}"#,
+        ),
+        (1.0, r#"mqtt_dynamo_flushes_total{trigger="shutdown"}"#),
+        (1.0, "mqtt_dynamo_batch_requests_count"),
+    ] {
+        assert_eq!(get(series), want, "{series}");
+    }
     assert_eq!(
         get("mqtt_dynamo_batch_requests_sum"),
         5.0,
