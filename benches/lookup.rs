@@ -20,11 +20,12 @@ use hdrhistogram::Histogram;
 use mqtt_dynamo::config::MatchMode;
 use mqtt_dynamo::event::{HookEvent, Message};
 use mqtt_dynamo::lookup::{ReadState, Reader, TopicIndex};
+use mqtt_dynamo::pipeline::Admit;
 use mqtt_dynamo::pipeline::Pipeline;
-use mqtt_dynamo::pipeline::{Admit, Receipt};
 use mqtt_dynamo::storage::dynamo::{self, SdkRetries};
 use mqtt_dynamo::storage::embedded::EmbeddedDynamo;
 use mqtt_dynamo::storage::item::Table;
+use mqtt_dynamo::test_util::SubmitExt;
 use mqtt_dynamo::test_util::guids;
 use mqtt_dynamo::test_util::{Backend, backend};
 
@@ -124,8 +125,7 @@ async fn end_to_end(all: &[String]) {
             },
         };
         handle
-            .submit(&e, Admit::within(Duration::from_secs(30)))
-            .and_then(Receipt::wait)
+            .accept(&e, Admit::within(Duration::from_secs(30)))
             .unwrap();
     }
     let stats = pipeline.shutdown().await;

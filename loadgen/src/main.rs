@@ -39,13 +39,14 @@ use serde_json::json;
 
 use mqtt_dynamo::config::Config;
 use mqtt_dynamo::event::HookEvent;
+use mqtt_dynamo::pipeline::Admit;
 use mqtt_dynamo::pipeline::Pipeline;
-use mqtt_dynamo::pipeline::{Admit, Receipt};
 use mqtt_dynamo::rules::{RuleSet, StorageFormat};
 use mqtt_dynamo::storage::dynamo::{self, SdkRetries};
 use mqtt_dynamo::storage::embedded::EmbeddedDynamo;
 use mqtt_dynamo::storage::model::TableModel;
 use mqtt_dynamo::storage::tables::{self, Capacity};
+use mqtt_dynamo::test_util::SubmitExt;
 
 use report::{Verification, fmt_q, quantiles_ms};
 use workload::{Workload, WorkloadConfig};
@@ -680,10 +681,7 @@ async fn run_inprocess(args: &Args) -> Result<bool, String> {
                 }
             }
             let t0 = Instant::now();
-            match handle
-                .submit(&event, Admit::within(Duration::from_secs(4)))
-                .and_then(Receipt::wait)
-            {
+            match handle.accept(&event, Admit::within(Duration::from_secs(4))) {
                 Ok(()) => latency.saturating_record(t0.elapsed().as_micros() as u64),
                 Err(_) => {
                     refused.insert(sent);

@@ -16,8 +16,8 @@ use mqtt_dynamo::test_util::{Backend, SubmitExt, normalized, scan_all};
 use super::common::expected;
 
 /// With DynamoDB unreachable (a listener that accepts and never answers) and tiny queues, `submit`
-/// refuses with a typed `Full` error instead of blocking, `submit_timeout` gives up at its
-/// deadline, every refusal is counted, and the writes that were accepted are dropped only after
+/// with `Admit::now` refuses with a typed `Full` error instead of blocking, `Admit::within` gives
+/// up at its deadline, every refusal is counted, and the writes that were accepted are dropped only after
 /// the retry budget, counted under `retries_exhausted` — nothing disappears silently.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queues_refuse_and_outage_drops_are_counted() {
