@@ -12,11 +12,12 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use mqtt_dynamo::event::{ClientInfo, HookEvent, Message};
+use mqtt_dynamo::event::{HookEvent, Message};
 use mqtt_dynamo::pipeline::Pipeline;
 use mqtt_dynamo::storage::item::Table;
 
 use mqtt_dynamo::test_util::SubmitExt;
+use mqtt_dynamo::test_util::events::bare_client;
 use mqtt_dynamo::test_util::{Backend, scan_all};
 use support::http_get;
 
@@ -62,14 +63,6 @@ fn tool(var: &str, rel: &str) -> PathBuf {
     p
 }
 
-fn client(id: &str) -> ClientInfo {
-    ClientInfo {
-        node: "emqx@n1".into(),
-        clientid: id.into(),
-        ..Default::default()
-    }
-}
-
 /// A known workload, then the scrape: every value follows from the sequence, items written equal
 /// the items in the tables, nothing is dropped, and promtool accepts the exposition.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,7 +79,7 @@ async fn scraped_metrics_match_a_known_workload() {
     let h = pipeline.handle();
     for i in 0..10 {
         h.accept_now(&HookEvent::ClientConnected {
-            client: client("m1"),
+            client: bare_client("m1"),
             connected_at_ms: 1_000 + i,
         })
         .unwrap();
@@ -107,20 +100,20 @@ async fn scraped_metrics_match_a_known_workload() {
     })
     .unwrap();
     h.accept_now(&HookEvent::MessageAcked {
-        client: client("s1"),
+        client: bare_client("s1"),
         message,
     })
     .unwrap();
     for c in ["c2", "c3", "c4"] {
         h.accept_now(&HookEvent::ClientConnected {
-            client: client(c),
+            client: bare_client(c),
             connected_at_ms: 2_000,
         })
         .unwrap();
     }
     // One invalid event (empty client id): refused and counted.
     let bad = HookEvent::ClientConnected {
-        client: client(""),
+        client: bare_client(""),
         connected_at_ms: 0,
     };
     assert!(h.accept_now(&bad).is_err());

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use mqtt_dynamo::config::Config;
-use mqtt_dynamo::event::{ClientInfo, HookEvent, Message};
+use mqtt_dynamo::event::{HookEvent, Message};
 use mqtt_dynamo::pipeline::Admit;
 use mqtt_dynamo::pipeline::Pipeline;
 use mqtt_dynamo::rules::RuleSet;
@@ -20,6 +20,7 @@ use mqtt_dynamo::storage::model::TableModel;
 
 use mqtt_dynamo::service::Service;
 use mqtt_dynamo::test_util::SubmitExt;
+use mqtt_dynamo::test_util::events::bare_client;
 use mqtt_dynamo::test_util::service;
 use mqtt_dynamo::test_util::{Backend, normalized, scan_all};
 
@@ -478,14 +479,6 @@ async fn kill_9_three_times_under_publish_ack_load_loses_nothing_and_resurrects_
 // ---------------------------------------------------------------------------------------------
 // Ambiguous answers without the spool.
 
-fn client(id: &str) -> ClientInfo {
-    ClientInfo {
-        node: "emqx@n1".into(),
-        clientid: id.into(),
-        ..Default::default()
-    }
-}
-
 fn message(n: u64, topic: &str, payload: &str, retain: bool, qos: u8) -> Message {
     Message {
         node: "emqx@n1".into(),
@@ -517,7 +510,7 @@ fn lagged_stream(n: u64, seed: u64) -> Vec<HookEvent> {
                 let at = unacked.len() - 1 - rng.usize(0..unacked.len().min(80));
                 let m = unacked.remove(at);
                 HookEvent::MessageAcked {
-                    client: client(&format!("s{}", rng.u8(0..3))),
+                    client: bare_client(&format!("s{}", rng.u8(0..3))),
                     message: message(m, &format!("q/{}", m % 10), "p", false, 1),
                 }
             }
@@ -531,11 +524,11 @@ fn lagged_stream(n: u64, seed: u64) -> Vec<HookEvent> {
                 ),
             },
             _ if rng.bool() => HookEvent::ClientConnected {
-                client: client(&format!("c{}", rng.u8(0..5))),
+                client: bare_client(&format!("c{}", rng.u8(0..5))),
                 connected_at_ms: 1_700_000_000_000 + i,
             },
             _ => HookEvent::ClientDisconnected {
-                client: client(&format!("c{}", rng.u8(0..5))),
+                client: bare_client(&format!("c{}", rng.u8(0..5))),
                 reason: "normal".into(),
                 disconnected_at_ms: 1_700_000_000_000 + i,
             },
@@ -756,7 +749,7 @@ async fn shutdown_without_the_spool_dead_letters_what_the_deadline_leaves() {
         handle
             .accept(
                 &HookEvent::ClientConnected {
-                    client: client(&format!("d{i}")),
+                    client: bare_client(&format!("d{i}")),
                     connected_at_ms: 1_700_000_000_000 + i,
                 },
                 Admit::within(Duration::from_secs(5)),
@@ -801,7 +794,7 @@ async fn repeated_publishes_do_not_bring_back_acked_messages() {
         message: message(n, "q/dup", "p", false, 1),
     };
     let ack = |n| HookEvent::MessageAcked {
-        client: client("s1"),
+        client: bare_client("s1"),
         message: message(n, "q/dup", "p", false, 1),
     };
     let written = |n: u64| {
@@ -845,7 +838,7 @@ async fn repeated_publishes_do_not_bring_back_acked_messages() {
     handle.accept_now(&retained(false)).unwrap();
     handle
         .accept_now(&HookEvent::MessageAcked {
-            client: client("s1"),
+            client: bare_client("s1"),
             message: message(3, "r/dup", "v", false, 1),
         })
         .unwrap();

@@ -9,7 +9,9 @@ use mqtt_dynamo::rules::{MsgIdFormat, TimeUnit};
 use mqtt_dynamo::storage::dynamo::{self, SdkRetries};
 use mqtt_dynamo::storage::item::{Item, Key, Table, Value};
 use mqtt_dynamo::storage::tables::{self, Capacity, Created};
-use mqtt_dynamo::test_util::events::{ack, client, connect, disconnect, message, publish};
+use mqtt_dynamo::test_util::events::{
+    ack, connect, disconnect, message, publish, subscribe, unsubscribe,
+};
 use mqtt_dynamo::test_util::guids::{msgid, msgid_b62};
 use mqtt_dynamo::test_util::{Backend, RequestCounter, SubmitExt, item, normalized, s, scan_all};
 
@@ -25,11 +27,7 @@ fn scenario() -> Vec<HookEvent> {
         disconnect("c1", "emqx@n1", 1_700_000_011_000),
         connect("c2", "emqx@n1", 1_700_000_020_000),
         disconnect("c2", "emqx@n1", 1_700_000_030_000),
-        HookEvent::SessionSubscribed {
-            client: client("c2", "emqx@n1"),
-            topic: "t/#".into(),
-            qos: 1,
-        },
+        subscribe("c2", "emqx@n1", "t/#", 1),
         publish(1, 0, "t/0", b"zero", false, 1_700_000_039_000),
         publish(2, 1, "t/1", b"hello", false, 1_700_000_040_123),
         publish(3, 2, "t/1", &[0xff, 0x00, 0x80], false, 1_700_000_041_000),
@@ -38,10 +36,7 @@ fn scenario() -> Vec<HookEvent> {
         publish(6, 1, "r/2", b"", true, 1_700_000_044_000),
         ack("c2", 2, "t/1"),
         ack("c3", 4, "r/1"),
-        HookEvent::SessionUnsubscribed {
-            client: client("c2", "emqx@n1"),
-            topic: "t/1".into(),
-        },
+        unsubscribe("c2", "emqx@n1", "t/1"),
     ]
 }
 
