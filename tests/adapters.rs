@@ -361,6 +361,21 @@ fn python_stubs(name: &str, versions: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
     (py, dir, stubs)
 }
 
+/// Runs `command` on a blocking thread (the service under test shares this runtime) and asserts
+/// that it succeeded (`what` failed: its stdout and stderr); its output.
+async fn run_ok(mut command: Command, what: &str) -> std::process::Output {
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Runs the Python client (on a blocking thread: the service under test shares this runtime).
 async fn run_client(
     py: &PathBuf,
@@ -376,15 +391,8 @@ async fn run_client(
         .arg(script)
         .args(["--target", target, "--api", api, "--mode", mode, "--stubs"])
         .arg(stubs);
-    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
-        .await
-        .unwrap();
+    let out = run_ok(command, &format!("{api} {mode}")).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{api} {mode} failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     serde_json::from_str(&stdout).unwrap()
 }
 
@@ -625,56 +633,33 @@ async fn tls_on_both_listeners() {
         listeners.http_addr.unwrap().port()
     );
 
-    let (py2, stubs2, cert2) = (py.clone(), stubs.clone(), cert.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        let script =
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/emqx_client/exhook_client.py");
-        Command::new(&py2)
-            .arg(script)
-            .args([
-                "--target",
-                &grpc_target,
-                "--api",
-                "v3",
-                "--mode",
-                "scenario",
-                "--tag",
-                "tls",
-                "--ca",
-            ])
-            .arg(&cert2)
-            .arg("--stubs")
-            .arg(&stubs2)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/emqx_client/exhook_client.py");
+    let mut client = Command::new(&py);
+    client
+        .arg(script)
+        .args([
+            "--target",
+            &grpc_target,
+            "--api",
+            "v3",
+            "--mode",
+            "scenario",
+        ])
+        .args(["--tag", "tls", "--ca"])
+        .arg(&cert)
+        .arg("--stubs")
+        .arg(&stubs);
+    run_ok(client, "the v3 scenario over TLS").await;
 
     let post_https = "import json, ssl, sys, urllib.request\n\
          ctx = ssl.create_default_context(cafile=sys.argv[2])\n\
          body = json.dumps({'event': 'client.connected', 'node': 'n', 'clientid': 'over-https'}).encode()\n\
          req = urllib.request.Request(sys.argv[1], data=body, headers={'content-type': 'application/json'})\n\
          print(urllib.request.urlopen(req, context=ctx).read().decode())\n";
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(&py)
-            .args(["-c", post_https, &https_url])
-            .arg(&cert)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut poster = Command::new(&py);
+    poster.args(["-c", post_https, &https_url]).arg(&cert);
+    let out = run_ok(poster, "the HTTPS post").await;
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         r#"{"accepted":1}"#
