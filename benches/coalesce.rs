@@ -3,14 +3,15 @@
 //! most writes merge) and on unique keys (nothing merges). No I/O.
 
 use std::hint::black_box;
-use std::time::Instant;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
 use mqtt_dynamo::event::{ClientInfo, HookEvent, Message};
-use mqtt_dynamo::pipeline::coalesce::Coalescer;
 use mqtt_dynamo::rules::{RuleSet, StorageFormat};
 use mqtt_dynamo::storage::item::Op;
+
+#[path = "support/drain.rs"]
+mod drain;
 
 fn events(n: u32, keys: u32) -> Vec<HookEvent> {
     (0..n)
@@ -23,7 +24,7 @@ fn events(n: u32, keys: u32) -> Vec<HookEvent> {
             };
             let message = Message {
                 node: "emqx@n1".into(),
-                id: mqtt_dynamo::guid::to_hex((1_700_000_000_000_000u128 << 64) | u128::from(i)),
+                id: mqtt_dynamo::guid::to_hex(mqtt_dynamo::test_util::guids::nth(u64::from(i))),
                 qos: 1,
                 from: format!("c{k}"),
                 topic: format!("t/{k}"),
@@ -61,23 +62,7 @@ fn bench(c: &mut Criterion) {
         group.bench_function(format!("push_and_drain/{name}"), |b| {
             b.iter_batched(
                 || ops.clone(),
-                |ops| {
-                    let now = Instant::now();
-                    let mut c = Coalescer::new();
-                    for op in ops {
-                        c.push(op, now);
-                    }
-                    loop {
-                        let batch = c.take(25, usize::MAX);
-                        if batch.is_empty() {
-                            break;
-                        }
-                        for t in &batch {
-                            c.complete(&t.key);
-                        }
-                        black_box(batch);
-                    }
-                },
+                |ops| drain::push_and_drain(ops, usize::MAX),
                 BatchSize::LargeInput,
             )
         });

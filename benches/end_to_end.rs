@@ -1,4 +1,4 @@
-//! Events per second through the whole write path in one process: `PipelineHandle::submit_timeout`
+//! Events per second through the whole write path in one process: `PipelineHandle::submit` (waiting for room)
 //! (planning, the ingest queue) → router → shards (coalescing, batching) → the SDK over HTTP on
 //! loopback → the `dynamo_sim` DynamoDB simulator, with no latency, no throttling and no faults —
 //! the ceiling of this machine, not of DynamoDB.
@@ -22,9 +22,10 @@ use dynamo_sim::{Limits, SimConfig, Simulator, TableDef};
 
 use mqtt_dynamo::config::{Config, Secret};
 use mqtt_dynamo::event::HookEvent;
+use mqtt_dynamo::pipeline::Admit;
 use mqtt_dynamo::pipeline::Pipeline;
-use mqtt_dynamo::pipeline::{Admit, Receipt};
 use mqtt_dynamo::storage::dynamo::{self, SdkRetries};
+use mqtt_dynamo::test_util::SubmitExt;
 
 /// Events per iteration.
 const EVENTS: usize = 20_000;
@@ -72,10 +73,7 @@ fn run_once(rt: &tokio::runtime::Runtime, events: &[HookEvent]) -> Run {
     let handle = pipeline.handle();
     let start = Instant::now();
     for e in events {
-        handle
-            .submit(e, Admit::within(SUBMIT_TIMEOUT))
-            .and_then(Receipt::wait)
-            .unwrap();
+        handle.accept(e, Admit::within(SUBMIT_TIMEOUT)).unwrap();
     }
     let stats = rt.block_on(pipeline.shutdown());
     let elapsed = start.elapsed();

@@ -19,11 +19,10 @@ use hdrhistogram::Histogram;
 
 use mqtt_dynamo::broker::Listeners;
 use mqtt_dynamo::broker::exhook::v3;
-use mqtt_dynamo::config::{Config, Secret};
 use mqtt_dynamo::pipeline::Pipeline;
 use mqtt_dynamo::storage::dynamo::{self, SdkRetries};
 use mqtt_dynamo::storage::embedded::EmbeddedDynamo;
-use mqtt_dynamo::storage::tables::{self, Capacity};
+use mqtt_dynamo::test_util::{Backend, backend};
 
 const CHANNELS: usize = 8;
 /// Seconds of calls per case.
@@ -43,14 +42,8 @@ async fn run_case(delay: Duration, rate: f64) -> Case {
         .unwrap();
     // Both cases go through the same proxy, so the only difference is the delay.
     let proxy = faults::FaultProxy::start_with(db.endpoint(), faults::Mode::Delay(delay)).await;
-    let mut cfg = Config::default();
-    cfg.dynamodb.access_key_id = Some("bench".into());
-    cfg.dynamodb.secret_access_key = Some(Secret::new("bench"));
-    cfg.dynamodb.endpoint_url = Some(db.endpoint());
-    let admin = dynamo::client(&cfg.dynamodb, None, SdkRetries::Standard).await;
-    tables::create_all(&admin, &cfg.dynamodb, Capacity::OnDemand)
-        .await
-        .unwrap();
+    let mut cfg = backend::config_at(db.endpoint());
+    Backend::create_tables(&cfg).await;
     cfg.dynamodb.endpoint_url = Some(proxy.endpoint());
     cfg.exhook.listen = "127.0.0.1:0".parse().unwrap();
     cfg.http.enabled = false;
@@ -79,9 +72,7 @@ async fn run_case(delay: Duration, rate: f64) -> Case {
                 tokio::time::sleep_until(due.into()).await;
                 let message = v3::Message {
                     node: "emqx@127.0.0.1".into(),
-                    id: mqtt_dynamo::guid::to_hex(
-                        (1_700_000_000_000_000u128 << 64) | u128::from(n),
-                    ),
+                    id: mqtt_dynamo::guid::to_hex(mqtt_dynamo::test_util::guids::nth(n)),
                     qos: 1,
                     r#from: format!("c{}", n % 1000),
                     topic: format!("bench/{}", n % 100),

@@ -17,15 +17,17 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use mqtt_dynamo::config::{Config, MatchMode, Secret};
+use mqtt_dynamo::config::MatchMode;
 use mqtt_dynamo::event::{HookEvent, Message};
 use mqtt_dynamo::lookup::{ReadState, Reader, TopicIndex};
+use mqtt_dynamo::pipeline::Admit;
 use mqtt_dynamo::pipeline::Pipeline;
-use mqtt_dynamo::pipeline::{Admit, Receipt};
 use mqtt_dynamo::storage::dynamo::{self, SdkRetries};
 use mqtt_dynamo::storage::embedded::EmbeddedDynamo;
 use mqtt_dynamo::storage::item::Table;
-use mqtt_dynamo::storage::tables::{self, Capacity};
+use mqtt_dynamo::test_util::SubmitExt;
+use mqtt_dynamo::test_util::guids;
+use mqtt_dynamo::test_util::{Backend, backend};
 
 const SITES: usize = 100;
 const FLOORS: usize = 10;
@@ -96,14 +98,8 @@ async fn end_to_end(all: &[String]) {
     let db = EmbeddedDynamo::start(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .unwrap();
-    let mut cfg = Config::default();
-    cfg.dynamodb.access_key_id = Some("bench".into());
-    cfg.dynamodb.secret_access_key = Some(Secret::new("bench"));
-    cfg.dynamodb.endpoint_url = Some(db.endpoint());
-    let admin = dynamo::client(&cfg.dynamodb, None, SdkRetries::Standard).await;
-    tables::create_all(&admin, &cfg.dynamodb, Capacity::OnDemand)
-        .await
-        .unwrap();
+    let mut cfg = backend::config_at(db.endpoint());
+    Backend::create_tables(&cfg).await;
     // Only the retained action: 100k retained messages.
     cfg.rules = Some(vec![mqtt_dynamo::config::RuleConfig {
         hook: "message.publish".into(),
@@ -115,11 +111,10 @@ async fn end_to_end(all: &[String]) {
     let pipeline = Pipeline::from_config(&cfg, client.clone()).unwrap();
     let handle = pipeline.handle();
     for (i, topic) in all.iter().enumerate() {
-        let guid = (1_700_000_000_000_000u128 + i as u128) << 64;
         let e = HookEvent::MessagePublish {
             message: Message {
                 node: "emqx@bench".into(),
-                id: mqtt_dynamo::guid::to_hex(guid),
+                id: guids::hex_at(guids::EPOCH_MICROS + i as u64, 0),
                 qos: 1,
                 from: "bench".into(),
                 topic: topic.clone(),
@@ -130,8 +125,7 @@ async fn end_to_end(all: &[String]) {
             },
         };
         handle
-            .submit(&e, Admit::within(Duration::from_secs(30)))
-            .and_then(Receipt::wait)
+            .accept(&e, Admit::within(Duration::from_secs(30)))
             .unwrap();
     }
     let stats = pipeline.shutdown().await;

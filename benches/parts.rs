@@ -16,19 +16,19 @@
 //! `cargo bench --bench parts`; a single group with `cargo bench --bench parts -- plan`.
 
 use std::hint::black_box;
-use std::time::Instant;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
 use mqtt_dynamo::event::HookEvent;
 use mqtt_dynamo::guid;
 use mqtt_dynamo::lookup::TopicIndex;
-use mqtt_dynamo::pipeline::coalesce::Coalescer;
 use mqtt_dynamo::rules::{RuleSet, StorageFormat};
 use mqtt_dynamo::storage::dynamo;
 use mqtt_dynamo::storage::item::{Item, Op, Table, Write};
 use mqtt_dynamo::topic;
 
+#[path = "support/drain.rs"]
+mod drain;
 #[path = "support/mix.rs"]
 mod mix;
 
@@ -116,23 +116,7 @@ fn bench_pack(c: &mut Criterion) {
     group.bench_function("unique_puts_into_25_request_batches", |b| {
         b.iter_batched(
             || ops.clone(),
-            |ops| {
-                let now = Instant::now();
-                let mut c = Coalescer::new();
-                for op in ops {
-                    c.push(op, now);
-                }
-                loop {
-                    let batch = c.take(25, 4 * 1024 * 1024);
-                    if batch.is_empty() {
-                        break;
-                    }
-                    for t in &batch {
-                        c.complete(&t.key);
-                    }
-                    black_box(batch);
-                }
-            },
+            |ops| drain::push_and_drain(ops, 4 * 1024 * 1024),
             BatchSize::LargeInput,
         )
     });

@@ -82,6 +82,8 @@ pub mod service;
 pub mod spool;
 pub mod storage;
 pub mod telemetry;
+#[cfg(feature = "test-util")]
+pub mod test_util;
 pub mod topic;
 
 pub use config::Config;

@@ -1,6 +1,7 @@
 //! The broker adapters over real sockets: the ExHook gRPC server driven by an independent client
-//! (Python grpcio with stubs generated from our .proto files, playing EMQX) against a running
-//! `mqtt-dynamo serve` on the embedded DynamoDB, and the HTTP ingest with real HTTP requests.
+//! (Python grpcio with stubs generated from our .proto files, playing EMQX) against the service
+//! started in process (as `mqtt-dynamo serve` runs it) on the embedded DynamoDB, and the HTTP
+//! ingest with real HTTP requests.
 
 mod support;
 
@@ -21,7 +22,8 @@ use mqtt_dynamo::guid;
 use mqtt_dynamo::pipeline::Pipeline;
 use mqtt_dynamo::storage::item::{Item, Key, Table, Value as V};
 
-use support::{Backend, normalized, scan_all};
+use mqtt_dynamo::test_util::service::{self, addr};
+use mqtt_dynamo::test_util::{Backend, normalized, scan_all};
 
 fn s(v: &str) -> V {
     V::S(v.into())
@@ -61,14 +63,23 @@ async fn post(url: &str, body: &str, token: Option<&str>) -> (u16, Value) {
     )
 }
 
-/// The pipeline and the adapters in-process, on ephemeral ports, against `backend`.
-async fn start(backend: &Backend, cfg: &mut Config) -> (Pipeline, Listeners) {
-    cfg.exhook.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.http.listen = "127.0.0.1:0".parse().unwrap();
-    let (client, _) = backend.prepare(cfg).await;
-    let pipeline = Pipeline::from_config(cfg, client).unwrap();
-    let listeners = Listeners::start(cfg, pipeline.handle()).await.unwrap();
-    (pipeline, listeners)
+/// dynoxide, and the pipeline and the adapters in-process on ephemeral ports against it, with
+/// the configuration `tweak` makes.
+async fn start(tweak: impl FnOnce(&mut Config)) -> (Backend, Config, Pipeline, Listeners) {
+    let backend = Backend::dynoxide().await;
+    let mut cfg = backend.config();
+    tweak(&mut cfg);
+    cfg.exhook.listen = service::EPHEMERAL;
+    cfg.http.listen = service::EPHEMERAL;
+    let (client, _) = backend.prepare(&cfg).await;
+    let pipeline = Pipeline::from_config(&cfg, client).unwrap();
+    let listeners = Listeners::start(&cfg, pipeline.handle()).await.unwrap();
+    (backend, cfg, pipeline, listeners)
+}
+
+/// The URL of `path` on the HTTP ingest.
+fn ingest_url(listeners: &Listeners, path: &str) -> String {
+    format!("http://{}{path}", listeners.http_addr.unwrap())
 }
 
 const ID1: &str = "0005F65F239F03FEF44300000BB40101";
@@ -77,14 +88,9 @@ const ID2: &str = "0005F65F239F03FEF44300000BB40102";
 /// Every EMQX 5 rule-engine event kind posted as real HTTP requests lands in the tables.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_rule_rows_for_every_event_kind() {
-    let backend = Backend::dynoxide().await;
-    let mut cfg = backend.config();
-    cfg.http.publish_actions = HttpPublishActions::All;
-    let (pipeline, listeners) = start(&backend, &mut cfg).await;
-    let url = format!(
-        "http://{}/v1/events/emqx-rule",
-        listeners.http_addr.unwrap()
-    );
+    let (backend, cfg, pipeline, listeners) =
+        start(|cfg| cfg.http.publish_actions = HttpPublishActions::All).await;
+    let url = ingest_url(&listeners, "/v1/events/emqx-rule");
     let node = "emqx@127.0.0.1";
     let rows = json!([
         {"event": "client.connected", "node": node, "clientid": "c1", "username": "u", "peername": "10.0.0.5:5000",
@@ -162,14 +168,9 @@ async fn http_rule_rows_for_every_event_kind() {
 /// EMQX 4 web hook JSON for every action; message ids derived so publish and ack agree.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_emqx4_webhook_for_every_action() {
-    let backend = Backend::dynoxide().await;
-    let mut cfg = backend.config();
-    cfg.http.publish_actions = HttpPublishActions::All;
-    let (pipeline, listeners) = start(&backend, &mut cfg).await;
-    let url = format!(
-        "http://{}/v1/events/emqx-webhook",
-        listeners.http_addr.unwrap()
-    );
+    let (backend, cfg, pipeline, listeners) =
+        start(|cfg| cfg.http.publish_actions = HttpPublishActions::All).await;
+    let url = ingest_url(&listeners, "/v1/events/emqx-webhook");
     let node = "emqx@127.0.0.1";
     let rows = json!([
         {"action": "client_connected", "node": node, "clientid": "w1", "username": "u", "ipaddress": "10.0.0.9",
@@ -231,15 +232,12 @@ async fn http_emqx4_webhook_for_every_action() {
 /// the token is required when configured, and the body limit holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_rejects_bad_input_and_requires_the_token() {
-    let backend = Backend::dynoxide().await;
-    let mut cfg = backend.config();
-    cfg.http.token = Some(Secret::new("s3cret"));
-    cfg.http.max_body_bytes = 1024;
-    let (pipeline, listeners) = start(&backend, &mut cfg).await;
-    let url = format!(
-        "http://{}/v1/events/emqx-rule",
-        listeners.http_addr.unwrap()
-    );
+    let (backend, cfg, pipeline, listeners) = start(|cfg| {
+        cfg.http.token = Some(Secret::new("s3cret"));
+        cfg.http.max_body_bytes = 1024;
+    })
+    .await;
+    let url = ingest_url(&listeners, "/v1/events/emqx-rule");
     let ok_row = json!({"event": "client.connected", "node": "n", "clientid": "c1"}).to_string();
     let tok = Some("s3cret");
 
@@ -336,33 +334,11 @@ fn python() -> PathBuf {
     p
 }
 
-fn run_client(py: &PathBuf, stubs: &std::path::Path, target: &str, api: &str, mode: &str) -> Value {
-    let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/emqx_client/exhook_client.py");
-    let out = Command::new(py)
-        .arg(script)
-        .args(["--target", target, "--api", api, "--mode", mode, "--stubs"])
-        .arg(stubs)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{api} {mode} failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(&stdout).unwrap()
-}
-
-/// An independent client plays EMQX over ExHook v2 and v3 against `mqtt-dynamo serve` on the
-/// embedded DynamoDB; retained publishes come through the HTTP ingest as an EMQX rule would post
-/// them; the tables are read back through the SDK and compared item by item. Malformed requests,
-/// an unknown RPC, invalid UTF-8 and an oversized payload get proper statuses and the server keeps
-/// answering.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn emqx_plays_exhook_v2_and_v3_against_serve() {
+/// The Python with grpcio, a scratch directory `mqtt-dynamo-<name>-<pid>`, and in it `stubs/`
+/// generated by grpc_tools.protoc from the project's ExHook protos of the `versions` named.
+fn python_stubs(name: &str, versions: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
     let py = python();
-    let dir = std::env::temp_dir().join(format!("mqtt-dynamo-adapters-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("mqtt-dynamo-{name}-{}", std::process::id()));
     let stubs = dir.join("stubs");
     std::fs::create_dir_all(&stubs).unwrap();
     let proto = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("proto");
@@ -371,30 +347,75 @@ async fn emqx_plays_exhook_v2_and_v3_against_serve() {
         .arg(&proto)
         .arg(format!("--python_out={}", stubs.display()))
         .arg(format!("--grpc_python_out={}", stubs.display()))
-        .args(["emqx/exhook/v2/exhook.proto", "emqx/exhook/v3/exhook.proto"])
+        .args(
+            versions
+                .iter()
+                .map(|v| format!("emqx/exhook/{v}/exhook.proto")),
+        )
         .status()
         .unwrap();
     assert!(
         status.success(),
         "grpc_tools.protoc compiles the project's protos"
     );
-    let conf = dir.join("serve.toml");
-    std::fs::write(
-        &conf,
-        "[dynamodb]\nembedded_listen = \"127.0.0.1:0\"\n[exhook]\nlisten = \"127.0.0.1:0\"\n\
-         [http]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[pipeline]\nmax_batch_age = \"5ms\"\n",
-    )
-    .unwrap();
+    (py, dir, stubs)
+}
+
+/// Runs `command` on a blocking thread (the service under test shares this runtime) and asserts
+/// that it succeeded (`what` failed: its stdout and stderr); its output.
+async fn run_ok(mut command: Command, what: &str) -> std::process::Output {
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs the Python client (on a blocking thread: the service under test shares this runtime).
+async fn run_client(
+    py: &PathBuf,
+    stubs: &std::path::Path,
+    target: &str,
+    api: &str,
+    mode: &str,
+) -> Value {
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/emqx_client/exhook_client.py");
+    let mut command = Command::new(py);
+    command
+        .arg(script)
+        .args(["--target", target, "--api", api, "--mode", mode, "--stubs"])
+        .arg(stubs);
+    let out = run_ok(command, &format!("{api} {mode}")).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(&stdout).unwrap()
+}
+
+/// An independent client plays EMQX over ExHook v2 and v3 against the service in process on the
+/// embedded DynamoDB; retained publishes come through the HTTP ingest as an EMQX rule would post
+/// them; the tables are read back through the SDK and compared item by item. Malformed requests,
+/// an unknown RPC, invalid UTF-8 and an oversized payload get proper statuses and the server keeps
+/// answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emqx_plays_exhook_v2_and_v3_against_serve() {
+    let (py, dir, stubs) = python_stubs("adapters", &["v2", "v3"]);
+    let cfg = service::parse("[pipeline]\nmax_batch_age = \"5ms\"\n");
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let serve = support::Serve::start(&conf);
-    let rule_url = format!("http://{}/v1/events/emqx-rule", serve.http);
+    let serve = service::start(&cfg).await;
+    let (exhook, http) = (addr(serve.addrs().exhook), addr(serve.addrs().http));
+    let rule_url = format!("http://{http}/v1/events/emqx-rule");
 
     let mut expected: BTreeMap<Key, Item> = BTreeMap::new();
     for api in ["v2", "v3"] {
-        let out = run_client(&py, &stubs, &serve.exhook, api, "scenario");
+        let out = run_client(&py, &stubs, &exhook, api, "scenario").await;
         let hooks: BTreeSet<&str> = out["hooks"]
             .as_object()
             .unwrap()
@@ -425,7 +446,7 @@ async fn emqx_plays_exhook_v2_and_v3_against_serve() {
             assert_ne!(r["message_untouched"], json!(false));
         }
         assert_eq!(out["errors"], json!([]));
-        let abuse = run_client(&py, &stubs, &serve.exhook, api, "abuse");
+        let abuse = run_client(&py, &stubs, &exhook, api, "abuse").await;
         assert_eq!(abuse["unknown_rpc"], json!("UNIMPLEMENTED"));
         assert_eq!(abuse["after"], json!("OK"));
         // Refused as too large to store, yet CONTINUE with the message unchanged: a persistence
@@ -534,16 +555,7 @@ async fn emqx_plays_exhook_v2_and_v3_against_serve() {
     }
 
     // Read back through the SDK until the pipeline has flushed (bounded).
-    let mut cfg = Config::default();
-    cfg.dynamodb.endpoint_url = Some(serve.dynamo.clone());
-    cfg.dynamodb.access_key_id = Some("local".into());
-    cfg.dynamodb.secret_access_key = Some(Secret::new("local"));
-    let client = mqtt_dynamo::storage::dynamo::client(
-        &cfg.dynamodb,
-        None,
-        mqtt_dynamo::storage::dynamo::SdkRetries::Standard,
-    )
-    .await;
+    let client = service::dynamo_client(&serve, &cfg).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -577,21 +589,17 @@ async fn emqx_plays_exhook_v2_and_v3_against_serve() {
     };
     assert_eq!(got, expected);
 
-    let mut serve = serve;
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &serve.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = serve.child.wait().unwrap();
-    assert!(status.success());
-    let log: Vec<String> = serve.log.try_iter().collect();
-    assert!(
-        log.iter().any(|l| l.contains("stopping the listeners")),
-        "{log:?}"
-    );
+    // Shutdown stops the listeners (the binary's SIGTERM path is tests/pipeline/shutdown.rs).
+    let stats = serve.shutdown().await;
+    assert_eq!(stats.dropped(), 0, "{stats}");
+    for listener in [&exhook, &http] {
+        assert!(
+            tokio::net::TcpStream::connect(listener.as_str())
+                .await
+                .is_err(),
+            "{listener} is closed after shutdown"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -606,88 +614,52 @@ fn hex_decode(h: &str) -> Vec<u8> {
 /// gRPC channel and the rule rows are posted over HTTPS, each trusting the test's certificate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_on_both_listeners() {
-    let py = python();
-    let dir = std::env::temp_dir().join(format!("mqtt-dynamo-tls-{}", std::process::id()));
-    let stubs = dir.join("stubs");
-    std::fs::create_dir_all(&stubs).unwrap();
-    let proto = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("proto");
-    let status = Command::new(&py)
-        .args(["-m", "grpc_tools.protoc", "-I"])
-        .arg(&proto)
-        .arg(format!("--python_out={}", stubs.display()))
-        .arg(format!("--grpc_python_out={}", stubs.display()))
-        .arg("emqx/exhook/v3/exhook.proto")
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let (py, dir, stubs) = python_stubs("tls", &["v3"]);
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&cert, certified.cert.pem()).unwrap();
     std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
 
-    let backend = Backend::dynoxide().await;
-    let mut cfg = backend.config();
-    cfg.exhook.tls_cert = Some(cert.clone());
-    cfg.exhook.tls_key = Some(key.clone());
-    cfg.http.tls_cert = Some(cert.clone());
-    cfg.http.tls_key = Some(key.clone());
-    let (pipeline, listeners) = start(&backend, &mut cfg).await;
+    let (backend, cfg, pipeline, listeners) = start(|cfg| {
+        cfg.exhook.tls_cert = Some(cert.clone());
+        cfg.exhook.tls_key = Some(key.clone());
+        cfg.http.tls_cert = Some(cert.clone());
+        cfg.http.tls_key = Some(key.clone());
+    })
+    .await;
     let grpc_target = format!("localhost:{}", listeners.exhook_addr.unwrap().port());
     let https_url = format!(
         "https://localhost:{}/v1/events/emqx-rule",
         listeners.http_addr.unwrap().port()
     );
 
-    let (py2, stubs2, cert2) = (py.clone(), stubs.clone(), cert.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        let script =
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/emqx_client/exhook_client.py");
-        Command::new(&py2)
-            .arg(script)
-            .args([
-                "--target",
-                &grpc_target,
-                "--api",
-                "v3",
-                "--mode",
-                "scenario",
-                "--tag",
-                "tls",
-                "--ca",
-            ])
-            .arg(&cert2)
-            .arg("--stubs")
-            .arg(&stubs2)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/emqx_client/exhook_client.py");
+    let mut client = Command::new(&py);
+    client
+        .arg(script)
+        .args([
+            "--target",
+            &grpc_target,
+            "--api",
+            "v3",
+            "--mode",
+            "scenario",
+        ])
+        .args(["--tag", "tls", "--ca"])
+        .arg(&cert)
+        .arg("--stubs")
+        .arg(&stubs);
+    run_ok(client, "the v3 scenario over TLS").await;
 
     let post_https = "import json, ssl, sys, urllib.request\n\
          ctx = ssl.create_default_context(cafile=sys.argv[2])\n\
          body = json.dumps({'event': 'client.connected', 'node': 'n', 'clientid': 'over-https'}).encode()\n\
          req = urllib.request.Request(sys.argv[1], data=body, headers={'content-type': 'application/json'})\n\
          print(urllib.request.urlopen(req, context=ctx).read().decode())\n";
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(&py)
-            .args(["-c", post_https, &https_url])
-            .arg(&cert)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut poster = Command::new(&py);
+    poster.args(["-c", post_https, &https_url]).arg(&cert);
+    let out = run_ok(poster, "the HTTPS post").await;
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         r#"{"accepted":1}"#
@@ -710,7 +682,7 @@ async fn tls_on_both_listeners() {
 /// rows it accepted once the queues are full, and every drop is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_full_queue_answers_503_and_counts_the_drop() {
-    let stalled = support::Stalled::start().await;
+    let stalled = mqtt_dynamo::test_util::stalled::Stalled::start().await;
     let mut cfg = stalled.tiny_config();
     cfg.http.when_full = mqtt_dynamo::config::WhenFull::Drop;
     cfg.http.listen = "127.0.0.1:0".parse().unwrap();
@@ -723,10 +695,7 @@ async fn http_full_queue_answers_503_and_counts_the_drop() {
     .await;
     let pipeline = Pipeline::from_config(&cfg, client).unwrap();
     let listeners = Listeners::start(&cfg, pipeline.handle()).await.unwrap();
-    let url = format!(
-        "http://{}/v1/events/emqx-rule",
-        listeners.http_addr.unwrap()
-    );
+    let url = ingest_url(&listeners, "/v1/events/emqx-rule");
     let rows: Vec<Value> = (0..50)
         .map(|i| json!({"event": "client.connected", "node": "n", "clientid": format!("k{i}")}))
         .collect();
@@ -902,6 +871,10 @@ async fn send_bad_input(case: &str, http_addr: &str, exhook: &str) -> Answer {
         let path = path.to_string();
         async move { http(http_addr, "POST", &path, body, TOKEN).await }
     };
+    let bare = |method: &'static str, path: &str, token: Option<&'static str>| {
+        let path = path.to_string();
+        async move { http(http_addr, method, &path, String::new(), token).await }
+    };
     let connected =
         |id: &str| json!({"event": "client.connected", "node": "n", "clientid": id}).to_string();
     let long = "x".repeat(3000);
@@ -991,102 +964,21 @@ async fn send_bad_input(case: &str, http_addr: &str, exhook: &str) -> Answer {
             post("/v1/events/emqx-webhook", row.to_string()).await
         }
         "h-no-such-path" => post("/v1/nothing", "{}".into()).await,
-        "h-wrong-method" => http(http_addr, "GET", rule, String::new(), TOKEN).await,
-        "l-no-filter" => http(http_addr, "GET", "/v1/retained", String::new(), TOKEN).await,
-        "l-filter-twice" => {
-            http(
-                http_addr,
-                "GET",
-                "/v1/retained?filter=a&filter=b",
-                String::new(),
-                TOKEN,
-            )
-            .await
-        }
-        "l-bad-filter" => {
-            http(
-                http_addr,
-                "GET",
-                "/v1/retained?filter=a%2F%23%2Fb",
-                String::new(),
-                TOKEN,
-            )
-            .await
-        }
-        "l-filter-long" => {
-            let path = format!("/v1/retained?filter={long}");
-            http(http_addr, "GET", &path, String::new(), TOKEN).await
-        }
-        "l-bad-limit" => {
-            http(
-                http_addr,
-                "GET",
-                "/v1/offline?filter=a&limit=-1",
-                String::new(),
-                TOKEN,
-            )
-            .await
-        }
-        "l-bad-qos" => {
-            http(
-                http_addr,
-                "GET",
-                "/v1/offline?filter=a&qos=3",
-                String::new(),
-                TOKEN,
-            )
-            .await
-        }
-        "l-bad-since" => {
-            let path = "/v1/offline?filter=a&since=yesterday";
-            http(http_addr, "GET", path, String::new(), TOKEN).await
-        }
-        "l-clientid-not-utf8" => {
-            let path = "/v1/clients/%FF%FE/subscriptions";
-            http(http_addr, "GET", path, String::new(), TOKEN).await
-        }
-        "l-clientid-long" => {
-            let path = format!("/v1/clients/{long}/subscriptions");
-            http(http_addr, "GET", &path, String::new(), TOKEN).await
-        }
-        "l-no-token" => {
-            http(
-                http_addr,
-                "GET",
-                "/v1/retained?filter=a",
-                String::new(),
-                None,
-            )
-            .await
-        }
-        "s-topic-not-utf8" => {
-            http(
-                http_addr,
-                "PUT",
-                "/v1/clients/c/subscriptions/%FF",
-                String::new(),
-                TOKEN,
-            )
-            .await
-        }
-        "s-bad-qos" => {
-            let path = "/v1/clients/c/subscriptions/a?qos=9";
-            http(http_addr, "PUT", path, String::new(), TOKEN).await
-        }
-        "s-bad-filter" => {
-            let path = "/v1/clients/c/subscriptions/a%2F%23%2Fb";
-            http(http_addr, "PUT", path, String::new(), TOKEN).await
-        }
-        "s-no-token" => {
-            http(
-                http_addr,
-                "DELETE",
-                "/v1/clients/c/subscriptions/a",
-                String::new(),
-                None,
-            )
-            .await
-        }
+        "h-wrong-method" => bare("GET", rule, TOKEN).await,
+        "l-no-filter" => bare("GET", "/v1/retained", TOKEN).await,
+        "l-filter-twice" => bare("GET", "/v1/retained?filter=a&filter=b", TOKEN).await,
+        "l-bad-filter" => bare("GET", "/v1/retained?filter=a%2F%23%2Fb", TOKEN).await,
+        "l-filter-long" => bare("GET", &format!("/v1/retained?filter={long}"), TOKEN).await,
+        "l-bad-limit" => bare("GET", "/v1/offline?filter=a&limit=-1", TOKEN).await,
+        "l-bad-qos" => bare("GET", "/v1/offline?filter=a&qos=3", TOKEN).await,
+        "l-bad-since" => bare("GET", "/v1/offline?filter=a&since=yesterday", TOKEN).await,
+        "l-clientid-not-utf8" => bare("GET", "/v1/clients/%FF%FE/subscriptions", TOKEN).await,
+        "l-clientid-long" => bare("GET", &format!("/v1/clients/{long}/subscriptions"), TOKEN).await,
+        "l-no-token" => bare("GET", "/v1/retained?filter=a", None).await,
+        "s-topic-not-utf8" => bare("PUT", "/v1/clients/c/subscriptions/%FF", TOKEN).await,
+        "s-bad-qos" => bare("PUT", "/v1/clients/c/subscriptions/a?qos=9", TOKEN).await,
+        "s-bad-filter" => bare("PUT", "/v1/clients/c/subscriptions/a%2F%23%2Fb", TOKEN).await,
+        "s-no-token" => bare("DELETE", "/v1/clients/c/subscriptions/a", None).await,
         _ => {
             // ExHook v3.
             let channel = tonic::transport::Channel::from_shared(format!("http://{exhook}"))
@@ -1207,31 +1099,25 @@ async fn rejections(metrics: &str) -> BTreeMap<(String, String), f64> {
         .collect()
 }
 
-/// Every row of the README's bad-input table, sent to a running `serve`: the documented status
+/// Every row of the README's bad-input table, sent to the running service (in process): the documented status
 /// or gRPC answer, the one JSON error shape with the documented field, exactly the documented
 /// refusal counted (adapter and reason), and nothing stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_input_gets_its_documented_answer() {
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("serve.toml");
-    std::fs::write(
-        &conf,
-        "[dynamodb]\nembedded_listen = \"127.0.0.1:0\"\n[exhook]\nlisten = \"127.0.0.1:0\"\n\
-         max_message_bytes = 16777216\n\
-         [http]\nlisten = \"127.0.0.1:0\"\ntoken = \"s3cret\"\npublish_actions = \"all\"\nmax_body_bytes = 2097152\n\
-         [metrics]\nlisten = \"127.0.0.1:0\"\n",
-    )
-    .unwrap();
-    let serve = tokio::task::spawn_blocking(move || support::Serve::start(&conf))
-        .await
-        .unwrap();
+    let cfg = service::parse(
+        "[exhook]\nmax_message_bytes = 16777216\n\
+         [http]\ntoken = \"s3cret\"\npublish_actions = \"all\"\nmax_body_bytes = 2097152\n",
+    );
+    let serve = service::start(&cfg).await;
+    let addrs = serve.addrs();
+    let (exhook, http_addr, metrics) = (addr(addrs.exhook), addr(addrs.http), addr(addrs.metrics));
     let cases = bad_inputs();
     assert!(cases.len() >= 40, "at least 40 bad inputs: {}", cases.len());
     let mut failures = Vec::new();
     for c in &cases {
-        let before = rejections(&serve.metrics).await;
-        let answer = send_bad_input(&c.case, &serve.http, &serve.exhook).await;
-        let after = rejections(&serve.metrics).await;
+        let before = rejections(&metrics).await;
+        let answer = send_bad_input(&c.case, &http_addr, &exhook).await;
+        let after = rejections(&metrics).await;
         let delta: BTreeMap<(String, String), f64> = after
             .iter()
             .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
@@ -1288,14 +1174,9 @@ async fn every_bad_input_gets_its_documented_answer() {
     }
     // Valid traffic still flows.
     let ok = json!({"event": "client.connected", "node": "n", "clientid": "after"}).to_string();
-    let (status, _) = http(&serve.http, "POST", "/v1/events/emqx-rule", ok, TOKEN).await;
+    let (status, _) = http(&http_addr, "POST", "/v1/events/emqx-rule", ok, TOKEN).await;
     assert_eq!(status, 200);
-    let db = mqtt_dynamo::storage::dynamo::client(
-        &Config::default().dynamodb,
-        Some(&serve.dynamo),
-        mqtt_dynamo::storage::dynamo::SdkRetries::Standard,
-    )
-    .await;
+    let db = service::dynamo_client(&serve, &cfg).await;
     let t0 = Instant::now();
     let got = loop {
         let got = scan_all(&db, &Config::default()).await;

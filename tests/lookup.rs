@@ -18,16 +18,12 @@ use mqtt_dynamo::config::{Config, MatchMode};
 use mqtt_dynamo::event::{HookEvent, Message};
 use mqtt_dynamo::guid;
 use mqtt_dynamo::lookup::{OfflineQuery, Payload, ReadState, Reader};
+use mqtt_dynamo::pipeline::Admit;
 use mqtt_dynamo::pipeline::Pipeline;
-use mqtt_dynamo::pipeline::{Admit, Receipt};
 use mqtt_dynamo::storage::item::{Item, Key, Op, Table, Value, Write};
 
-use support::Backend;
-
-/// A hex GUID at `time_us` with sequence `seq`.
-fn guid_at(time_us: u64, seq: u16) -> String {
-    guid::to_hex((u128::from(time_us) << 64) | u128::from(seq))
-}
+use mqtt_dynamo::test_util::guids::hex_at;
+use mqtt_dynamo::test_util::{Backend, SubmitExt};
 
 fn publish(id: &str, qos: u8, topic: &str, payload: &[u8], retain: bool) -> HookEvent {
     HookEvent::MessagePublish {
@@ -65,12 +61,7 @@ async fn write_all(backend: &Backend, cfg: &Config, events: &[HookEvent]) {
     let (client, _) = backend.prepare(cfg).await;
     let pipeline = Pipeline::from_config(cfg, client).unwrap();
     let handle = pipeline.handle();
-    for e in events {
-        handle
-            .submit(e, Admit::within(Duration::from_secs(10)))
-            .and_then(Receipt::wait)
-            .expect("event accepted");
-    }
+    handle.submit_all(events);
     let stats = pipeline.shutdown().await;
     assert_eq!(stats.dropped(), 0, "{stats}");
 }
@@ -98,7 +89,7 @@ async fn retained_topics(reader: &Reader, filter: &str) -> Vec<String> {
 
 async fn retained_wildcards(backend: Backend) {
     let cfg = backend.config();
-    let id = |n: u64| guid_at(1_700_000_000_000_000 + n, 1);
+    let id = |n: u64| hex_at(1_700_000_000_000_000 + n, 1);
     let events = vec![
         publish(&id(1), 0, "a", b"top", true),
         publish(&id(2), 1, "a/b", b"ab", true),
@@ -187,14 +178,8 @@ async fn retained_wildcards(backend: Backend) {
     ));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retained_wildcards_dynoxide() {
-    retained_wildcards(Backend::dynoxide().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retained_wildcards_dynalite() {
-    retained_wildcards(Backend::dynalite().await).await;
+mqtt_dynamo::on_dynoxide_and_dynalite! {
+    retained_wildcards;
 }
 
 /// Message ids whose base62 strings do not sort in time order (checked), published in an
@@ -204,7 +189,7 @@ fn shuffled_ids() -> Vec<(u64, String)> {
     let mut ids: Vec<(u64, String)> = (0..12u64)
         .map(|i| {
             let t = base + i * 7_777_777 + (i * i * 1_234_567) % 999_983;
-            (t, guid_at(t, i as u16))
+            (t, hex_at(t, i as u16))
         })
         .collect();
     let as_base62: Vec<String> = ids
@@ -234,7 +219,7 @@ async fn offline_order_and_limits(backend: Backend) {
     }
     // QoS 0 is not stored for offline delivery; an acked message is gone.
     events.push(publish(
-        &guid_at(1_800_000_000_000_000, 1),
+        &hex_at(1_800_000_000_000_000, 1),
         0,
         "q/1",
         b"q0",
@@ -242,7 +227,7 @@ async fn offline_order_and_limits(backend: Backend) {
     ));
     events.push(acked(&ids[4].1, "q/1"));
     events.push(publish(
-        &guid_at(1_700_000_000_000_000, 99),
+        &hex_at(1_700_000_000_000_000, 99),
         1,
         "other",
         b"o",
@@ -336,14 +321,8 @@ async fn offline_order_and_limits(backend: Backend) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn offline_order_and_limits_dynoxide() {
-    offline_order_and_limits(Backend::dynoxide().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn offline_order_and_limits_dynalite() {
-    offline_order_and_limits(Backend::dynalite().await).await;
+mqtt_dynamo::on_dynoxide_and_dynalite! {
+    offline_order_and_limits;
 }
 
 fn sub_op(clientid: &str, topic: &str, qos: i64) -> Op {
@@ -362,7 +341,7 @@ async fn read_your_writes(backend: Backend) {
     cfg.pipeline.max_batch_age = Duration::from_secs(3600);
     let (client, counter) = backend.prepare(&cfg).await;
     // Already in DynamoDB: a retained message and a subscription.
-    let old = publish(&guid_at(1_700_000_000_000_000, 1), 1, "r/old", b"old", true);
+    let old = publish(&hex_at(1_700_000_000_000_000, 1), 1, "r/old", b"old", true);
     write_all(&backend, &cfg, std::slice::from_ref(&old)).await;
     let admin = fresh_reader(&cfg).await;
     assert_eq!(retained_topics(&admin, "r/#").await, ["r/old"]);
@@ -371,47 +350,30 @@ async fn read_your_writes(backend: Backend) {
     let reader = handle.reader().expect("lookups are on by default").clone();
     reader.load_indexes().await.unwrap();
     let sent_before = counter.total();
-    let new_id = guid_at(1_700_000_000_500_000, 2);
+    let new_id = hex_at(1_700_000_000_500_000, 2);
     for e in [
         publish(&new_id, 1, "r/new", b"new", true),
-        publish(&guid_at(1_700_000_000_600_000, 3), 1, "r/old", b"", true),
+        publish(&hex_at(1_700_000_000_600_000, 3), 1, "r/old", b"", true),
         publish(
-            &guid_at(1_700_000_000_700_000, 4),
+            &hex_at(1_700_000_000_700_000, 4),
             1,
             "o/1",
             b"offline",
             false,
         ),
-        publish(
-            &guid_at(1_700_000_000_800_000, 5),
-            1,
-            "o/2",
-            b"acked",
-            false,
-        ),
-        acked(&guid_at(1_700_000_000_800_000, 5), "o/2"),
+        publish(&hex_at(1_700_000_000_800_000, 5), 1, "o/2", b"acked", false),
+        acked(&hex_at(1_700_000_000_800_000, 5), "o/2"),
     ] {
-        handle
-            .submit(&e, Admit::now())
-            .and_then(Receipt::wait)
-            .unwrap();
+        handle.accept_now(&e).unwrap();
     }
     handle
-        .submit(
-            vec![sub_op("c9", "s/1", 1), sub_op("c9", "s/2", 2)],
-            Admit::now(),
-        )
-        .and_then(Receipt::wait)
+        .accept_now(vec![sub_op("c9", "s/1", 1), sub_op("c9", "s/2", 2)])
         .unwrap();
     handle
-        .submit(
-            vec![Op {
-                key: Key::with_range(Table::Sub, "c9", "s/2"),
-                write: Write::Delete,
-            }],
-            Admit::now(),
-        )
-        .and_then(Receipt::wait)
+        .accept_now(vec![Op {
+            key: Key::with_range(Table::Sub, "c9", "s/2"),
+            write: Write::Delete,
+        }])
         .unwrap();
     let name = backend.name();
     // A retained message published a moment ago is found; one just cleared is not.
@@ -464,14 +426,8 @@ async fn read_your_writes(backend: Backend) {
     assert_eq!(fresh.subscriptions("c9").await.unwrap(), subs);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn read_your_writes_dynoxide() {
-    read_your_writes(Backend::dynoxide().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn read_your_writes_dynalite() {
-    read_your_writes(Backend::dynalite().await).await;
+mqtt_dynamo::on_dynoxide_and_dynalite! {
+    read_your_writes;
 }
 
 /// More than 1 MB of subscriptions (Query pages) and of retained messages (Scan pages for the
@@ -487,26 +443,24 @@ async fn pagination(backend: Backend) {
         .collect();
     for chunk in subs.chunks(50) {
         handle
-            .submit(
+            .accept(
                 chunk.to_vec(),
                 Some(std::time::Instant::now() + Duration::from_secs(10))
                     .map_or_else(Admit::now, Admit::until),
             )
-            .and_then(Receipt::wait)
             .unwrap();
     }
     let payload = vec![b'p'; 10_000];
     for i in 0..150 {
         let e = publish(
-            &guid_at(1_700_000_000_000_000 + i, 1),
+            &hex_at(1_700_000_000_000_000 + i, 1),
             1,
             &format!("big/{i:03}"),
             &payload,
             true,
         );
         handle
-            .submit(&e, Admit::within(Duration::from_secs(10)))
-            .and_then(Receipt::wait)
+            .accept(&e, Admit::within(Duration::from_secs(10)))
             .unwrap();
     }
     assert_eq!(pipeline.shutdown().await.dropped(), 0);
@@ -526,14 +480,8 @@ async fn pagination(backend: Backend) {
     assert_eq!(r.messages[149].topic, "big/149");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pagination_dynoxide() {
-    pagination(Backend::dynoxide().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pagination_dynalite() {
-    pagination(Backend::dynalite().await).await;
+mqtt_dynamo::on_dynoxide_and_dynalite! {
+    pagination;
 }
 
 async fn request(method: &str, url: &str, token: Option<&str>) -> (u16, Json) {
@@ -567,20 +515,17 @@ async fn http_lookup_api() {
     let base = format!("http://{}", listeners.http_addr.unwrap());
     let tok = Some("s3cret");
     for e in [
-        publish(&guid_at(1_700_000_000_000_000, 1), 1, "h/a", b"one", true),
+        publish(&hex_at(1_700_000_000_000_000, 1), 1, "h/a", b"one", true),
         publish(
-            &guid_at(1_700_000_000_100_000, 2),
+            &hex_at(1_700_000_000_100_000, 2),
             1,
             "h/b",
             &[0xc3, 0x28],
             true,
         ),
-        publish(&guid_at(1_700_000_000_200_000, 3), 1, "h/a", b"two", false),
+        publish(&hex_at(1_700_000_000_200_000, 3), 1, "h/a", b"two", false),
     ] {
-        handle
-            .submit(&e, Admit::now())
-            .and_then(Receipt::wait)
-            .unwrap();
+        handle.accept_now(&e).unwrap();
     }
     // PUT, GET, DELETE a subscription whose topic has '/', '+' and '#' (one encoded segment).
     let sub = format!("{base}/v1/clients/c%201/subscriptions/h%2F%2B%2F%23");
@@ -676,8 +621,8 @@ async fn cli_subs_and_lookups() {
         &backend,
         &cfg,
         &[
-            publish(&guid_at(1_700_000_000_000_000, 1), 1, "k/1", b"r1", true),
-            publish(&guid_at(1_700_000_000_000_001, 2), 1, "k/2/x", b"q", false),
+            publish(&hex_at(1_700_000_000_000_000, 1), 1, "k/1", b"r1", true),
+            publish(&hex_at(1_700_000_000_000_001, 2), 1, "k/2/x", b"q", false),
         ],
     )
     .await;

@@ -12,12 +12,14 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use mqtt_dynamo::event::{ClientInfo, HookEvent, Message};
+use mqtt_dynamo::event::{HookEvent, Message};
 use mqtt_dynamo::pipeline::Pipeline;
-use mqtt_dynamo::pipeline::{Admit, Receipt};
 use mqtt_dynamo::storage::item::Table;
 
-use support::{Backend, http_get, scan_all};
+use mqtt_dynamo::test_util::SubmitExt;
+use mqtt_dynamo::test_util::events::bare_client;
+use mqtt_dynamo::test_util::{Backend, scan_all};
+use support::http_get;
 
 /// `name{label="v",...}` (labels sorted) → value, from the text exposition.
 fn parse_exposition(text: &str) -> BTreeMap<String, f64> {
@@ -61,14 +63,6 @@ fn tool(var: &str, rel: &str) -> PathBuf {
     p
 }
 
-fn client(id: &str) -> ClientInfo {
-    ClientInfo {
-        node: "emqx@n1".into(),
-        clientid: id.into(),
-        ..Default::default()
-    }
-}
-
 /// A known workload, then the scrape: every value follows from the sequence, items written equal
 /// the items in the tables, nothing is dropped, and promtool accepts the exposition.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,14 +78,10 @@ async fn scraped_metrics_match_a_known_workload() {
     let pipeline = Pipeline::from_config(&cfg, client_sdk.clone()).unwrap();
     let h = pipeline.handle();
     for i in 0..10 {
-        h.submit(
-            &HookEvent::ClientConnected {
-                client: client("m1"),
-                connected_at_ms: 1_000 + i,
-            },
-            Admit::now(),
-        )
-        .and_then(Receipt::wait)
+        h.accept_now(&HookEvent::ClientConnected {
+            client: bare_client("m1"),
+            connected_at_ms: 1_000 + i,
+        })
         .unwrap();
     }
     let message = Message {
@@ -105,44 +95,28 @@ async fn scraped_metrics_match_a_known_workload() {
         timestamp_ms: 5_000,
         username: None,
     };
-    h.submit(
-        &HookEvent::MessagePublish {
-            message: message.clone(),
-        },
-        Admit::now(),
-    )
-    .and_then(Receipt::wait)
+    h.accept_now(&HookEvent::MessagePublish {
+        message: message.clone(),
+    })
     .unwrap();
-    h.submit(
-        &HookEvent::MessageAcked {
-            client: client("s1"),
-            message,
-        },
-        Admit::now(),
-    )
-    .and_then(Receipt::wait)
+    h.accept_now(&HookEvent::MessageAcked {
+        client: bare_client("s1"),
+        message,
+    })
     .unwrap();
     for c in ["c2", "c3", "c4"] {
-        h.submit(
-            &HookEvent::ClientConnected {
-                client: client(c),
-                connected_at_ms: 2_000,
-            },
-            Admit::now(),
-        )
-        .and_then(Receipt::wait)
+        h.accept_now(&HookEvent::ClientConnected {
+            client: bare_client(c),
+            connected_at_ms: 2_000,
+        })
         .unwrap();
     }
     // One invalid event (empty client id): refused and counted.
     let bad = HookEvent::ClientConnected {
-        client: client(""),
+        client: bare_client(""),
         connected_at_ms: 0,
     };
-    assert!(
-        h.submit(&bad, Admit::now())
-            .and_then(Receipt::wait)
-            .is_err()
-    );
+    assert!(h.accept_now(&bad).is_err());
     let stats = pipeline.shutdown().await;
     // What the once-a-second sampler does.
     h.sample_gauges();
@@ -155,36 +129,40 @@ async fn scraped_metrics_match_a_known_workload() {
             .unwrap_or_else(|| panic!("{k} missing from:\n{text}"))
     };
 
-    assert_eq!(
-        get(r#"mqtt_dynamo_events_received_total{hook="client.connected"}"#),
-        13.0
-    );
-    assert_eq!(
-        get(r#"mqtt_dynamo_events_received_total{hook="message.publish"}"#),
-        1.0
-    );
-    assert_eq!(
-        get(r#"mqtt_dynamo_events_received_total{hook="message.acked"}"#),
-        1.0
-    );
-    assert_eq!(
-        get(r#"mqtt_dynamo_events_rejected_total{adapter="api",reason="invalid"}"#),
-        1.0
-    );
-    assert_eq!(
-        get(r#"mqtt_dynamo_ops_coalesced_total{table="mqtt_client"}"#),
-        9.0
-    );
-    assert_eq!(
-        get(r#"mqtt_dynamo_writes_cancelled_total{table="mqtt_msg"}"#),
-        1.0
-    );
-    assert_eq!(
-        get(r#"mqtt_dynamo_writes_cancelled_total{table="mqtt_topic_msg_map"}"#),
-        1.0
-    );
-    assert_eq!(get(r#"mqtt_dynamo_flushes_total{trigger="shutdown"}"#), 1.0);
-    assert_eq!(get("mqtt_dynamo_batch_requests_count"), 1.0);
+    for (want, series) in [
+        (
+            13.0,
+            r#"mqtt_dynamo_events_received_total{hook="client.connected"}"#,
+        ),
+        (
+            1.0,
+            r#"mqtt_dynamo_events_received_total{hook="message.publish"}"#,
+        ),
+        (
+            1.0,
+            r#"mqtt_dynamo_events_received_total{hook="message.acked"}"#,
+        ),
+        (
+            1.0,
+            r#"mqtt_dynamo_events_rejected_total{adapter="api",reason="invalid"}"#,
+        ),
+        (
+            9.0,
+            r#"mqtt_dynamo_ops_coalesced_total{table="mqtt_client"}"#,
+        ),
+        (
+            1.0,
+            r#"mqtt_dynamo_writes_cancelled_total{table="mqtt_msg"}"#,
+        ),
+        (
+            1.0,
+            r#"mqtt_dynamo_writes_cancelled_total{table="mqtt_topic_msg_map"}"#,
+        ),
+        (1.0, r#"mqtt_dynamo_flushes_total{trigger="shutdown"}"#),
+        (1.0, "mqtt_dynamo_batch_requests_count"),
+    ] {
+        assert_eq!(get(series), want, "{series}");
+    }
     assert_eq!(
         get("mqtt_dynamo_batch_requests_sum"),
         5.0,

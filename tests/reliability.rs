@@ -1,7 +1,7 @@
 //! Nothing lost, nothing resurrected: the durability claims under the faults that break naive
 //! designs — `serve` killed with SIGKILL under publish/ack load and replaying its spool, DynamoDB
 //! applying writes and then answering 500 (or after the client gave up), an outage longer than
-//! the retry deadline, SIGTERM in the middle of it, a start while DynamoDB is down, a second
+//! the retry deadline, a shutdown in the middle of it, a start while DynamoDB is down, a second
 //! service on a locked spool, senders that repeat themselves, and a shutdown deadline without the
 //! spool. Every test checks the final tables.
 
@@ -11,14 +11,18 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use mqtt_dynamo::config::Config;
-use mqtt_dynamo::event::{ClientInfo, HookEvent, Message};
+use mqtt_dynamo::event::{HookEvent, Message};
+use mqtt_dynamo::pipeline::Admit;
 use mqtt_dynamo::pipeline::Pipeline;
-use mqtt_dynamo::pipeline::{Admit, Receipt};
 use mqtt_dynamo::rules::RuleSet;
 use mqtt_dynamo::storage::item::{Item, Key, Table, Value};
 use mqtt_dynamo::storage::model::TableModel;
 
-use support::{Backend, normalized, scan_all};
+use mqtt_dynamo::service::Service;
+use mqtt_dynamo::test_util::SubmitExt;
+use mqtt_dynamo::test_util::events::bare_client;
+use mqtt_dynamo::test_util::service;
+use mqtt_dynamo::test_util::{Backend, normalized, scan_all};
 
 // ---------------------------------------------------------------------------------------------
 // A publish/ack/retained/presence stream as EMQX rule rows, and what the tables must show.
@@ -148,10 +152,11 @@ struct Sender {
 }
 
 impl Sender {
-    fn start(stream: Stream, serve: &support::Serve) -> Sender {
+    /// Starts posting to the HTTP ingest at `addr`.
+    fn start(stream: Stream, addr: &str) -> Sender {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let thread = std::thread::spawn({
-            let (stop, addr) = (std::sync::Arc::clone(&stop), serve.http.clone());
+            let (stop, addr) = (std::sync::Arc::clone(&stop), addr.to_string());
             move || send_until(stream, addr, stop)
         });
         Sender { stop, thread }
@@ -385,6 +390,22 @@ impl Rig {
     fn spool_segments(&self) -> Vec<String> {
         spool_segments(&self.dir.path().join("spool"))
     }
+
+    /// The service in process on the rig's configuration, and its HTTP ingest address.
+    async fn start_service(&self) -> (Service, String) {
+        let cfg = service::parse(&std::fs::read_to_string(&self.conf).unwrap());
+        let running = service::start(&cfg).await;
+        let http = service::addr(running.addrs().http);
+        (running, http)
+    }
+}
+
+/// Shuts the in-process service down (what SIGTERM makes `serve` do before it exits 0); how long
+/// it took.
+async fn shut_down(running: Service) -> Duration {
+    let t0 = Instant::now();
+    running.shutdown().await;
+    t0.elapsed()
 }
 
 async fn start_serve(conf: &std::path::Path) -> support::Serve {
@@ -432,7 +453,7 @@ async fn kill_9_three_times_under_publish_ack_load_loses_nothing_and_resurrects_
     let mut stream = Stream::new(11);
     for round in 0..4 {
         let mut serve = start_serve(&conf).await;
-        let sender = Sender::start(stream, &serve);
+        let sender = Sender::start(stream, &serve.http);
         if round < 3 {
             tokio::time::sleep(Duration::from_millis(rng.u64(400..1500))).await;
             serve.child.kill().unwrap();
@@ -457,14 +478,6 @@ async fn kill_9_three_times_under_publish_ack_load_loses_nothing_and_resurrects_
 
 // ---------------------------------------------------------------------------------------------
 // Ambiguous answers without the spool.
-
-fn client(id: &str) -> ClientInfo {
-    ClientInfo {
-        node: "emqx@n1".into(),
-        clientid: id.into(),
-        ..Default::default()
-    }
-}
 
 fn message(n: u64, topic: &str, payload: &str, retain: bool, qos: u8) -> Message {
     Message {
@@ -497,7 +510,7 @@ fn lagged_stream(n: u64, seed: u64) -> Vec<HookEvent> {
                 let at = unacked.len() - 1 - rng.usize(0..unacked.len().min(80));
                 let m = unacked.remove(at);
                 HookEvent::MessageAcked {
-                    client: client(&format!("s{}", rng.u8(0..3))),
+                    client: bare_client(&format!("s{}", rng.u8(0..3))),
                     message: message(m, &format!("q/{}", m % 10), "p", false, 1),
                 }
             }
@@ -511,11 +524,11 @@ fn lagged_stream(n: u64, seed: u64) -> Vec<HookEvent> {
                 ),
             },
             _ if rng.bool() => HookEvent::ClientConnected {
-                client: client(&format!("c{}", rng.u8(0..5))),
+                client: bare_client(&format!("c{}", rng.u8(0..5))),
                 connected_at_ms: 1_700_000_000_000 + i,
             },
             _ => HookEvent::ClientDisconnected {
-                client: client(&format!("c{}", rng.u8(0..5))),
+                client: bare_client(&format!("c{}", rng.u8(0..5))),
                 reason: "normal".into(),
                 disconnected_at_ms: 1_700_000_000_000 + i,
             },
@@ -546,8 +559,7 @@ async fn paced(
         tick.tick().await;
         for e in chunk {
             handle
-                .submit(e, Admit::within(Duration::from_secs(10)))
-                .and_then(Receipt::wait)
+                .accept(e, Admit::within(Duration::from_secs(10)))
                 .unwrap();
         }
     }
@@ -632,7 +644,7 @@ async fn ambiguous_500s_and_partial_batches_lose_nothing_and_resurrect_nothing()
 
 /// With the spool on and `max_elapsed = 1s`, DynamoDB goes down for longer than that while
 /// events keep arriving: every event is acknowledged into the spool and none is given up.
-/// SIGTERM in the middle of the outage ends the service within `shutdown_timeout` (2 s), leaving
+/// A shutdown (SIGTERM's path, in process) in the middle of the outage ends the service within `shutdown_timeout` (2 s), leaving
 /// the backlog on disk; a service started while DynamoDB is still down serves (accepts events,
 /// `/readyz` says why it is not ready); once DynamoDB is back it writes the whole backlog: no
 /// acknowledged event lost, none resurrected.
@@ -647,38 +659,39 @@ async fn an_outage_longer_than_the_retry_deadline_with_the_spool_loses_nothing()
     let Backend::Sim(sim) = &rig.backend else {
         unreachable!("a simulator backend")
     };
-    let (sim, conf) = (sim.clone(), rig.conf.clone());
+    let sim = sim.clone();
     let mut stream = Stream::new(17);
-    // 1: up, then down for the rest of this service's life; SIGTERM 3 s into the outage.
-    let serve = start_serve(&conf).await;
-    let sender = Sender::start(stream, &serve);
+    // 1: up, then down for the rest of this service's life; shut down 3 s into the outage.
+    let (running, http) = rig.start_service().await;
+    let sender = Sender::start(stream, &http);
     tokio::time::sleep(Duration::from_millis(500)).await;
     sim.set_outage(true);
     tokio::time::sleep(Duration::from_secs(3)).await;
     stream = sender.stop().await;
     let before_stop = stream.log.len();
-    let (took, exit) = terminate(serve).await;
-    assert!(
-        exit.success(),
-        "serve exits cleanly at the deadline: {exit:?}"
-    );
+    // Shutdown returns (where `serve` exits 0) at the deadline.
+    let took = shut_down(running).await;
     assert!(
         took < Duration::from_millis(4_500),
-        "SIGTERM during the outage ends the service within shutdown_timeout (2 s) plus start-up slack: {took:?}"
+        "a shutdown during the outage ends the service within shutdown_timeout (2 s) plus slack: {took:?}"
     );
     assert!(
         !rig.spool_segments().is_empty(),
         "the backlog stays on disk"
     );
     // 2: started while DynamoDB is still down: it serves and says why it is not ready.
-    let serve = start_serve(&conf).await;
-    let (status, body) = support::http_get(&serve.metrics, "/readyz");
+    let (running, http) = rig.start_service().await;
+    let metrics = service::addr(running.addrs().metrics);
+    let (status, body) =
+        tokio::task::spawn_blocking(move || support::http_get(&metrics, "/readyz"))
+            .await
+            .unwrap();
     assert_eq!(status, 503, "not ready during the outage: {body}");
     assert!(
         body.contains("DescribeTable") || body.contains("DynamoDB"),
         "/readyz says why: {body}"
     );
-    let sender = Sender::start(stream, &serve);
+    let sender = Sender::start(stream, &http);
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     sim.set_outage(false);
     tokio::time::sleep(Duration::from_millis(1_000)).await;
@@ -687,12 +700,11 @@ async fn an_outage_longer_than_the_retry_deadline_with_the_spool_loses_nothing()
         stream.log.len() > before_stop,
         "events were accepted by the service started during the outage"
     );
-    let (_, exit) = terminate(serve).await;
-    assert!(exit.success());
+    shut_down(running).await;
     let refused = stream.log.iter().filter(|(_, o)| *o != Some(true)).count();
     assert_eq!(refused, 0, "every event was acknowledged into the spool");
     let got = scan_all(&rig.client, &rig.cfg).await;
-    eprintln!("SIGTERM during the outage took {took:?}");
+    eprintln!("the shutdown during the outage took {took:?}");
     verify(&stream, &got).assert_clean("outage > max_elapsed with the spool");
     assert!(rig.spool_segments().is_empty());
 }
@@ -702,18 +714,17 @@ async fn an_outage_longer_than_the_retry_deadline_with_the_spool_loses_nothing()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_serve_on_a_locked_spool_refuses_to_start() {
     let rig = Rig::new(0, 1, "").await;
-    let conf = rig.conf.clone();
-    let first = start_serve(&conf).await;
-    let second = support::serve_output(&conf).await;
+    // The holder runs in process (this test's process id); the refusal is the binary's.
+    let (first, _) = rig.start_service().await;
+    let second = support::serve_output(&rig.conf).await;
     assert!(!second.status.success());
     let stderr = String::from_utf8_lossy(&second.stderr);
     let want = format!(
         "is in use by another mqtt-dynamo (process {})",
-        first.child.id()
+        std::process::id()
     );
     assert!(stderr.contains(&want), "names the holder: {stderr}");
-    let (_, exit) = terminate(first).await;
-    assert!(exit.success());
+    shut_down(first).await;
 }
 
 /// Without the spool, a shutdown while DynamoDB is down drains until `shutdown_timeout`, then
@@ -736,14 +747,13 @@ async fn shutdown_without_the_spool_dead_letters_what_the_deadline_leaves() {
     let handle = pipeline.handle();
     for i in 0..300u64 {
         handle
-            .submit(
+            .accept(
                 &HookEvent::ClientConnected {
-                    client: client(&format!("d{i}")),
+                    client: bare_client(&format!("d{i}")),
                     connected_at_ms: 1_700_000_000_000 + i,
                 },
                 Admit::within(Duration::from_secs(5)),
             )
-            .and_then(Receipt::wait)
             .unwrap();
     }
     let t0 = Instant::now();
@@ -784,7 +794,7 @@ async fn repeated_publishes_do_not_bring_back_acked_messages() {
         message: message(n, "q/dup", "p", false, 1),
     };
     let ack = |n| HookEvent::MessageAcked {
-        client: client("s1"),
+        client: bare_client("s1"),
         message: message(n, "q/dup", "p", false, 1),
     };
     let written = |n: u64| {
@@ -805,23 +815,11 @@ async fn repeated_publishes_do_not_bring_back_acked_messages() {
         }
     };
     // 1: published, acked, then the sender repeats the publish.
-    handle
-        .submit(&publish(1), Admit::now())
-        .and_then(Receipt::wait)
-        .unwrap();
-    handle
-        .submit(&ack(1), Admit::now())
-        .and_then(Receipt::wait)
-        .unwrap();
-    handle
-        .submit(&publish(1), Admit::now())
-        .and_then(Receipt::wait)
-        .unwrap();
+    handle.accept_now(&publish(1)).unwrap();
+    handle.accept_now(&ack(1)).unwrap();
+    handle.accept_now(&publish(1)).unwrap();
     // 2: published and written, repeated, then acked before the repeat is flushed.
-    handle
-        .submit(&publish(2), Admit::now())
-        .and_then(Receipt::wait)
-        .unwrap();
+    handle.accept_now(&publish(2)).unwrap();
     let t0 = Instant::now();
     while !written(2).await {
         assert!(
@@ -830,39 +828,25 @@ async fn repeated_publishes_do_not_bring_back_acked_messages() {
         );
         tokio::task::yield_now().await;
     }
-    handle
-        .submit(&publish(2), Admit::now())
-        .and_then(Receipt::wait)
-        .unwrap();
-    handle
-        .submit(&ack(2), Admit::now())
-        .and_then(Receipt::wait)
-        .unwrap();
+    handle.accept_now(&publish(2)).unwrap();
+    handle.accept_now(&ack(2)).unwrap();
     // 3: a retained message as ExHook delivers it (no retain flag), acked, then the EMQX rule's
     // retained-only copy of the same publish: the other half of one publish, not a repeat.
     let retained = |retain| HookEvent::MessagePublish {
         message: message(3, "r/dup", "v", retain, 1),
     };
+    handle.accept_now(&retained(false)).unwrap();
     handle
-        .submit(&retained(false), Admit::now())
-        .and_then(Receipt::wait)
+        .accept_now(&HookEvent::MessageAcked {
+            client: bare_client("s1"),
+            message: message(3, "r/dup", "v", false, 1),
+        })
         .unwrap();
     handle
-        .submit(
-            &HookEvent::MessageAcked {
-                client: client("s1"),
-                message: message(3, "r/dup", "v", false, 1),
-            },
-            Admit::now(),
-        )
-        .and_then(Receipt::wait)
-        .unwrap();
-    handle
-        .submit(
+        .accept(
             &retained(true),
             Admit::now().scope(mqtt_dynamo::rules::ActionScope::RetainedOnly),
         )
-        .and_then(Receipt::wait)
         .unwrap();
     let stats = pipeline.shutdown().await;
     assert_eq!(stats.duplicates_dropped, 1, "{stats}");

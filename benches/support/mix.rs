@@ -18,12 +18,12 @@ pub const SUBSCRIBERS: u32 = 20;
 /// `n` GUIDs as EMQX makes them: µs timestamp (a few µs apart) in the top 64 bits, then a
 /// random 48-bit node+pid of one of four nodes and a 16-bit sequence.
 pub fn guids(n: usize, rng: &mut fastrand::Rng) -> Vec<u128> {
-    let nodes: Vec<u128> = (0..4).map(|_| u128::from(rng.u64(..1 << 48))).collect();
+    let nodes: Vec<u64> = (0..4).map(|_| rng.u64(..1 << 48)).collect();
     let mut micros = START_MICROS;
     (0..n)
         .map(|i| {
             micros += rng.u64(1..100);
-            (u128::from(micros) << 64) | (nodes[i % nodes.len()] << 16) | (i as u128 & 0xffff)
+            guid::compose(micros, nodes[i % nodes.len()], i as u16)
         })
         .collect()
 }

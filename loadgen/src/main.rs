@@ -39,14 +39,15 @@ use serde_json::json;
 
 use mqtt_dynamo::config::Config;
 use mqtt_dynamo::event::HookEvent;
+use mqtt_dynamo::pipeline::Admit;
 use mqtt_dynamo::pipeline::Pipeline;
-use mqtt_dynamo::pipeline::{Admit, Receipt};
 use mqtt_dynamo::rules::{RuleSet, StorageFormat};
 use mqtt_dynamo::storage::dynamo::{self, SdkRetries};
 use mqtt_dynamo::storage::embedded::EmbeddedDynamo;
 use mqtt_dynamo::storage::model::TableModel;
 use mqtt_dynamo::storage::tables::{self, Capacity};
 use mqtt_dynamo::telemetry::catalogue;
+use mqtt_dynamo::test_util::SubmitExt;
 
 use report::{Verification, fmt_q, quantiles_ms};
 use workload::{Workload, WorkloadConfig};
@@ -176,6 +177,54 @@ impl Source {
     }
 }
 
+/// Events from a [`Source`] up to the run's limits, each written to the `--record` file (if one
+/// is named) as it is taken.
+struct Feed {
+    source: Source,
+    recorder: Option<stream::Recorder>,
+    /// How many events at most.
+    limit: u64,
+    /// For how long at most.
+    time_limit: Option<Duration>,
+}
+
+impl Feed {
+    fn open(args: &Args) -> Result<Feed, String> {
+        let (limit, time_limit) = args.limits();
+        Ok(Feed {
+            limit,
+            time_limit,
+            source: Source::open(args)?,
+            recorder: args
+                .record
+                .as_deref()
+                .map(stream::Recorder::create)
+                .transpose()?,
+        })
+    }
+
+    /// The next event, recorded; `None` at the end of the source, once `sent` is the limit, or
+    /// once the time limit has passed since `start`.
+    fn next(&mut self, sent: u64, start: Instant) -> Result<Option<HookEvent>, String> {
+        if sent >= self.limit || self.time_limit.is_some_and(|d| start.elapsed() >= d) {
+            return Ok(None);
+        }
+        let Some(event) = self.source.next() else {
+            return Ok(None);
+        };
+        let event = event?;
+        if let Some(r) = self.recorder.as_mut() {
+            r.write(&event)?;
+        }
+        Ok(Some(event))
+    }
+
+    /// Flushes the recording, if any.
+    fn finish(self) -> Result<(), String> {
+        self.recorder.map_or(Ok(()), stream::Recorder::finish)
+    }
+}
+
 /// The writes the service makes for `event` when it arrives over ExHook, which carries no
 /// retain flag (so a retained publish is stored as a plain one), plus the retained actions the
 /// EMQX rule posts to the HTTP ingest.
@@ -257,26 +306,19 @@ fn write_ops(args: &Args, out: &std::path::Path) -> Result<(), String> {
     let cfg = Config::default();
     let rules = cfg.rule_set().map_err(|e| e.to_string())?;
     let format = cfg.storage.format();
-    let (limit, _) = args.limits();
-    let limit = if limit == u64::MAX { 100_000 } else { limit };
-    let mut source = Source::open(args)?;
+    let mut feed = Feed::open(args)?;
+    if feed.limit == u64::MAX {
+        feed.limit = 100_000;
+    }
+    feed.time_limit = None;
+    let start = Instant::now();
     if let Some(dir) = out.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
     let f = std::fs::File::create(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let mut w = std::io::BufWriter::new(f);
-    let mut recorder = args
-        .record
-        .as_deref()
-        .map(stream::Recorder::create)
-        .transpose()?;
     let mut n = 0u64;
-    while n < limit {
-        let Some(event) = source.next() else { break };
-        let event = event?;
-        if let Some(r) = recorder.as_mut() {
-            r.write(&event)?;
-        }
+    while let Some(event) = feed.next(n, start)? {
         let ops: Vec<serde_json::Value> = rules
             .plan(&event, &format)
             .map_err(|e| e.to_string())?
@@ -301,9 +343,7 @@ fn write_ops(args: &Args, out: &std::path::Path) -> Result<(), String> {
         n += 1;
     }
     w.flush().map_err(|e| e.to_string())?;
-    if let Some(r) = recorder {
-        r.finish()?;
-    }
+    feed.finish()?;
     println!("wrote the writes of {n} events to {}", out.display());
     Ok(())
 }
@@ -477,25 +517,11 @@ async fn run_exhook(args: &Args) -> Result<bool, String> {
     };
     let pool = exhook::Pool::connect(&targets, args.workers_per_channel.max(1)).await?;
     let live = Arc::clone(&pool.live);
-    let (limit, time_limit) = args.limits();
-    let bar = progress(args, limit);
-    let mut source = Source::open(args)?;
-    let mut recorder = args
-        .record
-        .as_deref()
-        .map(stream::Recorder::create)
-        .transpose()?;
+    let mut feed = Feed::open(args)?;
+    let bar = progress(args, feed.limit);
     let start = Instant::now();
     let mut sent = 0u64;
-    while sent < limit {
-        if time_limit.is_some_and(|d| start.elapsed() >= d) {
-            break;
-        }
-        let Some(event) = source.next() else { break };
-        let event = event?;
-        if let Some(r) = recorder.as_mut() {
-            r.write(&event)?;
-        }
+    while let Some(event) = feed.next(sent, start)? {
         if args.rate > 0 {
             let due = start + Duration::from_secs_f64(sent as f64 / args.rate as f64);
             tokio::time::sleep_until(due.into()).await;
@@ -511,9 +537,7 @@ async fn run_exhook(args: &Args) -> Result<bool, String> {
             ));
         }
     }
-    if let Some(r) = recorder {
-        r.finish()?;
-    }
+    feed.finish()?;
     let driven = pool.finish().await;
     bar.finish_and_clear();
     let accepted = sent - driven.errors + driven.rule_posts - driven.rule_errors;
@@ -639,14 +663,8 @@ async fn run_inprocess(args: &Args) -> Result<bool, String> {
             .unwrap_or_default(),
         args.seed
     );
-    let (limit, time_limit) = args.limits();
-    let bar = progress(args, limit);
-    let mut source = Source::open(args)?;
-    let mut recorder = args
-        .record
-        .as_deref()
-        .map(stream::Recorder::create)
-        .transpose()?;
+    let mut feed = Feed::open(args)?;
+    let bar = progress(args, feed.limit);
     let rate = args.rate;
     // Submitting blocks (up to 4 s per event, below EMQX's 5 s hook timeout) when the pipeline
     // is full, so run it on a blocking thread.
@@ -656,15 +674,7 @@ async fn run_inprocess(args: &Args) -> Result<bool, String> {
             Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
         let start = Instant::now();
         let mut sent = 0u64;
-        while sent < limit {
-            if time_limit.is_some_and(|d| start.elapsed() >= d) {
-                break;
-            }
-            let Some(event) = source.next() else { break };
-            let event = event?;
-            if let Some(r) = recorder.as_mut() {
-                r.write(&event)?;
-            }
+        while let Some(event) = feed.next(sent, start)? {
             if rate > 0 {
                 let due = start + Duration::from_secs_f64(sent as f64 / rate as f64);
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {
@@ -672,10 +682,7 @@ async fn run_inprocess(args: &Args) -> Result<bool, String> {
                 }
             }
             let t0 = Instant::now();
-            match handle
-                .submit(&event, Admit::within(Duration::from_secs(4)))
-                .and_then(Receipt::wait)
-            {
+            match handle.accept(&event, Admit::within(Duration::from_secs(4))) {
                 Ok(()) => latency.saturating_record(t0.elapsed().as_micros() as u64),
                 Err(_) => {
                     refused.insert(sent);
@@ -688,9 +695,7 @@ async fn run_inprocess(args: &Args) -> Result<bool, String> {
                 bar.set_message(format!("queue {depth}/{cap}  refused {}", refused.len()));
             }
         }
-        if let Some(r) = recorder {
-            r.finish()?;
-        }
+        feed.finish()?;
         bar.finish_and_clear();
         Ok((refused, latency, sent, start))
     });

@@ -7,7 +7,6 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 
 use mqtt_dynamo::config::Config;
-use mqtt_dynamo::storage::dynamo;
 use mqtt_dynamo::storage::item::{Item, Key, Table};
 use mqtt_dynamo::storage::model::TableModel;
 
@@ -32,27 +31,8 @@ pub async fn read_tables(
     cfg: &Config,
 ) -> Result<TableModel, String> {
     let mut model = TableModel::new();
-    for table in Table::ALL {
-        let mut start = None;
-        loop {
-            let page = client
-                .scan()
-                .table_name(cfg.dynamodb.table_name(table))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| format!("scan {table}: {}", dynamo::error_text(&e)))?;
-            for attrs in page.items() {
-                let (key, item) =
-                    dynamo::from_attrs(table, attrs).map_err(|e| format!("{table}: {e}"))?;
-                model.insert(key, item);
-            }
-            start = page.last_evaluated_key().cloned();
-            if start.is_none() {
-                break;
-            }
-        }
+    for (key, item) in mqtt_dynamo::test_util::items::try_scan_all(client, cfg).await? {
+        model.insert(key, item);
     }
     Ok(model)
 }

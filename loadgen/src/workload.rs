@@ -136,9 +136,9 @@ impl Workload {
 
     fn guid(&mut self, node: usize) -> String {
         self.seq = self.seq.wrapping_add(1);
-        let micros = u128::from(self.clock_ms) * 1000 + u128::from(self.seq % 1000);
-        let npid = (node as u128) << 32 | 0x1234;
-        mqtt_dynamo::guid::to_hex(micros << 64 | npid << 16 | u128::from(self.seq))
+        let micros = self.clock_ms * 1000 + u64::from(self.seq % 1000);
+        let npid = (node as u64) << 32 | 0x1234;
+        mqtt_dynamo::guid::to_hex(mqtt_dynamo::guid::compose(micros, npid, self.seq))
     }
 
     fn payload(&mut self) -> Vec<u8> {

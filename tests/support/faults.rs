@@ -120,12 +120,7 @@ async fn forward(
     match state.client.request(req).await {
         Ok(resp) => {
             let (parts, body) = resp.into_parts();
-            let bytes = body
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            Response::from_parts(parts, Full::new(bytes))
+            Response::from_parts(parts, Full::new(bytes_of(body).await))
         }
         Err(e) => error(
             StatusCode::BAD_GATEWAY,
@@ -135,16 +130,20 @@ async fn forward(
     }
 }
 
+/// A body's bytes (empty if it cannot be read to the end).
+async fn bytes_of<B: hyper::body::Body<Data = Bytes>>(body: B) -> Bytes {
+    body.collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default()
+}
+
 async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let body = bytes_of(body).await;
     match state.mode {
         Mode::Faults => {}
         Mode::Delay(d) => {
