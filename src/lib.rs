@@ -32,9 +32,22 @@
 //!   mod.rs              wiring: Pipeline (start, shutdown) and PipelineHandle (submit, stats)
 //!   ingest.rs           the one submit: bounded queue in events and bytes, Admit, Receipt
 //!   dedup.rs            repeated publishes (ids published and acked recently)
-//!   shard.rs            the router thread and the shard task (coalesce, start flushes)
-//!   coalesce.rs         the write algebra and the pending table, pure (tests.rs: against the model)
-//!   flush/              one flush on the wire: BatchWriteItem, UpdateItem, retries (retry.rs)
+//!   shard/              one shard task per key range
+//!     mod.rs              the shard task: coalesce, trigger flushes (count, bytes, age), settle
+//!     router.rs           the router thread: writes to shards by key hash
+//!     hot_keys.rs         per-key windows for keys DynamoDB throttles
+//!     barrier.rs          spool barriers: passed once every earlier write is settled
+//!   coalesce/           at most one pending write per key, pure
+//!     algebra.rs          merging two writes to a key (the certainty rule)
+//!     pending.rs          the pending table: per-key writes, bytes, age, in-flight and held keys
+//!   flush/              one flush on the wire
+//!     mod.rs              Flusher, a flush's per-key outcome (KeyEnd)
+//!     request.rs          building requests: items, UpdateItem expressions, what is left
+//!     batch.rs            BatchWriteItem (puts and deletes)
+//!     update.rs           UpdateItem (updates, set changes)
+//!     retry_loop.rs       the one retry loop and the one place an attempt is recorded
+//!     retry.rs            the retry decision as a pure function; the shutdown deadline
+//!     msgid.rs            capping MsgId sets, oldest first
 //!   concurrency.rs      the adaptive (AIMD) limit on flushes in flight
 //!   deadletter.rs       the JSON-lines file of writes given up
 //! spool/              the optional write-ahead log between ingest and the router
@@ -66,6 +79,7 @@
 //!   stats.rs            counters for every stage
 //!   recorder.rs         the Prometheus recorder, registration and the gauge sampler
 //!   admin.rs            /metrics, /healthz, /readyz
+//! test_util/          (feature test-util) builders and backends shared by tests, benches, loadgen
 //! bin/mqtt-dynamo/    the command: main.rs dispatches; one file per command
 //! ```
 //!

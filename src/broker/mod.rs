@@ -1,6 +1,6 @@
 //! Broker-facing adapters and the listeners that run them: the EMQX ExHook gRPC server
-//! ([`exhook`]) and the HTTP ingest ([`http`], with the EMQX 5 rule-row translator in
-//! [`rule_rows`] and the EMQX 4 web-hook translator in [`webhooks`]), over optional TLS ([`tls`]).
+//! ([`exhook`]) and the HTTP ingest (`http`, with the EMQX 5 rule-row translator in
+//! `rule_rows` and the EMQX 4 web-hook translator in `webhooks`), over optional TLS (`tls`).
 //! Both translate what the broker sends into [`HookEvent`](crate::event::HookEvent)s and hand
 //! them to the pipeline through an [`Admission`], which applies the configured policy when the
 //! queue is full. Neither ever waits on DynamoDB: a call returns as soon as its events are
@@ -8,10 +8,10 @@
 
 mod admission;
 pub mod exhook;
-pub mod http;
-pub mod rule_rows;
-pub mod tls;
-pub mod webhooks;
+pub(crate) mod http;
+mod rule_rows;
+mod tls;
+mod webhooks;
 
 pub use admission::{Admission, AdmitError};
 

@@ -1,5 +1,5 @@
 //! Adaptive flush concurrency, AIMD in the manner of Vector's adaptive request concurrency
-//! (`reference/dynamodb.md` §3): the number of flushes in flight grows by one after a limit's
+//! (DynamoDB's guidance: back off on throttling, retry UnprocessedItems): the number of flushes in flight grows by one after a limit's
 //! worth of clean requests, and halves — at most once per round trip — when DynamoDB throttles,
 //! returns UnprocessedItems, or answers far slower than its recent average. Always within
 //! `[pipeline] min_in_flight ..= max_in_flight`.

@@ -128,7 +128,8 @@ impl From<Vec<Op>> for Submission<'static> {
 pub struct Admit {
     scope: ActionScope,
     deadline: Option<Instant>,
-    count_full: bool,
+    /// The caller tries again when full and counts the final outcome itself.
+    caller_retries: bool,
 }
 
 impl Default for Admit {
@@ -144,7 +145,7 @@ impl Admit {
         Admit {
             scope: ActionScope::All,
             deadline: None,
-            count_full: true,
+            caller_retries: false,
         }
     }
 
@@ -170,7 +171,7 @@ impl Admit {
     /// the final outcome itself.
     pub fn retried_by_caller(self) -> Admit {
         Admit {
-            count_full: false,
+            caller_retries: true,
             ..self
         }
     }
@@ -380,7 +381,7 @@ impl Ingest {
         };
         match result {
             Ok(ticket) => Ok(self.receipt(origin, ticket)),
-            Err(SubmitError::Full) if !admit.count_full => Err(SubmitError::Full),
+            Err(SubmitError::Full) if admit.caller_retries => Err(SubmitError::Full),
             Err(e) => {
                 self.count_rejection(origin, &e);
                 Err(e)

@@ -11,11 +11,11 @@
 
 pub mod coalesce;
 mod concurrency;
-pub mod deadletter;
+mod deadletter;
 pub(crate) mod dedup;
-pub mod flush;
-pub mod ingest;
-pub mod shard;
+pub(crate) mod flush;
+pub(crate) mod ingest;
+mod shard;
 
 use std::sync::Arc;
 

@@ -3,8 +3,8 @@
 //! `plan.rs` (its entry points are [`RuleSet::plan`] and [`RuleSet::plan_scoped`]); how
 //! message ids and times are written is in `format.rs`.
 //!
-//! Each write-side action does exactly what the 4.x backend did (BRIEF §4, reference/emqx.md §1.3),
-//! producing the items of the storage contract (BRIEF §3). The read-side actions
+//! Each write-side action does exactly what the 4.x backend did (its documentation's action table),
+//! producing the items of the storage contract (README, "What is stored"). The read-side actions
 //! (`on_subscribe_lookup`, `on_message_fetch_for_queue`, `on_retain_lookup`) are accepted in rule
 //! sets so seed configurations load unchanged, but produce no writes: they are served as queries.
 
@@ -41,8 +41,8 @@ pub enum Action {
 
 impl Action {
     /// The hook point the action belongs to. `on_subscribe_lookup` is documented on
-    /// `client.connected` (the seed's config block also names `session.created`, see
-    /// reference/emqx.md §1.6; both are accepted by [`Rule::new`]).
+    /// `client.connected` (the seed's config block also names `session.created`;
+    /// both are accepted by [`Rule::new`]).
     pub fn hook(self) -> HookPoint {
         match self {
             Action::OnClientConnected | Action::OnSubscribeLookup => HookPoint::ClientConnected,
@@ -179,7 +179,7 @@ pub struct RuleSet {
 }
 
 impl Default for RuleSet {
-    /// The seed's configuration (seeds/emqx-dynamodb-backend.en.txt): every action but the
+    /// The seed's configuration (the EMQX 4 backend documentation's sample): every action but the
     /// optional `on_message_store`, with topic `#` on the session and message hooks.
     fn default() -> Self {
         let rule = |hook: &str, action, topic: Option<&str>| {

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use crate::event::HookEvent;
-use crate::pipeline::ingest::{Submission, SubmitError};
 use crate::pipeline::{Admit, PipelineHandle, Receipt};
+use crate::pipeline::{Submission, SubmitError};
 
 /// How long the `*_all` helpers wait for room in the queues, per event.
 pub const PATIENCE: Duration = Duration::from_secs(10);

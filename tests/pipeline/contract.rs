@@ -40,7 +40,7 @@ fn scenario() -> Vec<HookEvent> {
     ]
 }
 
-/// What the scenario must leave, written out by hand from BRIEF §3–§4.
+/// What the scenario must leave, written out by hand from the storage contract (README, "What is stored").
 fn scenario_expected() -> BTreeMap<Key, Item> {
     [
         item(

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use mqtt_dynamo::config::Config;
 use mqtt_dynamo::event::HookEvent;
-use mqtt_dynamo::pipeline::ingest::SubmitError;
+use mqtt_dynamo::pipeline::SubmitError;
 use mqtt_dynamo::pipeline::{Admit, Pipeline};
 use mqtt_dynamo::storage::dynamo::{self, SdkRetries};
 use mqtt_dynamo::telemetry::stats::StatsSnapshot;

@@ -1,7 +1,7 @@
 //! Writers to compare mqtt-dynamo with, driven by the same recorded stream (`loadgen --ops-out`).
 //!
 //! - `seed`: the EMQX 4.x backend's behaviour: every action one synchronous request
-//!   (`reference/emqx.md` §1.3: PutItem, DeleteItem, UpdateItem SET / ADD / DELETE), a pool of
+//!   (the calls EMQX 4's DynamoDB backend made: PutItem, DeleteItem, UpdateItem SET / ADD / DELETE), a pool of
 //!   8 connections. As in EMQX, one client's hooks run one after another (a client maps to one
 //!   worker) and an ack never overtakes the publish it acknowledges.
 //! - `bare`: the client-side ceiling: pre-built 25-item BatchWriteItems sent as fast as the SDK

@@ -210,7 +210,7 @@ impl Importer {
             let _ = writeln!(out, "\n# {} (line {})", m.source.key, m.source.line);
             if m.source.hook == "session.created" {
                 out.push_str(
-                    "# session.created runs as client.connected in mqtt-dynamo (reference/emqx.md §1.6).\n",
+                    "# session.created runs as client.connected in mqtt-dynamo (where on_subscribe_lookup is documented).\n",
                 );
             }
             if m.client_hook && m.topic.is_some() {

@@ -104,7 +104,7 @@ const HOOK_PREFIX: &str = "backend.dynamo.hook.";
 const REGION_KEY: &str = "backend.dynamo.region";
 
 /// The hook points the 4.x DynamoDB backend loaded, and `session.created`, which the seed's sample
-/// uses for `on_subscribe_lookup` (reference/emqx.md §1.6).
+/// uses for `on_subscribe_lookup` (documented on `client.connected`).
 const SUPPORTED_HOOKS: [&str; 7] = [
     "client.connected",
     "client.disconnected",

@@ -5,7 +5,7 @@ use super::*;
 use crate::config::Config;
 use crate::rules::RuleSet;
 
-/// The configuration block of seeds/emqx-dynamodb-backend.en.txt, verbatim.
+/// The configuration block of the EMQX 4 DynamoDB backend's documentation, verbatim.
 const SEED: &str = include_str!("seed.conf");
 
 const SECRET: &str = "EXAMPLE_SECRET_ACCESS_KEY";

@@ -1,7 +1,7 @@
 //! Per-key coalescing: the write algebra and the pending-write table it maintains.
 //!
 //! Within a flush window each key holds one pending write, built by [`merge`] so that applying the
-//! merged write gives the same table state as applying every write in order (BRIEF §5):
+//! merged write gives the same table state as applying every write in order (README, "What is stored"):
 //!
 //! | earlier ∘ later | result |
 //! |---|---|

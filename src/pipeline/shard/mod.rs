@@ -28,7 +28,6 @@ pub(crate) use barrier::BarrierAck;
 use barrier::Barriers;
 use hot_keys::HotKeys;
 pub(crate) use router::route;
-pub use router::shard_of;
 
 use crate::config::PipelineConfig;
 use crate::lookup::ReadState;
