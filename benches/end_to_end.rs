@@ -65,7 +65,7 @@ fn run_once(rt: &tokio::runtime::Runtime, events: &[HookEvent]) -> Run {
         cfg.dynamodb.endpoint_url = Some(sim.endpoint());
         cfg.dynamodb.access_key_id = Some("bench".into());
         cfg.dynamodb.secret_access_key = Some(Secret::new("bench"));
-        cfg.dynamodb.embedded = false;
+        cfg.dynamodb.embedded = Some(false);
         let client = dynamo::client(&cfg.dynamodb, None, SdkRetries::Disabled).await;
         (sim, Pipeline::from_config(&cfg, client).unwrap())
     });

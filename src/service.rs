@@ -13,11 +13,12 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::broker::{ListenError, Listeners};
-use crate::config::{Config, DynamoConfig};
+use crate::config::{Config, DEFAULT_REGION, DynamoConfig};
 use crate::pipeline::{Pipeline, PipelineHandle, StartError};
 use crate::storage::dynamo::{self, SdkRetries};
 use crate::storage::tables::{self, Capacity, TablesError};
 use crate::storage::{Backend, BackendError};
+use crate::telemetry::catalogue;
 use crate::telemetry::recorder::{self, MetricsError, Readiness};
 use crate::telemetry::stats::StatsSnapshot;
 
@@ -86,6 +87,9 @@ pub async fn start(cfg: &Config) -> Result<Service, ServiceError> {
     let backend = Backend::start(&cfg.dynamodb).await?;
     let endpoint = backend.endpoint();
     let admin = dynamo::client(&cfg.dynamodb, endpoint.as_deref(), SdkRetries::Standard).await;
+    let region = admin.config().region().map(|r| r.to_string());
+    let described = backend.describe(region.as_deref().unwrap_or(DEFAULT_REGION));
+    info!(backend = %described, "DynamoDB: {described}");
     if backend.is_embedded() {
         tables::create_all(&admin, &cfg.dynamodb, Capacity::OnDemand).await?;
     } else {
@@ -109,7 +113,13 @@ pub async fn start(cfg: &Config) -> Result<Service, ServiceError> {
     } else {
         (None, None)
     };
-    let checker = spawn_readiness(cfg.dynamodb.clone(), admin, readiness);
+    metrics::gauge!(
+        catalogue::BUILD_INFO,
+        "version" => env!("CARGO_PKG_VERSION"),
+        "backend" => backend.kind(),
+    )
+    .set(1.0);
+    let checker = spawn_readiness(cfg.dynamodb.clone(), admin, readiness, described);
     if let Some(reader) = pipeline.handle().reader().cloned() {
         // Lookups that need the indexes wait for this load (or retry it if it failed).
         tokio::spawn(async move {
@@ -214,14 +224,18 @@ fn spawn_readiness(
     dynamo: DynamoConfig,
     client: aws_sdk_dynamodb::Client,
     readiness: Arc<Readiness>,
+    backend: String,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(READINESS_PERIOD);
         loop {
             tick.tick().await;
             match tables::check_exist(&client, &dynamo).await {
-                Ok(()) => readiness.set(true, "DynamoDB answers and the tables exist"),
-                Err(e) => readiness.set(false, e.to_string()),
+                Ok(()) => readiness.set(
+                    true,
+                    format!("DynamoDB ({backend}) answers and the tables exist"),
+                ),
+                Err(e) => readiness.set(false, format!("DynamoDB ({backend}): {e}")),
             }
         }
     })

@@ -767,7 +767,7 @@ backend.dynamo.hook.message.acked.1 = {"topic": "#", "action": {"function": "on_
         cfg.dynamodb.endpoint_url.as_deref(),
         Some("http://localhost:8000")
     );
-    assert!(!cfg.dynamodb.embedded);
+    assert_eq!(cfg.dynamodb.embedded, Some(false));
     let rules = cfg.rule_set().unwrap();
     assert_eq!(
         rules.rules(),

@@ -107,7 +107,7 @@ struct Args {
     /// ExHook mode: sequential workers per channel (a client always maps to the same one).
     #[arg(long, default_value_t = 4)]
     workers_per_channel: usize,
-    /// ExHook mode: listen on free ports instead of 8000/9000/8080/9100.
+    /// ExHook mode: listen on free ports instead of 8000/9000/8080/8095.
     #[arg(long)]
     ephemeral_ports: bool,
     /// ExHook mode: keep the service (and its DynamoDB) running after the report until Ctrl-C.

@@ -30,7 +30,7 @@ impl Ports {
             dynamo: at(8000),
             exhook: at(9000),
             http: at(8080),
-            metrics: at(9100),
+            metrics: at(mqtt_dynamo::config::DEFAULT_METRICS_PORT),
         }
     }
 

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::rules::{Action, MsgIdFormat, Rule, RuleError, RuleSet, StorageFormat, TimeUnit};
@@ -28,6 +28,10 @@ pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 /// How long a hook call may wait for room in the ingest queue by default (both adapters): below
 /// EMQX's 5 s `request_timeout`.
 const DEFAULT_BLOCK_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// The metrics listener's default port: outside 9100-9999, the range Prometheus allocates to
+/// exporters (9100 is node_exporter's), and not a default of any common exporter.
+pub const DEFAULT_METRICS_PORT: u16 = 8095;
 
 /// A default listen address: the loopback interface, `port`.
 fn loopback(port: u16) -> SocketAddr {
@@ -60,12 +64,22 @@ pub enum ConfigError {
     },
 }
 
-/// A string that never shows in logs or debug output.
+/// A string that never shows in logs, debug output or a printed configuration (it serializes
+/// as [`Secret::REDACTED`]).
 #[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
 pub struct Secret(String);
 
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(Secret::REDACTED)
+    }
+}
+
 impl Secret {
+    /// What a secret prints as in `config check`.
+    pub const REDACTED: &'static str = "<redacted>";
+
     pub fn new(s: impl Into<String>) -> Self {
         Secret(s.into())
     }
@@ -82,7 +96,7 @@ impl std::fmt::Debug for Secret {
 }
 
 /// The whole file.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub dynamodb: DynamoConfig,
@@ -98,7 +112,7 @@ pub struct Config {
 }
 
 /// How a lookup finds the topics a subscription filter names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum MatchMode {
     /// MQTT wildcard matching against the in-memory topic index (loaded with a parallel Scan at
@@ -111,7 +125,7 @@ pub enum MatchMode {
 }
 
 /// `[lookup]`: the read side (subscriptions, retained messages, offline messages).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LookupConfig {
     /// Serve the lookup API on the HTTP listener and keep the topic indexes.
@@ -151,7 +165,7 @@ impl Default for LookupConfig {
 }
 
 /// `[metrics]`: the Prometheus listener.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     pub enabled: bool,
@@ -163,13 +177,13 @@ impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             enabled: true,
-            listen: loopback(9100),
+            listen: loopback(DEFAULT_METRICS_PORT),
         }
     }
 }
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     #[default]
@@ -178,7 +192,7 @@ pub enum LogFormat {
 }
 
 /// What an adapter does with an event when the ingest queue is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum WhenFull {
     /// Wait up to `block_timeout` for room (the broker's hook call waits too), then drop.
@@ -189,7 +203,7 @@ pub enum WhenFull {
 }
 
 /// `[exhook]`: the EMQX ExHook gRPC server (v2 and v3 on one port).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExhookConfig {
     pub enabled: bool,
@@ -203,6 +217,9 @@ pub struct ExhookConfig {
     /// PEM certificate chain and private key; both set means TLS.
     pub tls_cert: Option<std::path::PathBuf>,
     pub tls_key: Option<std::path::PathBuf>,
+    /// PEM CA certificates: when set (with TLS), every client must present a certificate they
+    /// sign (mutual TLS, as EMQX's `exhook.servers[].ssl` can present one).
+    pub tls_client_ca: Option<std::path::PathBuf>,
 }
 
 impl Default for ExhookConfig {
@@ -215,12 +232,13 @@ impl Default for ExhookConfig {
             max_message_bytes: 4 * 1024 * 1024,
             tls_cert: None,
             tls_key: None,
+            tls_client_ca: None,
         }
     }
 }
 
 /// Which publish actions rows posted by an EMQX rule feed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum HttpPublishActions {
     /// Only `on_message_retain` / `on_retain_delete`: ExHook feeds the rest (it cannot see the
@@ -232,7 +250,7 @@ pub enum HttpPublishActions {
 }
 
 /// `[http]`: the HTTP ingest listener.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     pub enabled: bool,
@@ -247,6 +265,8 @@ pub struct HttpConfig {
     pub block_timeout: Duration,
     pub tls_cert: Option<std::path::PathBuf>,
     pub tls_key: Option<std::path::PathBuf>,
+    /// PEM CA certificates: when set (with TLS), clients must present a certificate they sign.
+    pub tls_client_ca: Option<std::path::PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -261,24 +281,33 @@ impl Default for HttpConfig {
             block_timeout: DEFAULT_BLOCK_TIMEOUT,
             tls_cert: None,
             tls_key: None,
+            tls_client_ca: None,
         }
     }
 }
 
 /// `[dynamodb]`: where and how to reach DynamoDB.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DynamoConfig {
-    /// AWS region; the seed's default is us-west-2.
+    /// AWS region. Unset: the AWS region chain (`AWS_REGION`, the profile's `region`, the
+    /// instance's region from IMDS), then [`DEFAULT_REGION`] (the seed's).
     pub region: Option<String>,
-    /// Endpoint URL. Unset means AWS itself, or with the `embedded` feature and `embedded = true`
-    /// the in-process DynamoDB.
+    /// Endpoint URL. Unset means AWS itself, or the embedded DynamoDB (see `embedded`).
     pub endpoint_url: Option<String>,
-    /// Static keys; never logged. Unset means the AWS default credential chain.
+    /// Static keys (with an optional session token); never logged. Unset means the AWS default
+    /// credential chain (environment, profiles with SSO and `credential_process`, web identity,
+    /// ECS, IMDS).
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<Secret>,
-    /// Run the embedded DynamoDB when no endpoint is configured (the default for local runs).
-    pub embedded: bool,
+    pub session_token: Option<Secret>,
+    /// Run the embedded DynamoDB when no endpoint is configured. Unset: yes (the demo default),
+    /// except on an AWS runtime, where the service refuses to start rather than keep the tables
+    /// in memory; `false`: DynamoDB in the region.
+    pub embedded: Option<bool>,
+    /// Keep the embedded DynamoDB's tables in this SQLite file (created if missing) instead of
+    /// in memory, so they survive restarts.
+    pub embedded_path: Option<std::path::PathBuf>,
     /// Where the embedded DynamoDB listens.
     pub embedded_listen: SocketAddr,
     /// Prefix for the six table names (`prefix` + `mqtt_client`, …).
@@ -290,6 +319,10 @@ pub struct DynamoConfig {
     pub connect_timeout: Duration,
 }
 
+/// The region used when neither the configuration nor the AWS region chain names one: the
+/// seed's.
+pub const DEFAULT_REGION: &str = "us-west-2";
+
 impl Default for DynamoConfig {
     fn default() -> Self {
         DynamoConfig {
@@ -297,7 +330,9 @@ impl Default for DynamoConfig {
             endpoint_url: None,
             access_key_id: None,
             secret_access_key: None,
-            embedded: true,
+            session_token: None,
+            embedded: None,
+            embedded_path: None,
             embedded_listen: loopback(8000),
             table_prefix: String::new(),
             attempt_timeout: Duration::from_secs(10),
@@ -306,10 +341,32 @@ impl Default for DynamoConfig {
     }
 }
 
+/// Where DynamoDB is for a run, decided from `[dynamodb]` and the environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// The in-process DynamoDB, in memory or in the SQLite file.
+    Embedded { path: Option<std::path::PathBuf> },
+    /// A DynamoDB at this URL (`endpoint_url`, `AWS_ENDPOINT_URL_DYNAMODB`).
+    Endpoint(String),
+    /// DynamoDB itself, in the region the configuration or the AWS region chain names.
+    Aws,
+}
+
+/// The environment variables that mean the process runs on an AWS compute service (EKS with
+/// IRSA, ECS or Fargate, Lambda and others set `AWS_EXECUTION_ENV`), where an in-memory
+/// DynamoDB is never what was meant.
+pub const AWS_RUNTIME_MARKERS: [&str; 4] = [
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_EXECUTION_ENV",
+];
+
 impl DynamoConfig {
-    /// The region, defaulting to the seed's.
+    /// The configured region, or the seed's default (the SDK client consults the AWS region
+    /// chain before this default; this is for what has no client).
     pub fn region(&self) -> &str {
-        self.region.as_deref().unwrap_or("us-west-2")
+        self.region.as_deref().unwrap_or(DEFAULT_REGION)
     }
 
     /// The full name of `table`.
@@ -317,7 +374,8 @@ impl DynamoConfig {
         format!("{}{}", self.table_prefix, table.base_name())
     }
 
-    /// Applies the AWS environment variables over the file's values.
+    /// Applies the AWS environment variables that name a region or an endpoint over the file's
+    /// values (credentials are the AWS credential chain's business, see `storage::dynamo`).
     pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) {
         if let Some(region) = env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")) {
             self.region = Some(region);
@@ -325,15 +383,45 @@ impl DynamoConfig {
         if let Some(url) = env("AWS_ENDPOINT_URL_DYNAMODB").or_else(|| env("AWS_ENDPOINT_URL")) {
             self.endpoint_url = Some(url);
         }
-        if let (Some(id), Some(secret)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
-            self.access_key_id = Some(id);
-            self.secret_access_key = Some(Secret(secret));
+    }
+
+    /// Where DynamoDB is: the endpoint when one is set; else the embedded server when chosen, or
+    /// when nothing is chosen and `env` shows no AWS runtime; else DynamoDB itself. Nothing
+    /// chosen on an AWS runtime is an error that says what to set.
+    pub fn backend(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<BackendChoice, ConfigError> {
+        if let Some(url) = &self.endpoint_url {
+            return Ok(BackendChoice::Endpoint(url.clone()));
+        }
+        let embedded = BackendChoice::Embedded {
+            path: self.embedded_path.clone(),
+        };
+        match self.embedded {
+            Some(true) => Ok(embedded),
+            Some(false) => Ok(BackendChoice::Aws),
+            None if self.embedded_path.is_some() => Ok(embedded),
+            None => match AWS_RUNTIME_MARKERS.iter().find(|k| env(k).is_some()) {
+                None => Ok(embedded),
+                Some(marker) => Err(ConfigError::Invalid {
+                    key: "dynamodb.embedded",
+                    reason: format!(
+                        "no DynamoDB is configured and {marker} is set, so this is an AWS runtime, \
+                         where the default in-memory embedded DynamoDB would lose every write at \
+                         the next restart; set [dynamodb] embedded = false \
+                         (MQTT_DYNAMO_DYNAMODB_EMBEDDED=false) for DynamoDB in the region, \
+                         endpoint_url for another DynamoDB, or embedded = true (with \
+                         embedded_path to keep the tables) to run the embedded one anyway"
+                    ),
+                }),
+            },
         }
     }
 }
 
 /// `[pipeline]`: queue limits, batching and retries.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PipelineConfig {
     /// Shards (coalescer + flusher each); keys are spread over them by hash.
@@ -403,7 +491,7 @@ pub struct PipelineConfig {
 }
 
 /// When the spool makes an appended event durable before the hook is acknowledged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum FsyncPolicy {
     /// Acknowledge after the fsync that covers the event (group commit: one fsync covers every
@@ -417,7 +505,7 @@ pub enum FsyncPolicy {
 }
 
 /// `[pipeline.spool]`: the on-disk write-ahead log between ingest and the router.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpoolConfig {
     pub enabled: bool,
@@ -482,7 +570,7 @@ impl Default for PipelineConfig {
 }
 
 /// `[pipeline.retry]`: exponential backoff with full jitter.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
     #[serde(with = "humantime_serde")]
@@ -506,7 +594,7 @@ impl Default for RetryConfig {
 }
 
 /// `[storage]`: how values are written.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     pub msgid_format: MsgIdFormat,
@@ -537,7 +625,7 @@ impl StorageConfig {
 }
 
 /// One `[[rules]]` entry, the seed's `backend.dynamo.hook.<hook>.<n>` line.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     pub hook: String,
@@ -546,7 +634,7 @@ pub struct RuleConfig {
 }
 
 /// `[log]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// A tracing filter (`info`, `mqtt_dynamo=debug`); `RUST_LOG` overrides it.
@@ -618,7 +706,7 @@ mod tests {
     fn empty_file_is_the_seed_setup() {
         let c = Config::parse("", "test.toml").unwrap();
         assert_eq!(c.dynamodb.region(), "us-west-2");
-        assert!(c.dynamodb.embedded);
+        assert_eq!(c.dynamodb.embedded, None);
         assert_eq!(c.dynamodb.embedded_listen.to_string(), "127.0.0.1:8000");
         assert_eq!(c.rule_set().unwrap().rules().len(), 10);
         assert_eq!(c.pipeline.max_batch_requests, 25);

@@ -1,7 +1,8 @@
-//! The embedded DynamoDB: dynoxide (SQLite in memory) serving DynamoDB's HTTP API in-process, the
-//! default when no endpoint is configured, so `mqtt-dynamo serve` works with nothing else
-//! installed and `aws dynamodb scan --endpoint-url http://127.0.0.1:8000` can inspect it.
-//! Its contents live as long as the process.
+//! The embedded DynamoDB: dynoxide (SQLite, in memory or in a file) serving DynamoDB's HTTP API
+//! in-process, the default when no endpoint is configured, so `mqtt-dynamo serve` works with
+//! nothing else installed and `aws dynamodb scan --endpoint-url http://127.0.0.1:8000` can
+//! inspect it. In memory its contents live as long as the process; with `embedded_path` they
+//! are in that SQLite file and survive restarts.
 
 use std::net::SocketAddr;
 
@@ -18,8 +19,11 @@ pub enum EmbeddedError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot open the embedded DynamoDB: {0}")]
-    Open(String),
+    #[error("cannot open the embedded DynamoDB{}: {reason}", .path.as_ref().map(|p| format!(" at {}", p.display())).unwrap_or_default())]
+    Open {
+        path: Option<std::path::PathBuf>,
+        reason: String,
+    },
 }
 
 /// A running embedded DynamoDB. Stop it with [`EmbeddedDynamo::stop`]; dropping it also stops it.
@@ -34,7 +38,29 @@ pub struct EmbeddedDynamo {
 impl EmbeddedDynamo {
     /// Listens on `listen` (port 0 for an ephemeral port) and serves an empty in-memory database.
     pub async fn start(listen: SocketAddr) -> Result<Self, EmbeddedError> {
-        let db = dynoxide::Database::memory().map_err(|e| EmbeddedError::Open(e.to_string()))?;
+        Self::start_at(listen, None).await
+    }
+
+    /// As [`EmbeddedDynamo::start`], with the database in the SQLite file `path` (created if
+    /// missing, its tables and items kept from earlier runs) when given.
+    pub async fn start_at(
+        listen: SocketAddr,
+        path: Option<&std::path::Path>,
+    ) -> Result<Self, EmbeddedError> {
+        let open_error = |e: dynoxide::DynoxideError| EmbeddedError::Open {
+            path: path.map(std::path::Path::to_path_buf),
+            reason: e.to_string(),
+        };
+        let db = match path {
+            None => dynoxide::Database::memory().map_err(open_error)?,
+            Some(path) => {
+                let text = path.to_str().ok_or_else(|| EmbeddedError::Open {
+                    path: Some(path.to_path_buf()),
+                    reason: "the path is not valid UTF-8".into(),
+                })?;
+                dynoxide::Database::new(text).map_err(open_error)?
+            }
+        };
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|source| EmbeddedError::Bind {

@@ -1,4 +1,4 @@
-//! The admin HTTP listener (127.0.0.1:9100 by default): `/metrics` renders the Prometheus
+//! The admin HTTP listener (127.0.0.1:8095 by default): `/metrics` renders the Prometheus
 //! exposition, `/healthz` answers while the process runs, and `/readyz` reports [`Readiness`],
 //! which whoever checks DynamoDB sets.
 

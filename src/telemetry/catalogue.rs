@@ -473,8 +473,8 @@ pub static CATALOGUE: &[Metric] = &[
     gauge(
         BUILD_INFO,
         None,
-        "Always 1, labelled with the running version.",
-        &["version"],
+        "Always 1, labelled with the running version and the DynamoDB backend (embedded_memory, embedded_file, endpoint, aws; the start log names it in full).",
+        &["version", "backend"],
         || vec![Vec::new()],
         Start::FirstUse,
     ),

@@ -14,7 +14,7 @@ use thiserror::Error;
 
 use crate::pipeline::PipelineHandle;
 pub use crate::telemetry::admin::{Readiness, bind, serve};
-use crate::telemetry::catalogue::{self, CATALOGUE, Kind, Start};
+use crate::telemetry::catalogue::{CATALOGUE, Kind, Start};
 
 #[derive(Debug, Error)]
 pub enum MetricsError {
@@ -36,7 +36,6 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
         .map_err(|e| MetricsError::Install(e.to_string()))?;
     describe();
     register();
-    metrics::gauge!(catalogue::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(handle)
 }
 

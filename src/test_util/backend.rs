@@ -155,7 +155,7 @@ pub fn config_at(endpoint: String) -> Config {
     cfg.dynamodb.endpoint_url = Some(endpoint);
     cfg.dynamodb.access_key_id = Some("test".into());
     cfg.dynamodb.secret_access_key = Some(Secret::new("test"));
-    cfg.dynamodb.embedded = false;
+    cfg.dynamodb.embedded = Some(false);
     cfg
 }
 

@@ -72,10 +72,12 @@ enum Command {
 /// The endpoint the read commands use: the configured one, else a running `serve`'s embedded
 /// DynamoDB (they would find nothing in a fresh embedded one).
 pub(crate) fn read_endpoint(cfg: &Config) -> Option<String> {
-    if cfg.dynamodb.endpoint_url.is_none() && cfg.dynamodb.embedded {
-        return Some(format!("http://{}", cfg.dynamodb.embedded_listen));
+    match cfg.dynamodb.backend(|k| std::env::var(k).ok()) {
+        Ok(mqtt_dynamo::config::BackendChoice::Embedded { .. }) => {
+            Some(format!("http://{}", cfg.dynamodb.embedded_listen))
+        }
+        _ => None,
     }
-    None
 }
 
 pub(crate) fn print_json(v: &serde_json::Value) -> Result<(), String> {

@@ -11,14 +11,7 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
     let service = mqtt_dynamo::service::start(&cfg)
         .await
         .map_err(|e| e.to_string())?;
-    let addrs = service.addrs();
     info!(
-        region = cfg.dynamodb.region(),
-        endpoint = addrs
-            .dynamodb
-            .as_deref()
-            .or(cfg.dynamodb.endpoint_url.as_deref())
-            .unwrap_or("AWS"),
         shards = cfg.pipeline.shards,
         "serving; SIGINT or SIGTERM drains and exits"
     );

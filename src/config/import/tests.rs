@@ -88,7 +88,7 @@ fn seed_config_imports_to_the_seed_rules() {
         d.secret_access_key.as_ref().map(|s| s.expose()),
         Some(SECRET)
     );
-    assert!(!d.embedded);
+    assert_eq!(d.embedded, Some(false));
 
     let some = |t: &str| Some(t.to_string());
     assert_eq!(
@@ -419,7 +419,7 @@ fn no_hook_lines_leaves_the_seed_defaults_with_a_warning() {
 fn empty_file_imports_with_warnings() {
     let imported = import("");
     let config = parse(&imported);
-    assert!(!config.dynamodb.embedded);
+    assert_eq!(config.dynamodb.embedded, Some(false));
     assert!(config.dynamodb.endpoint_url.is_none());
     warning(&imported, "no pool");
     warning(&imported, "no backend.dynamo.hook");
