@@ -626,7 +626,7 @@ async fn run_exhook(args: &Args) -> Result<bool, String> {
 async fn run_inprocess(args: &Args) -> Result<bool, String> {
     let mut cfg = match &args.config {
         Some(p) => Config::load(p).map_err(|e| e.to_string())?,
-        None => Config::from_env(),
+        None => Config::from_env().map_err(|e| e.to_string())?,
     };
     let embedded = match &args.endpoint {
         Some(url) => {

@@ -1,13 +1,16 @@
-//! The configuration file (TOML); its validation is in `validate.rs`, the EMQX 4 import in
+//! The configuration (TOML): its types and defaults here, where it comes from (file, environment,
+//! secret files) in [`sources`], its validation in `validate.rs`, the EMQX 4 import in
 //! [`import`].
 //!
 //! Unknown keys are rejected; parse errors name the key and the line. Every section and key is
 //! optional: an empty file is the seed's setup on the embedded DynamoDB. AWS settings follow AWS
-//! conventions and the environment overrides the file: `AWS_REGION` (or `AWS_DEFAULT_REGION`),
-//! `AWS_ENDPOINT_URL_DYNAMODB` (or `AWS_ENDPOINT_URL`), and `AWS_ACCESS_KEY_ID` with
-//! `AWS_SECRET_ACCESS_KEY`. With no keys anywhere the AWS default credential chain applies.
+//! conventions and the environment overrides the file: `AWS_REGION` (or `AWS_DEFAULT_REGION`)
+//! and `AWS_ENDPOINT_URL_DYNAMODB` (or `AWS_ENDPOINT_URL`); `MQTT_DYNAMO_<SECTION>_<KEY>`
+//! overrides both. Credentials are not copied from the environment: without keys in the file, the
+//! SDK's default credential chain reads them (see `storage::dynamo`).
 
 pub mod import;
+pub mod sources;
 mod validate;
 
 use std::net::SocketAddr;
@@ -56,6 +59,12 @@ pub enum ConfigError {
     },
     #[error("{key}: {reason}")]
     Invalid { key: &'static str, reason: String },
+    /// A `MQTT_DYNAMO_*` variable that names no key, or a value the key does not take.
+    #[error("environment variable {variable}: {reason}")]
+    Environment { variable: String, reason: String },
+    /// A `*_file` key whose file cannot be read, or a secret set both ways.
+    #[error("{key}: {reason}")]
+    Secret { key: String, reason: String },
     #[error("rules[{index}]: {source}")]
     Rule {
         index: usize,
@@ -663,22 +672,15 @@ impl Config {
         Ok(config)
     }
 
-    /// Reads, parses and validates a file, then applies the AWS environment variables.
+    /// Reads, parses and validates a file with the process's environment over it (see
+    /// [`sources`]).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let mut config = Config::parse(&text, &path.display().to_string())?;
-        config.dynamodb.apply_env(|k| std::env::var(k).ok());
-        Ok(config)
+        sources::load(Some(path))
     }
 
-    /// The defaults with the AWS environment variables applied.
-    pub fn from_env() -> Self {
-        let mut config = Config::default();
-        config.dynamodb.apply_env(|k| std::env::var(k).ok());
-        config
+    /// The defaults with the process's environment over them (see [`sources`]).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        sources::load(None)
     }
 
     /// The rule set: the configured rules, or the seed's.

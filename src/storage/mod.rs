@@ -44,6 +44,10 @@ impl Backend {
                 let server =
                     embedded::EmbeddedDynamo::start_at(cfg.embedded_listen, path.as_deref())
                         .await?;
+                let store = path
+                    .as_ref()
+                    .map_or("in memory".to_string(), |p| format!("in {}", p.display()));
+                tracing::info!(endpoint = %server.endpoint(), "embedded DynamoDB ({store}) is listening");
                 Ok(Backend {
                     embedded: Some(server),
                     choice,

@@ -19,6 +19,8 @@ pub struct Serve {
     pub metrics: String,
     /// Log lines after "serving".
     pub log: std::sync::mpsc::Receiver<String>,
+    /// Log lines up to "serving".
+    pub start_log: Vec<String>,
 }
 
 impl Drop for Serve {
@@ -37,12 +39,18 @@ impl Serve {
     /// Starts `serve --config conf` (embedded DynamoDB and every listener on ephemeral ports in
     /// `conf`) and waits until it says it is serving.
     pub fn start(conf: &std::path::Path) -> Serve {
+        Serve::start_with(conf, &[])
+    }
+
+    /// As [`Serve::start`], with `env` added to the child's environment.
+    pub fn start_with(conf: &std::path::Path, env: &[(&str, &str)]) -> Serve {
         use std::io::{BufRead, BufReader};
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mqtt-dynamo"))
             .args(["serve", "--config"])
             .arg(conf)
             .env_remove("AWS_ENDPOINT_URL")
             .env_remove("AWS_ENDPOINT_URL_DYNAMODB")
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
@@ -58,10 +66,12 @@ impl Serve {
             }
         });
         let (mut exhook, mut http, mut dynamo, mut metrics) = (None, None, None, None);
+        let mut start_log = Vec::new();
         loop {
             let line = rx
                 .recv_timeout(Duration::from_secs(60))
                 .expect("serve starts and reports its listeners");
+            start_log.push(line.clone());
             let addr = || field_after(&line, "addr=").map(str::to_string);
             if line.contains("ExHook gRPC server") {
                 exhook = addr();
@@ -82,7 +92,25 @@ impl Serve {
             dynamo: dynamo.unwrap_or_default(),
             metrics: metrics.unwrap_or_default(),
             log: rx,
+            start_log,
         }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit: whether it exited 0.
+    pub fn terminate(mut self) -> bool {
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while sent && std::time::Instant::now() < deadline {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return status.success(),
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(_) => break,
+            }
+        }
+        false
     }
 }
 

@@ -1,8 +1,9 @@
 //! The `mqtt-dynamo` command: parses the command line, loads the configuration, sets up logging
 //! and dispatches to one file per command: [`serve`], [`tables`], [`lookup`], [`subs`],
-//! [`config`] (`config import`).
+//! [`config`] (`config import`, `check`, `default`), [`health`].
 
 mod config;
+mod health;
 mod lookup;
 mod serve;
 mod subs;
@@ -56,6 +57,13 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Exit 0 when a running service's health endpoint answers 200 (a container HEALTHCHECK
+    /// without curl), 1 otherwise.
+    Health {
+        /// Plain HTTP only, as the metrics listener serves.
+        #[arg(default_value_t = format!("http://127.0.0.1:{}/healthz", mqtt_dynamo::config::DEFAULT_METRICS_PORT))]
+        url: String,
+    },
     /// Read the tables as the broker's lookups do (JSON on stdout). Talks to DynamoDB directly:
     /// the configured endpoint, or a running `serve`'s embedded one.
     Lookup {
@@ -88,16 +96,25 @@ pub(crate) fn print_json(v: &serde_json::Value) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Needs no runtime, no logging and no configuration of its own.
-    if let Command::Config {
-        command: ConfigCommand::Import { file, output },
-    } = &cli.command
-    {
-        return exit(config::config_import(file, output.as_deref()));
+    // These need no runtime, no logging and no configuration of their own.
+    match &cli.command {
+        Command::Config { command } => {
+            return exit(match command {
+                ConfigCommand::Import { file, output } => {
+                    config::config_import(file, output.as_deref())
+                }
+                ConfigCommand::Check { file } => {
+                    config::config_check(file.as_deref().or(cli.config.as_deref()))
+                }
+                ConfigCommand::Default => config::config_default(),
+            });
+        }
+        Command::Health { url } => return exit(health::check(url)),
+        _ => {}
     }
     let cfg = match &cli.config {
         Some(path) => Config::load(path),
-        None => Ok(Config::from_env()),
+        None => Config::from_env(),
     };
     let cfg = match cfg {
         Ok(cfg) => cfg,
@@ -107,6 +124,9 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&cfg.log);
+    for name in mqtt_dynamo::config::sources::ignored_variables() {
+        tracing::warn!("{name} names no configuration section; ignored");
+    }
     let result = tokio::runtime::Runtime::new()
         .map_err(|e| format!("cannot start the runtime: {e}"))
         .and_then(|runtime| {
@@ -114,7 +134,7 @@ fn main() -> ExitCode {
                 match cli.command {
                     Command::Serve => serve::serve(cfg).await,
                     Command::Tables { command } => tables::tables_command(cfg, command).await,
-                    Command::Config { .. } => Ok(()),
+                    Command::Config { .. } | Command::Health { .. } => Ok(()),
                     Command::Lookup { command } => lookup::lookup_command(cfg, command).await,
                     Command::Subs { command } => subs::subs_command(cfg, command).await,
                 }
