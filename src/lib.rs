@@ -71,7 +71,9 @@
 //!   index.rs            topic indexes for wildcard lookups
 //!   http.rs             the lookup API's routes
 //! config/             configuration
-//!   mod.rs              the TOML file and its sections
+//!   mod.rs              the TOML file's sections and defaults; where DynamoDB is (BackendChoice)
+//!   sources.rs          file, AWS_* and MQTT_DYNAMO_* variables, *_file secrets, in that order
+//!   default.toml        every key with its default, documented (`config default`)
 //!   validate.rs         its validation, in order
 //!   import/             EMQX 4 configuration import: parse, map, emit
 //! telemetry/          what the service says about itself

@@ -519,4 +519,18 @@ mod tests {
         assert!(missing.is_empty(), "default.toml lacks {missing:?}");
         assert!(keys_of(&["http".into()]).contains(&"tls_client_ca".to_string()));
     }
+
+    #[test]
+    fn the_readme_shows_the_documented_defaults() {
+        let readme = include_str!("../../README.md");
+        let block = readme
+            .split("<!-- default.toml: begin -->\n```toml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```\n<!-- default.toml: end -->").next());
+        assert_eq!(
+            block,
+            Some(DEFAULT_TOML),
+            "README.md's configuration block differs from src/config/default.toml: copy it over"
+        );
+    }
 }

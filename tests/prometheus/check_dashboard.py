@@ -25,7 +25,7 @@ Standard library only. Steps:
 Usage (from the repository root, with the service's exporter listening):
 
     python3 tests/prometheus/check_dashboard.py --dashboard dashboards/mqtt-dynamo.json \
-        --metrics-url http://127.0.0.1:9100/metrics --prometheus /usr/bin/prometheus \
+        --metrics-url http://127.0.0.1:8095/metrics --prometheus /usr/bin/prometheus \
         --promtool /usr/bin/promtool --core-min-points 1 --timeout 60
 """
 
@@ -458,7 +458,7 @@ def tail(path, n=20):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dashboard", default="dashboards/mqtt-dynamo.json")
-    ap.add_argument("--metrics-url", default="http://127.0.0.1:9100/metrics")
+    ap.add_argument("--metrics-url", default="http://127.0.0.1:8095/metrics")
     ap.add_argument("--prometheus", default=shutil.which("prometheus") or "/usr/bin/prometheus")
     ap.add_argument("--promtool", default=shutil.which("promtool") or "/usr/bin/promtool")
     ap.add_argument("--core-min-points", type=int, default=1,

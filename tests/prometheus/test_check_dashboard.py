@@ -109,13 +109,13 @@ class Parts(unittest.TestCase):
         self.assertNotIn("mqtt_dynamo_retries_total", names)
 
     def test_scrape_config(self):
-        cfg = cd.scrape_config("http://127.0.0.1:9100/metrics")
-        self.assertIn('targets: ["127.0.0.1:9100"]', cfg)
+        cfg = cd.scrape_config("http://127.0.0.1:8095/metrics")
+        self.assertIn('targets: ["127.0.0.1:8095"]', cfg)
         self.assertIn('metrics_path: "/metrics"', cfg)
         self.assertIn("scrape_interval: 1s", cfg)
         self.assertIn('job_name: "mqtt-dynamo"', cfg)
         with self.assertRaises(ValueError):
-            cd.scrape_config("127.0.0.1:9100")
+            cd.scrape_config("127.0.0.1:8095")
 
     def test_free_port(self):
         self.assertGreater(cd.free_port(), 0)
