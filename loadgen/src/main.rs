@@ -44,6 +44,7 @@ use mqtt_dynamo::pipeline::Pipeline;
 use mqtt_dynamo::rules::{RuleSet, StorageFormat};
 use mqtt_dynamo::storage::dynamo::{self, SdkRetries};
 use mqtt_dynamo::storage::embedded::EmbeddedDynamo;
+use mqtt_dynamo::storage::item::item_size;
 use mqtt_dynamo::storage::model::TableModel;
 use mqtt_dynamo::storage::tables::{self, Capacity};
 use mqtt_dynamo::telemetry::catalogue;
@@ -261,10 +262,10 @@ fn expected_model(
     refused: &HashSet<u64>,
     rules: &RuleSet,
     format: &StorageFormat,
-) -> Result<(TableModel, u64), String> {
+) -> Result<(TableModel, SeedCost), String> {
     let exhook = args.via == Via::Exhook;
     let mut model = TableModel::new();
-    let mut requests = 0u64;
+    let (mut requests, mut units) = (0u64, 0u64);
     let mut source = Source::open(args)?;
     for i in 0..n {
         let Some(event) = source.next() else { break };
@@ -278,11 +279,30 @@ fn expected_model(
             rules.plan(&event, format).map_err(|e| e.to_string())?
         };
         for op in ops {
-            requests += op.write.request_count() as u64;
+            let before = model.get(&op.key).map_or(0, item_size);
             model.apply(&op);
+            let after = model.get(&op.key).map_or(0, item_size);
+            let count = op.write.request_count() as u64;
+            requests += count;
+            units += count * seed_write_units(before, after);
         }
     }
-    Ok((model, requests))
+    Ok((model, SeedCost { requests, units }))
+}
+
+/// What the seed's backend (EMQX 4.x: one synchronous request per write, `ecpool` workers over
+/// erlcloud) spends on a stream: the requests, and the write units DynamoDB charges them.
+#[derive(Debug, Clone, Copy, Default)]
+struct SeedCost {
+    requests: u64,
+    units: u64,
+}
+
+/// DynamoDB's charge for one write request of an item `before` bytes before and `after` bytes
+/// after it: one unit per started KB of the larger (PutItem and UpdateItem are charged for the
+/// larger of the old and the new item, DeleteItem for the item deleted), at least one.
+fn seed_write_units(before: usize, after: usize) -> u64 {
+    (before.max(after).div_ceil(1024) as u64).max(1)
 }
 
 fn progress(args: &Args, len: u64) -> ProgressBar {
@@ -360,7 +380,14 @@ struct Outcome {
     durable_ms: serde_json::Value,
     requests: f64,
     naive_requests: f64,
+    /// The seed's write units on the same stream (`SeedCost`).
+    seed_wru: f64,
     wru: f64,
+    /// Requests by DynamoDB API.
+    requests_by_api: Vec<(&'static str, f64)>,
+    /// The service's CPU seconds over the run (user + system, from `/proc`), when it is a
+    /// process of its own.
+    service_cpu_s: Option<f64>,
     throttles: f64,
     retries: f64,
     dropped: f64,
@@ -386,17 +413,35 @@ fn print_report(args: &Args, o: &Outcome) -> Result<bool, String> {
     println!("{:<22} {}", o.latency_name, fmt_q(&o.latency, 1000.0, "ms"));
     println!("ingest→durable         {}", o.durable_ms);
     println!(
-        "DynamoDB requests      {:.0} ({:.1} per 1,000 events; one request per write would be {:.1}: {:.1}× fewer)",
+        "DynamoDB requests      {:.0} ({:.1} per 1,000 events; the seed's model on this stream: {:.1}, {:.1}× fewer)",
         o.requests,
         per_k(o.requests),
         per_k(o.naive_requests),
         o.naive_requests / o.requests.max(1.0)
     );
     println!(
-        "write units            {:.0} ({:.1} per 1,000 events)",
-        o.wru,
-        per_k(o.wru)
+        "  by API               {}",
+        o.requests_by_api
+            .iter()
+            .map(|(api, n)| format!("{api} {n:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
+    println!(
+        "write units            {:.0} ({:.1} per 1,000 events; the seed's model: {:.1}, {:.1}× fewer)",
+        o.wru,
+        per_k(o.wru),
+        per_k(o.seed_wru),
+        o.seed_wru / o.wru.max(1.0)
+    );
+    match o.service_cpu_s {
+        Some(cpu) => println!(
+            "service CPU            {cpu:.2} s ({:.1} µs per event, {:.2} of a core)",
+            cpu * 1e6 / o.sent.max(1) as f64,
+            cpu / o.seconds.max(f64::MIN_POSITIVE)
+        ),
+        None => println!("service CPU            n/a (in process: shared with the load generator)"),
+    }
     println!(
         "throttles, retries     {:.0}, {:.0}; dropped writes {:.0}",
         o.throttles, o.retries, o.dropped
@@ -428,7 +473,16 @@ fn print_report(args: &Args, o: &Outcome) -> Result<bool, String> {
         "requests": o.requests,
         "requests_per_1k_events": per_k(o.requests),
         "naive_requests_per_1k_events": per_k(o.naive_requests),
+        "seed_model": {
+            "note": "one request per write, charged by DynamoDB's item-size rules, on the same stream",
+            "requests_per_1k_events": per_k(o.naive_requests),
+            "wru_per_1k_events": per_k(o.seed_wru),
+        },
+        "requests_by_api": o.requests_by_api.iter().map(|(api, n)| (api.to_string(), json!(n)))
+            .collect::<serde_json::Map<_, _>>(),
         "wru_per_1k_events": per_k(o.wru),
+        "service_cpu_s": o.service_cpu_s,
+        "service_cpu_us_per_event": o.service_cpu_s.map(|c| c * 1e6 / o.sent.max(1) as f64),
         "throttles": o.throttles,
         "retries": o.retries,
         "dropped": o.dropped,
@@ -519,6 +573,7 @@ async fn run_exhook(args: &Args) -> Result<bool, String> {
     let live = Arc::clone(&pool.live);
     let mut feed = Feed::open(args)?;
     let bar = progress(args, feed.limit);
+    let cpu_at_start = service::cpu_seconds_of(svc.pid());
     let start = Instant::now();
     let mut sent = 0u64;
     while let Some(event) = feed.next(sent, start)? {
@@ -543,6 +598,9 @@ async fn run_exhook(args: &Args) -> Result<bool, String> {
     let accepted = sent - driven.errors + driven.rule_posts - driven.rule_errors;
     let metrics = svc.drained(accepted, Duration::from_secs(300)).await?;
     let seconds = start.elapsed().as_secs_f64();
+    let service_cpu_s = cpu_at_start
+        .zip(service::cpu_seconds_of(svc.pid()))
+        .map(|(a, b)| b - a);
     sampler.abort();
     let (_, peak) = svc.memory().unwrap_or((0, 0));
 
@@ -551,7 +609,7 @@ async fn run_exhook(args: &Args) -> Result<bool, String> {
     let rules = cfg.rule_set().map_err(|e| e.to_string())?;
     let format = cfg.storage.format();
     let refused: HashSet<u64> = driven.refused.iter().copied().collect();
-    let (model, naive_requests) = expected_model(args, sent, &refused, &rules, &format)?;
+    let (model, seed) = expected_model(args, sent, &refused, &rules, &format)?;
     let reader = dynamo::client(
         &cfg_for_tables.dynamodb,
         Some(&svc.dynamo_endpoint),
@@ -595,8 +653,26 @@ async fn run_exhook(args: &Args) -> Result<bool, String> {
         durable_ms: json!({"p50_le": q(0.5), "p99_le": q(0.99),
             "note": "upper bounds of the Prometheus buckets the quantiles fall in"}),
         requests: m(catalogue::DYNAMODB_REQUESTS_TOTAL),
-        naive_requests: naive_requests as f64,
+        naive_requests: seed.requests as f64,
+        seed_wru: seed.units as f64,
         wru: m(catalogue::CONSUMED_WRITE_CAPACITY_UNITS_TOTAL),
+        requests_by_api: [
+            ("BatchWriteItem", "batch_write_item"),
+            ("BatchExecuteStatement", "batch_execute_statement"),
+            ("UpdateItem", "update_item"),
+        ]
+        .into_iter()
+        .map(|(api, label)| {
+            (
+                api,
+                metrics.sum(
+                    catalogue::DYNAMODB_REQUESTS_TOTAL,
+                    Some(("operation", label)),
+                ),
+            )
+        })
+        .collect(),
+        service_cpu_s,
         throttles: m(catalogue::DYNAMODB_THROTTLES_TOTAL),
         retries: m(catalogue::RETRIES_TOTAL),
         dropped: m(catalogue::WRITES_DROPPED_TOTAL) + m(catalogue::HOOK_EVENTS_DROPPED_TOTAL),
@@ -702,7 +778,7 @@ async fn run_inprocess(args: &Args) -> Result<bool, String> {
     let (refused, latency, sent, start) = submitter.await.map_err(|e| e.to_string())??;
     let stats = pipeline.shutdown().await;
     let seconds = start.elapsed().as_secs_f64();
-    let (model, naive_requests) = expected_model(args, sent, &refused, &rules, &format)?;
+    let (model, seed) = expected_model(args, sent, &refused, &rules, &format)?;
     let verify_client =
         dynamo::client(&cfg.dynamodb, endpoint.as_deref(), SdkRetries::Standard).await;
     let got = report::read_tables(&verify_client, &cfg).await?;
@@ -720,8 +796,14 @@ async fn run_inprocess(args: &Args) -> Result<bool, String> {
             .map(|h| quantiles_ms(h, 1000.0))
             .unwrap_or_default(),
         requests: stats.requests() as f64,
-        naive_requests: naive_requests as f64,
+        naive_requests: seed.requests as f64,
+        seed_wru: seed.units as f64,
         wru: stats.consumed_wcu as f64,
+        requests_by_api: vec![
+            ("BatchWriteItem", stats.batch_write_requests as f64),
+            ("UpdateItem", stats.update_requests as f64),
+        ],
+        service_cpu_s: None,
         throttles: stats.throttles as f64,
         retries: stats.retries as f64,
         dropped: stats.dropped() as f64,
@@ -806,5 +888,20 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seed_is_charged_per_started_kb_of_the_larger_item() {
+        assert_eq!(seed_write_units(0, 10), 1, "at least one unit");
+        assert_eq!(seed_write_units(0, 1024), 1);
+        assert_eq!(seed_write_units(0, 1025), 2);
+        // A delete of a 3 KB item, an update that shrinks a 48 KB MsgId set.
+        assert_eq!(seed_write_units(3000, 0), 3);
+        assert_eq!(seed_write_units(48 * 1024, 47 * 1024), 48);
     }
 }

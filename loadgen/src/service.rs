@@ -277,8 +277,39 @@ impl Metrics {
                 }
                 value.parse::<f64>().ok()
             })
-            .sum()
+            .sum::<f64>()
+            // An empty sum is -0.0; print it as 0.
+            + 0.0
     }
+}
+
+/// CPU seconds (user + system, all threads, exited ones included) the process `pid` has used,
+/// from `/proc/<pid>/stat` (Linux); `None` elsewhere or when it is gone.
+pub fn cpu_seconds_of(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    cpu_seconds_from_stat(&stat, clock_ticks_per_second())
+}
+
+/// `utime` + `stime` (fields 14 and 15) in seconds; the command name (field 2) may hold spaces
+/// and parentheses, so fields are counted after its last `)`.
+fn cpu_seconds_from_stat(stat: &str, ticks_per_s: f64) -> Option<f64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: f64 = fields.next()?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) / ticks_per_s)
+}
+
+/// `getconf CLK_TCK` (100 on Linux unless the kernel says otherwise).
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|t| *t > 0.0)
+        .unwrap_or(100.0)
 }
 
 #[cfg(test)]
@@ -302,5 +333,15 @@ mod tests {
     fn memory_of_this_process() {
         let (rss, peak) = memory_of(std::process::id()).expect("Linux /proc");
         assert!(rss > 0 && peak >= rss);
+    }
+
+    #[test]
+    fn cpu_seconds_are_read_after_the_command_name() {
+        let stat =
+            "4242 (mqtt (dynamo) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0 1 2 3";
+        assert_eq!(cpu_seconds_from_stat(stat, 100.0), Some(3.0));
+        assert_eq!(cpu_seconds_from_stat("garbage", 100.0), None);
+        let own = cpu_seconds_of(std::process::id()).expect("Linux /proc");
+        assert!(own >= 0.0);
     }
 }
