@@ -168,11 +168,20 @@ def systemd_unit():
 
 
 def table_names():
-    """The six table names, from src/storage/item.rs."""
+    """The six table names by variant (Table::Msg -> mqtt_msg), from src/storage/item.rs."""
     text = (ROOT / "src/storage/item.rs").read_text()
-    names = re.findall(r'Table::\w+ => "(mqtt_\w+)"', text)
+    names = dict(re.findall(r'Table::(\w+) => "(mqtt_\w+)"', text))
     assert len(names) == 6, names
     return names
+
+
+def ttl_tables():
+    """The tables `tables create` enables TTL on (TTL_TABLES in src/storage/tables.rs)."""
+    text = (ROOT / "src/storage/tables.rs").read_text()
+    m = re.search(r"const TTL_TABLES: \[Table; \d+\] = \[([^\]]*)\]", text)
+    assert m, "TTL_TABLES not found in src/storage/tables.rs"
+    names = table_names()
+    return {names[v] for v in re.findall(r"Table::(\w+)", m.group(1))}
 
 
 # The DynamoDB calls, found as the brief for these policies asks.
@@ -188,6 +197,8 @@ POLICY_OF_FUNCTION = {
     ("src/storage/tables.rs", "create_one"): "tables-admin",    # tables create
     ("src/storage/tables.rs", "wait_active"): "tables-admin",   # tables create
     ("src/storage/tables.rs", "describe_all"): "tables-admin",  # tables describe
+    ("src/storage/tables.rs", "enable_ttl"): "tables-admin",    # tables create
+    ("src/storage/tables.rs", "describe_ttl"): "tables-admin",  # tables describe
     ("src/storage/tables.rs", "check_exist"): "serve",          # serve's start and /readyz
     ("src/bin/mqtt-dynamo/subs.rs", "subs_command"): "subs-cli",  # subs add / rm
 }
@@ -594,22 +605,31 @@ class IamPolicyTest(unittest.TestCase):
             self.assertEqual(needed[name] - granted, set(), f"{name}: called but not granted")
 
     def test_resources_name_the_tables(self):
-        tables = table_names()
+        tables = set(table_names().values())
         expected = {
-            "serve": set(tables),
-            "tables-admin": set(tables),
+            "serve": tables,
+            "tables-admin": tables,
             "subs-cli": {"mqtt_sub"},
         }
+        # Actions that touch fewer than the six tables, and the tables they touch.
+        narrower = {"dynamodb:UpdateTimeToLive": ttl_tables(),
+                    "dynamodb:DescribeTimeToLive": ttl_tables(),
+                    "dynamodb:PutItem": {"mqtt_sub"}, "dynamodb:DeleteItem": {"mqtt_sub"}}
         arn = re.compile(r"^arn:aws:dynamodb:REGION:ACCOUNT_ID:table/TABLE_PREFIX(mqtt_\w+)$")
         for name, want in expected.items():
             policy = load_policy(name)
             self.assertEqual(policy["Version"], "2012-10-17")
             named = set()
             for statement in policy["Statement"]:
+                resources = set()
                 for resource in statement["Resource"]:
                     m = arn.match(resource)
                     self.assertIsNotNone(m, f"{name}: {resource}")
-                    named.add(m.group(1))
+                    resources.add(m.group(1))
+                for action in statement["Action"]:
+                    self.assertEqual(resources, narrower.get(action, tables),
+                                     f"{name}: {action} on {sorted(resources)}")
+                named |= resources
             self.assertEqual(named, want, name)
 
 
