@@ -471,6 +471,12 @@ class KubernetesTest(unittest.TestCase):
             config = tmp / "mqtt-dynamo.toml"
             config.write_text(text)
             env.pop("MQTT_DYNAMO_CONFIG", None)
+            # What EKS injects for the service account's IRSA role: an AWS runtime, where the
+            # service refuses the in-memory default unless the configuration chooses.
+            env["AWS_ROLE_ARN"] = the(self.pod.docs, "ServiceAccount")["metadata"][
+                "annotations"]["eks.amazonaws.com/role-arn"]
+            env["AWS_WEB_IDENTITY_TOKEN_FILE"] = \
+                "/var/run/secrets/eks.amazonaws.com/serviceaccount/token"
             env["PATH"] = os.environ.get("PATH", "/usr/bin:/bin")
             run = subprocess.run([binary, "config", "check", str(config)], env=env,
                                  capture_output=True, text=True, timeout=60)
