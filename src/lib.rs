@@ -89,6 +89,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod emqx_api;
 pub mod event;
 pub mod guid;
 pub mod lookup;
@@ -104,6 +105,8 @@ pub mod topic;
 
 pub use config::Config;
 pub use event::HookEvent;
-pub use pipeline::{Admit, Pipeline, PipelineHandle, Receipt, Submission, SubmitError};
+pub use pipeline::{
+    Admit, ConnectObserver, Pipeline, PipelineHandle, Receipt, Submission, SubmitError,
+};
 pub use service::{Service, ServiceError};
 pub use telemetry::stats::StatsSnapshot;
