@@ -74,8 +74,11 @@ pub struct Service {
     checker: JoinHandle<()>,
     /// Subscribe on connect (`[emqx_api]`): the observer every handle carries, and the worker
     /// task, aborted at shutdown after the listeners stop.
-    connect: Option<(Arc<dyn ConnectObserver>, JoinHandle<()>)>,
+    connect: Option<ConnectSubscribe>,
 }
+
+/// Subscribe on connect: the observer every handle carries, and the worker task.
+type ConnectSubscribe = (Arc<dyn ConnectObserver>, JoinHandle<()>);
 
 struct MetricsTasks {
     stop: tokio::sync::oneshot::Sender<()>,
@@ -167,7 +170,7 @@ fn start_connect_subscriber(
     cfg: &Config,
     pipeline: &Pipeline,
     client: aws_sdk_dynamodb::Client,
-) -> Result<Option<(Arc<dyn ConnectObserver>, JoinHandle<()>)>, ServiceError> {
+) -> Result<Option<ConnectSubscribe>, ServiceError> {
     let Some(url) = &cfg.emqx_api.url else {
         return Ok(None);
     };
