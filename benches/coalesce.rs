@@ -32,6 +32,7 @@ fn events(n: u32, keys: u32) -> Vec<HookEvent> {
                 retain: i % 10 == 0,
                 timestamp_ms: 1_700_000_000_000,
                 username: None,
+                expiry_interval_s: None,
             };
             match i % 4 {
                 0 => HookEvent::ClientConnected {

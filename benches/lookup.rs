@@ -122,6 +122,7 @@ async fn end_to_end(all: &[String]) {
                 retain: true,
                 timestamp_ms: 1_700_000_000_000,
                 username: None,
+                expiry_interval_s: None,
             },
         };
         handle

@@ -27,6 +27,9 @@ pub struct Message {
     /// When the broker received it, milliseconds since the Unix epoch.
     pub timestamp_ms: u64,
     pub username: Option<String>,
+    /// MQTT 5's Message-Expiry-Interval in seconds (ExHook v3 `props`, rule rows' `pub_props`);
+    /// `None`: the publisher set none.
+    pub expiry_interval_s: Option<u32>,
 }
 
 /// The hook points, named as EMQX names them.

@@ -32,6 +32,7 @@
 //!   mod.rs              wiring: Pipeline (start, shutdown), PipelineHandle (submit, stats), ConnectObserver
 //!   ingest.rs           the one submit: bounded queue in events and bytes, Admit, Receipt
 //!   dedup.rs            repeated publishes (ids published and acked recently)
+//!   expiry.rs           which stored message ids expired (for MsgId trimming)
 //!   shard/              one shard task per key range
 //!     mod.rs              the shard task: coalesce, trigger flushes (count, bytes, age), settle
 //!     router.rs           the router thread: writes to shards by key hash

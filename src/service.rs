@@ -102,6 +102,7 @@ pub async fn start(cfg: &Config) -> Result<Service, ServiceError> {
     info!(backend = %described, "DynamoDB: {described}");
     if backend.is_embedded() {
         tables::create_all(&admin, &cfg.dynamodb, Capacity::OnDemand).await?;
+        tables::enable_ttl(&admin, &cfg.dynamodb, &cfg.storage.ttl_attribute).await?;
     } else {
         match tables::check_exist(&admin, &cfg.dynamodb).await {
             Ok(()) => {}

@@ -37,6 +37,7 @@ fn publish(id: &str, qos: u8, topic: &str, payload: &[u8], retain: bool) -> Hook
             retain,
             timestamp_ms: 1_700_000_000_000,
             username: None,
+            expiry_interval_s: None,
         },
     }
 }

@@ -94,6 +94,7 @@ async fn scraped_metrics_match_a_known_workload() {
         retain: false,
         timestamp_ms: 5_000,
         username: None,
+        expiry_interval_s: None,
     };
     h.accept_now(&HookEvent::MessagePublish {
         message: message.clone(),

@@ -490,6 +490,7 @@ fn message(n: u64, topic: &str, payload: &str, retain: bool, qos: u8) -> Message
         retain,
         timestamp_ms: 1_700_000_000_000 + n,
         username: None,
+        expiry_interval_s: None,
     }
 }
 

@@ -112,6 +112,7 @@ pub fn mix(n: usize) -> Vec<HookEvent> {
                 retain,
                 timestamp_ms: now_ms,
                 username: Some("fleet".into()),
+                expiry_interval_s: None,
             };
             if qos > 0 {
                 unacked.push_back(message.clone());

@@ -122,6 +122,7 @@ fn message_from(o: &Map<String, Json>) -> Result<Message, String> {
         retain: m.get("retain").and_then(Json::as_bool).unwrap_or(false),
         timestamp_ms: u(m, "ts")?,
         username: m.get("username").and_then(Json::as_str).map(str::to_string),
+        expiry_interval_s: None,
     })
 }
 

@@ -193,6 +193,7 @@ impl Workload {
                 retain: retained,
                 timestamp_ms: self.clock_ms,
                 username: Some(format!("user{}", c % 100)),
+                expiry_interval_s: None,
             },
         }
     }
@@ -215,6 +216,7 @@ impl Workload {
                 retain: true,
                 timestamp_ms: self.clock_ms,
                 username: None,
+                expiry_interval_s: None,
             },
         }
     }
@@ -258,6 +260,7 @@ impl Workload {
                     retain: false,
                     timestamp_ms: self.clock_ms,
                     username: None,
+                    expiry_interval_s: None,
                 },
             };
         }

@@ -38,6 +38,39 @@ pub mod v3 {
     tonic::include_proto!("emqx.exhook.v3");
 }
 
+/// MQTT 5's Message-Expiry-Interval of a publish: v3 carries the publish's properties in
+/// `props`; v2 carries none.
+trait PublishProperties {
+    fn expiry_interval(&self) -> Result<Option<u32>, Status>;
+}
+
+/// The property's name as EMQX passes it.
+const MESSAGE_EXPIRY_INTERVAL: &str = "Message-Expiry-Interval";
+
+impl PublishProperties for v2::MessagePublishRequest {
+    fn expiry_interval(&self) -> Result<Option<u32>, Status> {
+        Ok(None)
+    }
+}
+
+impl PublishProperties for v3::MessagePublishRequest {
+    fn expiry_interval(&self) -> Result<Option<u32>, Status> {
+        let Some(p) = self
+            .props
+            .iter()
+            .find(|p| p.name.eq_ignore_ascii_case(MESSAGE_EXPIRY_INTERVAL))
+        else {
+            return Ok(None);
+        };
+        p.value.trim().parse::<u32>().map(Some).map_err(|_| {
+            Status::invalid_argument(format!(
+                "props {MESSAGE_EXPIRY_INTERVAL} {:?} is not an integer of 0 to 4294967295 (seconds)",
+                p.value
+            ))
+        })
+    }
+}
+
 /// The hook registrations `OnProviderLoaded` returns: each hook point a write-side rule uses (the
 /// read-side lookups are served as queries, not hooks), with the union of their topic filters on
 /// message hooks (an empty list means every topic, as EMQX reads it; it is also what a rule
@@ -251,6 +284,7 @@ macro_rules! hook_provider {
                     retain: false,
                     timestamp_ms: m.timestamp,
                     username,
+                    expiry_interval_s: None,
                 })
             }
         }
@@ -302,13 +336,17 @@ macro_rules! hook_provider {
                 request: Request<$v::MessagePublishRequest>,
             ) -> Result<Response<$v::ValuedResponse>, Status> {
                 let req = request.into_inner();
+                let expiry = req.expiry_interval();
                 // Always CONTINUE, with the message exactly as it came (or none if none came).
                 let event = self.read(
                     req.message
                         .clone()
                         .ok_or_else(|| missing("message"))
                         .and_then(Message::try_from)
-                        .map(|message| HookEvent::MessagePublish { message }),
+                        .and_then(|mut message| {
+                            message.expiry_interval_s = expiry?;
+                            Ok(HookEvent::MessagePublish { message })
+                        }),
                 );
                 self.publish(event).await;
                 Ok(Response::new($v::ValuedResponse {

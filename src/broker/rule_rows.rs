@@ -51,7 +51,31 @@ fn message(row: &Row<'_>, from_field: &str) -> Result<Message, FieldError> {
         retain,
         timestamp_ms: row.time_ms(&["publish_received_at", "timestamp"])?,
         username: row.opt_nonempty("username")?,
+        expiry_interval_s: expiry_interval(row)?,
     })
+}
+
+/// MQTT 5's Message-Expiry-Interval from the row's `pub_props` (EMQX renders the publish's
+/// properties there: `{"Message-Expiry-Interval": 60, "User-Property": {..}}`).
+fn expiry_interval(row: &Row<'_>) -> Result<Option<u32>, FieldError> {
+    const NAME: &str = "Message-Expiry-Interval";
+    let field = format!("pub_props.{NAME}");
+    let props = match row.map.get("pub_props") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(p)) => p,
+        Some(_) => return Err(row.err("pub_props", "must be an object")),
+    };
+    let invalid = || row.err(&field, "must be an integer of 0 to 4294967295 (seconds)");
+    match props.get(NAME) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .and_then(|v| u32::try_from(v).ok())
+            .map(Some)
+            .ok_or_else(invalid),
+        Some(Value::String(s)) => s.trim().parse::<u32>().map(Some).map_err(|_| invalid()),
+        Some(_) => Err(invalid()),
+    }
 }
 
 /// The `event` values this translator reads.

@@ -63,6 +63,7 @@ fn message(row: &Row<'_>, node: &str) -> Result<Message, FieldError> {
         retain: row.opt_bool("retain")?.unwrap_or(false),
         timestamp_ms: ts,
         username: row.opt_nonempty("from_username")?,
+        expiry_interval_s: None,
     })
 }
 

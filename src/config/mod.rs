@@ -640,15 +640,22 @@ impl Default for RetryConfig {
 }
 
 /// `[storage]`: how values are written.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     pub msgid_format: MsgIdFormat,
     pub time_unit: TimeUnit,
     /// The largest a topic's `MsgId` set item may grow, in KB (DynamoDB refuses items over
-    /// 400 KB): past it the oldest ids (by the time in the GUID) are removed from the set, down
-    /// to three quarters of it. 0 turns the cap off (the 400 KB refusal is still handled).
+    /// 400 KB): past it ids are removed from the set, expired ones first, then the oldest (by
+    /// the time in the GUID), down to three quarters of it. 0 turns the cap off (the 400 KB
+    /// refusal is still handled).
     pub max_msgid_set_kb: usize,
+    /// The attribute of `mqtt_msg` and `mqtt_retain` items that holds when a message expires
+    /// (N, epoch seconds): DynamoDB's TTL attribute, which `tables create` enables.
+    pub ttl_attribute: String,
+    /// How long a message without a Message-Expiry-Interval is kept; unset: forever (the seed).
+    #[serde(with = "humantime_serde")]
+    pub default_message_ttl: Option<Duration>,
 }
 
 impl Default for StorageConfig {
@@ -657,6 +664,8 @@ impl Default for StorageConfig {
             msgid_format: MsgIdFormat::default(),
             time_unit: TimeUnit::default(),
             max_msgid_set_kb: 300,
+            ttl_attribute: crate::rules::DEFAULT_TTL_ATTRIBUTE.to_string(),
+            default_message_ttl: None,
         }
     }
 }
@@ -666,6 +675,10 @@ impl StorageConfig {
         StorageFormat {
             msgid: self.msgid_format,
             time: self.time_unit,
+            expiry: crate::rules::Expiry {
+                attribute: self.ttl_attribute.as_str().into(),
+                default_ttl_s: self.default_message_ttl.map(|d| d.as_secs().max(1)),
+            },
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use super::{
     Config, ConfigError, EmqxApiConfig, FsyncPolicy, LookupConfig, MAX_BATCH_BYTES,
-    MAX_BATCH_REQUESTS, PipelineConfig, SpoolConfig,
+    MAX_BATCH_REQUESTS, PipelineConfig, SpoolConfig, StorageConfig,
 };
 use crate::storage::item::MAX_ITEM_BYTES;
 
@@ -18,6 +18,7 @@ impl Config {
             .chain(pipeline_checks(&self.pipeline))
             .chain(spool_checks(&self.pipeline.spool))
             .chain(self.listener_and_key_checks())
+            .chain(storage_checks(&self.storage))
             .chain(emqx_api_checks(&self.emqx_api))
             .find(|(broken, _, _)| *broken);
         if let Some((_, key, reason)) = broken {
@@ -56,6 +57,18 @@ impl Config {
             ),
         ]
     }
+}
+
+/// The TTL attribute is an attribute of its own: not one the message items already carry.
+fn storage_checks(s: &StorageConfig) -> [Check; 1] {
+    const TAKEN: [&str; 7] = [
+        "msgid", "topic", "sender", "qos", "retain", "payload", "arrived",
+    ];
+    [(
+        s.ttl_attribute.is_empty() || TAKEN.contains(&s.ttl_attribute.as_str()),
+        "storage.ttl_attribute",
+        "must be a name of its own, not empty and none of msgid, topic, sender, qos, retain, payload, arrived",
+    )]
 }
 
 fn lookup_checks(l: &LookupConfig) -> [Check; 2] {
@@ -204,6 +217,11 @@ mod tests {
             Some("lookup.scan_segments")
         );
         assert_eq!(key_of("[pipeline]\nshards = 0\n"), Some("pipeline.shards"));
+        assert_eq!(
+            key_of("[storage]\nttl_attribute = \"arrived\"\n"),
+            Some("storage.ttl_attribute")
+        );
+        assert_eq!(key_of("[storage]\nttl_attribute = \"ttl\"\n"), None);
         assert_eq!(
             key_of("[pipeline]\nmin_in_flight = 9\nmax_in_flight = 8\n"),
             Some("pipeline.min_in_flight")

@@ -74,6 +74,9 @@ pub fn message_json(m: &StoredMessage) -> Value {
         }
         None => {}
     }
+    if let Some(at) = m.expires_at {
+        obj.insert("expires_at".into(), json!(at));
+    }
     if let Some(a) = m.arrived {
         obj.insert("arrived".into(), json!(a));
     }
@@ -466,6 +469,7 @@ mod tests {
             payload: Some(Payload::Binary(vec![0xff, 0])),
             arrived: None,
             time_us: None,
+            expires_at: None,
         };
         assert_eq!(
             message_json(&m),

@@ -128,6 +128,17 @@ pub struct StoredMessage {
     pub arrived: Option<i64>,
     /// The publish time inside the message id (µs since the epoch), when the id is an EMQX GUID.
     pub time_us: Option<u64>,
+    /// When it expires (epoch seconds, the TTL attribute), if it does.
+    pub expires_at: Option<i64>,
+}
+
+impl StoredMessage {
+    /// Whether it has expired at `now_s` (epoch seconds): DynamoDB's TTL deletes an item once its
+    /// TTL time is at or before now.
+    pub fn expired_at(&self, now_s: u64) -> bool {
+        self.expires_at
+            .is_some_and(|at| at <= i64::try_from(now_s).unwrap_or(i64::MAX))
+    }
 }
 
 /// One row of `mqtt_sub`.
@@ -187,6 +198,9 @@ pub struct Reader {
     state: Arc<ReadState>,
     cfg: LookupConfig,
     loaded: tokio::sync::Mutex<bool>,
+    /// The TTL attribute (`[storage] ttl_attribute`): messages past it are not returned, even
+    /// before DynamoDB's TTL sweep deletes them (which can take days).
+    expiry_attribute: Arc<str>,
 }
 
 pub(crate) fn dynamo_error<E, R>(
@@ -215,8 +229,8 @@ pub fn shared_filter(filter: &str) -> Option<&str> {
 }
 
 impl StoredMessage {
-    /// Reads an item of `mqtt_msg` or `mqtt_retain`.
-    pub fn from_item(item: &Item) -> StoredMessage {
+    /// Reads an item of `mqtt_msg` or `mqtt_retain`, its expiry from `expiry_attribute`.
+    pub fn from_item(item: &Item, expiry_attribute: &str) -> StoredMessage {
         let s = |name: &str| match item.get(name) {
             Some(Value::S(s)) => Some(s.clone()),
             _ => None,
@@ -239,6 +253,7 @@ impl StoredMessage {
                 _ => None,
             },
             arrived: n("arrived"),
+            expires_at: n(expiry_attribute),
         }
     }
 }
@@ -256,7 +271,23 @@ impl Reader {
             state,
             cfg,
             loaded: tokio::sync::Mutex::new(false),
+            expiry_attribute: crate::rules::DEFAULT_TTL_ATTRIBUTE.into(),
         }
+    }
+
+    /// Reads message expiry from `attribute` instead of `expires_at`.
+    pub fn with_expiry_attribute(mut self, attribute: &str) -> Self {
+        self.expiry_attribute = attribute.into();
+        self
+    }
+
+    /// The stored message `item`, unless it expired by now.
+    fn unexpired(&self, item: &Item) -> Option<StoredMessage> {
+        let message = StoredMessage::from_item(item, &self.expiry_attribute);
+        let now_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        (!message.expired_at(now_s)).then_some(message)
     }
 
     pub fn state(&self) -> &Arc<ReadState> {
@@ -465,7 +496,7 @@ impl Reader {
             .collect();
         let items = self.read_through(Table::Retain, &keys).await?;
         Ok(Retained {
-            messages: items.values().map(StoredMessage::from_item).collect(),
+            messages: items.values().filter_map(|i| self.unexpired(i)).collect(),
             truncated,
         })
     }

@@ -110,8 +110,8 @@ impl Reader {
                 if found.len() == limit {
                     break;
                 }
-                if let Some(item) = items.get(key) {
-                    found.push(StoredMessage::from_item(item));
+                if let Some(message) = items.get(key).and_then(|i| self.unexpired(i)) {
+                    found.push(message);
                 }
             }
         }

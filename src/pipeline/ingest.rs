@@ -312,6 +312,8 @@ pub struct Ingest {
     spool: Option<Arc<Spool>>,
     /// Recently published and acked message ids (`None` with `dedup_window = 0`).
     dedup: Option<Dedup>,
+    /// Where the expiry of each planned message is recorded, for MsgId trimming.
+    expiry: Option<Arc<crate::pipeline::expiry::ExpiryBook>>,
 }
 
 impl Ingest {
@@ -335,7 +337,14 @@ impl Ingest {
             read,
             spool: None,
             dedup: None,
+            expiry: None,
         }
+    }
+
+    /// Records each planned message's expiry in `book` (what the flushers trim by).
+    pub(crate) fn with_expiry(mut self, book: Arc<crate::pipeline::expiry::ExpiryBook>) -> Self {
+        self.expiry = Some(book);
+        self
     }
 
     /// Remembers message ids for `window` (at most `max_ids` of each kind) to recognise repeated
@@ -406,6 +415,9 @@ impl Ingest {
         scope: ActionScope,
     ) -> Result<Option<u64>, SubmitError> {
         let mut ops = self.rules.plan_scoped(event, &self.format, scope)?;
+        if let Some(book) = &self.expiry {
+            book.record_planned(ops.iter().map(|op| (&op.key, &op.write)));
+        }
         // Only whole publishes: a retained-only delivery of a message (the EMQX rule beside
         // ExHook, `publish_actions = "retained_only"`) is the other half of the same publish, not
         // a repeat, and must not be dropped because ExHook's copy was acked meanwhile.
@@ -545,7 +557,7 @@ impl Ingest {
     }
 
     pub fn format(&self) -> StorageFormat {
-        self.format
+        self.format.clone()
     }
 
     pub fn rules(&self) -> &RuleSet {

@@ -13,6 +13,7 @@ pub mod coalesce;
 mod concurrency;
 mod deadletter;
 pub(crate) mod dedup;
+pub(crate) mod expiry;
 pub(crate) mod flush;
 pub(crate) mod ingest;
 mod shard;
@@ -332,12 +333,15 @@ impl Pipeline {
             .enabled
             .then(|| Arc::new(ReadState::new(cfg.lookup.read_your_writes)));
         let reader = read.as_ref().map(|state| {
-            Arc::new(Reader::new(
-                client.clone(),
-                &cfg.dynamodb,
-                Arc::clone(state),
-                cfg.lookup.clone(),
-            ))
+            Arc::new(
+                Reader::new(
+                    client.clone(),
+                    &cfg.dynamodb,
+                    Arc::clone(state),
+                    cfg.lookup.clone(),
+                )
+                .with_expiry_attribute(&cfg.storage.ttl_attribute),
+            )
         });
         let mut pipeline = Pipeline::start(
             &cfg.pipeline,
@@ -368,6 +372,7 @@ impl Pipeline {
             cfg.adaptive_concurrency,
         ));
         let deadline = Arc::new(crate::pipeline::flush::retry::Deadline::new());
+        let expiry = Arc::new(expiry::ExpiryBook::new(cfg.dedup_max_ids, &format.expiry));
         let flusher = Arc::new(Flusher::new(
             Arc::clone(&concurrency),
             client,
@@ -381,6 +386,7 @@ impl Pipeline {
             Arc::clone(&stats),
             open_dead_letters(cfg)?,
             storage.max_msgid_set_kb * 1024,
+            Arc::clone(&expiry),
         ));
         let spool = if cfg.spool.enabled {
             let spool = Spool::open(&cfg.spool, cfg.shards, read.clone()).map_err(|source| {
@@ -427,7 +433,8 @@ impl Pipeline {
                 read,
             )
             .with_spool(spool.clone())
-            .with_dedup(cfg.dedup_window, cfg.dedup_max_ids),
+            .with_dedup(cfg.dedup_window, cfg.dedup_max_ids)
+            .with_expiry(expiry),
         );
         Ok(Pipeline {
             ingest,

@@ -27,10 +27,43 @@ pub enum TimeUnit {
 }
 
 /// How values are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StorageFormat {
     pub msgid: MsgIdFormat,
     pub time: TimeUnit,
+    pub expiry: Expiry,
+}
+
+/// How a message's expiry is stored: its `mqtt_msg` and `mqtt_retain` items carry `attribute`
+/// (N, epoch seconds), DynamoDB's TTL attribute, when the publisher set a Message-Expiry-Interval
+/// or a default applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expiry {
+    /// The attribute's name (`[storage] ttl_attribute`, `expires_at` by default).
+    pub attribute: std::sync::Arc<str>,
+    /// For messages without an interval (`[storage] default_message_ttl`); `None`: they never
+    /// expire, as in the seed.
+    pub default_ttl_s: Option<u64>,
+}
+
+/// The TTL attribute's default name.
+pub const DEFAULT_TTL_ATTRIBUTE: &str = "expires_at";
+
+impl Default for Expiry {
+    fn default() -> Self {
+        Expiry {
+            attribute: DEFAULT_TTL_ATTRIBUTE.into(),
+            default_ttl_s: None,
+        }
+    }
+}
+
+impl Expiry {
+    /// When a message received at `timestamp_ms` with `interval_s` expires, in epoch seconds.
+    pub fn expires_at(&self, timestamp_ms: u64, interval_s: Option<u32>) -> Option<u64> {
+        let ttl = interval_s.map(u64::from).or(self.default_ttl_s)?;
+        Some((timestamp_ms / 1000).saturating_add(ttl))
+    }
 }
 
 impl StorageFormat {

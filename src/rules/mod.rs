@@ -11,7 +11,7 @@
 mod format;
 mod plan;
 
-pub use format::{MsgIdFormat, StorageFormat, TimeUnit};
+pub use format::{DEFAULT_TTL_ATTRIBUTE, Expiry, MsgIdFormat, StorageFormat, TimeUnit};
 pub use plan::EventError;
 
 use std::collections::BTreeSet;

@@ -128,6 +128,15 @@ fn message_item(key: Item, msgid: &str, message: &Message, format: &StorageForma
     };
     item.insert("payload".into(), payload);
     item.insert("arrived".into(), format.time(message.timestamp_ms));
+    if let Some(at) = format
+        .expiry
+        .expires_at(message.timestamp_ms, message.expiry_interval_s)
+    {
+        item.insert(
+            format.expiry.attribute.to_string(),
+            Value::N(i64::try_from(at).unwrap_or(i64::MAX)),
+        );
+    }
     item
 }
 
@@ -324,6 +333,7 @@ mod tests {
             retain,
             timestamp_ms: 1678263363503,
             username: None,
+            expiry_interval_s: None,
         }
     }
 
@@ -383,6 +393,7 @@ mod tests {
         let fmt = StorageFormat {
             msgid: MsgIdFormat::Hex,
             time: TimeUnit::Milliseconds,
+            expiry: Default::default(),
         };
         let ops = RuleSet::default()
             .plan(

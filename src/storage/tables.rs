@@ -168,6 +168,133 @@ pub async fn create_all(
     Ok(done)
 }
 
+/// The tables whose items can expire: messages and retained messages.
+pub const TTL_TABLES: [Table; 2] = [Table::Msg, Table::Retain];
+
+/// What `enable_ttl` found or did on one table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TtlOutcome {
+    Enabled,
+    AlreadyEnabled,
+    /// The DynamoDB implementation has no UpdateTimeToLive (dynalite, the simulator): expired
+    /// items stay until deleted, lookups still skip them.
+    Unsupported(String),
+}
+
+/// Enables DynamoDB's TTL on `attribute` for [`TTL_TABLES`] (idempotently: a table already
+/// expiring on `attribute` is left alone; one expiring on another attribute is an error, since
+/// DynamoDB allows one TTL attribute per table and changing it takes disabling first).
+pub async fn enable_ttl(
+    client: &Client,
+    cfg: &DynamoConfig,
+    attribute: &str,
+) -> Result<Vec<(String, TtlOutcome)>, TablesError> {
+    use aws_sdk_dynamodb::types::{TimeToLiveSpecification, TimeToLiveStatus};
+    let mut done = Vec::new();
+    for table in TTL_TABLES {
+        let name = cfg.table_name(table);
+        let current = match client
+            .describe_time_to_live()
+            .table_name(&name)
+            .send()
+            .await
+        {
+            Ok(out) => out.time_to_live_description().cloned(),
+            Err(e) if unsupported(&e) => {
+                done.push((name, TtlOutcome::Unsupported(error_code(&e))));
+                continue;
+            }
+            Err(e) => return Err(request_error("DescribeTimeToLive", &name, &e)),
+        };
+        let status = current
+            .as_ref()
+            .and_then(|d| d.time_to_live_status().cloned());
+        let on = current.as_ref().and_then(|d| d.attribute_name());
+        if matches!(
+            status,
+            Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)
+        ) {
+            if on == Some(attribute) {
+                done.push((name, TtlOutcome::AlreadyEnabled));
+                continue;
+            }
+            return Err(TablesError::Request {
+                op: "UpdateTimeToLive",
+                table: name,
+                message: format!(
+                    "TTL is already enabled on attribute {:?}, not {attribute:?}: set [storage] ttl_attribute = {:?}, or disable TTL on the table first",
+                    on.unwrap_or_default(),
+                    on.unwrap_or_default()
+                ),
+            });
+        }
+        let spec = TimeToLiveSpecification::builder()
+            .enabled(true)
+            .attribute_name(attribute)
+            .build()
+            .map_err(|e| TablesError::Request {
+                op: "UpdateTimeToLive",
+                table: name.clone(),
+                message: e.to_string(),
+            })?;
+        match client
+            .update_time_to_live()
+            .table_name(&name)
+            .time_to_live_specification(spec)
+            .send()
+            .await
+        {
+            Ok(_) => done.push((name, TtlOutcome::Enabled)),
+            Err(e) if unsupported(&e) => done.push((name, TtlOutcome::Unsupported(error_code(&e)))),
+            Err(e) => return Err(request_error("UpdateTimeToLive", &name, &e)),
+        }
+    }
+    Ok(done)
+}
+
+/// An implementation without the operation answers UnknownOperationException (dynalite) or a
+/// 400 naming it unknown.
+fn unsupported<E: ProvideErrorMetadata, R>(err: &aws_sdk_dynamodb::error::SdkError<E, R>) -> bool {
+    matches!(
+        err.code(),
+        Some("UnknownOperationException" | "UnrecognizedClientException")
+    ) || err
+        .message()
+        .is_some_and(|m| m.contains("not supported") || m.contains("Unknown operation"))
+}
+
+fn error_code<E: ProvideErrorMetadata, R>(err: &aws_sdk_dynamodb::error::SdkError<E, R>) -> String {
+    err.code().unwrap_or("no error code").to_string()
+}
+
+/// Each [`TTL_TABLES`] table's TTL: `name: TTL ENABLED on expires_at` (or DISABLED, unknown).
+pub async fn describe_ttl(client: &Client, cfg: &DynamoConfig) -> Vec<String> {
+    let mut lines = Vec::new();
+    for table in TTL_TABLES {
+        let name = cfg.table_name(table);
+        let line = match client
+            .describe_time_to_live()
+            .table_name(&name)
+            .send()
+            .await
+        {
+            Ok(out) => match out.time_to_live_description() {
+                Some(d) => match (d.time_to_live_status(), d.attribute_name()) {
+                    (Some(status), Some(attr)) => {
+                        format!("{name}: TTL {} on {attr}", status.as_str())
+                    }
+                    (Some(status), None) => format!("{name}: TTL {}", status.as_str()),
+                    _ => format!("{name}: TTL unknown"),
+                },
+                None => format!("{name}: TTL DISABLED"),
+            },
+            Err(e) => format!("{name}: TTL unknown ({})", error_code(&e)),
+        };
+        lines.push(line);
+    }
+    lines
+}
+
 /// Fails with the names of the tables that do not exist.
 pub async fn check_exist(client: &Client, cfg: &DynamoConfig) -> Result<(), TablesError> {
     let mut missing = Vec::new();

@@ -1,6 +1,6 @@
 //! The Prometheus recorder: installed once per process with every histogram's buckets, every
 //! metric described and the closed label sets registered at zero, all by iterating
-//! [`catalogue::CATALOGUE`]; and the sampler that copies the pipeline's levels and per-event
+//! [`CATALOGUE`]; and the sampler that copies the pipeline's levels and per-event
 //! counters into the registry once a second.
 //!
 //! The listener that serves the exposition is in [`crate::telemetry::admin`]; its items are

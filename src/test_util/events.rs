@@ -43,6 +43,7 @@ pub fn message(
         retain,
         timestamp_ms: ts,
         username: None,
+        expiry_interval_s: None,
     }
 }
 

@@ -9,6 +9,7 @@ mod support;
 mod coalescing;
 mod common;
 mod contract;
+mod expiry;
 mod msgid_sets;
 mod outages;
 mod retries;

@@ -58,7 +58,8 @@ pub async fn lookup_command(cfg: Config, command: LookupCommand) -> Result<(), S
         &cfg.dynamodb,
         std::sync::Arc::new(ReadState::new(false)),
         lookup,
-    );
+    )
+    .with_expiry_attribute(&cfg.storage.ttl_attribute);
     let e = |e: mqtt_dynamo::lookup::LookupError| e.to_string();
     match command {
         LookupCommand::Retained { filter, .. } => {

@@ -1,4 +1,4 @@
-//! `tables create|describe`: the six tables.
+//! `tables create|describe`: the six tables and their TTL.
 
 use clap::Subcommand;
 
@@ -9,7 +9,8 @@ use mqtt_dynamo::storage::tables::{self, Capacity, Created};
 
 #[derive(Subcommand)]
 pub enum TablesCommand {
-    /// Create the six tables (existing ones are left alone) and wait until they are ACTIVE.
+    /// Create the six tables (existing ones are left alone), wait until they are ACTIVE, and enable
+    /// DynamoDB's TTL on `[storage] ttl_attribute` for mqtt_msg and mqtt_retain.
     Create {
         /// Provisioned read capacity units (with --write-units); on-demand when omitted.
         #[arg(long, requires = "write_units")]
@@ -47,7 +48,7 @@ pub async fn tables_command(cfg: Config, command: TablesCommand) -> Result<(), S
                 (Some(read), Some(write)) => Capacity::Provisioned { read, write },
                 _ => Capacity::OnDemand,
             };
-            tables::create_all(&client, &cfg.dynamodb, capacity)
+            let created = tables::create_all(&client, &cfg.dynamodb, capacity)
                 .await
                 .map(|done| {
                     for (name, what) in done {
@@ -56,18 +57,46 @@ pub async fn tables_command(cfg: Config, command: TablesCommand) -> Result<(), S
                             Created::AlreadyExisted => println!("exists  {name}, ACTIVE"),
                         }
                     }
-                })
+                });
+            match created {
+                Ok(()) => enable_ttl(&client, &cfg).await,
+                Err(e) => Err(e),
+            }
         }
-        TablesCommand::Describe => {
-            tables::describe_all(&client, &cfg.dynamodb)
-                .await
-                .map(|lines| {
-                    for line in lines {
-                        println!("{line}");
-                    }
-                })
-        }
+        TablesCommand::Describe => match tables::describe_all(&client, &cfg.dynamodb).await {
+            Ok(lines) => {
+                for line in lines {
+                    println!("{line}");
+                }
+                for line in tables::describe_ttl(&client, &cfg.dynamodb).await {
+                    println!("{line}");
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        },
     };
     backend.stop().await;
     result.map_err(|e| e.to_string())
+}
+
+/// `tables create`'s second step: DynamoDB's TTL on `[storage] ttl_attribute` for the message
+/// tables.
+async fn enable_ttl(
+    client: &aws_sdk_dynamodb::Client,
+    cfg: &Config,
+) -> Result<(), tables::TablesError> {
+    let attribute = &cfg.storage.ttl_attribute;
+    for (name, what) in tables::enable_ttl(client, &cfg.dynamodb, attribute).await? {
+        match what {
+            tables::TtlOutcome::Enabled => println!("ttl     {name}: enabled on {attribute}"),
+            tables::TtlOutcome::AlreadyEnabled => {
+                println!("ttl     {name}: already enabled on {attribute}")
+            }
+            tables::TtlOutcome::Unsupported(code) => println!(
+                "ttl     {name}: this DynamoDB has no TTL ({code}); expired messages stay until deleted (lookups skip them)"
+            ),
+        }
+    }
+    Ok(())
 }

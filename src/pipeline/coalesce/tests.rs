@@ -130,6 +130,7 @@ fn message(id: String, topic: String, from: String, payload: Vec<u8>) -> Message
         retain: false,
         timestamp_ms: 1,
         username: None,
+        expiry_interval_s: None,
     }
 }
 
@@ -522,6 +523,7 @@ fn publish_then_ack_before_flush_writes_nothing() {
         retain: false,
         timestamp_ms: 1,
         username: None,
+        expiry_interval_s: None,
     };
     let mut coalescer = Coalescer::new();
     let now = Instant::now();

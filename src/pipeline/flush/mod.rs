@@ -157,6 +157,8 @@ pub struct Flusher {
     dead_letters: crate::pipeline::deadletter::DeadLetters,
     /// `storage.max_msgid_set_kb` in bytes (0: no cap).
     msgid_cap: msgid::MsgIdCap,
+    /// Which message ids have expired, so trimming removes those first (shared with ingest).
+    expiry: Arc<crate::pipeline::expiry::ExpiryBook>,
     /// Told how each request went, so the limit on flushes in flight adapts.
     concurrency: Arc<crate::pipeline::concurrency::Concurrency>,
 }
@@ -172,8 +174,10 @@ impl Flusher {
         stats: Arc<Stats>,
         dead_letters: crate::pipeline::deadletter::DeadLetters,
         msgid_cap: usize,
+        expiry: Arc<crate::pipeline::expiry::ExpiryBook>,
     ) -> Self {
         Flusher {
+            expiry,
             client,
             tables,
             policy,

@@ -39,16 +39,22 @@ pub(super) fn refused_as_too_large(message: &str) -> bool {
     message.contains("Item size to update has exceeded")
 }
 
-/// The ids to remove from a set of `size` bytes to bring it to `target`: oldest first (by GUID:
-/// time, then sequence; ids that are not GUIDs first). Returns them and the size after.
-fn oldest_ids(ids: Vec<String>, mut size: usize, target: usize) -> (Vec<String>, usize) {
-    let mut by_age: Vec<(u128, String)> = ids
+/// The ids to remove from a set of `size` bytes to bring it to `target`: expired ones first
+/// (`expired`), then the oldest (by GUID: time, then sequence; ids that are not GUIDs first).
+/// Returns them and the size after.
+fn oldest_ids(
+    ids: Vec<String>,
+    mut size: usize,
+    target: usize,
+    expired: impl Fn(&str) -> bool,
+) -> (Vec<String>, usize) {
+    let mut by_age: Vec<(bool, u128, String)> = ids
         .into_iter()
-        .map(|id| (crate::lookup::guid_of(&id).unwrap_or(0), id))
+        .map(|id| (!expired(&id), crate::lookup::guid_of(&id).unwrap_or(0), id))
         .collect();
     by_age.sort_unstable();
     let mut oldest = Vec::new();
-    for (_, id) in by_age {
+    for (_, _, id) in by_age {
         if size <= target {
             break;
         }
@@ -85,7 +91,10 @@ impl Flusher {
             }
         };
         let size = key.size() + attr.len() + ids.iter().map(String::len).sum::<usize>();
-        let (oldest, size) = oldest_ids(ids, size, target);
+        let now_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let (oldest, size) = oldest_ids(ids, size, target, |id| self.expiry.expired(id, now_s));
         if oldest.is_empty() {
             return;
         }
@@ -140,11 +149,15 @@ mod tests {
         let new = crate::guid::to_hex(1 << 90);
         let ids = vec![new.clone(), "no-guid".to_string(), old.clone()];
         let size: usize = ids.iter().map(String::len).sum();
-        let (gone, after) = oldest_ids(ids.clone(), size, size - 1);
+        let never = |_: &str| false;
+        let (gone, after) = oldest_ids(ids.clone(), size, size - 1, never);
         assert_eq!(gone, ["no-guid".to_string()]);
         assert_eq!(after, size - 7);
-        let (gone, _) = oldest_ids(ids.clone(), size, new.len());
-        assert_eq!(gone, ["no-guid".to_string(), old]);
-        assert!(oldest_ids(ids, size, size).0.is_empty());
+        let (gone, _) = oldest_ids(ids.clone(), size, new.len(), never);
+        assert_eq!(gone, ["no-guid".to_string(), old.clone()]);
+        assert!(oldest_ids(ids.clone(), size, size, never).0.is_empty());
+        // An expired id goes before older ones that have not expired.
+        let (gone, _) = oldest_ids(ids, size, size - 1, |id| id == new);
+        assert_eq!(gone, [new]);
     }
 }

@@ -70,6 +70,10 @@ fn flusher(spooled: bool, hand_back_hot: bool, deadline: Arc<Deadline>) -> Flush
         Arc::new(crate::telemetry::stats::Stats::default()),
         Default::default(),
         0,
+        Arc::new(crate::pipeline::expiry::ExpiryBook::new(
+            0,
+            &crate::rules::Expiry::default(),
+        )),
     )
 }
 
