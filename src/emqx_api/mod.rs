@@ -161,17 +161,27 @@ pub struct PublishRequest {
     pub payload_encoding: &'static str,
     pub qos: u8,
     pub retain: bool,
+    /// MQTT 5 properties; only `message_expiry_interval` (seconds) is ever set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub properties: Option<serde_json::Value>,
 }
 
 impl PublishRequest {
-    /// A retained message with `payload` (base64-encoded for the wire).
-    pub fn retained(topic: impl Into<String>, payload: &[u8], qos: u8) -> Self {
+    /// A retained message with `payload` (base64-encoded for the wire), expiring after
+    /// `expiry_s` seconds if given.
+    pub fn retained(
+        topic: impl Into<String>,
+        payload: &[u8],
+        qos: u8,
+        expiry_s: Option<u64>,
+    ) -> Self {
         PublishRequest {
             topic: topic.into(),
             payload: base64::engine::general_purpose::STANDARD.encode(payload),
             payload_encoding: "base64",
             qos,
             retain: true,
+            properties: expiry_s.map(|s| serde_json::json!({"message_expiry_interval": s})),
         }
     }
 }

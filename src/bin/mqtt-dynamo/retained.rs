@@ -3,8 +3,9 @@
 //! DynamoDB backend to EMQX 5, whose retainer keeps its own store.
 //!
 //! Every message goes with `retain: true`, its stored QoS and its payload base64-encoded
-//! (`payload_encoding: "base64"`, text and binary alike). Messages with an empty payload are
-//! skipped: published with the retain flag they would clear the topic instead.
+//! (`payload_encoding: "base64"`, text and binary alike), and, when it expires, the time it has
+//! left as `properties.message_expiry_interval`. Messages with an empty payload are skipped
+//! (published with the retain flag they would clear the topic instead), and expired ones too.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -93,6 +94,7 @@ pub async fn retained_command(cfg: Config, command: RetainedCommand) -> Result<(
                 "refused": report.refused.len(),
                 "failed": report.failed,
                 "skipped_empty": report.skipped_empty,
+                "skipped_expired": report.skipped_expired,
                 "refused_messages": report.refused,
                 "errors": report.errors,
             }))?;
@@ -115,6 +117,7 @@ pub async fn retained_command(cfg: Config, command: RetainedCommand) -> Result<(
 struct ToRestore {
     messages: Vec<PublishRequest>,
     skipped_empty: usize,
+    skipped_expired: usize,
 }
 
 /// Every item of `mqtt_retain` (a consistent Scan, every page) matching `filter`.
@@ -127,7 +130,11 @@ async fn read_retained(cfg: &Config, filter: Option<&TopicFilter>) -> Result<ToR
     let mut found = ToRestore {
         messages: Vec::new(),
         skipped_empty: 0,
+        skipped_expired: 0,
     };
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let mut start: Option<std::collections::HashMap<String, AttributeValue>> = None;
     loop {
         let page = client
@@ -141,10 +148,17 @@ async fn read_retained(cfg: &Config, filter: Option<&TopicFilter>) -> Result<ToR
         for attrs in page.items() {
             let (_, item) = dynamo::from_attrs(Table::Retain, attrs)
                 .map_err(|e| format!("an item of {table} cannot be read: {e}"))?;
-            let m = StoredMessage::from_item(&item);
+            let m = StoredMessage::from_item(&item, &cfg.storage.ttl_attribute);
             if filter.is_some_and(|f| !f.matches(&m.topic)) {
                 continue;
             }
+            if m.expired_at(now_s) {
+                found.skipped_expired += 1;
+                continue;
+            }
+            let expiry_s = m
+                .expires_at
+                .map(|at| u64::try_from(at).unwrap_or(0).saturating_sub(now_s).max(1));
             let payload: &[u8] = match &m.payload {
                 Some(Payload::Text(s)) => s.as_bytes(),
                 Some(Payload::Binary(b)) => b,
@@ -155,9 +169,12 @@ async fn read_retained(cfg: &Config, filter: Option<&TopicFilter>) -> Result<ToR
                 continue;
             }
             let qos = m.qos.unwrap_or(0).clamp(0, 2) as u8;
-            found
-                .messages
-                .push(PublishRequest::retained(m.topic.clone(), payload, qos));
+            found.messages.push(PublishRequest::retained(
+                m.topic.clone(),
+                payload,
+                qos,
+                expiry_s,
+            ));
             spinner.tick();
         }
         match page.last_evaluated_key() {
@@ -180,6 +197,7 @@ struct Report {
     /// unusable answer).
     failed: usize,
     skipped_empty: usize,
+    skipped_expired: usize,
     /// Why batches failed (one line per batch).
     errors: Vec<String>,
 }
@@ -189,6 +207,7 @@ struct Report {
 async fn restore(api: &EmqxApi, found: ToRestore, batch: usize, retry_for: Duration) -> Report {
     let mut report = Report {
         skipped_empty: found.skipped_empty,
+        skipped_expired: found.skipped_expired,
         ..Report::default()
     };
     let bar = ProgressBar::new(found.messages.len() as u64);
