@@ -29,7 +29,7 @@
 //!   plan.rs             planning one event into writes (with the size and key checks)
 //!   format.rs           storage formats: message id form, time unit
 //! pipeline/           accepted events to durable writes
-//!   mod.rs              wiring: Pipeline (start, shutdown) and PipelineHandle (submit, stats)
+//!   mod.rs              wiring: Pipeline (start, shutdown), PipelineHandle (submit, stats), ConnectObserver
 //!   ingest.rs           the one submit: bounded queue in events and bytes, Admit, Receipt
 //!   dedup.rs            repeated publishes (ids published and acked recently)
 //!   expiry.rs           which stored message ids expired (for MsgId trimming)
@@ -71,6 +71,9 @@
 //!   overlay.rs          read-your-writes: accepted but unwritten writes, op numbering
 //!   index.rs            topic indexes for wildcard lookups
 //!   http.rs             the lookup API's routes
+//! emqx_api/           EMQX 5's REST API
+//!   mod.rs              the client: basic auth, subscribe/bulk, publish/bulk, errors, backoff
+//!   subscribe.rs        subscribe on connect: ConnectObserver, bounded queue, worker, retries
 //! config/             configuration
 //!   mod.rs              the TOML file's sections and defaults; where DynamoDB is (BackendChoice)
 //!   sources.rs          file, AWS_* and MQTT_DYNAMO_* variables, *_file secrets, in that order
@@ -83,13 +86,15 @@
 //!   recorder.rs         the Prometheus recorder, registration and the gauge sampler
 //!   admin.rs            /metrics, /healthz, /readyz
 //! test_util/          (feature test-util) builders and backends shared by tests, benches, loadgen
-//! bin/mqtt-dynamo/    the command: main.rs dispatches; one file per command
+//! bin/mqtt-dynamo/    the command: main.rs dispatches; one file per command (retained.rs:
+//!                     `retained restore` into EMQX's retainer)
 //! ```
 //!
 //! See `ARCHITECTURE.md` for the reasoning behind this shape.
 
 pub mod broker;
 pub mod config;
+pub mod emqx_api;
 pub mod event;
 pub mod guid;
 pub mod lookup;
@@ -105,6 +110,8 @@ pub mod topic;
 
 pub use config::Config;
 pub use event::HookEvent;
-pub use pipeline::{Admit, Pipeline, PipelineHandle, Receipt, Submission, SubmitError};
+pub use pipeline::{
+    Admit, ConnectObserver, Pipeline, PipelineHandle, Receipt, Submission, SubmitError,
+};
 pub use service::{Service, ServiceError};
 pub use telemetry::stats::StatsSnapshot;

@@ -14,7 +14,9 @@ use tracing::{info, warn};
 
 use crate::broker::{ListenError, Listeners};
 use crate::config::{Config, DEFAULT_REGION, DynamoConfig};
-use crate::pipeline::{Pipeline, PipelineHandle, StartError};
+use crate::emqx_api::EmqxApi;
+use crate::lookup::{ReadState, Reader};
+use crate::pipeline::{ConnectObserver, Pipeline, PipelineHandle, StartError};
 use crate::storage::dynamo::{self, SdkRetries};
 use crate::storage::tables::{self, Capacity, TablesError};
 use crate::storage::{Backend, BackendError};
@@ -40,6 +42,8 @@ pub enum ServiceError {
     Metrics(#[from] MetricsError),
     #[error(transparent)]
     Listen(#[from] ListenError),
+    #[error("cannot set up EMQX's REST API client: {0}")]
+    EmqxApi(#[from] crate::emqx_api::SetupError),
 }
 
 /// Where a running service listens. `None`: that listener is off in the configuration.
@@ -68,7 +72,13 @@ pub struct Service {
     metrics: Option<MetricsTasks>,
     /// Sets `/readyz` from a table check every [`READINESS_PERIOD`]; aborted at shutdown.
     checker: JoinHandle<()>,
+    /// Subscribe on connect (`[emqx_api]`): the observer every handle carries, and the worker
+    /// task, aborted at shutdown after the listeners stop.
+    connect: Option<ConnectSubscribe>,
 }
+
+/// Subscribe on connect: the observer every handle carries, and the worker task.
+type ConnectSubscribe = (Arc<dyn ConnectObserver>, JoinHandle<()>);
 
 struct MetricsTasks {
     stop: tokio::sync::oneshot::Sender<()>,
@@ -104,7 +114,8 @@ pub async fn start(cfg: &Config) -> Result<Service, ServiceError> {
         }
     }
     let client = dynamo::client(&cfg.dynamodb, endpoint.as_deref(), SdkRetries::Disabled).await;
-    let pipeline = Pipeline::from_config(cfg, client)?;
+    let pipeline = Pipeline::from_config(cfg, client.clone())?;
+    let connect = start_connect_subscriber(cfg, &pipeline, client)?;
     let readiness = Arc::new(Readiness::default());
     readiness.set(false, "starting: DynamoDB not checked yet");
     let (metrics, metrics_addr) = if cfg.metrics.enabled {
@@ -129,7 +140,13 @@ pub async fn start(cfg: &Config) -> Result<Service, ServiceError> {
             }
         });
     }
-    let listeners = Listeners::start(cfg, pipeline.handle()).await?;
+    let handle = match &connect {
+        Some((observer, _)) => pipeline
+            .handle()
+            .with_connect_observer(Arc::clone(observer)),
+        None => pipeline.handle(),
+    };
+    let listeners = Listeners::start(cfg, handle).await?;
     let addrs = Addrs {
         exhook: listeners.exhook_addr,
         http: listeners.http_addr,
@@ -143,7 +160,33 @@ pub async fn start(cfg: &Config) -> Result<Service, ServiceError> {
         listeners,
         metrics,
         checker,
+        connect,
     })
+}
+
+/// Subscribe on connect, when `[emqx_api]` names a URL: the worker reads `mqtt_sub` through the
+/// pipeline's reader (read-your-writes), or, with `lookup.enabled` off, a reader of its own
+/// that sees DynamoDB only.
+fn start_connect_subscriber(
+    cfg: &Config,
+    pipeline: &Pipeline,
+    client: aws_sdk_dynamodb::Client,
+) -> Result<Option<ConnectSubscribe>, ServiceError> {
+    let Some(url) = &cfg.emqx_api.url else {
+        return Ok(None);
+    };
+    let api = EmqxApi::new(&cfg.emqx_api)?;
+    let reader = pipeline.handle().reader().cloned().unwrap_or_else(|| {
+        Arc::new(Reader::new(
+            client,
+            &cfg.dynamodb,
+            Arc::new(ReadState::new(false)),
+            cfg.lookup.clone(),
+        ))
+    });
+    let (observer, task) = crate::emqx_api::subscribe::start(api, reader, &cfg.emqx_api);
+    info!(url = %url, "subscribe on connect: clients are subscribed to their stored subscriptions through EMQX's REST API");
+    Ok(Some((observer, task)))
 }
 
 impl Service {
@@ -151,9 +194,16 @@ impl Service {
         &self.addrs
     }
 
-    /// A handle on the running pipeline (submit, stats, lookups).
+    /// A handle on the running pipeline (submit, stats, lookups); with `[emqx_api]`, a
+    /// `client.connected` it accepts subscribes the client as one from a listener does.
     pub fn handle(&self) -> PipelineHandle {
-        self.pipeline.handle()
+        match &self.connect {
+            Some((observer, _)) => self
+                .pipeline
+                .handle()
+                .with_connect_observer(Arc::clone(observer)),
+            None => self.pipeline.handle(),
+        }
     }
 
     /// Stops the listeners, writes every accepted event (up to the pipeline's shutdown
@@ -161,6 +211,10 @@ impl Service {
     pub async fn shutdown(self) -> StatsSnapshot {
         info!("stopping the listeners");
         self.listeners.stop().await;
+        if let Some((_, task)) = &self.connect {
+            // Subscribes not yet made are abandoned: the clients will connect again.
+            task.abort();
+        }
         info!("draining: writing every accepted event");
         let report = self.pipeline.shutdown().await;
         self.checker.abort();

@@ -674,3 +674,354 @@ async fn cli_subs_and_lookups() {
     assert_eq!(code, Some(1));
     assert!(err.contains("invalid topic filter"), "{err}");
 }
+
+// Subscribe on connect and `retained restore`, against the stand-in for EMQX 5's REST API in
+// `support::emqx_api` (written from EMQX's published API documentation, not checked against a
+// running EMQX here).
+
+const API_KEY: &str = "mqtt-dynamo-key";
+const API_SECRET: &str = "the-api-s3cret";
+
+/// The service's TOML with `[emqx_api]` pointing at `url` (ExHook off: events come over HTTP or
+/// the handle).
+fn with_emqx_api(url: &str) -> Config {
+    mqtt_dynamo::test_util::service::parse(&format!(
+        "[exhook]\nenabled = false\n[emqx_api]\nurl = \"{url}\"\napi_key = \"{API_KEY}\"\n\
+         api_secret = \"{API_SECRET}\"\nretry_for = \"20s\"\n"
+    ))
+}
+
+/// `mqtt_dynamo_emqx_api_calls_total{call="subscribe_bulk", outcome}` as the service exports it.
+async fn subscribe_calls(metrics: &str, outcome: &str) -> u64 {
+    let client: HttpClient<_, Full<Bytes>> = HttpClient::builder(TokioExecutor::new()).build_http();
+    let resp = client
+        .get(format!("http://{metrics}/metrics").parse().unwrap())
+        .await
+        .expect("the metrics listener answers");
+    let text = resp.into_body().collect().await.unwrap().to_bytes();
+    let name = mqtt_dynamo::telemetry::catalogue::EMQX_API_CALLS_TOTAL;
+    String::from_utf8_lossy(&text)
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| {
+            l.contains("call=\"subscribe_bulk\"") && l.contains(&format!("outcome=\"{outcome}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// Waits (bounded: 30 s) until that counter reaches `n`.
+async fn wait_subscribe_calls(metrics: &str, outcome: &str, n: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = subscribe_calls(metrics, outcome).await;
+        if seen >= n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "subscribe_bulk outcome={outcome}: {seen}, want {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Stores `subs` as `clientid`'s rows of `mqtt_sub` (PutItem, as `subs add` does).
+async fn store_subs(
+    client: &aws_sdk_dynamodb::Client,
+    cfg: &Config,
+    clientid: &str,
+    subs: &[(&str, i64)],
+) {
+    for (topic, qos) in subs {
+        let Op { write, .. } = sub_op(clientid, topic, *qos);
+        let Write::Put { item, .. } = write else {
+            unreachable!()
+        };
+        client
+            .put_item()
+            .table_name(cfg.dynamodb.table_name(Table::Sub))
+            .set_item(Some(mqtt_dynamo::storage::dynamo::to_attrs(&item)))
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+fn bulk_path(clientid: &str) -> String {
+    format!(
+        "/api/v5/clients/{}/subscribe/bulk",
+        mqtt_dynamo::emqx_api::percent_encode(clientid)
+    )
+}
+
+/// A connecting client is subscribed to its stored subscriptions with one bulk call (basic
+/// auth, JSON, the client id percent-encoded); 404 is `client_gone` and not retried; 500s are
+/// retried until a 200; 401 is `refused` and not retried; without `[emqx_api]`, or without
+/// stored subscriptions, no call is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_on_connect_through_emqx_api() {
+    use mqtt_dynamo::test_util::{SubmitExt as _, events, service};
+    let emqx = support::emqx_api::EmqxStandIn::start(API_KEY, API_SECRET).await;
+
+    // (d) A service without [emqx_api]: its connects make no call (checked at the end, after
+    // everything below had the time to happen).
+    let off_cfg = service::parse("[exhook]\nenabled = false\n");
+    let off = service::start(&off_cfg).await;
+    let off_client = service::dynamo_client(&off, &off_cfg).await;
+    store_subs(&off_client, &off_cfg, "off1", &[("o/1", 1)]).await;
+    emqx.connect("off1");
+    off.handle()
+        .accept_now(&events::connect("off1", "emqx@n1", 1))
+        .unwrap();
+
+    let cfg = with_emqx_api(&emqx.url);
+    let svc = service::start(&cfg).await;
+    let metrics = service::addr(svc.addrs().metrics);
+    let http = service::addr(svc.addrs().http);
+    let client = service::dynamo_client(&svc, &cfg).await;
+
+    // (a) Two stored rows, the connect over the HTTP ingest (an EMQX rule row): one call with
+    // both topics and their QoS. The client id needs percent-encoding.
+    let id = "c/1 é";
+    store_subs(&client, &cfg, id, &[("x/#", 2), ("a/b", 1)]).await;
+    emqx.connect(id);
+    let row = json!({"event": "client.connected", "node": "emqx@n1", "clientid": id}).to_string();
+    let status = tokio::task::spawn_blocking(move || {
+        support::http_post(&http, "/v1/events/emqx-rule", &row)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(status, 200);
+    wait_subscribe_calls(&metrics, "ok", 1).await;
+    let calls = emqx.calls(&bulk_path(id));
+    assert_eq!(calls.len(), 1, "exactly one call: {calls:?}");
+    let call = &calls[0];
+    assert_eq!(call.method, "POST");
+    assert_eq!(call.path, "/api/v5/clients/c%2F1%20%C3%A9/subscribe/bulk");
+    assert_eq!(
+        call.authorization.as_deref(),
+        Some(support::emqx_api::basic(API_KEY, API_SECRET).as_str())
+    );
+    assert_eq!(call.content_type.as_deref(), Some("application/json"));
+    assert_eq!(
+        call.body,
+        json!([{"topic": "a/b", "qos": 1}, {"topic": "x/#", "qos": 2}])
+    );
+    assert_eq!(call.status, 200);
+
+    // A client with nothing stored: no call (checked at the end).
+    svc.handle()
+        .accept_now(&events::connect("nosubs", "emqx@n1", 2))
+        .unwrap();
+
+    // (b) Not connected any more: 404, counted as client_gone, not retried.
+    store_subs(&client, &cfg, "gone1", &[("g/1", 0)]).await;
+    svc.handle()
+        .accept_now(&events::connect("gone1", "emqx@n1", 3))
+        .unwrap();
+    wait_subscribe_calls(&metrics, "client_gone", 1).await;
+    let calls = emqx.calls(&bulk_path("gone1"));
+    assert_eq!(
+        calls.iter().map(|c| c.status).collect::<Vec<_>>(),
+        [404],
+        "{calls:?}"
+    );
+
+    // (c) 500 twice, then 200: retried with backoff and done.
+    store_subs(&client, &cfg, "flaky1", &[("f/1", 1)]).await;
+    emqx.connect("flaky1");
+    emqx.script("/clients/flaky1/", 500);
+    emqx.script("/clients/flaky1/", 500);
+    svc.handle()
+        .accept_now(&events::connect("flaky1", "emqx@n1", 4))
+        .unwrap();
+    wait_subscribe_calls(&metrics, "ok", 2).await;
+    let calls = emqx.calls(&bulk_path("flaky1"));
+    assert_eq!(
+        calls.iter().map(|c| c.status).collect::<Vec<_>>(),
+        [500, 500, 200],
+        "{calls:?}"
+    );
+    assert!(
+        calls
+            .iter()
+            .all(|c| c.body == json!([{"topic": "f/1", "qos": 1}]))
+    );
+
+    // 401: the key refused; that call is given up, not retried.
+    store_subs(&client, &cfg, "badkey1", &[("b/1", 1)]).await;
+    emqx.connect("badkey1");
+    emqx.script("/clients/badkey1/", 401);
+    svc.handle()
+        .accept_now(&events::connect("badkey1", "emqx@n1", 5))
+        .unwrap();
+    wait_subscribe_calls(&metrics, "refused", 1).await;
+    let calls = emqx.calls(&bulk_path("badkey1"));
+    assert_eq!(
+        calls.iter().map(|c| c.status).collect::<Vec<_>>(),
+        [401],
+        "{calls:?}"
+    );
+
+    // (d), and the client without stored subscriptions: no call at all. Every other call above
+    // was answered by now; shutting both services down ends their work.
+    assert_eq!(subscribe_calls(&metrics, "failed").await, 0);
+    assert_eq!(subscribe_calls(&metrics, "dropped").await, 0);
+    assert_eq!(svc.shutdown().await.dropped(), 0);
+    assert_eq!(off.shutdown().await.dropped(), 0);
+    assert!(emqx.calls("/clients/off1/").is_empty());
+    assert!(emqx.calls("/clients/nosubs/").is_empty());
+    assert_eq!(emqx.calls("/subscribe/bulk").len(), 1 + 1 + 3 + 1);
+}
+
+/// `retained restore` republishes every stored retained message matching the filter (retain,
+/// stored QoS, payload base64) in batches of `--batch`, reports what EMQX refused and exits 1
+/// for it; 0 when all were published. A refused API key stops it; no secret is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_restore_republishes_in_batches() {
+    use base64::Engine;
+    let emqx = support::emqx_api::EmqxStandIn::start(API_KEY, API_SECRET).await;
+    emqx.refuse_topic("r/deny");
+    let backend = Backend::dynoxide().await;
+    let cfg = backend.config();
+    let id = |n: u64| hex_at(1_700_000_000_000_000 + n, 1);
+    let stored: [(&str, u8, &[u8]); 6] = [
+        ("r/1", 1, b"text one"),
+        ("r/2", 2, &[0xff, 0x00, 0xfe]),
+        ("r/3", 0, b"{\"json\": true}"),
+        ("r/4/deep", 1, &[0x80]),
+        ("r/deny", 1, b"refused by EMQX"),
+        ("other/x", 1, b"outside the filter"),
+    ];
+    let events: Vec<HookEvent> = stored
+        .iter()
+        .enumerate()
+        .map(|(n, (topic, qos, payload))| publish(&id(n as u64), *qos, topic, payload, true))
+        .collect();
+    write_all(&backend, &cfg, &events).await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, format!("{API_SECRET}\n")).unwrap();
+    let wrong_file = dir.path().join("wrong");
+    std::fs::write(&wrong_file, "wrong-s3cret").unwrap();
+    let endpoint = backend.endpoint();
+    let cli = |args: Vec<String>| {
+        let endpoint = endpoint.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_mqtt-dynamo"))
+                .args(&args)
+                .env("AWS_ENDPOINT_URL", endpoint)
+                .env("AWS_ACCESS_KEY_ID", "test")
+                .env("AWS_SECRET_ACCESS_KEY", "test")
+                .env("RUST_LOG", "debug")
+                .env_remove("MQTT_DYNAMO_CONFIG")
+                .output()
+                .expect("the CLI runs");
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).to_string(),
+                String::from_utf8_lossy(&out.stderr).to_string(),
+            )
+        })
+    };
+    let args = |filter: &str, secret: &std::path::Path| -> Vec<String> {
+        [
+            "retained",
+            "restore",
+            "--emqx-api",
+            &emqx.url,
+            "--filter",
+            filter,
+            "--batch",
+            "2",
+            "--api-key",
+            API_KEY,
+            "--api-secret-file",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([secret.display().to_string()])
+        .collect()
+    };
+
+    let (code, out, err) = cli(args("r/#", &secret_file)).await.unwrap();
+    assert_eq!(code, Some(1), "one message refused: {out}{err}");
+    let report: Json = serde_json::from_str(&out).expect("a JSON report");
+    assert_eq!(
+        (&report["published"], &report["refused"], &report["failed"]),
+        (&json!(4), &json!(1), &json!(0)),
+        "{report}"
+    );
+    assert_eq!(
+        report["refused_messages"],
+        json!([{"topic": "r/deny", "reason_code": 135, "message": "not_authorized"}])
+    );
+    let calls = emqx.calls("/api/v5/publish/bulk");
+    assert_eq!(
+        calls
+            .iter()
+            .map(|c| c.body.as_array().map_or(0, Vec::len))
+            .collect::<Vec<_>>(),
+        [2, 2, 1],
+        "batches of --batch 2"
+    );
+    let auth = support::emqx_api::basic(API_KEY, API_SECRET);
+    assert!(
+        calls
+            .iter()
+            .all(|c| c.authorization.as_deref() == Some(auth.as_str()))
+    );
+    let sent: Vec<&Json> = calls
+        .iter()
+        .flat_map(|c| c.body.as_array().unwrap())
+        .collect();
+    let mut topics: Vec<&str> = sent.iter().map(|m| m["topic"].as_str().unwrap()).collect();
+    topics.sort();
+    assert_eq!(topics, ["r/1", "r/2", "r/3", "r/4/deep", "r/deny"]);
+    for m in &sent {
+        let (_, qos, payload) = stored.iter().find(|(t, _, _)| *t == m["topic"]).unwrap();
+        assert_eq!(m["retain"], json!(true), "{m}");
+        assert_eq!(m["qos"], json!(qos), "{m}");
+        assert_eq!(m["payload_encoding"], "base64", "{m}");
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(m["payload"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(&decoded, payload, "{m}");
+    }
+
+    // Everything published: exit 0.
+    let (code, out, err) = cli(args("r/+", &secret_file)).await.unwrap();
+    assert_eq!(code, Some(1), "r/deny matches r/+ too: {out}{err}");
+    let (code, out, err) = cli(args("r/4/#", &secret_file)).await.unwrap();
+    assert_eq!(code, Some(0), "{out}{err}");
+    let report: Json = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (&report["published"], &report["refused"]),
+        (&json!(1), &json!(0))
+    );
+
+    // A wrong secret: refused at the first batch, the rest not sent; nothing secret printed.
+    let before = emqx.calls("/api/v5/publish/bulk").len();
+    let (code, out, err) = cli(args("r/#", &wrong_file)).await.unwrap();
+    assert_eq!(code, Some(1), "{out}{err}");
+    let report: Json = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (&report["published"], &report["failed"]),
+        (&json!(0), &json!(5))
+    );
+    assert!(
+        err.contains("refused the API key") || out.contains("refused the API key"),
+        "{out}{err}"
+    );
+    assert_eq!(emqx.calls("/api/v5/publish/bulk").len(), before + 1);
+    let wrong_auth = support::emqx_api::basic(API_KEY, "wrong-s3cret");
+    for secret in ["wrong-s3cret", API_SECRET, &auth[6..], &wrong_auth[6..]] {
+        assert!(
+            !out.contains(secret) && !err.contains(secret),
+            "{secret} printed: {out}{err}"
+        );
+    }
+}

@@ -118,6 +118,43 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     pub lookup: LookupConfig,
+    pub emqx_api: EmqxApiConfig,
+}
+
+/// `[emqx_api]`: EMQX 5's REST API, which the service calls to subscribe a connecting client to
+/// its stored subscriptions (`mqtt_sub`), as EMQX 4's `on_subscribe_lookup` did, and which
+/// `retained restore` publishes through. Unset `url`: off.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmqxApiConfig {
+    /// The dashboard listener's base URL (`http://127.0.0.1:18083`), http or https.
+    pub url: Option<String>,
+    /// An API key made in EMQX (System, API Keys); sent with the secret as HTTP basic auth.
+    pub api_key: Option<String>,
+    /// The API key's secret; never logged.
+    pub api_secret: Option<Secret>,
+    /// Time limit of one call (connecting included).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// A subscribe that fails (5xx, no answer) is retried with backoff for this long, then
+    /// given up (counted and logged).
+    #[serde(with = "humantime_serde")]
+    pub retry_for: Duration,
+    /// Calls in flight at once at most; connects beyond them wait in a bounded queue.
+    pub max_concurrent: usize,
+}
+
+impl Default for EmqxApiConfig {
+    fn default() -> Self {
+        EmqxApiConfig {
+            url: None,
+            api_key: None,
+            api_secret: None,
+            request_timeout: Duration::from_secs(5),
+            retry_for: Duration::from_secs(30),
+            max_concurrent: 8,
+        }
+    }
 }
 
 /// How a lookup finds the topics a subscription filter names.

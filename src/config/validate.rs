@@ -2,8 +2,8 @@
 //! before anything starts. The first limit broken (in the order below) is the error.
 
 use super::{
-    Config, ConfigError, FsyncPolicy, LookupConfig, MAX_BATCH_BYTES, MAX_BATCH_REQUESTS,
-    PipelineConfig, SpoolConfig, StorageConfig,
+    Config, ConfigError, EmqxApiConfig, FsyncPolicy, LookupConfig, MAX_BATCH_BYTES,
+    MAX_BATCH_REQUESTS, PipelineConfig, SpoolConfig, StorageConfig,
 };
 use crate::storage::item::MAX_ITEM_BYTES;
 
@@ -19,6 +19,7 @@ impl Config {
             .chain(spool_checks(&self.pipeline.spool))
             .chain(self.listener_and_key_checks())
             .chain(storage_checks(&self.storage))
+            .chain(emqx_api_checks(&self.emqx_api))
             .find(|(broken, _, _)| *broken);
         if let Some((_, key, reason)) = broken {
             return Err(ConfigError::Invalid {
@@ -130,6 +131,41 @@ fn pipeline_checks(p: &PipelineConfig) -> Vec<Check> {
     ]
 }
 
+/// `[emqx_api]`, when `url` is set: an http(s) URL, the key and secret, a positive timeout and
+/// at least one call in flight.
+fn emqx_api_checks(a: &EmqxApiConfig) -> [Check; 5] {
+    let on = a.url.is_some();
+    let scheme_ok = a.url.as_deref().is_none_or(|u| {
+        let u = u.to_ascii_lowercase();
+        (u.starts_with("http://") || u.starts_with("https://"))
+            && u.parse::<hyper::Uri>()
+                .is_ok_and(|uri| uri.host().is_some())
+    });
+    [
+        (
+            !scheme_ok,
+            "emqx_api.url",
+            "must be an http:// or https:// URL with a host (EMQX's dashboard listener, e.g. http://127.0.0.1:18083)",
+        ),
+        (
+            on && a.api_key.as_deref().is_none_or(str::is_empty),
+            "emqx_api.api_key",
+            "must be set when emqx_api.url is (an EMQX API key, sent as HTTP basic auth)",
+        ),
+        (
+            on && a.api_secret.as_ref().is_none_or(|s| s.expose().is_empty()),
+            "emqx_api.api_secret",
+            "must be set when emqx_api.url is (the API key's secret; or api_secret_file)",
+        ),
+        (
+            on && a.request_timeout.is_zero(),
+            "emqx_api.request_timeout",
+            "must be positive",
+        ),
+        at_least_one("emqx_api.max_concurrent", a.max_concurrent),
+    ]
+}
+
 /// A count that must not be zero.
 fn at_least_one(key: &'static str, v: usize) -> Check {
     (v == 0, key, "must be at least 1")
@@ -199,6 +235,26 @@ mod tests {
         assert_eq!(
             key_of("[http]\ntls_key = \"k.pem\"\n"),
             Some("http.tls_cert")
+        );
+        // [emqx_api]: off without url; with it, the key and the secret are required.
+        assert_eq!(key_of("[emqx_api]\napi_key = \"k\"\n"), None);
+        assert_eq!(
+            key_of("[emqx_api]\nurl = \"http://127.0.0.1:18083\"\n"),
+            Some("emqx_api.api_key")
+        );
+        assert_eq!(
+            key_of("[emqx_api]\nurl = \"http://127.0.0.1:18083\"\napi_key = \"k\"\n"),
+            Some("emqx_api.api_secret")
+        );
+        assert_eq!(
+            key_of("[emqx_api]\nurl = \"ftp://x\"\napi_key = \"k\"\napi_secret = \"s\"\n"),
+            Some("emqx_api.url")
+        );
+        assert_eq!(
+            key_of(
+                "[emqx_api]\nurl = \"https://emqx:18083\"\napi_key = \"k\"\napi_secret = \"s\"\n"
+            ),
+            None
         );
         // Both broken: the pipeline's limit comes before the listener's.
         assert_eq!(

@@ -68,6 +68,18 @@ pub struct PipelineHandle {
     concurrency: Arc<Concurrency>,
     /// Who submits through this handle: the `adapter` label of refusals.
     origin: crate::telemetry::stats::Origin,
+    /// Told of every `client.connected` this handle accepts (subscribe on connect).
+    connect_observer: Option<Arc<dyn ConnectObserver>>,
+}
+
+/// Told of every accepted `client.connected` event (see
+/// [`PipelineHandle::with_connect_observer`]), after ingest accepted it.
+///
+/// Called on the submitting thread, often a hook call's: it must return at once (queue the
+/// work, never wait for it), and it runs once per accepted event (a submission refused for a
+/// full queue and accepted on a later try is reported once, at that try).
+pub trait ConnectObserver: Send + Sync + std::fmt::Debug {
+    fn connected(&self, clientid: &str);
 }
 
 /// The configured limits, for the capacity gauges.
@@ -88,14 +100,38 @@ impl PipelineHandle {
         }
     }
 
+    /// This handle, telling `observer` of each `client.connected` it accepts.
+    pub fn with_connect_observer(&self, observer: Arc<dyn ConnectObserver>) -> PipelineHandle {
+        PipelineHandle {
+            connect_observer: Some(observer),
+            ..self.clone()
+        }
+    }
+
     /// Accepts an event's writes, or writes from no hook, as `admit` says (see [`Admit`]); the
-    /// receipt says when the submission is durable (at once without the spool).
+    /// receipt says when the submission is durable (at once without the spool). An accepted
+    /// `client.connected` is reported to the connect observer, if any.
     pub fn submit<'a>(
         &self,
         what: impl Into<Submission<'a>>,
         admit: Admit,
     ) -> Result<Receipt, SubmitError> {
-        self.ingest.submit(self.origin, what, admit)
+        let what = what.into();
+        let event: Option<&'a crate::event::HookEvent> = match &what {
+            Submission::Event(event) => Some(*event),
+            Submission::Ops(_) => None,
+        };
+        let connected = match (&self.connect_observer, event) {
+            (Some(observer), Some(crate::event::HookEvent::ClientConnected { client, .. })) => {
+                Some((observer, client.clientid.as_str()))
+            }
+            _ => None,
+        };
+        let receipt = self.ingest.submit(self.origin, what, admit)?;
+        if let Some((observer, clientid)) = connected {
+            observer.connected(clientid);
+        }
+        Ok(receipt)
     }
 
     /// Counts `n` refusals made before ingest saw the events (a request an adapter could not read
@@ -428,6 +464,7 @@ impl Pipeline {
             reader: self.reader.clone(),
             concurrency: Arc::clone(&self.concurrency),
             origin: crate::telemetry::stats::Origin::Api,
+            connect_observer: None,
         }
     }
 

@@ -12,6 +12,7 @@
 
 use metrics::Unit;
 
+use crate::emqx_api::{Call, CallOutcome};
 use crate::event::HookPoint;
 use crate::lookup::LookupKind;
 use crate::storage::dynamo::{THROTTLE_CODES, THROTTLING_REASONS};
@@ -61,6 +62,8 @@ pub const LOOKUPS_TOTAL: &str = "mqtt_dynamo_lookups_total";
 pub const LOOKUP_DURATION_SECONDS: &str = "mqtt_dynamo_lookup_duration_seconds";
 pub const LOOKUP_INDEX_TOPICS: &str = "mqtt_dynamo_lookup_index_topics";
 pub const LOOKUP_PENDING_OPS: &str = "mqtt_dynamo_lookup_pending_ops";
+// EMQX's REST API (subscribe on connect, retained restore).
+pub const EMQX_API_CALLS_TOTAL: &str = "mqtt_dynamo_emqx_api_calls_total";
 // The spool.
 pub const SPOOL_RECORDS_TOTAL: &str = "mqtt_dynamo_spool_records_total";
 pub const SPOOL_BYTES: &str = "mqtt_dynamo_spool_bytes";
@@ -174,6 +177,13 @@ fn operations() -> Vec<&'static str> {
 
 fn lookup_kinds() -> Vec<&'static str> {
     LookupKind::ALL.iter().map(|k| k.as_str()).collect()
+}
+
+fn emqx_api_calls() -> Vec<Vec<&'static str>> {
+    vec![
+        Call::ALL.iter().map(|c| c.as_str()).collect(),
+        CallOutcome::ALL.iter().map(|o| o.as_str()).collect(),
+    ]
 }
 
 /// The adapters that answer hook calls from the broker.
@@ -518,6 +528,12 @@ pub static CATALOGUE: &[Metric] = &[
         &[],
         unlabelled,
         Start::Zero,
+    ),
+    counter(
+        EMQX_API_CALLS_TOTAL,
+        "Calls to EMQX's REST API by call and outcome: ok, client_gone (404: disconnected first), refused (401/403: the API key), failed (given up after retry_for, or not retryable), dropped (the subscribe-on-connect queue was full).",
+        &["call", "outcome"],
+        emqx_api_calls,
     ),
     gauge(
         HOT_KEYS,

@@ -454,19 +454,34 @@ impl Stats {
     }
 }
 
-/// Lets a log line through at most once per second per call site, reporting how many were held
-/// back, so an outage or an overload does not flood the log.
-#[derive(Debug, Default)]
+/// Lets a log line through at most once per second (or per [`LogGate::every`]) per call site,
+/// reporting how many were held back, so an outage or an overload does not flood the log.
+#[derive(Debug)]
 pub struct LogGate {
     last: Mutex<Option<Instant>>,
     held: AtomicU64,
+    /// At most one line per this long.
+    every: Duration,
+}
+
+impl Default for LogGate {
+    fn default() -> Self {
+        LogGate::new()
+    }
 }
 
 impl LogGate {
+    /// One line a second.
     pub const fn new() -> Self {
+        LogGate::every(Duration::from_secs(1))
+    }
+
+    /// One line per `every`.
+    pub const fn every(every: Duration) -> Self {
         LogGate {
             last: Mutex::new(None),
             held: AtomicU64::new(0),
+            every,
         }
     }
 
@@ -475,7 +490,7 @@ impl LogGate {
         let Ok(mut last) = self.last.lock() else {
             return None;
         };
-        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+        if last.is_none_or(|t| t.elapsed() >= self.every) {
             *last = Some(Instant::now());
             Some(self.held.swap(0, Relaxed))
         } else {

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod emqx_api;
 pub mod faults;
 
 use std::time::Duration;

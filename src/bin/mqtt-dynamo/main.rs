@@ -1,10 +1,12 @@
 //! The `mqtt-dynamo` command: parses the command line, loads the configuration, sets up logging
 //! and dispatches to one file per command: [`serve`], [`tables`], [`lookup`], [`subs`],
-//! [`config`] (`config import`, `check`, `default`), [`health`].
+//! [`retained`] (`retained restore`), [`config`] (`config import`, `check`, `default`),
+//! [`health`].
 
 mod config;
 mod health;
 mod lookup;
+mod retained;
 mod serve;
 mod subs;
 mod tables;
@@ -20,6 +22,7 @@ use mqtt_dynamo::config::Config;
 
 use config::ConfigCommand;
 use lookup::LookupCommand;
+use retained::RetainedCommand;
 use subs::SubsCommand;
 use tables::TablesCommand;
 
@@ -74,6 +77,11 @@ enum Command {
     Subs {
         #[command(subcommand)]
         command: SubsCommand,
+    },
+    /// Stored retained messages (`mqtt_retain`) and EMQX 5's retainer.
+    Retained {
+        #[command(subcommand)]
+        command: RetainedCommand,
     },
 }
 
@@ -137,6 +145,7 @@ fn main() -> ExitCode {
                     Command::Config { .. } | Command::Health { .. } => Ok(()),
                     Command::Lookup { command } => lookup::lookup_command(cfg, command).await,
                     Command::Subs { command } => subs::subs_command(cfg, command).await,
+                    Command::Retained { command } => retained::retained_command(cfg, command).await,
                 }
             })
         });
