@@ -201,6 +201,8 @@ POLICY_OF_FUNCTION = {
     ("src/storage/tables.rs", "describe_ttl"): "tables-admin",  # tables describe
     ("src/storage/tables.rs", "check_exist"): "serve",          # serve's start and /readyz
     ("src/bin/mqtt-dynamo/subs.rs", "subs_command"): "subs-cli",  # subs add / rm
+    # retained restore reads mqtt_retain as the lookups do: the service's policy covers it.
+    ("src/bin/mqtt-dynamo/retained.rs", "read_retained"): "serve",
 }
 POLICY_FILES = {
     "serve": "iam-policy.json",
