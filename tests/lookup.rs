@@ -686,7 +686,7 @@ const API_SECRET: &str = "the-api-s3cret";
 /// the handle).
 fn with_emqx_api(url: &str) -> Config {
     mqtt_dynamo::test_util::service::parse(&format!(
-        "[exhook]\nenabled = false\n[emqx_api]\nurl = \"{url}\"\napi_key = \"{API_KEY}\"\n\
+        "[emqx_api]\nurl = \"{url}\"\napi_key = \"{API_KEY}\"\n\
          api_secret = \"{API_SECRET}\"\nretry_for = \"20s\"\n"
     ))
 }
@@ -812,6 +812,37 @@ async fn subscribe_on_connect_through_emqx_api() {
     );
     assert_eq!(call.status, 200);
 
+    // The same over ExHook v3, as EMQX calls it: one call with both topics.
+    store_subs(&client, &cfg, "ex1", &[("e/1", 0), ("e/2", 2)]).await;
+    emqx.connect("ex1");
+    {
+        use mqtt_dynamo::broker::exhook::v3;
+        let exhook = service::addr(svc.addrs().exhook);
+        let channel = tonic::transport::Channel::from_shared(format!("http://{exhook}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        v3::hook_provider_client::HookProviderClient::new(channel)
+            .on_client_connected(v3::ClientConnectedRequest {
+                clientinfo: Some(v3::ClientInfo {
+                    node: "emqx@n1".into(),
+                    clientid: "ex1".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    wait_subscribe_calls(&metrics, "ok", 2).await;
+    let calls = emqx.calls(&bulk_path("ex1"));
+    assert_eq!(calls.len(), 1, "exactly one call: {calls:?}");
+    assert_eq!(
+        calls[0].body,
+        json!([{"topic": "e/1", "qos": 0}, {"topic": "e/2", "qos": 2}])
+    );
+
     // A client with nothing stored: no call (checked at the end).
     svc.handle()
         .accept_now(&events::connect("nosubs", "emqx@n1", 2))
@@ -838,7 +869,7 @@ async fn subscribe_on_connect_through_emqx_api() {
     svc.handle()
         .accept_now(&events::connect("flaky1", "emqx@n1", 4))
         .unwrap();
-    wait_subscribe_calls(&metrics, "ok", 2).await;
+    wait_subscribe_calls(&metrics, "ok", 3).await;
     let calls = emqx.calls(&bulk_path("flaky1"));
     assert_eq!(
         calls.iter().map(|c| c.status).collect::<Vec<_>>(),
@@ -874,7 +905,11 @@ async fn subscribe_on_connect_through_emqx_api() {
     assert_eq!(off.shutdown().await.dropped(), 0);
     assert!(emqx.calls("/clients/off1/").is_empty());
     assert!(emqx.calls("/clients/nosubs/").is_empty());
-    assert_eq!(emqx.calls("/subscribe/bulk").len(), 1 + 1 + 3 + 1);
+    assert_eq!(
+        emqx.calls("/subscribe/bulk").len(),
+        1 + 1 + 1 + 3 + 1,
+        "HTTP, ExHook, 404, 500 500 200, 401"
+    );
 }
 
 /// `retained restore` republishes every stored retained message matching the filter (retain,
