@@ -224,3 +224,58 @@ async fn message_expiry_becomes_expires_at_and_lookups_skip_what_expired() {
     let stats = svc.shutdown().await;
     assert_eq!(stats.rejected_invalid, 2, "the two bad properties: {stats}");
 }
+
+/// `tables create` enables TTL on `[storage] ttl_attribute` for the two message tables (once:
+/// again is a no-op) and `tables describe` shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_create_enables_ttl_and_describe_shows_it() {
+    let backend = mqtt_dynamo::test_util::Backend::dynoxide().await;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("c.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[dynamodb]\nendpoint_url = \"{}\"\naccess_key_id = \"t\"\nsecret_access_key = \"t\"\n\
+             [storage]\nttl_attribute = \"ttl\"\n",
+            backend.endpoint()
+        ),
+    )
+    .unwrap();
+    let run = |args: &'static [&'static str]| {
+        let conf = conf.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_mqtt-dynamo"))
+                .args(["--config", conf.to_str().unwrap()])
+                .args(args)
+                .env_remove("AWS_ENDPOINT_URL")
+                .env_remove("AWS_ENDPOINT_URL_DYNAMODB")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8(out.stdout).unwrap()
+        })
+    };
+    let created = run(&["tables", "create"]).await.unwrap();
+    assert!(
+        created.contains("ttl     mqtt_msg: enabled on ttl\n"),
+        "{created}"
+    );
+    assert!(
+        created.contains("ttl     mqtt_retain: enabled on ttl\n"),
+        "{created}"
+    );
+    let again = run(&["tables", "create"]).await.unwrap();
+    assert!(
+        again.contains("ttl     mqtt_msg: already enabled on ttl\n"),
+        "{again}"
+    );
+    let described = run(&["tables", "describe"]).await.unwrap();
+    assert!(
+        described.contains("mqtt_msg: TTL ENABLED on ttl\n"),
+        "{described}"
+    );
+    assert!(
+        described.contains("mqtt_retain: TTL ENABLED on ttl\n"),
+        "{described}"
+    );
+}
