@@ -150,6 +150,12 @@ impl Service {
         &self.addrs
     }
 
+    /// Reloads the TLS listeners' certificates, keys and client CAs (the `serve` command calls
+    /// it on SIGHUP).
+    pub fn tls_reload(&self) -> crate::broker::TlsReload {
+        self.listeners.tls_reload()
+    }
+
     /// A handle on the running pipeline (submit, stats, lookups).
     pub fn handle(&self) -> PipelineHandle {
         self.pipeline.handle()
