@@ -62,6 +62,8 @@ pub enum TlsError {
         #[source]
         source: rustls::server::VerifierBuilderError,
     },
+    #[error("the ring provider refused rustls' default protocol versions: {0}")]
+    Provider(#[source] rustls::Error),
     #[error("the key in {key} does not go with the certificate in {cert}: {source}")]
     Pair {
         cert: String,
@@ -161,11 +163,7 @@ pub fn server_config(files: &TlsFiles, alpn: &[&[u8]]) -> Result<ServerConfig, T
         })?;
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .map_err(|source| TlsError::Pair {
-            cert: files.cert.display().to_string(),
-            key: files.key.display().to_string(),
-            source,
-        })?;
+        .map_err(TlsError::Provider)?;
     let builder = match &files.client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
