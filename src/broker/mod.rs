@@ -4,7 +4,8 @@
 //! Both translate what the broker sends into [`HookEvent`](crate::event::HookEvent)s and hand
 //! them to the pipeline through an [`Admission`], which applies the configured policy when the
 //! queue is full. Neither ever waits on DynamoDB: a call returns as soon as its events are
-//! queued.
+//! queued. TLS may be mutual (`tls_client_ca`) and reloads without dropping connections
+//! ([`TlsReload`], SIGHUP, and a poll of the files every [`TLS_POLL_PERIOD`]).
 
 mod admission;
 pub mod exhook;
