@@ -23,7 +23,7 @@
 //!   http.rs             the HTTP ingest: routes, token, body limit, shared answers
 //!   rule_rows.rs        EMQX 5 rule-engine rows -> events
 //!   webhooks.rs         EMQX 4 web hooks -> events
-//!   tls.rs              rustls for both listeners
+//!   tls.rs              rustls for both listeners: mutual TLS, reloads (SIGHUP, file poll)
 //! rules/              what to store for an event
 //!   mod.rs              actions bound to hook points and topic filters; rule sets
 //!   plan.rs             planning one event into writes (with the size and key checks)

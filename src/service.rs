@@ -194,6 +194,12 @@ impl Service {
         &self.addrs
     }
 
+    /// Reloads the TLS listeners' certificates, keys and client CAs (the `serve` command calls
+    /// it on SIGHUP).
+    pub fn tls_reload(&self) -> crate::broker::TlsReload {
+        self.listeners.tls_reload()
+    }
+
     /// A handle on the running pipeline (submit, stats, lookups); with `[emqx_api]`, a
     /// `client.connected` it accepts subscribes the client as one from a listener does.
     pub fn handle(&self) -> PipelineHandle {

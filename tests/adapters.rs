@@ -678,6 +678,542 @@ async fn tls_on_both_listeners() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Throwaway PKI for the mutual-TLS and reload tests: CAs, and the certificates they issue.
+mod pki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair,
+    };
+
+    /// A certificate authority.
+    pub struct Ca {
+        issuer: CertifiedIssuer<'static, KeyPair>,
+    }
+
+    /// A certificate chain (the leaf alone) and its key, in PEM, and the leaf in DER.
+    pub struct Leaf {
+        pub cert: String,
+        pub key: String,
+        pub der: Vec<u8>,
+    }
+
+    impl Ca {
+        pub fn new(name: &str) -> Ca {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            let issuer =
+                CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+            Ca { issuer }
+        }
+
+        pub fn pem(&self) -> String {
+            self.issuer.pem()
+        }
+
+        fn issue(&self, purpose: ExtendedKeyUsagePurpose) -> Leaf {
+            let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+            params.extended_key_usages = vec![purpose];
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &self.issuer).unwrap();
+            Leaf {
+                cert: cert.pem(),
+                key: key.serialize_pem(),
+                der: cert.der().to_vec(),
+            }
+        }
+
+        /// A server certificate for `localhost`.
+        pub fn server(&self) -> Leaf {
+            self.issue(ExtendedKeyUsagePurpose::ServerAuth)
+        }
+
+        /// A client certificate.
+        pub fn client(&self) -> Leaf {
+            self.issue(ExtendedKeyUsagePurpose::ClientAuth)
+        }
+    }
+}
+
+/// A TLS connection to `addr` (as `localhost`) trusting only `server_ca`, presenting `client` if
+/// given, offering `alpn`; also the leaf certificate the server presented.
+async fn tls_connect(
+    addr: std::net::SocketAddr,
+    server_ca: &str,
+    client: Option<&pki::Leaf>,
+    alpn: &[u8],
+) -> std::io::Result<(
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    Vec<u8>,
+)> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(server_ca.as_bytes()).unwrap())
+        .unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match client {
+        Some(leaf) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(leaf.cert.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await?;
+    let presented = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .unwrap_or_default();
+    Ok((tls, presented))
+}
+
+/// An HTTP/1.1 connection over TLS to the HTTP ingest, kept open for several requests.
+struct HttpsConnection {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl HttpsConnection {
+    async fn open(
+        addr: std::net::SocketAddr,
+        server_ca: &str,
+        client: Option<&pki::Leaf>,
+    ) -> Result<HttpsConnection, String> {
+        let (tls, _) = tls_connect(addr, server_ca, client, b"http/1.1")
+            .await
+            .map_err(|e| e.to_string())?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        Ok(HttpsConnection { sender })
+    }
+
+    /// Posts a `client.connected` rule row for `clientid`: the status and the JSON answer.
+    async fn connected(&mut self, clientid: &str) -> Result<(u16, Value), String> {
+        let row = json!({"event": "client.connected", "node": "n", "clientid": clientid});
+        let req = hyper::Request::post("/v1/events/emqx-rule")
+            .header("host", "localhost")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(row.to_string())))
+            .unwrap();
+        self.sender.ready().await.map_err(|e| e.to_string())?;
+        let resp = self
+            .sender
+            .send_request(req)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
+    }
+}
+
+/// Posts one `client.connected` row over a new HTTPS connection.
+async fn https_connected(
+    addr: std::net::SocketAddr,
+    server_ca: &str,
+    client: Option<&pki::Leaf>,
+    clientid: &str,
+) -> Result<(u16, Value), String> {
+    let mut conn = HttpsConnection::open(addr, server_ca, client).await?;
+    conn.connected(clientid).await
+}
+
+/// A tonic channel to the ExHook server trusting only `server_ca`, presenting `client`.
+async fn exhook_channel(
+    addr: std::net::SocketAddr,
+    server_ca: &str,
+    client: Option<&pki::Leaf>,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(server_ca))
+        .domain_name("localhost");
+    if let Some(leaf) = client {
+        tls = tls.identity(Identity::from_pem(&leaf.cert, &leaf.key));
+    }
+    Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)?
+        .connect()
+        .await
+}
+
+/// `client.connected` for `clientid` over `channel` (ExHook v3).
+async fn exhook_connected(
+    channel: tonic::transport::Channel,
+    clientid: &str,
+) -> Result<(), tonic::Status> {
+    use mqtt_dynamo::broker::exhook::v3;
+    let req = v3::ClientConnectedRequest {
+        clientinfo: Some(v3::ClientInfo {
+            node: "n".into(),
+            clientid: clientid.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    v3::hook_provider_client::HookProviderClient::new(channel)
+        .on_client_connected(req)
+        .await
+        .map(|_| ())
+}
+
+/// A client `client.connected` over a new ExHook channel: `Err` if the connection or the call
+/// is refused.
+async fn exhook_call(
+    addr: std::net::SocketAddr,
+    server_ca: &str,
+    client: Option<&pki::Leaf>,
+    clientid: &str,
+) -> Result<(), String> {
+    let channel = exhook_channel(addr, server_ca, client)
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    exhook_connected(channel, clientid)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// A directory of its own for a test's certificate files.
+fn cert_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mqtt-dynamo-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Writes `leaf` to the files `cfg`'s listeners use (through a rename each, so a poll never
+/// reads half a file).
+fn install(leaf: &pki::Leaf, cert: &std::path::Path, key: &std::path::Path) {
+    for (path, text) in [(cert, &leaf.cert), (key, &leaf.key)] {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+}
+
+/// With `tls_client_ca` on both listeners, a client certificate from that CA is accepted and
+/// its hook call or request is stored; no certificate, or one from another CA, is refused at
+/// the handshake (nothing is stored for those).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_accepts_only_clients_of_the_configured_ca() {
+    let dir = cert_dir("mtls");
+    let (server_ca, client_ca, other_ca) = (
+        pki::Ca::new("server CA"),
+        pki::Ca::new("client CA"),
+        pki::Ca::new("other CA"),
+    );
+    let (cert, key, ca) = (
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+        dir.join("ca.pem"),
+    );
+    install(&server_ca.server(), &cert, &key);
+    std::fs::write(&ca, client_ca.pem()).unwrap();
+    let (backend, cfg, pipeline, listeners) = start(|cfg| {
+        for (c, k, a) in [
+            (
+                &mut cfg.exhook.tls_cert,
+                &mut cfg.exhook.tls_key,
+                &mut cfg.exhook.tls_client_ca,
+            ),
+            (
+                &mut cfg.http.tls_cert,
+                &mut cfg.http.tls_key,
+                &mut cfg.http.tls_client_ca,
+            ),
+        ] {
+            (*c, *k, *a) = (Some(cert.clone()), Some(key.clone()), Some(ca.clone()));
+        }
+    })
+    .await;
+    let (grpc, http) = (listeners.exhook_addr.unwrap(), listeners.http_addr.unwrap());
+    let (ours, theirs) = (client_ca.client(), other_ca.client());
+    let roots = server_ca.pem();
+
+    exhook_call(grpc, &roots, Some(&ours), "mtls-grpc")
+        .await
+        .expect("a client of the configured CA is served");
+    assert_eq!(
+        https_connected(http, &roots, Some(&ours), "mtls-http").await,
+        Ok((200, json!({"accepted": 1})))
+    );
+    for (client, id) in [(None, "no-cert"), (Some(&theirs), "other-ca")] {
+        let refused = exhook_call(grpc, &roots, client, &format!("{id}-grpc")).await;
+        assert!(refused.is_err(), "ExHook, {id}: {refused:?}");
+        let refused = https_connected(http, &roots, client, &format!("{id}-http")).await;
+        assert!(refused.is_err(), "HTTP, {id}: {refused:?}");
+    }
+
+    listeners.stop().await;
+    pipeline.shutdown().await;
+    let got = scan_all(&backend.prepare(&cfg).await.0, &cfg).await;
+    let clients: BTreeSet<&str> = got
+        .keys()
+        .filter(|k| k.table == Table::Client)
+        .map(|k| k.hash.as_str())
+        .collect();
+    assert_eq!(clients, BTreeSet::from(["mtls-grpc", "mtls-http"]));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A `tls_client_ca` file without a certificate in it stops the start, naming the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_ca_file_without_certificates_is_a_start_error() {
+    let dir = cert_dir("mtls-empty-ca");
+    let (cert, key, ca) = (
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+        dir.join("ca.pem"),
+    );
+    install(&pki::Ca::new("server CA").server(), &cert, &key);
+    std::fs::write(&ca, "no certificate here\n").unwrap();
+    let mut cfg = service::parse("[exhook]\nenabled = false\n");
+    cfg.http.tls_cert = Some(cert);
+    cfg.http.tls_key = Some(key);
+    cfg.http.tls_client_ca = Some(ca.clone());
+    let err = match mqtt_dynamo::service::start(&service::ephemeral(cfg)).await {
+        Ok(_) => panic!("the service started with an empty client CA file"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains(&ca.display().to_string()) && err.contains("no usable PEM certificate"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `mqtt_dynamo_tls_reloads_total` by (listener, outcome), scraped.
+async fn tls_reloads(metrics: &str) -> BTreeMap<(String, String), f64> {
+    let (_, text) = tokio::task::spawn_blocking({
+        let addr = metrics.to_string();
+        move || support::http_get(&addr, "/metrics")
+    })
+    .await
+    .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("mqtt_dynamo_tls_reloads_total{"))
+        .filter_map(|l| {
+            let (labels, value) = l.rsplit_once(' ')?;
+            let label = |name: &str| {
+                labels
+                    .split(&format!("{name}=\""))
+                    .nth(1)
+                    .and_then(|r| r.split('"').next())
+                    .map(str::to_string)
+            };
+            Some(((label("listener")?, label("outcome")?), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Reloads on both listeners (mutual TLS on): after new files and a reload (SIGHUP's call), a
+/// new connection gets the new server certificate while connections opened before keep working;
+/// a reload of a garbage key fails, is counted, and the listener goes on with the certificate it
+/// had; and a changed file is picked up by the listener's own poll, with no call at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_reloads_reach_new_connections_and_spare_open_ones() {
+    let dir = cert_dir("tls-reload");
+    let (ca1, ca2, ca3, client_ca) = (
+        pki::Ca::new("server CA 1"),
+        pki::Ca::new("server CA 2"),
+        pki::Ca::new("server CA 3"),
+        pki::Ca::new("client CA"),
+    );
+    let (cert, key, ca) = (
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+        dir.join("ca.pem"),
+    );
+    install(&ca1.server(), &cert, &key);
+    std::fs::write(&ca, client_ca.pem()).unwrap();
+    let mut cfg = service::parse("");
+    for (c, k, a) in [
+        (
+            &mut cfg.exhook.tls_cert,
+            &mut cfg.exhook.tls_key,
+            &mut cfg.exhook.tls_client_ca,
+        ),
+        (
+            &mut cfg.http.tls_cert,
+            &mut cfg.http.tls_key,
+            &mut cfg.http.tls_client_ca,
+        ),
+    ] {
+        (*c, *k, *a) = (Some(cert.clone()), Some(key.clone()), Some(ca.clone()));
+    }
+    let serve = service::start(&cfg).await;
+    let (grpc, http) = (serve.addrs().exhook.unwrap(), serve.addrs().http.unwrap());
+    let metrics = addr(serve.addrs().metrics);
+    let reload = serve.tls_reload();
+    let me = client_ca.client();
+    let counts = |listener| reload.counts(listener).expect("the listener uses TLS");
+
+    // Connections opened before any reload, trusting only the first server CA.
+    let old_channel = exhook_channel(grpc, &ca1.pem(), Some(&me)).await.unwrap();
+    exhook_connected(old_channel.clone(), "before-grpc")
+        .await
+        .unwrap();
+    let mut old_https = HttpsConnection::open(http, &ca1.pem(), Some(&me))
+        .await
+        .unwrap();
+    assert_eq!(
+        old_https.connected("before-http").await,
+        Ok((200, json!({"accepted": 1})))
+    );
+
+    // New files, then the reload SIGHUP calls.
+    let second = ca2.server();
+    install(&second, &cert, &key);
+    let before = (counts("exhook"), counts("http"));
+    let outcomes = tokio::task::spawn_blocking({
+        let reload = reload.clone();
+        move || reload.reload()
+    })
+    .await
+    .unwrap();
+    assert_eq!(outcomes.len(), 2);
+    for (listener, outcome) in &outcomes {
+        assert!(outcome.is_ok(), "{listener}: {outcome:?}");
+    }
+    assert!(counts("exhook").reloaded > before.0.reloaded);
+    assert!(counts("http").reloaded > before.1.reloaded);
+    for addr in [grpc, http] {
+        let (_, presented) = tls_connect(addr, &ca2.pem(), Some(&me), b"h2")
+            .await
+            .unwrap();
+        assert_eq!(presented, second.der, "{addr}: the new certificate");
+        assert!(
+            tls_connect(addr, &ca1.pem(), Some(&me), b"h2")
+                .await
+                .is_err(),
+            "{addr}: the old certificate is gone for new connections"
+        );
+    }
+    exhook_call(grpc, &ca2.pem(), Some(&me), "after-grpc")
+        .await
+        .unwrap();
+    assert_eq!(
+        https_connected(http, &ca2.pem(), Some(&me), "after-http").await,
+        Ok((200, json!({"accepted": 1})))
+    );
+    // The connections opened before still work (the channel trusts only the first CA, so it
+    // could not have reconnected).
+    exhook_connected(old_channel.clone(), "still-grpc")
+        .await
+        .unwrap();
+    assert_eq!(
+        old_https.connected("still-http").await,
+        Ok((200, json!({"accepted": 1})))
+    );
+
+    // A garbage key: the reload fails, naming the file, and is counted; the listeners go on
+    // with the certificate they had.
+    std::fs::write(
+        &key,
+        "-----BEGIN PRIVATE KEY-----\ngarbage\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let before = (counts("exhook"), counts("http"));
+    let outcomes = tokio::task::spawn_blocking({
+        let reload = reload.clone();
+        move || reload.reload()
+    })
+    .await
+    .unwrap();
+    for (listener, outcome) in &outcomes {
+        let err = outcome
+            .as_ref()
+            .expect_err("a garbage key does not load")
+            .to_string();
+        assert!(
+            err.contains(&key.display().to_string()),
+            "{listener}: {err}"
+        );
+    }
+    assert!(counts("exhook").failed > before.0.failed);
+    assert!(counts("http").failed > before.1.failed);
+    let scraped = tls_reloads(&metrics).await;
+    for listener in ["exhook", "http"] {
+        let failed = scraped.get(&(listener.to_string(), "failed".to_string()));
+        assert!(failed.is_some_and(|n| *n >= 1.0), "{listener}: {scraped:?}");
+    }
+    for addr in [grpc, http] {
+        let (_, presented) = tls_connect(addr, &ca2.pem(), Some(&me), b"h2")
+            .await
+            .unwrap();
+        assert_eq!(
+            presented, second.der,
+            "{addr}: still the certificate before the failure"
+        );
+    }
+    exhook_call(grpc, &ca2.pem(), Some(&me), "failed-grpc")
+        .await
+        .unwrap();
+    assert_eq!(
+        https_connected(http, &ca2.pem(), Some(&me), "failed-http").await,
+        Ok((200, json!({"accepted": 1})))
+    );
+
+    // Changed files and no call: the listeners' poll reloads within a period or two.
+    let third = ca3.server();
+    let before = (counts("exhook"), counts("http"));
+    install(&third, &cert, &key);
+    let deadline = Instant::now() + mqtt_dynamo::broker::TLS_POLL_PERIOD * 4;
+    while counts("exhook").reloaded == before.0.reloaded
+        || counts("http").reloaded == before.1.reloaded
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no reload after the files changed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for addr in [grpc, http] {
+        let (_, presented) = tls_connect(addr, &ca3.pem(), Some(&me), b"h2")
+            .await
+            .unwrap();
+        assert_eq!(
+            presented, third.der,
+            "{addr}: the certificate of the changed files"
+        );
+    }
+    exhook_connected(old_channel, "last-grpc").await.unwrap();
+    assert_eq!(
+        old_https.connected("last-http").await,
+        Ok((200, json!({"accepted": 1})))
+    );
+
+    let stats = serve.shutdown().await;
+    assert_eq!(stats.dropped(), 0, "{stats}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// With `when_full = "drop"` and DynamoDB unreachable, the HTTP ingest answers 503 with how many
 /// rows it accepted once the queues are full, and every drop is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

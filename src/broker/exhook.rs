@@ -391,19 +391,20 @@ macro_rules! hook_provider {
 hook_provider!(v2);
 hook_provider!(v3);
 
-/// Serves both protocol versions on `listener` until `shutdown` resolves.
-pub async fn serve(
+/// How long a client has to finish its TLS handshake before its connection is dropped.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves both protocol versions on `listener` until `shutdown` resolves. With `tls`, every
+/// connection is accepted through [`tls_incoming`], whose handshakes take the reloader's config
+/// current at the time (so a reload reaches new connections, not established ones).
+pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     service: ExhookService,
     max_message_bytes: usize,
-    tls: Option<tonic::transport::ServerTlsConfig>,
+    tls: Option<std::sync::Arc<super::tls::TlsReloader>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls)?;
-    }
-    builder
+    let router = tonic::transport::Server::builder()
         .add_service(
             v2::hook_provider_server::HookProviderServer::new(service.clone())
                 .max_decoding_message_size(max_message_bytes),
@@ -411,14 +412,80 @@ pub async fn serve(
         .add_service(
             v3::hook_provider_server::HookProviderServer::new(service)
                 .max_decoding_message_size(max_message_bytes),
-        )
+        );
+    match tls {
+        // tonic drops the incoming stream as soon as shutdown begins, which ends the accept loop
+        // and closes the listening socket; connections in progress are drained as without TLS.
+        Some(reloader) => {
+            router
+                .serve_with_incoming_shutdown(tls_incoming(listener, reloader), shutdown)
+                .await
+        }
         // TCP_NODELAY: unary calls are small writes; without it Nagle and delayed ACKs add
         // ~40 ms to every call (EMQX sets nodelay on its side too).
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await
+        None => {
+            router
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    shutdown,
+                )
+                .await
+        }
+    }
+}
+
+type TlsConnection = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+/// The TLS connections of `listener`, for tonic: a task accepts TCP connections (with
+/// TCP_NODELAY), runs each handshake in a task of its own (a slow client holds up no other,
+/// and gives up after [`TLS_HANDSHAKE_TIMEOUT`]) with the config `reloader` holds at that
+/// moment, and hands completed connections over a channel. A refused handshake (no client
+/// certificate, one from another CA) is logged at debug and dropped.
+///
+/// The accept task owns the listener and the handshakes in progress; it ends, closing the
+/// socket and aborting those handshakes, when tonic drops the stream (at shutdown).
+fn tls_incoming(
+    listener: tokio::net::TcpListener,
+    reloader: std::sync::Arc<super::tls::TlsReloader>,
+) -> impl tokio_stream::Stream<Item = Result<TlsConnection, std::convert::Infallible>> {
+    use tokio_stream::StreamExt;
+    // Small: a handshaken connection waits here only until tonic's accept loop takes it.
+    let (tx, rx) = tokio::sync::mpsc::channel::<TlsConnection>(16);
+    tokio::spawn(async move {
+        let mut handshakes = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = tx.closed() => break,
+                Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
+                accepted = listener.accept() => {
+                    let (tcp, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            // Per-connection errors (ECONNABORTED, EMFILE): back off briefly.
+                            tracing::warn!(error = %e, "ExHook accept failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = tcp.set_nodelay(true);
+                    let acceptor = tokio_rustls::TlsAcceptor::from(reloader.current());
+                    let tx = tx.clone();
+                    handshakes.spawn(async move {
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                            Ok(Ok(tls)) => {
+                                let _ = tx.send(tls).await;
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "ExHook TLS handshake refused");
+                            }
+                            Err(_) => tracing::debug!(%peer, "ExHook TLS handshake timed out"),
+                        }
+                    });
+                }
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok)
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
 //! Both translate what the broker sends into [`HookEvent`](crate::event::HookEvent)s and hand
 //! them to the pipeline through an [`Admission`], which applies the configured policy when the
 //! queue is full. Neither ever waits on DynamoDB: a call returns as soon as its events are
-//! queued.
+//! queued. TLS may be mutual (`tls_client_ca`) and reloads without dropping connections
+//! ([`TlsReload`], SIGHUP, and a poll of the files every [`TLS_POLL_PERIOD`]).
 
 mod admission;
 pub mod exhook;
@@ -14,6 +15,7 @@ mod tls;
 mod webhooks;
 
 pub use admission::{Admission, AdmitError};
+pub use tls::{POLL_PERIOD as TLS_POLL_PERIOD, ReloadCounts, TlsError, TlsReload};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use thiserror::Error;
 
 use crate::config::{ExhookConfig, HttpConfig};
 use crate::pipeline::PipelineHandle;
+use tls::{TlsFiles, TlsReloader};
 
 /// Milliseconds since the Unix epoch, for hooks that carry no time of their own.
 pub(crate) fn now_ms() -> u64 {
@@ -40,11 +43,18 @@ pub(crate) fn now_ms() -> u64 {
 /// waits for is the enqueue, not DynamoDB and not our own batching work. Each listener owns the
 /// receiving half of its `stop` channel; sending (or dropping the sender) begins its graceful
 /// shutdown, which lets calls in progress finish.
+///
+/// A listener with TLS also runs its TLS file poll (every [`TLS_POLL_PERIOD`]) on its own
+/// runtime, beside the server and ending with it; [`Listeners::tls_reload`] reloads on demand
+/// (what SIGHUP does). Either way new handshakes use the new material and established
+/// connections keep going.
 pub struct Listeners {
     /// The ExHook server's admission, for its counters.
     pub exhook_admission: Option<Arc<Admission>>,
     pub exhook_addr: Option<SocketAddr>,
     pub http_addr: Option<SocketAddr>,
+    /// The TLS listeners' reloaders, shared with their accept paths and file polls.
+    tls: TlsReload,
     /// One sender per running listener: a send (or a drop) begins its graceful shutdown.
     stops: Vec<tokio::sync::oneshot::Sender<()>>,
     /// The listeners' threads, joined by [`Listeners::stop`] once their calls have finished.
@@ -124,6 +134,7 @@ impl Listeners {
             exhook_admission: None,
             exhook_addr: None,
             http_addr: None,
+            tls: TlsReload::default(),
             stops: Vec::new(),
             threads: Vec::new(),
         };
@@ -131,7 +142,7 @@ impl Listeners {
             listeners.start_exhook(&cfg.exhook, handle.clone())?;
         }
         if cfg.http.enabled {
-            listeners.start_http(&cfg.http, handle).await?;
+            listeners.start_http(&cfg.http, handle)?;
         }
         Ok(listeners)
     }
@@ -143,10 +154,13 @@ impl Listeners {
         handle: PipelineHandle,
     ) -> Result<(), ListenError> {
         let (std_listener, addr) = bind(EXHOOK, cfg.listen)?;
-        let tls = match (&cfg.tls_cert, &cfg.tls_key) {
-            (Some(c), Some(k)) => Some(tls::grpc(c, k)?),
-            _ => None,
-        };
+        let tls = TlsFiles::from_config(&cfg.tls_cert, &cfg.tls_key, &cfg.tls_client_ca)
+            .map(TlsReloader::grpc)
+            .transpose()?;
+        let mtls = cfg.tls_client_ca.is_some() && tls.is_some();
+        if let Some(reloader) = &tls {
+            self.tls.push(Arc::clone(reloader));
+        }
         let admission = Arc::new(Admission::new(
             handle,
             cfg.when_full,
@@ -166,24 +180,25 @@ impl Listeners {
                         return tracing::error!(error = %e, "the ExHook gRPC server cannot listen");
                     }
                 };
-                if let Err(e) =
-                    exhook::serve(listener, service, max, tls, stop_signal(stopped)).await
-                {
+                let watch = tls.clone();
+                let serve = exhook::serve(listener, service, max, tls, stop_signal(stopped));
+                if let Err(e) = with_tls_watch(serve, watch).await {
                     tracing::error!(error = %e, "the ExHook gRPC server failed");
                 }
             })?);
         self.stops.push(stop);
         self.exhook_addr = Some(addr);
-        tracing::info!(%addr, tls = tls_on, "ExHook gRPC server (emqx.exhook.v2 and v3) listening");
+        tracing::info!(
+            %addr,
+            tls = tls_on,
+            mtls,
+            "ExHook gRPC server (emqx.exhook.v2 and v3) listening"
+        );
         Ok(())
     }
 
     /// Starts the HTTP ingest (and the lookup API) on its own thread.
-    async fn start_http(
-        &mut self,
-        cfg: &HttpConfig,
-        handle: PipelineHandle,
-    ) -> Result<(), ListenError> {
+    fn start_http(&mut self, cfg: &HttpConfig, handle: PipelineHandle) -> Result<(), ListenError> {
         let (std_listener, addr) = bind(HTTP, cfg.listen)?;
         let admission = Arc::new(Admission::new(
             handle,
@@ -200,25 +215,37 @@ impl Listeners {
             cfg.max_body_bytes,
         );
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let tls_config = match (&cfg.tls_cert, &cfg.tls_key) {
-            (Some(c), Some(k)) => Some(tls::http(c, k).await?),
-            _ => None,
-        };
-        let tls_on = tls_config.is_some();
+        let tls = TlsFiles::from_config(&cfg.tls_cert, &cfg.tls_key, &cfg.tls_client_ca)
+            .map(TlsReloader::http)
+            .transpose()?;
+        let tls_on = tls.is_some();
+        let mtls = cfg.tls_client_ca.is_some() && tls_on;
+        if let Some(reloader) = &tls {
+            self.tls.push(Arc::clone(reloader));
+        }
         self.threads
             .push(spawn_dedicated("mqtt-dynamo-http", move || async move {
-                match tls_config {
-                    Some(config) => serve_https(std_listener, config, app, stopped).await,
+                match tls.as_ref().and_then(|r| r.rustls_config()) {
+                    Some(config) => {
+                        with_tls_watch(serve_https(std_listener, config, app, stopped), tls).await
+                    }
                     None => serve_http(std_listener, app, stopped).await,
                 }
             })?);
         self.stops.push(stop);
         self.http_addr = Some(addr);
-        tracing::info!(%addr, tls = tls_on, "HTTP ingest listening");
+        tracing::info!(%addr, tls = tls_on, mtls, "HTTP ingest listening");
         Ok(())
     }
 
-    /// Stops accepting calls and waits for the ones in progress.
+    /// The handle that reloads the TLS listeners' certificates, keys and client CAs (what the
+    /// `serve` command's SIGHUP handler calls), and counts their reloads.
+    pub fn tls_reload(&self) -> TlsReload {
+        self.tls.clone()
+    }
+
+    /// Stops accepting calls and waits for the ones in progress (the TLS file polls end with
+    /// their listeners).
     pub async fn stop(self) {
         for stop in self.stops {
             let _ = stop.send(());
@@ -230,6 +257,21 @@ impl Listeners {
             }
         })
         .await;
+    }
+}
+
+/// Runs `serve` with the TLS file poll of `reloader` beside it, on the listener's runtime; the
+/// poll is dropped when `serve` ends.
+async fn with_tls_watch<T>(
+    serve: impl std::future::Future<Output = T>,
+    reloader: Option<Arc<TlsReloader>>,
+) -> T {
+    match reloader {
+        None => serve.await,
+        Some(reloader) => tokio::select! {
+            out = serve => out,
+            never = reloader.watch() => match never {},
+        },
     }
 }
 

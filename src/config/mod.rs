@@ -260,7 +260,8 @@ pub struct ExhookConfig {
     pub block_timeout: Duration,
     /// Largest request accepted, in bytes (gRPC's default is 4 MiB).
     pub max_message_bytes: usize,
-    /// PEM certificate chain and private key; both set means TLS.
+    /// PEM certificate chain and private key; both set means TLS. Reloaded (with the client CA)
+    /// on SIGHUP and when a file changes; a failed reload keeps the previous material.
     pub tls_cert: Option<std::path::PathBuf>,
     pub tls_key: Option<std::path::PathBuf>,
     /// PEM CA certificates: when set (with TLS), every client must present a certificate they

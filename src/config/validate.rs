@@ -31,9 +31,11 @@ impl Config {
         Ok(())
     }
 
-    /// TLS files and static AWS keys come in pairs; ExHook must take one maximum-size item.
-    fn listener_and_key_checks(&self) -> [Check; 4] {
+    /// TLS files and static AWS keys come in pairs, a client CA only with a certificate of the
+    /// listener's own; ExHook must take one maximum-size item.
+    fn listener_and_key_checks(&self) -> [Check; 6] {
         let together = "tls_cert and tls_key go together";
+        let client_ca = "needs tls_cert and tls_key: clients are verified only over TLS";
         [
             (
                 self.exhook.tls_cert.is_some() != self.exhook.tls_key.is_some(),
@@ -44,6 +46,16 @@ impl Config {
                 self.http.tls_cert.is_some() != self.http.tls_key.is_some(),
                 "http.tls_cert",
                 together,
+            ),
+            (
+                self.exhook.tls_client_ca.is_some() && self.exhook.tls_cert.is_none(),
+                "exhook.tls_client_ca",
+                client_ca,
+            ),
+            (
+                self.http.tls_client_ca.is_some() && self.http.tls_cert.is_none(),
+                "http.tls_client_ca",
+                client_ca,
             ),
             (
                 self.exhook.max_message_bytes < MAX_ITEM_BYTES,
@@ -253,6 +265,20 @@ mod tests {
         assert_eq!(
             key_of(
                 "[emqx_api]\nurl = \"https://emqx:18083\"\napi_key = \"k\"\napi_secret = \"s\"\n"
+            ),
+            None
+        );
+        assert_eq!(
+            key_of("[exhook]\ntls_client_ca = \"ca.pem\"\n"),
+            Some("exhook.tls_client_ca")
+        );
+        assert_eq!(
+            key_of("[http]\ntls_client_ca = \"ca.pem\"\n"),
+            Some("http.tls_client_ca")
+        );
+        assert_eq!(
+            key_of(
+                "[http]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\ntls_client_ca = \"ca.pem\"\n"
             ),
             None
         );

@@ -33,6 +33,7 @@ pub const QUEUE_EVENTS: &str = "mqtt_dynamo_queue_events";
 pub const QUEUE_CAPACITY_EVENTS: &str = "mqtt_dynamo_queue_capacity_events";
 pub const QUEUE_BYTES: &str = "mqtt_dynamo_queue_bytes";
 pub const QUEUE_CAPACITY_BYTES: &str = "mqtt_dynamo_queue_capacity_bytes";
+pub const TLS_RELOADS_TOTAL: &str = "mqtt_dynamo_tls_reloads_total";
 // Coalescing and batching.
 pub const OPS_COALESCED_TOTAL: &str = "mqtt_dynamo_ops_coalesced_total";
 pub const WRITES_CANCELLED_TOTAL: &str = "mqtt_dynamo_writes_cancelled_total";
@@ -188,6 +189,10 @@ fn emqx_api_calls() -> Vec<Vec<&'static str>> {
 
 /// The adapters that answer hook calls from the broker.
 const HOOK_ADAPTERS: [&str; 2] = ["exhook", "http"];
+/// The DynamoDB backends of `build_info` (as `storage::Backend::kind` names them).
+const BACKENDS: [&str; 4] = ["embedded_memory", "embedded_file", "endpoint", "aws"];
+/// What a reload of a listener's TLS material did.
+const TLS_RELOAD_OUTCOMES: [&str; 2] = ["reloaded", "failed"];
 /// The stages whose depth the queue gauges show: the ingest queue and the coalescers' pending keys.
 const STAGES: [&str; 2] = ["ingest", "pending"];
 /// What happened to a spool record.
@@ -306,6 +311,12 @@ pub static CATALOGUE: &[Metric] = &[
         "Hook calls that waited for room in the ingest queue, by adapter.",
         &["adapter"],
         by_hook_adapter,
+    ),
+    counter(
+        TLS_RELOADS_TOTAL,
+        "Reloads of a listener's TLS certificate, key and client CA (SIGHUP or a file change), by listener and outcome; a failed one keeps the previous material.",
+        &["listener", "outcome"],
+        || vec![HOOK_ADAPTERS.to_vec(), TLS_RELOAD_OUTCOMES.to_vec()],
     ),
     counter(
         OPS_COALESCED_TOTAL,
@@ -485,12 +496,7 @@ pub static CATALOGUE: &[Metric] = &[
         None,
         "Always 1, labelled with the running version and the DynamoDB backend (embedded_memory, embedded_file, endpoint, aws; the start log names it in full).",
         &["version", "backend"],
-        || {
-            vec![
-                Vec::new(),
-                vec!["embedded_memory", "embedded_file", "endpoint", "aws"],
-            ]
-        },
+        || vec![Vec::new(), BACKENDS.to_vec()],
         Start::FirstUse,
     ),
     counter(
