@@ -102,7 +102,8 @@ pub async fn start(cfg: &Config) -> Result<Service, ServiceError> {
             ),
         }
     }
-    let client = dynamo::client(&cfg.dynamodb, endpoint.as_deref(), SdkRetries::Disabled).await;
+    // The admin client's region and credentials (one lookup, one credential cache), no retries.
+    let client = dynamo::with_retries(&admin, SdkRetries::Disabled);
     let pipeline = Pipeline::from_config(cfg, client)?;
     let readiness = Arc::new(Readiness::default());
     readiness.set(false, "starting: DynamoDB not checked yet");

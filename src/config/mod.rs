@@ -3,9 +3,12 @@
 //!
 //! Unknown keys are rejected; parse errors name the key and the line. Every section and key is
 //! optional: an empty file is the seed's setup on the embedded DynamoDB. AWS settings follow AWS
-//! conventions and the environment overrides the file: `AWS_REGION` (or `AWS_DEFAULT_REGION`),
-//! `AWS_ENDPOINT_URL_DYNAMODB` (or `AWS_ENDPOINT_URL`), and `AWS_ACCESS_KEY_ID` with
-//! `AWS_SECRET_ACCESS_KEY`. With no keys anywhere the AWS default credential chain applies.
+//! conventions and the environment overrides the file for the region and the endpoint:
+//! `AWS_REGION` (or `AWS_DEFAULT_REGION`) and `AWS_ENDPOINT_URL_DYNAMODB` (or `AWS_ENDPOINT_URL`)
+//! are copied over `[dynamodb]` by [`DynamoConfig::apply_env`]. Credentials are not copied: keys
+//! in the file are used as they are; without them aws-config's default credential chain reads
+//! `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_PROFILE` and the rest
+//! itself (see `storage::dynamo`).
 
 pub mod import;
 mod validate;

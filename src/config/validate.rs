@@ -30,7 +30,7 @@ impl Config {
     }
 
     /// TLS files and static AWS keys come in pairs; ExHook must take one maximum-size item.
-    fn listener_and_key_checks(&self) -> [Check; 4] {
+    fn listener_and_key_checks(&self) -> [Check; 5] {
         let together = "tls_cert and tls_key go together";
         [
             (
@@ -52,6 +52,11 @@ impl Config {
                 self.dynamodb.access_key_id.is_some() != self.dynamodb.secret_access_key.is_some(),
                 "dynamodb.access_key_id",
                 "access_key_id and secret_access_key go together",
+            ),
+            (
+                self.dynamodb.session_token.is_some() && self.dynamodb.access_key_id.is_none(),
+                "dynamodb.session_token",
+                "a session_token goes with access_key_id and secret_access_key",
             ),
         ]
     }
@@ -181,6 +186,16 @@ mod tests {
         assert_eq!(
             key_of("[http]\ntls_key = \"k.pem\"\n"),
             Some("http.tls_cert")
+        );
+        assert_eq!(
+            key_of("[dynamodb]\nsession_token = \"t\"\n"),
+            Some("dynamodb.session_token")
+        );
+        assert_eq!(
+            key_of(
+                "[dynamodb]\naccess_key_id = \"a\"\nsecret_access_key = \"s\"\nsession_token = \"t\"\n"
+            ),
+            None
         );
         // Both broken: the pipeline's limit comes before the listener's.
         assert_eq!(
