@@ -293,8 +293,9 @@ impl Default for HttpConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DynamoConfig {
-    /// AWS region. Unset: the AWS region chain (`AWS_REGION`, the profile's `region`, the
-    /// instance's region from IMDS), then [`DEFAULT_REGION`] (the seed's).
+    /// AWS region. Unset: the AWS region chain as far as the backend allows (embedded: none; an
+    /// endpoint: `AWS_REGION`, the profile's `region`; AWS itself: those, then the instance's
+    /// region from IMDS; see `storage::dynamo::RegionChain`), then [`DEFAULT_REGION`] (the seed's).
     pub region: Option<String>,
     /// Endpoint URL. Unset means AWS itself, or the embedded DynamoDB (see `embedded`).
     pub endpoint_url: Option<String>,

@@ -502,7 +502,10 @@ mod tests {
         assert_eq!(region_chain(&cfg, true), RegionChain::None);
         assert_eq!(region_chain(&cfg, false), RegionChain::Full);
         cfg.endpoint_url = Some("http://127.0.0.1:8000".into());
-        assert_eq!(region_chain(&cfg, false), RegionChain::EnvironmentAndProfile);
+        assert_eq!(
+            region_chain(&cfg, false),
+            RegionChain::EnvironmentAndProfile
+        );
         // The embedded server wins over a configured endpoint (the backend's own URL).
         assert_eq!(region_chain(&cfg, true), RegionChain::None);
     }
