@@ -475,7 +475,12 @@ pub static CATALOGUE: &[Metric] = &[
         None,
         "Always 1, labelled with the running version and the DynamoDB backend (embedded_memory, embedded_file, endpoint, aws; the start log names it in full).",
         &["version", "backend"],
-        || vec![Vec::new()],
+        || {
+            vec![
+                Vec::new(),
+                vec!["embedded_memory", "embedded_file", "endpoint", "aws"],
+            ]
+        },
         Start::FirstUse,
     ),
     counter(
