@@ -113,7 +113,8 @@ pub async fn start(cfg: &Config) -> Result<Service, ServiceError> {
             ),
         }
     }
-    let client = dynamo::client(&cfg.dynamodb, endpoint.as_deref(), SdkRetries::Disabled).await;
+    // The admin client's region and credentials (one lookup, one credential cache), no retries.
+    let client = dynamo::with_retries(&admin, SdkRetries::Disabled);
     let pipeline = Pipeline::from_config(cfg, client.clone())?;
     let connect = start_connect_subscriber(cfg, &pipeline, client)?;
     let readiness = Arc::new(Readiness::default());

@@ -4,10 +4,13 @@
 //!
 //! Unknown keys are rejected; parse errors name the key and the line. Every section and key is
 //! optional: an empty file is the seed's setup on the embedded DynamoDB. AWS settings follow AWS
-//! conventions and the environment overrides the file: `AWS_REGION` (or `AWS_DEFAULT_REGION`)
-//! and `AWS_ENDPOINT_URL_DYNAMODB` (or `AWS_ENDPOINT_URL`); `MQTT_DYNAMO_<SECTION>_<KEY>`
-//! overrides both. Credentials are not copied from the environment: without keys in the file, the
-//! SDK's default credential chain reads them (see `storage::dynamo`).
+//! conventions and the environment overrides the file for the region and the endpoint:
+//! `AWS_REGION` (or `AWS_DEFAULT_REGION`) and `AWS_ENDPOINT_URL_DYNAMODB` (or `AWS_ENDPOINT_URL`)
+//! are copied over `[dynamodb]` by [`DynamoConfig::apply_env`]; `MQTT_DYNAMO_<SECTION>_<KEY>`
+//! overrides both. Credentials are not copied: keys
+//! in the file are used as they are; without them aws-config's default credential chain reads
+//! `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_PROFILE` and the rest
+//! itself (see `storage::dynamo`).
 
 pub mod import;
 pub mod sources;
@@ -337,8 +340,9 @@ impl Default for HttpConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DynamoConfig {
-    /// AWS region. Unset: the AWS region chain (`AWS_REGION`, the profile's `region`, the
-    /// instance's region from IMDS), then [`DEFAULT_REGION`] (the seed's).
+    /// AWS region. Unset: the AWS region chain as far as the backend allows (embedded: none; an
+    /// endpoint: `AWS_REGION`, the profile's `region`; AWS itself: those, then the instance's
+    /// region from IMDS; see `storage::dynamo::RegionChain`), then [`DEFAULT_REGION`] (the seed's).
     pub region: Option<String>,
     /// Endpoint URL. Unset means AWS itself, or the embedded DynamoDB (see `embedded`).
     pub endpoint_url: Option<String>,

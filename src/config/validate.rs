@@ -32,8 +32,9 @@ impl Config {
     }
 
     /// TLS files and static AWS keys come in pairs, a client CA only with a certificate of the
-    /// listener's own; ExHook must take one maximum-size item.
-    fn listener_and_key_checks(&self) -> [Check; 6] {
+    /// listener's own; ExHook must take one maximum-size item; a session token
+    /// only with the keys.
+    fn listener_and_key_checks(&self) -> [Check; 7] {
         let together = "tls_cert and tls_key go together";
         let client_ca = "needs tls_cert and tls_key: clients are verified only over TLS";
         [
@@ -66,6 +67,11 @@ impl Config {
                 self.dynamodb.access_key_id.is_some() != self.dynamodb.secret_access_key.is_some(),
                 "dynamodb.access_key_id",
                 "access_key_id and secret_access_key go together",
+            ),
+            (
+                self.dynamodb.session_token.is_some() && self.dynamodb.access_key_id.is_none(),
+                "dynamodb.session_token",
+                "a session_token goes with access_key_id and secret_access_key",
             ),
         ]
     }
@@ -279,6 +285,16 @@ mod tests {
         assert_eq!(
             key_of(
                 "[http]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\ntls_client_ca = \"ca.pem\"\n"
+            ),
+            None
+        );
+        assert_eq!(
+            key_of("[dynamodb]\nsession_token = \"t\"\n"),
+            Some("dynamodb.session_token")
+        );
+        assert_eq!(
+            key_of(
+                "[dynamodb]\naccess_key_id = \"a\"\nsecret_access_key = \"s\"\nsession_token = \"t\"\n"
             ),
             None
         );

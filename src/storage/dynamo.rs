@@ -5,6 +5,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
+use aws_config::environment::region::EnvironmentVariableRegionProvider;
+use aws_config::imds::region::ImdsRegionProvider;
+use aws_config::meta::region::ProvideRegion;
+use aws_config::profile::region::ProfileFileRegionProvider;
+use aws_config::provider_config::ProviderConfig;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_credential_types::Credentials;
@@ -14,8 +19,9 @@ use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
 use thiserror::Error;
+use tracing::info;
 
-use crate::config::DynamoConfig;
+use crate::config::{DEFAULT_REGION, DynamoConfig};
 use crate::storage::item::{Item, Key, Table, Value};
 
 /// How the client should retry on its own.
@@ -27,16 +33,144 @@ pub enum SdkRetries {
     Disabled,
 }
 
-/// Builds a DynamoDB client from `[dynamodb]`, talking to `endpoint` when given (the embedded
-/// server) or the configured endpoint otherwise.
-pub async fn client(cfg: &DynamoConfig, endpoint: Option<&str>, retries: SdkRetries) -> Client {
-    let http = aws_smithy_http_client::Builder::new()
+/// Which AWS region chain a client consults when `[dynamodb] region` is unset (after it: the
+/// [`DEFAULT_REGION`]), decided by the backend.
+///
+/// - Embedded: none. The in-process server ignores the region; nothing is looked up, so a start
+///   never waits on a lookup.
+/// - Endpoint (`endpoint_url` / `AWS_ENDPOINT_URL[_DYNAMODB]`): the environment and the profile,
+///   not IMDS. Such an endpoint is nearly always an emulator, where the region is only the
+///   signing scope; off EC2 an IMDS probe adds about a second to each start where the network
+///   drops packets to 169.254.169.254 (measured: see README, "AWS credentials and region"). A
+///   VPC endpoint of the real DynamoDB names its region in its URL: set `region` with it.
+/// - AWS (DynamoDB itself): the whole chain, as AWS ships it: `AWS_REGION`, the profile's
+///   `region`, then the instance's region from IMDS (`/latest/meta-data/placement/region`;
+///   skipped when `AWS_EC2_METADATA_DISABLED=true`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegionChain {
+    None,
+    EnvironmentAndProfile,
+    Full,
+}
+
+/// Where a client's region came from (logged with it when the client is built).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegionSource {
+    /// `[dynamodb] region`, or `AWS_REGION` / `AWS_DEFAULT_REGION` copied over it by
+    /// [`DynamoConfig::apply_env`].
+    Config,
+    /// `AWS_REGION` / `AWS_DEFAULT_REGION` read by the SDK's provider (a library caller that did
+    /// not apply the environment to its configuration).
+    Environment,
+    /// The `region` of the profile (`AWS_PROFILE`, or `default`) in `AWS_CONFIG_FILE`.
+    Profile,
+    /// The EC2 instance metadata service.
+    Imds,
+    /// None of the above: [`DEFAULT_REGION`].
+    Default,
+}
+
+impl RegionSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegionSource::Config => "configuration",
+            RegionSource::Environment => "environment",
+            RegionSource::Profile => "profile",
+            RegionSource::Imds => "IMDS",
+            RegionSource::Default => "default",
+        }
+    }
+}
+
+/// Where a client's credentials come from (logged by name when the client is built; the keys
+/// themselves never are).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// `[dynamodb] access_key_id`, `secret_access_key` and the optional `session_token`.
+    Config,
+    /// Fixed keys for the embedded DynamoDB, which accepts any.
+    Embedded,
+    /// aws-config's default chain: the environment (`AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`), the profile (static keys, `role_arn`,
+    /// `credential_process`, SSO), web identity (`AWS_WEB_IDENTITY_TOKEN_FILE`, IRSA), ECS
+    /// container credentials, IMDS. Resolved at the first request and refreshed by the SDK.
+    DefaultChain,
+}
+
+impl CredentialSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialSource::Config => "static keys from [dynamodb]",
+            CredentialSource::Embedded => "fixed local keys (embedded DynamoDB)",
+            CredentialSource::DefaultChain => "the AWS default credential chain",
+        }
+    }
+}
+
+/// The HTTPS client for DynamoDB and for everything the credential and region chains call
+/// (STS, SSO, SSO-OIDC, ECS, IMDS): hyper 1 with rustls on ring, the one TLS stack in the build.
+fn https_client() -> aws_sdk_dynamodb::config::SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
         .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
             aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
         ))
-        .build_https();
+        .build_https()
+}
+
+/// The region chain for a client of `cfg`; `embedded` when it talks to the embedded server.
+pub fn region_chain(cfg: &DynamoConfig, embedded: bool) -> RegionChain {
+    if embedded {
+        RegionChain::None
+    } else if cfg.endpoint_url.is_some() {
+        RegionChain::EnvironmentAndProfile
+    } else {
+        RegionChain::Full
+    }
+}
+
+/// The region: `[dynamodb] region`, else the sources `chain` allows in AWS's order
+/// (environment, profile, IMDS), else [`DEFAULT_REGION`]. `conf` carries the HTTP client
+/// IMDS is asked through.
+pub async fn resolve_region(
+    cfg: &DynamoConfig,
+    chain: RegionChain,
+    conf: &ProviderConfig,
+) -> (Region, RegionSource) {
+    if let Some(region) = &cfg.region {
+        return (Region::new(region.clone()), RegionSource::Config);
+    }
+    if chain != RegionChain::None {
+        if let Some(region) = EnvironmentVariableRegionProvider::new().region().await {
+            return (region, RegionSource::Environment);
+        }
+        let profile = ProfileFileRegionProvider::builder().configure(conf).build();
+        if let Some(region) = profile.region().await {
+            return (region, RegionSource::Profile);
+        }
+    }
+    if chain == RegionChain::Full {
+        let imds = ImdsRegionProvider::builder().configure(conf).build();
+        if let Some(region) = imds.region().await {
+            return (region, RegionSource::Imds);
+        }
+    }
+    (Region::from_static(DEFAULT_REGION), RegionSource::Default)
+}
+
+/// Builds a DynamoDB client from `[dynamodb]`, talking to `endpoint` when given (the embedded
+/// server) or the configured endpoint otherwise.
+///
+/// Credentials: the configured keys (with `session_token`) when set; else fixed local keys for
+/// the embedded server; else aws-config's default credential chain ([`CredentialSource`]).
+/// Region: see [`RegionChain`]. Logs the region, where it came from and the credential source
+/// (never a key).
+pub async fn client(cfg: &DynamoConfig, endpoint: Option<&str>, retries: SdkRetries) -> Client {
+    let http = https_client();
+    let chain = region_chain(cfg, endpoint.is_some());
+    let provider_conf = ProviderConfig::default().with_http_client(http.clone());
+    let (region, region_source) = resolve_region(cfg, chain, &provider_conf).await;
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(cfg.region().to_string()))
+        .region(region.clone())
         .http_client(http)
         .timeout_config(
             TimeoutConfig::builder()
@@ -44,27 +178,55 @@ pub async fn client(cfg: &DynamoConfig, endpoint: Option<&str>, retries: SdkRetr
                 .operation_attempt_timeout(cfg.attempt_timeout)
                 .build(),
         )
-        .retry_config(match retries {
-            SdkRetries::Standard => RetryConfig::standard(),
-            SdkRetries::Disabled => RetryConfig::disabled(),
-        });
+        .retry_config(sdk_retry_config(retries));
     if let Some(url) = endpoint.or(cfg.endpoint_url.as_deref()) {
         loader = loader.endpoint_url(url);
     }
-    if let (Some(id), Some(secret)) = (&cfg.access_key_id, &cfg.secret_access_key) {
+    let credentials = if let (Some(id), Some(secret)) = (&cfg.access_key_id, &cfg.secret_access_key)
+    {
         loader = loader.credentials_provider(Credentials::new(
             id.clone(),
             secret.expose().to_string(),
-            None,
+            cfg.session_token.as_ref().map(|t| t.expose().to_string()),
             None,
             "mqtt-dynamo-config",
         ));
+        CredentialSource::Config
     } else if endpoint.is_some() {
         // The embedded DynamoDB accepts any keys; don't go looking for real ones.
         loader =
             loader.credentials_provider(Credentials::new("local", "local", None, None, "embedded"));
-    }
+        CredentialSource::Embedded
+    } else {
+        CredentialSource::DefaultChain
+    };
+    info!(
+        region = %region,
+        region_source = region_source.as_str(),
+        credentials = credentials.as_str(),
+        "DynamoDB client: region {region} ({}), credentials: {}",
+        region_source.as_str(),
+        credentials.as_str()
+    );
     Client::new(&loader.load().await)
+}
+
+fn sdk_retry_config(retries: SdkRetries) -> RetryConfig {
+    match retries {
+        SdkRetries::Standard => RetryConfig::standard(),
+        SdkRetries::Disabled => RetryConfig::disabled(),
+    }
+}
+
+/// A client like `client` (same endpoint, region, credentials and their cache) with other
+/// retries: the service's pipeline client, so the region and the credentials are looked up once.
+pub fn with_retries(client: &Client, retries: SdkRetries) -> Client {
+    let conf = client
+        .config()
+        .to_builder()
+        .retry_config(sdk_retry_config(retries))
+        .build();
+    Client::from_conf(conf)
 }
 
 /// Our value as the SDK's.
@@ -333,6 +495,36 @@ pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_backend_has_its_region_chain() {
+        let mut cfg = DynamoConfig::default();
+        assert_eq!(region_chain(&cfg, true), RegionChain::None);
+        assert_eq!(region_chain(&cfg, false), RegionChain::Full);
+        cfg.endpoint_url = Some("http://127.0.0.1:8000".into());
+        assert_eq!(
+            region_chain(&cfg, false),
+            RegionChain::EnvironmentAndProfile
+        );
+        // The embedded server wins over a configured endpoint (the backend's own URL).
+        assert_eq!(region_chain(&cfg, true), RegionChain::None);
+    }
+
+    #[tokio::test]
+    async fn the_configured_region_comes_first_and_no_chain_means_the_default() {
+        // Neither case consults the process's environment, profile or IMDS.
+        let conf = ProviderConfig::default();
+        let mut cfg = DynamoConfig::default();
+        assert_eq!(
+            resolve_region(&cfg, RegionChain::None, &conf).await,
+            (Region::from_static(DEFAULT_REGION), RegionSource::Default)
+        );
+        cfg.region = Some("eu-central-1".into());
+        assert_eq!(
+            resolve_region(&cfg, RegionChain::Full, &conf).await,
+            (Region::new("eu-central-1"), RegionSource::Config)
+        );
+    }
 
     #[test]
     fn values_round_trip() {
