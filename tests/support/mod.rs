@@ -80,7 +80,7 @@ impl Serve {
                 http = addr();
             } else if line.contains("metrics listening") {
                 metrics = addr();
-            } else if line.contains("embedded DynamoDB") {
+            } else if line.contains("embedded DynamoDB (") && line.contains("is listening") {
                 dynamo = field_after(&line, "endpoint=").map(str::to_string);
             } else if line.contains("serving;") {
                 break;
