@@ -436,9 +436,14 @@ fn print_report(args: &Args, o: &Outcome) -> Result<bool, String> {
     );
     match o.service_cpu_s {
         Some(cpu) => println!(
-            "service CPU            {cpu:.2} s ({:.1} µs per event, {:.2} of a core)",
+            "service CPU            {cpu:.2} s ({:.1} µs per event, {:.2} of a core{})",
             cpu * 1e6 / o.sent.max(1) as f64,
-            cpu / o.seconds.max(f64::MIN_POSITIVE)
+            cpu / o.seconds.max(f64::MIN_POSITIVE),
+            if args.endpoint.is_none() {
+                "; the embedded DynamoDB's included"
+            } else {
+                ""
+            }
         ),
         None => println!("service CPU            n/a (in process: shared with the load generator)"),
     }
@@ -483,6 +488,7 @@ fn print_report(args: &Args, o: &Outcome) -> Result<bool, String> {
         "wru_per_1k_events": per_k(o.wru),
         "service_cpu_s": o.service_cpu_s,
         "service_cpu_us_per_event": o.service_cpu_s.map(|c| c * 1e6 / o.sent.max(1) as f64),
+        "service_cpu_includes_embedded_dynamodb": o.service_cpu_s.is_some() && args.endpoint.is_none(),
         "throttles": o.throttles,
         "retries": o.retries,
         "dropped": o.dropped,
