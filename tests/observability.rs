@@ -74,6 +74,7 @@ async fn scraped_metrics_match_a_known_workload() {
     // One shard, one flush at shutdown: the whole sequence coalesces in one window.
     cfg.pipeline.shards = 1;
     cfg.pipeline.max_batch_age = Duration::from_secs(3600);
+    cfg.pipeline.linger = mqtt_dynamo::config::LingerConfig::none();
     let (client_sdk, counter) = backend.prepare(&cfg).await;
     let pipeline = Pipeline::from_config(&cfg, client_sdk.clone()).unwrap();
     let h = pipeline.handle();

@@ -539,6 +539,76 @@ pub struct PipelineConfig {
     pub dedup_max_ids: usize,
     /// The durable spool between ingest and the router (off by default).
     pub spool: SpoolConfig,
+    /// How long a new pending write of each table waits before it may be sent.
+    pub linger: LingerConfig,
+}
+
+/// `[pipeline.linger]`: how long a key's new pending write waits before it may be sent, by table.
+///
+/// Writes that a later event usually cancels or merges (a QoS>0 message's `mqtt_msg` put and
+/// `MsgId` ADD, met by its ack's delete and `MsgId` DELETE; `mqtt_acked` puts, replaced by the
+/// next ack) save requests and write units when they wait for it; presence and retained messages
+/// keep low latency. The wait adds to ingest→durable latency; with the spool on it costs no
+/// durability (the event is on disk before its hook is answered), without it a crash loses what
+/// waited (as it loses what is queued). 0 sends as soon as a flush takes it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LingerConfig {
+    #[serde(with = "humantime_serde")]
+    pub mqtt_client: Duration,
+    #[serde(with = "humantime_serde")]
+    pub mqtt_sub: Duration,
+    #[serde(with = "humantime_serde")]
+    pub mqtt_msg: Duration,
+    #[serde(with = "humantime_serde")]
+    pub mqtt_topic_msg_map: Duration,
+    #[serde(with = "humantime_serde")]
+    pub mqtt_retain: Duration,
+    #[serde(with = "humantime_serde")]
+    pub mqtt_acked: Duration,
+}
+
+/// The default linger of the tables whose writes usually meet a later event.
+pub const DEFAULT_LINGER: Duration = Duration::from_millis(LINGER_MS);
+const LINGER_MS: u64 = 1000;
+
+impl Default for LingerConfig {
+    fn default() -> Self {
+        LingerConfig {
+            mqtt_client: Duration::ZERO,
+            mqtt_sub: Duration::ZERO,
+            mqtt_msg: DEFAULT_LINGER,
+            mqtt_topic_msg_map: DEFAULT_LINGER,
+            mqtt_retain: Duration::ZERO,
+            mqtt_acked: DEFAULT_LINGER,
+        }
+    }
+}
+
+impl LingerConfig {
+    /// The linger of `table`.
+    pub fn of(&self, table: Table) -> Duration {
+        match table {
+            Table::Client => self.mqtt_client,
+            Table::Sub => self.mqtt_sub,
+            Table::Msg => self.mqtt_msg,
+            Table::TopicMsgMap => self.mqtt_topic_msg_map,
+            Table::Retain => self.mqtt_retain,
+            Table::Acked => self.mqtt_acked,
+        }
+    }
+
+    /// No table lingers.
+    pub fn none() -> Self {
+        LingerConfig {
+            mqtt_client: Duration::ZERO,
+            mqtt_sub: Duration::ZERO,
+            mqtt_msg: Duration::ZERO,
+            mqtt_topic_msg_map: Duration::ZERO,
+            mqtt_retain: Duration::ZERO,
+            mqtt_acked: Duration::ZERO,
+        }
+    }
 }
 
 /// When the spool makes an appended event durable before the hook is acknowledged.
@@ -616,6 +686,7 @@ impl Default for PipelineConfig {
             dedup_window: Duration::from_secs(600),
             dedup_max_ids: 200_000,
             spool: SpoolConfig::default(),
+            linger: LingerConfig::default(),
         }
     }
 }

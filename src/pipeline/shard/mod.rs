@@ -404,7 +404,14 @@ impl<F: Flush> Shard<F> {
                 .as_ref()
                 .filter(|_| crate::lookup::overlay::tracked(table))
                 .map(|_| op.key.clone());
+            let linger = self.cfg.linger.of(table);
+            let lingering = (!linger.is_zero()).then(|| op.key.clone());
             let (outcome, vanished) = self.coalescer.push_numbered(op, accepted, seq);
+            if let (Some(key), PushOutcome::New) = (lingering, outcome) {
+                // A new pending write waits its table's linger, so later events meet it.
+                self.coalescer
+                    .hold_at_least(&key, coalescer_time(Instant::now() + linger));
+            }
             if let (Some(read), Some(key), Some(seqs)) = (&self.read, key, vanished) {
                 read.settled(&key, seqs);
             }

@@ -275,3 +275,89 @@ async fn a_barrier_is_passed_only_once_every_write_before_it_is_durable() {
     Harness::answer(fc, |_| WRITTEN);
     assert_eq!(h.shut_down().await, 0);
 }
+
+/// `[pipeline.linger]`: a new mqtt_msg write waits its table's linger (not only max_batch_age),
+/// so the ack's delete that arrives meanwhile cancels it and nothing is sent; a table without
+/// linger goes out at max_batch_age as before.
+#[tokio::test(start_paused = true)]
+async fn a_lingering_table_waits_for_the_event_that_cancels_its_write() {
+    let cfg = PipelineConfig {
+        max_batch_age: MS(10),
+        linger: crate::config::LingerConfig {
+            mqtt_msg: MS(500),
+            ..crate::config::LingerConfig::none()
+        },
+        ..Default::default()
+    };
+    let mut h = start(cfg, false);
+    let msg = Key::new(Table::Msg, "id1");
+    let retained = Key::new(Table::Retain, "t");
+    h.send(put(&msg, "m"), 0).await;
+    h.send(put(&retained, "r"), 1).await;
+    advance(MS(10)).await;
+    settle().await;
+    let call = h.flushed().expect("the retained write at max_batch_age");
+    let keys: Vec<&Key> = call.0.iter().map(|t| &t.key).collect();
+    assert_eq!(keys, [&retained], "the message lingers");
+    Harness::answer(call, |_| WRITTEN);
+    advance(MS(489)).await;
+    settle().await;
+    assert!(h.flushed().is_none(), "499 ms: still lingering");
+    // The ack arrives: its delete cancels the pending put outright.
+    h.send(
+        Op {
+            key: msg.clone(),
+            write: Write::Delete,
+        },
+        2,
+    )
+    .await;
+    advance(MS(1000)).await;
+    settle().await;
+    let call = h.flushed().expect("a delete for a put that was not fresh still goes out");
+    assert_eq!(call.0.len(), 1);
+    assert!(
+        matches!(call.0[0].write, Write::Delete),
+        "the put is replaced: one delete, never the put"
+    );
+    assert!(h.flushed().is_none());
+    Harness::answer(call, |_| WRITTEN);
+
+    // A fresh put (a message first stored) and its delete cancel outright: nothing is sent.
+    let fresh = Key::new(Table::Msg, "id3");
+    let mut item = fresh.to_item();
+    item.insert("payload".into(), Value::S("m".into()));
+    h.send(
+        Op {
+            key: fresh.clone(),
+            write: Write::Put { item, fresh: true },
+        },
+        4,
+    )
+    .await;
+    advance(MS(100)).await;
+    h.send(
+        Op {
+            key: fresh.clone(),
+            write: Write::Delete,
+        },
+        5,
+    )
+    .await;
+    advance(MS(2000)).await;
+    settle().await;
+    assert!(h.flushed().is_none(), "cancelled: nothing to send");
+
+    // A message that no ack meets goes out when its linger ends.
+    let lonely = Key::new(Table::Msg, "id2");
+    h.send(put(&lonely, "m"), 6).await;
+    advance(MS(499)).await;
+    settle().await;
+    assert!(h.flushed().is_none(), "499 ms");
+    advance(MS(1)).await;
+    settle().await;
+    let call = h.flushed().expect("released at 500 ms");
+    assert_eq!(call.0[0].key, lonely);
+    Harness::answer(call, |_| WRITTEN);
+    assert_eq!(h.shut_down().await, 0);
+}
