@@ -570,7 +570,7 @@ pub struct LingerConfig {
 
 /// The default linger of the tables whose writes usually meet a later event.
 pub const DEFAULT_LINGER: Duration = Duration::from_millis(LINGER_MS);
-const LINGER_MS: u64 = 1000;
+const LINGER_MS: u64 = 500;
 
 impl Default for LingerConfig {
     fn default() -> Self {

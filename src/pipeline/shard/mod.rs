@@ -110,6 +110,9 @@ pub(crate) struct Shard<F: Flush = Flusher> {
     spool: Option<Barriers>,
     /// Keys DynamoDB throttled itself, and their windows.
     hot: HotKeys,
+    /// Where linger ends are counted from: they fall on multiples of `max_batch_age` after it, so
+    /// the writes whose linger ends together leave in full batches instead of one by one.
+    epoch: Instant,
 }
 
 impl<F: Flush> Shard<F> {
@@ -144,7 +147,22 @@ impl<F: Flush> Shard<F> {
             draining: false,
             published: (0, 0, 0),
             spool: None,
+            epoch: Instant::now(),
         }
+    }
+
+    /// When a write that must wait `linger` from now may go: the next `max_batch_age` tick at or
+    /// after `now + linger` (at most one tick later than asked).
+    fn linger_end(&self, linger: Duration) -> Instant {
+        let end = Instant::now() + linger;
+        let tick = self.cfg.max_batch_age.as_nanos();
+        if tick == 0 {
+            return end;
+        }
+        let since = end.saturating_duration_since(self.epoch).as_nanos();
+        let ticks = since.div_ceil(tick);
+        let rounded = u64::try_from(ticks * tick).unwrap_or(u64::MAX);
+        self.epoch + Duration::from_nanos(rounded)
     }
 
     /// Acknowledges barriers to `spool` as shard number `index`.
@@ -409,8 +427,8 @@ impl<F: Flush> Shard<F> {
             let (outcome, vanished) = self.coalescer.push_numbered(op, accepted, seq);
             if let (Some(key), PushOutcome::New) = (lingering, outcome) {
                 // A new pending write waits its table's linger, so later events meet it.
-                self.coalescer
-                    .hold_at_least(&key, coalescer_time(Instant::now() + linger));
+                let end = self.linger_end(linger);
+                self.coalescer.hold_at_least(&key, coalescer_time(end));
             }
             if let (Some(read), Some(key), Some(seqs)) = (&self.read, key, vanished) {
                 read.settled(&key, seqs);
