@@ -110,7 +110,7 @@ pub(crate) struct Shard<F: Flush = Flusher> {
     spool: Option<Barriers>,
     /// Keys DynamoDB throttled itself, and their windows.
     hot: HotKeys,
-    /// Where linger ends are counted from: they fall on multiples of `max_batch_age` after it, so
+    /// Where linger ends are counted from: they fall on multiples of a tick after it, so
     /// the writes whose linger ends together leave in full batches instead of one by one.
     epoch: Instant,
 }
@@ -151,11 +151,12 @@ impl<F: Flush> Shard<F> {
         }
     }
 
-    /// When a write that must wait `linger` from now may go: the next `max_batch_age` tick at or
-    /// after `now + linger` (at most one tick later than asked).
+    /// When a write that must wait `linger` from now may go: the next tick at or after
+    /// `now + linger`, a tick being `max_batch_age` or `linger` if shorter (so never more than
+    /// twice the linger).
     fn linger_end(&self, linger: Duration) -> Instant {
         let end = Instant::now() + linger;
-        let tick = self.cfg.max_batch_age.as_nanos();
+        let tick = self.cfg.max_batch_age.min(linger).as_nanos();
         if tick == 0 {
             return end;
         }

@@ -314,7 +314,9 @@ async fn a_lingering_table_waits_for_the_event_that_cancels_its_write() {
     .await;
     advance(MS(1000)).await;
     settle().await;
-    let call = h.flushed().expect("a delete for a put that was not fresh still goes out");
+    let call = h
+        .flushed()
+        .expect("a delete for a put that was not fresh still goes out");
     assert_eq!(call.0.len(), 1);
     assert!(
         matches!(call.0[0].write, Write::Delete),
