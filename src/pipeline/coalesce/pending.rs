@@ -1,7 +1,8 @@
 //! The pending-write table of one shard: the per-key pending writes (folded by the algebra), in
 //! arrival order, with byte accounting, the age of the oldest, and the keys in flight or held.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
 use super::algebra::{Merged, merge};
@@ -124,6 +125,12 @@ pub struct Coalescer {
     in_flight: HashSet<Key>,
     /// Hot keys whose next write waits until the given instant (see [`Coalescer::hold`]).
     held: HashMap<Key, Instant>,
+    /// The holds by when they end, earliest first, so releasing them costs nothing per pending
+    /// key; an entry whose instant no longer matches `held` (replaced, or released) is stale.
+    ends: BinaryHeap<Reverse<(Instant, Key)>>,
+    /// Lingering keys whose entry is not in `order` yet: it joins the line when the hold ends, so
+    /// thousands of lingering writes are never walked past by `take` and `oldest`.
+    deferred: HashSet<Key>,
     /// The next slot number in `order` (so a recreated entry makes its old slot stale).
     next_seq: u64,
     /// Entries whose key is neither in flight nor held: what a flush could take now.
@@ -201,6 +208,8 @@ impl Coalescer {
         self.next_seq += 1;
         let bytes = Entry::measure(&key, &writes);
         self.bytes += bytes;
+        // In line from now on, whatever a linger said.
+        self.deferred.remove(&key);
         if self.available(&key) {
             self.ready += 1;
         }
@@ -329,6 +338,7 @@ impl Coalescer {
     pub fn hold(&mut self, key: &Key, until: Instant) {
         let was_available = self.available(key);
         self.held.insert(key.clone(), until);
+        self.ends.push(Reverse((until, key.clone())));
         if was_available && self.entries.contains_key(key) {
             self.ready -= 1;
         }
@@ -343,22 +353,78 @@ impl Coalescer {
 
     /// Ends the holds due at `now`; returns when the next one ends.
     pub fn release_due(&mut self, now: Instant) -> Option<Instant> {
-        if self.held.is_empty() {
-            return None;
-        }
-        let due: Vec<Key> = self
-            .held
-            .iter()
-            .filter(|(_, until)| **until <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in due {
+        while let Some(Reverse((until, _))) = self.ends.peek() {
+            if *until > now {
+                break;
+            }
+            let Some(Reverse((until, key))) = self.ends.pop() else {
+                break;
+            };
+            if self.held.get(&key) != Some(&until) {
+                continue;
+            }
             self.held.remove(&key);
-            if !self.in_flight.contains(&key) && self.entries.contains_key(&key) {
-                self.ready += 1;
+            let deferred = self.deferred.remove(&key);
+            if let Some(entry) = self.entries.get(&key) {
+                if deferred {
+                    self.order.push_back((key.clone(), entry.seq));
+                }
+                if !self.in_flight.contains(&key) {
+                    self.ready += 1;
+                }
             }
         }
-        self.held.values().min().copied()
+        // Drop stale ends at the top, so the next wake-up is a real one.
+        while let Some(Reverse((until, key))) = self.ends.peek() {
+            if self.held.get(key) == Some(until) {
+                return Some(*until);
+            }
+            self.ends.pop();
+        }
+        None
+    }
+
+    /// Like [`Coalescer::push_numbered`], but a write that creates the key's entry waits until
+    /// `until` first (a lingering table): held, and out of line until then.
+    pub fn push_lingering(
+        &mut self,
+        op: Op,
+        accepted: Instant,
+        seq: u64,
+        until: Instant,
+    ) -> (PushOutcome, Option<Seqs>) {
+        if self.entries.contains_key(&op.key) {
+            return self.push_numbered(op, accepted, seq);
+        }
+        let Op { key, write } = op;
+        let already_held = self.held.contains_key(&key);
+        self.hold_at_least(&key, until);
+        if already_held {
+            // Held for another reason (a hot key): it keeps its place in line as before.
+            self.insert_entry(
+                key,
+                VecDeque::from([(write, Seqs::one(seq))]),
+                accepted,
+                false,
+            );
+            return (PushOutcome::New, None);
+        }
+        let slot = self.next_seq;
+        self.next_seq += 1;
+        let writes = VecDeque::from([(write, Seqs::one(seq))]);
+        let bytes = Entry::measure(&key, &writes);
+        self.bytes += bytes;
+        self.deferred.insert(key.clone());
+        self.entries.insert(
+            key,
+            Entry {
+                writes,
+                since: accepted,
+                seq: slot,
+                bytes,
+            },
+        );
+        (PushOutcome::New, None)
     }
 
     /// Takes every pending write out, oldest key first, each key's writes in order (the shutdown
@@ -378,6 +444,8 @@ impl Coalescer {
             out.extend(entry.writes.into_iter().map(|(w, s)| (key.clone(), w, s)));
         }
         self.held.clear();
+        self.ends.clear();
+        self.deferred.clear();
         self.ready = 0;
         self.bytes = 0;
         out

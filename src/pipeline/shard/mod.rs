@@ -424,13 +424,13 @@ impl<F: Flush> Shard<F> {
                 .filter(|_| crate::lookup::overlay::tracked(table))
                 .map(|_| op.key.clone());
             let linger = self.cfg.linger.of(table);
-            let lingering = (!linger.is_zero()).then(|| op.key.clone());
-            let (outcome, vanished) = self.coalescer.push_numbered(op, accepted, seq);
-            if let (Some(key), PushOutcome::New) = (lingering, outcome) {
+            let (outcome, vanished) = if linger.is_zero() {
+                self.coalescer.push_numbered(op, accepted, seq)
+            } else {
                 // A new pending write waits its table's linger, so later events meet it.
-                let end = self.linger_end(linger);
-                self.coalescer.hold_at_least(&key, coalescer_time(end));
-            }
+                let end = coalescer_time(self.linger_end(linger));
+                self.coalescer.push_lingering(op, accepted, seq, end)
+            };
             if let (Some(read), Some(key), Some(seqs)) = (&self.read, key, vanished) {
                 read.settled(&key, seqs);
             }
