@@ -103,6 +103,18 @@ impl Entry {
     }
 }
 
+/// Where a new entry goes in line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// Last: the usual.
+    Last,
+    /// First: it holds the oldest write of all (a requeued one).
+    First,
+    /// Out of line until its hold ends (a lingering key; [`Coalescer::release_due`] puts it
+    /// last).
+    Deferred,
+}
+
 /// The pending-write table of one shard: at most one pending write per key (see the module docs),
 /// kept in arrival order, and the set of keys that have a write in flight.
 ///
@@ -172,7 +184,7 @@ impl Coalescer {
                 key,
                 VecDeque::from([(write, Seqs::one(seq))]),
                 accepted,
-                false,
+                Place::Last,
             );
             return (PushOutcome::New, None);
         };
@@ -195,28 +207,31 @@ impl Coalescer {
         }
     }
 
-    /// Adds a new entry for `key` (which has none): last in line, or first when it holds the
-    /// oldest write of all (a requeued one).
+    /// Adds a new entry for `key` (which has none) at `place` in line.
     fn insert_entry(
         &mut self,
         key: Key,
         writes: VecDeque<(Write, Seqs)>,
         since: Instant,
-        first_in_line: bool,
+        place: Place,
     ) {
         let slot = self.next_seq;
         self.next_seq += 1;
         let bytes = Entry::measure(&key, &writes);
         self.bytes += bytes;
-        // In line from now on, whatever a linger said.
-        self.deferred.remove(&key);
         if self.available(&key) {
             self.ready += 1;
         }
-        if first_in_line {
-            self.order.push_front((key.clone(), slot));
-        } else {
-            self.order.push_back((key.clone(), slot));
+        match place {
+            Place::Last => self.order.push_back((key.clone(), slot)),
+            Place::First => self.order.push_front((key.clone(), slot)),
+            Place::Deferred => {
+                self.deferred.insert(key.clone());
+            }
+        }
+        if place != Place::Deferred {
+            // In line from now on, whatever a linger said.
+            self.deferred.remove(&key);
         }
         self.entries.insert(
             key,
@@ -297,7 +312,7 @@ impl Coalescer {
     /// them settled), one range per cancellation.
     pub fn requeue(&mut self, key: Key, write: Write, seqs: Seqs, since: Instant) -> Vec<Seqs> {
         let Some(entry) = self.entries.remove(&key) else {
-            self.insert_entry(key, VecDeque::from([(write, seqs)]), since, true);
+            self.insert_entry(key, VecDeque::from([(write, seqs)]), since, Place::First);
             return Vec::new();
         };
         self.bytes -= entry.bytes;
@@ -397,33 +412,15 @@ impl Coalescer {
             return self.push_numbered(op, accepted, seq);
         }
         let Op { key, write } = op;
-        let already_held = self.held.contains_key(&key);
+        // Held already for another reason (a hot key): it keeps its place in line as before.
+        let place = if self.held.contains_key(&key) {
+            Place::Last
+        } else {
+            Place::Deferred
+        };
         self.hold_at_least(&key, until);
-        if already_held {
-            // Held for another reason (a hot key): it keeps its place in line as before.
-            self.insert_entry(
-                key,
-                VecDeque::from([(write, Seqs::one(seq))]),
-                accepted,
-                false,
-            );
-            return (PushOutcome::New, None);
-        }
-        let slot = self.next_seq;
-        self.next_seq += 1;
         let writes = VecDeque::from([(write, Seqs::one(seq))]);
-        let bytes = Entry::measure(&key, &writes);
-        self.bytes += bytes;
-        self.deferred.insert(key.clone());
-        self.entries.insert(
-            key,
-            Entry {
-                writes,
-                since: accepted,
-                seq: slot,
-                bytes,
-            },
-        );
+        self.insert_entry(key, writes, accepted, place);
         (PushOutcome::New, None)
     }
 
