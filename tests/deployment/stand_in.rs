@@ -16,12 +16,10 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 
 /// One request a stand-in received.
 #[derive(Debug, Clone)]
@@ -89,8 +87,6 @@ impl StandIn {
     }
 
     async fn start_with(answer: Answer, upstream: Option<String>) -> StandIn {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let state = Arc::new(State {
             answer,
@@ -98,17 +94,7 @@ impl StandIn {
             client: Client::builder(TokioExecutor::new()).build_http(),
             seen: Arc::clone(&seen),
         });
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let state = Arc::clone(&state);
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| handle(Arc::clone(&state), req));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let (addr, task) = crate::support::faults::serve_loopback(state, handle).await;
         StandIn { addr, seen, task }
     }
 

@@ -23,10 +23,7 @@ use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 /// One request as the stand-in saw it.
@@ -73,28 +70,13 @@ impl Drop for EmqxStandIn {
 impl EmqxStandIn {
     /// Listens on an ephemeral loopback port, accepting `key`:`secret`.
     pub async fn start(key: &str, secret: &str) -> EmqxStandIn {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
         let state = Arc::new(Mutex::new(State {
             key: key.into(),
             secret: secret.into(),
             ..State::default()
         }));
-        let shared = Arc::clone(&state);
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let state = Arc::clone(&shared);
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| handle(Arc::clone(&state), req));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let (addr, task) = super::faults::serve_loopback(Arc::clone(&state), handle).await;
+        let url = format!("http://{addr}");
         EmqxStandIn { url, state, task }
     }
 

@@ -11,12 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use serde_json::{Map, Value, json};
 
 /// What the proxy did, for assertions.
@@ -65,8 +63,6 @@ impl FaultProxy {
     }
 
     pub async fn start_with(upstream: String, mode: Mode) -> FaultProxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let counts = Arc::new(FaultCounts::default());
         let state = Arc::new(State {
             mode,
@@ -74,17 +70,7 @@ impl FaultProxy {
             client: Client::builder(TokioExecutor::new()).build_http(),
             counts: Arc::clone(&counts),
         });
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let state = Arc::clone(&state);
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| handle(Arc::clone(&state), req));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let (addr, task) = serve_loopback(state, handle).await;
         FaultProxy { addr, counts, task }
     }
 
@@ -272,4 +258,44 @@ async fn partial_batch(
     parts.headers.remove("content-length");
     parts.headers.remove("x-amz-crc32");
     Response::from_parts(parts, Full::new(Bytes::from(body)))
+}
+
+/// Serves HTTP/1 on an ephemeral loopback port until the task is aborted, each request through
+/// `handle(state, request)`: the accept loop every stand-in here shares (the fault proxy, the
+/// AWS and EMQX stand-ins).
+pub async fn serve_loopback<S, H, F>(
+    state: std::sync::Arc<S>,
+    handle: H,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>)
+where
+    S: Send + Sync + 'static,
+    H: Fn(std::sync::Arc<S>, hyper::Request<hyper::body::Incoming>) -> F
+        + Copy
+        + Send
+        + Sync
+        + 'static,
+    F: std::future::Future<
+            Output = Result<
+                hyper::Response<http_body_util::Full<bytes::Bytes>>,
+                std::convert::Infallible,
+            >,
+        > + Send
+        + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let state = std::sync::Arc::clone(&state);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    handle(std::sync::Arc::clone(&state), req)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
 }
