@@ -120,12 +120,14 @@ pub struct FaultConfig {
     pub stall_rate: f64,
     pub stall: Duration,
     pub stall_action: StallAction,
-    /// Fraction of the write requests inside a BatchWriteItem returned in `UnprocessedItems`
+    /// Fraction of the write requests inside a BatchWriteItem returned in `UnprocessedItems`,
+    /// and of the statements of a BatchExecuteStatement failed with `ThrottlingError`,
     /// regardless of capacity (not applied, not charged).
     pub throttle_rate: f64,
     /// Fraction of the keys of a BatchGetItem returned in `UnprocessedKeys`.
     pub unprocessed_keys_rate: f64,
-    /// Fraction of data-plane write requests (PutItem, UpdateItem, DeleteItem, BatchWriteItem)
+    /// Fraction of data-plane write requests (PutItem, UpdateItem, DeleteItem, BatchWriteItem,
+    /// BatchExecuteStatement)
     /// that are applied exactly as usual (validation, conditions, capacity, `UnprocessedItems`)
     /// and then answered `500 InternalServerError` instead of their real answer: DynamoDB's
     /// "the request may or may not have succeeded". Reads are never affected.

@@ -24,9 +24,11 @@
 //! - `state`: the state shared by all connections (store, counters, faults, limits).
 //! - `ops`: the DynamoDB operations — shared request parsing, then `tables` (CreateTable,
 //!   DescribeTable, ListTables, DeleteTable), `write` (PutItem, DeleteItem, UpdateItem,
-//!   BatchWriteItem) and `read` (GetItem, BatchGetItem, Query, Scan).
+//!   BatchWriteItem), `batch_statement` (BatchExecuteStatement) and `read` (GetItem,
+//!   BatchGetItem, Query, Scan).
 //! - `store`: tables, sharded ordered item maps, key validation, token-bucket charging.
 //! - `expr`: condition, update and projection expressions.
+//! - `partiql`: the PartiQL `UPDATE` statements BatchExecuteStatement runs.
 //! - `value`: attribute values in DynamoDB JSON, their validation and the item-size rule.
 //! - `number`: exact DynamoDB numbers (38 digits).
 //! - `capacity`: write-unit rounding and the token bucket.
@@ -41,6 +43,7 @@ mod expr;
 mod faults;
 mod number;
 mod ops;
+mod partiql;
 mod server;
 mod state;
 mod stats;

@@ -55,7 +55,8 @@ struct Cli {
     #[arg(long)]
     stall_drop: bool,
     /// Fraction of the write requests inside each BatchWriteItem returned as UnprocessedItems,
-    /// regardless of capacity (drawn per item).
+    /// and of the statements of each BatchExecuteStatement failed with ThrottlingError,
+    /// regardless of capacity (drawn per item or statement).
     #[arg(long, default_value_t = 0.0)]
     throttle_rate: f64,
     /// Fraction of BatchGetItem keys returned as UnprocessedKeys.

@@ -354,7 +354,10 @@ async fn data_plane(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Http
     }
 
     match execute(shared, op, authorized, &body) {
-        Ok(out) => Ok(json_response(StatusCode::OK, &out)),
+        Ok(out) => {
+            ops::count_answer(shared, op, &out);
+            Ok(json_response(StatusCode::OK, &out))
+        }
         Err(e) => {
             shared.stats.error(e.code);
             Ok(error_response(&e))

@@ -21,7 +21,7 @@ pub struct SimStats {
     pub requests_total: u64,
     /// Per operation (`PutItem`, ..., `Unknown` for a target the simulator does not know).
     pub requests_by_operation: BTreeMap<String, u64>,
-    /// Puts, updates and deletes applied (a batch counts each applied request).
+    /// Puts, updates and deletes applied (a batch counts each applied request or statement).
     pub items_written: u64,
     /// Items read from storage (Get/BatchGet hits, items evaluated by Query/Scan).
     pub items_read: u64,
@@ -29,17 +29,19 @@ pub struct SimStats {
     pub write_units: u64,
     /// Requests rejected with ProvisionedThroughputExceededException or ThrottlingException.
     pub throttled_requests: u64,
-    /// Write requests returned in BatchWriteItem's `UnprocessedItems` (capacity or `throttle_rate`).
+    /// Write requests returned in BatchWriteItem's `UnprocessedItems`, and BatchExecuteStatement
+    /// statements failed with `ThrottlingError` (capacity or `throttle_rate`).
     pub throttled_items: u64,
     /// Keys returned in BatchGetItem's `UnprocessedKeys`.
     pub unprocessed_keys: u64,
-    /// ValidationException responses.
+    /// ValidationException responses, and `ValidationError` statements of BatchExecuteStatement.
     pub validation_errors: u64,
-    /// ConditionalCheckFailedException responses.
+    /// ConditionalCheckFailedException responses, and `ConditionalCheckFailed` statements.
     pub conditional_failures: u64,
     /// UnrecognizedClientException responses (wrong access key).
     pub auth_failures: u64,
-    /// Any other error response (SerializationException, ResourceNotFoundException, ...).
+    /// Any other error response (SerializationException, ResourceNotFoundException, ...), and
+    /// statements failed with any other code (`ResourceNotFound`).
     pub other_errors: u64,
     /// Injected faults by kind.
     pub faults: FaultStats,
@@ -177,6 +179,17 @@ impl Counters {
         counter.fetch_add(1, Relaxed);
     }
 
+    /// Counts a per-statement error of BatchExecuteStatement by its `Code`, with the
+    /// exception it corresponds to (`ThrottlingError` is counted in `throttled_items`).
+    pub fn statement_error(&self, code: &str) {
+        match code {
+            "ValidationError" => self.error("ValidationException"),
+            "ConditionalCheckFailed" => self.error("ConditionalCheckFailedException"),
+            "ThrottlingError" => {}
+            _ => self.error(code),
+        }
+    }
+
     pub fn reset(&self) {
         for c in self.all() {
             c.store(0, Relaxed);
@@ -223,8 +236,8 @@ mod tests {
             c.fetch_add(1, Relaxed);
         }
         let before = counts(&counters.snapshot(Instant::now()));
-        // 10 counters, 6 faults, 13 operations and their total.
-        assert_eq!(before.len(), 10 + 6 + 13 + 1, "{before:?}");
+        // 10 counters, 6 faults, 14 operations and their total.
+        assert_eq!(before.len(), 10 + 6 + 14 + 1, "{before:?}");
         for (name, n) in &before {
             let expected = if name == ".requests_total" {
                 Op::ALL.len() as u64

@@ -1,6 +1,7 @@
 //! The DynamoDB operations: request parsing and validation shared by all of them, and dispatch
-//! to [`tables`] (control plane), [`write`] and [`read`].
+//! to [`tables`] (control plane), [`write`], [`batch_statement`] (PartiQL) and [`read`].
 
+mod batch_statement;
 mod read;
 mod tables;
 mod write;
@@ -66,14 +67,20 @@ operations! {
     BatchGetItem => read::batch_get_item,
     Query => read::query,
     Scan => read::scan,
+    BatchExecuteStatement => batch_statement::batch_execute_statement,
 }
 
 impl Op {
     /// A data-plane write (the operations `apply_then_error_rate` and `apply_late_rate` apply to).
+    /// BatchExecuteStatement counts as one: the simulator runs only its write statements.
     pub fn is_write(self) -> bool {
         matches!(
             self,
-            Op::PutItem | Op::DeleteItem | Op::UpdateItem | Op::BatchWriteItem
+            Op::PutItem
+                | Op::DeleteItem
+                | Op::UpdateItem
+                | Op::BatchWriteItem
+                | Op::BatchExecuteStatement
         )
     }
 
@@ -265,8 +272,29 @@ pub fn count_batch<'a>(
 
 pub fn enum_error(member: &str, value: &str, set: &str) -> ApiError {
     ApiError::validation(format!(
-        "1 validation error detected: Value '{value}' at '{member}' failed to satisfy constraint: Member must satisfy enum value set: {set}"
+        "1 validation error detected: {}",
+        enum_violation(member, value, set)
     ))
+}
+
+/// One enum constraint violation, as a validation error lists it.
+pub fn enum_violation(member: &str, value: &str, set: &str) -> String {
+    format!(
+        "Value '{value}' at '{member}' failed to satisfy constraint: Member must satisfy enum value set: {set}"
+    )
+}
+
+/// Counts the errors inside a successful answer about to be sent: the per-statement errors
+/// of a BatchExecuteStatement (a `ThrottlingError` is counted in `throttled_items` when it
+/// happens, like an unprocessed BatchWriteItem request).
+pub fn count_answer(sim: &Shared, op: Op, out: &Json) {
+    if op != Op::BatchExecuteStatement {
+        return;
+    }
+    let responses = out["Responses"].as_array().into_iter().flatten();
+    for code in responses.filter_map(|r| r["Error"]["Code"].as_str()) {
+        sim.stats.statement_error(code);
+    }
 }
 
 /// Table names: 3–255 characters of `[a-zA-Z0-9_.-]`.
