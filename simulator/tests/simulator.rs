@@ -16,6 +16,9 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::Region;
 use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::batch_execute_statement::{
+    BatchExecuteStatementError, BatchExecuteStatementOutput,
+};
 use aws_sdk_dynamodb::operation::batch_get_item::{BatchGetItemError, BatchGetItemOutput};
 use aws_sdk_dynamodb::operation::batch_write_item::{BatchWriteItemError, BatchWriteItemOutput};
 use aws_sdk_dynamodb::operation::create_table::builders::CreateTableFluentBuilder;
@@ -23,9 +26,10 @@ use aws_sdk_dynamodb::operation::get_item::{GetItemError, GetItemOutput};
 use aws_sdk_dynamodb::operation::put_item::{PutItemError, PutItemOutput};
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, DeleteRequest, KeySchemaElement, KeyType,
-    KeysAndAttributes, PutRequest, ReturnConsumedCapacity, ReturnValue, ScalarAttributeType,
-    Select, ThrottlingReason, WriteRequest,
+    AttributeDefinition, AttributeValue, BatchStatementRequest, BillingMode, DeleteRequest,
+    KeySchemaElement, KeyType, KeysAndAttributes, PutRequest, ReturnConsumedCapacity, ReturnValue,
+    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, Select, ThrottlingReason,
+    WriteRequest,
 };
 use dynamo_sim::{
     FaultConfig, Limits, OutageWindow, SimConfig, SimHandle, Simulator, StallAction, TableDef,
@@ -1587,6 +1591,7 @@ async fn garbage_bodies_are_rejected_without_panics() {
         "DescribeTable",
         "ListTables",
         "DeleteTable",
+        "BatchExecuteStatement",
     ];
     let mut rng = fastrand::Rng::with_seed(7);
     for i in 0..400 {
@@ -1612,8 +1617,66 @@ async fn garbage_bodies_are_rejected_without_panics() {
             "{op} {body} -> {status} {text}"
         );
     }
+    // PartiQL token soup: every statement is answered, none panics the parser.
+    let words = [
+        "UPDATE",
+        "\"mqtt_acked\"",
+        "SET",
+        "\"a\"",
+        "=",
+        "?",
+        "SET_ADD(\"a\",",
+        "SET_DELETE(",
+        ")",
+        "WHERE",
+        "\"topic\"",
+        "AND",
+        "OR",
+        "NOT",
+        "(",
+        "IS",
+        "MISSING",
+        "<",
+        ">=",
+        "<>",
+        "'x",
+        "'y'",
+        "1e5",
+        "-",
+        ",",
+        ";",
+        "SELECT",
+        "\"",
+        "[",
+        ".",
+        "REMOVE",
+        "<<",
+    ];
+    for _ in 0..300 {
+        let text: Vec<&str> = (0..rng.usize(0..14))
+            .map(|_| words[rng.usize(0..words.len())])
+            .collect();
+        let params: Vec<Json> = (0..rng.usize(0..4))
+            .map(|_| match rng.u8(0..4) {
+                0 => json!({"S": "k"}),
+                1 => json!({"SS": ["x"]}),
+                2 => json!({"N": "1"}),
+                _ => json!({"SS": []}),
+            })
+            .collect();
+        let body = json!({"Statements": [{"Statement": text.join(" "), "Parameters": params}]});
+        let (status, text) = raw(
+            addr,
+            "POST",
+            "/",
+            Some("DynamoDB_20120810.BatchExecuteStatement"),
+            &serde_json::to_vec(&body).unwrap(),
+        )
+        .await;
+        assert!(status == 200 || status == 400, "{body} -> {status} {text}");
+    }
     let stats = raw_stats(&sim).await;
-    assert!(stats["requests_total"].as_u64().unwrap() >= 408);
+    assert!(stats["requests_total"].as_u64().unwrap() >= 708);
     assert_eq!(stats["faults"]["errors"], 0);
     // Still healthy.
     client(&sim).await.list_tables().send().await.unwrap();
@@ -1675,5 +1738,704 @@ async fn concurrent_writers() {
     assert_eq!(
         got.item().unwrap()["bin"],
         AttributeValue::B(Blob::new(vec![0, 1, 2]))
+    );
+}
+
+// ---- BatchExecuteStatement (PartiQL UPDATE) ----
+
+/// One BatchExecuteStatement member.
+fn statement(text: &str, params: Vec<AttributeValue>) -> BatchStatementRequest {
+    BatchStatementRequest::builder()
+        .statement(text)
+        .set_parameters(Some(params))
+        .build()
+        .unwrap()
+}
+
+/// `UPDATE "<table>" SET "<attr>" = <function>("<attr>", ?) WHERE "pk" = ?`.
+fn set_call(function: &str, table: &str, attr: &str) -> String {
+    format!(r#"UPDATE "{table}" SET "{attr}" = {function}("{attr}", ?) WHERE "pk" = ?"#)
+}
+
+/// A SET_ADD of `members` to `attr` of the item `pk`.
+fn set_add(table: &str, attr: &str, pk: &str, members: &[&str]) -> BatchStatementRequest {
+    statement(&set_call("SET_ADD", table, attr), vec![ss(members), s(pk)])
+}
+
+/// A SET_DELETE of `members` from `attr` of the item `pk`.
+fn set_delete(table: &str, attr: &str, pk: &str, members: &[&str]) -> BatchStatementRequest {
+    statement(
+        &set_call("SET_DELETE", table, attr),
+        vec![ss(members), s(pk)],
+    )
+}
+
+/// BatchExecuteStatement with `ReturnConsumedCapacity: TOTAL`, as mqtt-dynamo sends it.
+async fn execute_batch(
+    c: &Client,
+    statements: Vec<BatchStatementRequest>,
+) -> Result<BatchExecuteStatementOutput, SdkError<BatchExecuteStatementError, HttpResponse>> {
+    c.batch_execute_statement()
+        .set_statements(Some(statements))
+        .return_consumed_capacity(ReturnConsumedCapacity::Total)
+        .send()
+        .await
+}
+
+/// Per statement: `("OK", "", table)` for a success, `(code, message, table)` for an error,
+/// `table` being the echoed `TableName`.
+fn outcomes(out: &BatchExecuteStatementOutput) -> Vec<(String, String, Option<String>)> {
+    out.responses()
+        .iter()
+        .map(|r| {
+            let table = r.table_name().map(str::to_owned);
+            match r.error() {
+                None => ("OK".to_owned(), String::new(), table),
+                Some(e) => (
+                    e.code().map_or("<no code>", |c| c.as_str()).to_owned(),
+                    e.message().unwrap_or("<no message>").to_owned(),
+                    table,
+                ),
+            }
+        })
+        .collect()
+}
+
+fn ok(table: &str) -> (String, String, Option<String>) {
+    ("OK".into(), String::new(), Some(table.into()))
+}
+
+fn failed(code: &str, message: &str, table: Option<&str>) -> (String, String, Option<String>) {
+    (code.into(), message.into(), table.map(str::to_owned))
+}
+
+/// `ConsumedCapacity` as `(table, units)`.
+fn capacity(out: &BatchExecuteStatementOutput) -> Vec<(String, f64)> {
+    out.consumed_capacity()
+        .iter()
+        .map(|c| {
+            (
+                c.table_name().unwrap_or_default().to_owned(),
+                c.capacity_units().unwrap_or(-1.0),
+            )
+        })
+        .collect()
+}
+
+/// SET_ADD creates the attribute on a key-only item and adds to it; SET_DELETE takes members
+/// out, leaves a missing attribute missing, and removes the attribute it empties.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_statement_set_add_and_set_delete() {
+    let (sim, c) = start_with_table(SimConfig::default(), "bes", "pk", None).await;
+    for pk in ["a", "b"] {
+        put_item(&c, "bes", item(&[("pk", s(pk))])).await.unwrap();
+    }
+    let out = execute_batch(
+        &c,
+        vec![
+            set_add("bes", "m", "a", &["x", "y"]),
+            set_delete("bes", "m", "b", &["x"]),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcomes(&out), vec![ok("bes"), ok("bes")]);
+    assert_eq!(
+        get_pk(&c, "bes", "a").await.unwrap(),
+        item(&[("pk", s("a")), ("m", ss(&["x", "y"]))])
+    );
+    assert_eq!(
+        get_pk(&c, "bes", "b").await.unwrap(),
+        item(&[("pk", s("b"))]),
+        "SET_DELETE on a missing attribute leaves it missing"
+    );
+
+    let out = execute_batch(&c, vec![set_add("bes", "m", "a", &["y", "z"])])
+        .await
+        .unwrap();
+    assert_eq!(outcomes(&out), vec![ok("bes")]);
+    assert_eq!(
+        get_pk(&c, "bes", "a").await.unwrap()["m"],
+        ss(&["x", "y", "z"])
+    );
+
+    let out = execute_batch(&c, vec![set_delete("bes", "m", "a", &["x", "z"])])
+        .await
+        .unwrap();
+    assert_eq!(outcomes(&out), vec![ok("bes")]);
+    assert_eq!(get_pk(&c, "bes", "a").await.unwrap()["m"], ss(&["y"]));
+    // Removing every member removes the attribute; the item stays, key only.
+    let out = execute_batch(&c, vec![set_delete("bes", "m", "a", &["y", "w"])])
+        .await
+        .unwrap();
+    assert_eq!(outcomes(&out), vec![ok("bes")]);
+    assert_eq!(
+        get_pk(&c, "bes", "a").await.unwrap(),
+        item(&[("pk", s("a"))])
+    );
+
+    // Wrong types: a stored string, a number set against a string set, members that are not
+    // a set, an empty set.
+    put_item(
+        &c,
+        "bes",
+        item(&[("pk", s("t")), ("str", s("v")), ("m", ss(&["x"]))]),
+    )
+    .await
+    .unwrap();
+    let out = execute_batch(
+        &c,
+        vec![
+            set_add("bes", "str", "t", &["x"]),
+            statement(
+                &set_call("SET_ADD", "bes", "m"),
+                vec![AttributeValue::Ns(vec!["1".into()]), s("a")],
+            ),
+            statement(&set_call("SET_DELETE", "bes", "m"), vec![s("x"), s("b")]),
+            statement(&set_call("SET_ADD", "bes", "m"), vec![ss(&[]), s("zz")]),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        outcomes(&out),
+        vec![
+            failed(
+                "ValidationError",
+                "An operand in the update expression has an incorrect data type",
+                None
+            ),
+            ok("bes"),
+            failed(
+                "ValidationError",
+                "The second argument to SET_DELETE must be a value with type SET at 1:35:3",
+                None
+            ),
+            failed(
+                "ValidationError",
+                "One or more parameter values were invalid: An string set  may not be empty",
+                None
+            ),
+        ],
+        "a's m was removed above, so the number set is added to nothing"
+    );
+    assert_eq!(
+        get_pk(&c, "bes", "t").await.unwrap(),
+        item(&[("pk", s("t")), ("str", s("v")), ("m", ss(&["x"]))])
+    );
+    assert_eq!(
+        get_pk(&c, "bes", "a").await.unwrap()["m"],
+        AttributeValue::Ns(vec!["1".into()])
+    );
+
+    let stats = sim.stats();
+    assert_eq!(stats.requests_by_operation["BatchExecuteStatement"], 5);
+    assert_eq!(stats.items_written, 2 + 2 + 1 + 1 + 1 + 1 + 1);
+    assert_eq!(stats.validation_errors, 3);
+    assert_eq!(
+        raw_stats(&sim).await["requests_by_operation"]["BatchExecuteStatement"],
+        5
+    );
+}
+
+/// A PartiQL UPDATE is not an upsert: a missing item fails ConditionalCheckFailed (table
+/// echoed) and nothing is created. Non-key WHERE conditions guard the update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_statement_conditions() {
+    let (sim, c) = start_with_table(SimConfig::default(), "cnd", "pk", Some("sk")).await;
+    put_item(
+        &c,
+        "cnd",
+        item(&[
+            ("pk", s("g")),
+            ("sk", s("1")),
+            ("guard", s("ok")),
+            ("v", s("old")),
+        ]),
+    )
+    .await
+    .unwrap();
+    let guarded =
+        r#"UPDATE "cnd" SET "v" = ?, "w" = ? WHERE "pk" = ? AND "sk" = ? AND "guard" = ?"#;
+    let guarded_set = |pk: &str, guard: &str, v: &str| {
+        statement(guarded, vec![s(v), s("w"), s(pk), s("1"), s(guard)])
+    };
+    let ccf = failed(
+        "ConditionalCheckFailed",
+        "The conditional request failed",
+        Some("cnd"),
+    );
+
+    let out = execute_batch(&c, vec![guarded_set("missing", "ok", "new")])
+        .await
+        .unwrap();
+    assert_eq!(outcomes(&out), vec![ccf.clone()]);
+    let missing = get_item(&c, "cnd", &[("pk", s("missing")), ("sk", s("1"))])
+        .await
+        .unwrap();
+    assert!(missing.item().is_none(), "nothing was created");
+
+    let out = execute_batch(&c, vec![guarded_set("g", "wrong", "new")])
+        .await
+        .unwrap();
+    assert_eq!(outcomes(&out), vec![ccf.clone()]);
+    let key = [("pk", s("g")), ("sk", s("1"))];
+    let unchanged = item(&[
+        ("pk", s("g")),
+        ("sk", s("1")),
+        ("guard", s("ok")),
+        ("v", s("old")),
+    ]);
+    assert_eq!(
+        get_item(&c, "cnd", &key).await.unwrap().item(),
+        Some(&unchanged)
+    );
+
+    let out = execute_batch(&c, vec![guarded_set("g", "ok", "new")])
+        .await
+        .unwrap();
+    assert_eq!(outcomes(&out), vec![ok("cnd")]);
+    let updated = item(&[
+        ("pk", s("g")),
+        ("sk", s("1")),
+        ("guard", s("ok")),
+        ("v", s("new")),
+        ("w", s("w")),
+    ]);
+    assert_eq!(
+        get_item(&c, "cnd", &key).await.unwrap().item(),
+        Some(&updated)
+    );
+
+    // `<` with IS MISSING, and the failed item handed back on request.
+    let newer =
+        r#"UPDATE "cnd" SET "n" = ? WHERE "pk" = ? AND "sk" = ? AND ("n" < ? OR "n" IS MISSING)"#;
+    let set_n = |n: &str| {
+        let num = AttributeValue::N(n.into());
+        statement(newer, vec![num.clone(), s("g"), s("1"), num])
+    };
+    for (n, expected) in [("5", ok("cnd")), ("3", ccf.clone()), ("7", ok("cnd"))] {
+        let out = execute_batch(&c, vec![set_n(n)]).await.unwrap();
+        assert_eq!(outcomes(&out), vec![expected], "n = {n}");
+    }
+    let with_old = BatchStatementRequest::builder()
+        .statement(newer)
+        .set_parameters(Some(vec![
+            AttributeValue::N("1".into()),
+            s("g"),
+            s("1"),
+            AttributeValue::N("1".into()),
+        ]))
+        .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+        .build()
+        .unwrap();
+    let out = execute_batch(&c, vec![with_old]).await.unwrap();
+    let error = out.responses()[0].error().unwrap();
+    assert_eq!(error.message(), Some("The conditional request failed"));
+    assert_eq!(error.item().unwrap()["n"], AttributeValue::N("7".into()));
+
+    let stats = sim.stats();
+    assert_eq!(stats.conditional_failures, 4);
+    assert_eq!(stats.items_written, 1 + 1 + 2);
+    assert_eq!(stats.item_counts["cnd"], 1);
+}
+
+/// Request-level refusals answer 400 ValidationException and run nothing: 0 or 26 statements,
+/// reads with writes, one item twice, a bad ReturnConsumedCapacity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_statement_request_level_refusals() {
+    let (sim, c) = start_with_table(SimConfig::default(), "req", "pk", None).await;
+    for i in 0..26 {
+        put_item(&c, "req", item(&[("pk", s(format!("k{i}")))]))
+            .await
+            .unwrap();
+    }
+    let twenty_six: Vec<BatchStatementRequest> = (0..26)
+        .map(|i| set_add("req", "m", &format!("k{i}"), &["x"]))
+        .collect();
+    let echo: Vec<String> = (0..26)
+        .map(|i| {
+            format!(
+                "BatchStatementRequest(statement={}, parameters=[\
+                 AttributeValue(s=null, n=null, b=null, iNT=null, dECIMAL=null, dOUBLE=null, sS=[x], nS=null, bS=null, iNTSET=null, dECIMALSET=null, dOUBLESET=null, m=null, l=null, nULL=null, bOOL=null), \
+                 AttributeValue(s=k{i}, n=null, b=null, iNT=null, dECIMAL=null, dOUBLE=null, sS=null, nS=null, bS=null, iNTSET=null, dECIMALSET=null, dOUBLESET=null, m=null, l=null, nULL=null, bOOL=null)], \
+                 consistentRead=null, returnValuesOnConditionCheckFailure=null)",
+                set_call("SET_ADD", "req", "m")
+            )
+        })
+        .collect();
+    assert_eq!(
+        err(execute_batch(&c, twenty_six.clone()).await),
+        validation(&format!(
+            "1 validation error detected: Value '[{}]' at 'statements' failed to satisfy constraint: Member must have length less than or equal to 25",
+            echo.join(", ")
+        ))
+    );
+    let out = execute_batch(&c, twenty_six[..25].to_vec()).await.unwrap();
+    assert_eq!(outcomes(&out), vec![ok("req"); 25], "25 are accepted");
+    assert_eq!(capacity(&out), vec![("req".to_owned(), 25.0)]);
+    assert!(
+        !get_pk(&c, "req", "k25").await.unwrap().contains_key("m"),
+        "the 26th was never run"
+    );
+
+    assert_eq!(
+        err(execute_batch(&c, vec![]).await),
+        validation(
+            "1 validation error detected: Value '[]' at 'statements' failed to satisfy constraint: Member must have length greater than or equal to 1"
+        )
+    );
+    let twice = vec![
+        set_add("req", "m", "k0", &["y"]),
+        set_add("req", "n", "k1", &["y"]),
+        set_delete("req", "m", "k0", &["x"]),
+    ];
+    assert_eq!(
+        err(execute_batch(&c, twice).await),
+        validation("Provided list of item keys contains duplicates")
+    );
+    let mixed = vec![
+        set_add("req", "m", "k0", &["y"]),
+        statement(r#"SELECT * FROM "req" WHERE "pk" = ?"#, vec![s("k1")]),
+    ];
+    assert_eq!(
+        err(execute_batch(&c, mixed).await),
+        validation("Read and write requests together in the same batch is not supported.")
+    );
+    assert_eq!(
+        err(c
+            .batch_execute_statement()
+            .statements(set_add("req", "m", "k0", &["y"]))
+            .return_consumed_capacity(ReturnConsumedCapacity::from("SOMETIMES"))
+            .send()
+            .await),
+        validation(
+            "1 validation error detected: Value 'SOMETIMES' at 'returnConsumedCapacity' failed to satisfy constraint: Member must satisfy enum value set: [INDEXES, TOTAL, NONE]"
+        )
+    );
+    // Every member violation in one message, in DynamoDB's order.
+    assert_eq!(
+        err(c
+            .batch_execute_statement()
+            .statements(statement("", vec![]))
+            .statements(set_add("req", "m", "k0", &["y"]))
+            .return_consumed_capacity(ReturnConsumedCapacity::from("SOMETIMES"))
+            .send()
+            .await),
+        validation(
+            "3 validation errors detected: \
+             Value 'SOMETIMES' at 'returnConsumedCapacity' failed to satisfy constraint: Member must satisfy enum value set: [INDEXES, TOTAL, NONE]; \
+             Value '' at 'statements.1.member.statement' failed to satisfy constraint: Member must have length greater than or equal to 1; \
+             Value '[]' at 'statements.1.member.parameters' failed to satisfy constraint: Member must have length greater than or equal to 1"
+        )
+    );
+    assert_eq!(
+        get_pk(&c, "req", "k0").await.unwrap()["m"],
+        ss(&["x"]),
+        "no refused request ran"
+    );
+    let stats = sim.stats();
+    assert_eq!(stats.validation_errors, 6);
+    assert_eq!(stats.items_written, 26 + 25);
+}
+
+/// Per-statement errors answer 200: the failing statement has `Error`, the others run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_statement_per_statement_errors() {
+    let (sim, c) = start_with_table(SimConfig::default(), "pse", "pk", None).await;
+    for pk in ["a", "b", "big", "c"] {
+        put_item(&c, "pse", item(&[("pk", s(pk))])).await.unwrap();
+    }
+    let huge = s("x".repeat(400 * 1024));
+    let out = execute_batch(
+        &c,
+        vec![
+            set_add("nosuchtable", "m", "a", &["x"]),
+            set_add("pse", "m", "a", &["x"]),
+            statement(
+                r#"UPDATE "pse" SET "d" = ? WHERE "pk" = ?"#,
+                vec![huge, s("big")],
+            ),
+            statement(r#"UPDATE "pse" REMOVE "m" WHERE "pk" = ?"#, vec![s("b")]),
+            statement(r#"UPDATE "pse" SET "m" = ? WHERE "pk" = ?"#, vec![s("x")]),
+            statement(
+                r#"UPDATE "pse" SET "pk" = ? WHERE "pk" = ?"#,
+                vec![s("z"), s("b")],
+            ),
+            statement(
+                r#"UPDATE "pse" SET "v" = ? WHERE "v" = ?"#,
+                vec![s("z"), s("b")],
+            ),
+            statement(
+                r#"UPDATE "pse" SET "v" = ? WHERE "pk" = 'c'"#,
+                vec![s("lit")],
+            ),
+            statement(
+                r#"UPDATE "pse" SET "v" = 'unterminated WHERE "pk" = ?"#,
+                vec![s("c")],
+            ),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        outcomes(&out),
+        vec![
+            failed(
+                "ResourceNotFound",
+                "Requested resource not found",
+                Some("nosuchtable")
+            ),
+            ok("pse"),
+            failed(
+                "ValidationError",
+                "Item size to update has exceeded the maximum allowed size",
+                None
+            ),
+            failed(
+                "ValidationError",
+                "dynamo-sim implements only UPDATE ... SET ... WHERE <key> = ? statements in BatchExecuteStatement; REMOVE is not implemented",
+                None
+            ),
+            failed(
+                "ValidationError",
+                "Number of parameters in request and statement don't match.",
+                None
+            ),
+            failed(
+                "ValidationError",
+                "One or more parameter values were invalid: Cannot update attribute pk. This attribute is part of the key",
+                Some("pse")
+            ),
+            failed(
+                "ValidationError",
+                "Where clause does not contain a mandatory equality on all key attributes",
+                None
+            ),
+            ok("pse"),
+            failed(
+                "ValidationError",
+                "Statement wasn't well formed, can't be processed: Unterminated quoted string at 1:24",
+                None
+            ),
+        ]
+    );
+    assert_eq!(get_pk(&c, "pse", "a").await.unwrap()["m"], ss(&["x"]));
+    assert_eq!(get_pk(&c, "pse", "c").await.unwrap()["v"], s("lit"));
+    assert_eq!(
+        get_pk(&c, "pse", "big").await.unwrap(),
+        item(&[("pk", s("big"))])
+    );
+    // A SELECT alone is not mixed, but not implemented either.
+    let out = execute_batch(
+        &c,
+        vec![statement(
+            r#"SELECT * FROM "pse" WHERE "pk" = ?"#,
+            vec![s("a")],
+        )],
+    )
+    .await
+    .unwrap();
+    let (code, message, table) = outcomes(&out).remove(0);
+    assert_eq!((code.as_str(), table), ("ValidationError", None));
+    assert!(message.contains("dynamo-sim"), "{message}");
+    assert!(
+        message.contains("SELECT statements are not implemented"),
+        "{message}"
+    );
+
+    let stats = sim.stats();
+    assert_eq!(stats.validation_errors, 6 + 1);
+    assert_eq!(stats.other_errors, 1, "ResourceNotFound");
+    assert_eq!(stats.items_written, 4 + 2);
+}
+
+/// Write units: each statement is charged like UpdateItem (the larger of the old and new
+/// item); a failed condition costs what it would have written against the old item (1 for a
+/// missing one); ConsumedCapacity is per table and absent when every statement failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_statement_consumed_capacity() {
+    let (sim, c) = start_with_table(SimConfig::default(), "cap", "pk", None).await;
+    create_table(&c, "cap2", "pk", None).await;
+    // "pk" + "3k" (4) + "d" + 3,000 bytes = 3,005 bytes: 3 units, and 3 after the SET_ADD.
+    put_item(
+        &c,
+        "cap",
+        item(&[("pk", s("3k")), ("d", s("x".repeat(3000)))]),
+    )
+    .await
+    .unwrap();
+    put_item(&c, "cap2", item(&[("pk", s("small"))]))
+        .await
+        .unwrap();
+    sim.reset_stats();
+
+    let out = execute_batch(
+        &c,
+        vec![
+            set_add("cap", "m", "3k", &["x"]),
+            set_add("cap", "m", "missing", &["x"]),
+            set_add("cap2", "m", "small", &["x"]),
+        ],
+    )
+    .await
+    .unwrap();
+    let ccf = failed(
+        "ConditionalCheckFailed",
+        "The conditional request failed",
+        Some("cap"),
+    );
+    assert_eq!(outcomes(&out), vec![ok("cap"), ccf.clone(), ok("cap2")]);
+    assert_eq!(
+        capacity(&out),
+        vec![("cap".to_owned(), 3.0 + 1.0), ("cap2".to_owned(), 1.0)]
+    );
+    assert_eq!(sim.stats().write_units, 5);
+
+    // Every statement failed: no ConsumedCapacity at all (the failures are still charged).
+    let out = execute_batch(&c, vec![set_add("cap", "m", "missing", &["x"])])
+        .await
+        .unwrap();
+    assert_eq!(outcomes(&out), vec![ccf]);
+    assert!(capacity(&out).is_empty());
+    assert_eq!(sim.stats().write_units, 6);
+    let (status, body) = raw(
+        sim.addr(),
+        "POST",
+        "/",
+        Some("DynamoDB_20120810.BatchExecuteStatement"),
+        br#"{"Statements":[{"Statement":"UPDATE \"cap\" SET \"m\" = SET_ADD(\"m\", ?) WHERE \"pk\" = ?","Parameters":[{"SS":["y"]},{"S":"missing"}]}],"ReturnConsumedCapacity":"TOTAL"}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let body: Json = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        body,
+        json!({"Responses": [{
+            "Error": {"Code": "ConditionalCheckFailed", "Message": "The conditional request failed"},
+            "TableName": "cap"
+        }]})
+    );
+
+    // NONE: no ConsumedCapacity either.
+    let out = c
+        .batch_execute_statement()
+        .statements(set_add("cap", "m", "3k", &["y"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(outcomes(&out), vec![ok("cap")]);
+    assert!(capacity(&out).is_empty());
+}
+
+/// The token buckets apply per statement: a statement whose key has no capacity fails alone
+/// with ThrottlingError and is not applied; another key's statement runs. throttle_rate fails
+/// statements the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_statement_throttling() {
+    let (sim, c) = start_with_table(SimConfig::default(), "thr", "pk", Some("sk")).await;
+    put_item(&c, "thr", item(&[("pk", s("cold")), ("sk", s("0"))]))
+        .await
+        .unwrap();
+    // 1 unit/s per key, 1 s of burst: the 10 KB put takes the full bucket into debt.
+    sim.set_limits(Limits {
+        key_wcu: Some(1),
+        ..Limits::default()
+    })
+    .unwrap();
+    put_item(&c, "thr", ten_kb("hot", 0)).await.unwrap();
+    let update = r#"UPDATE "thr" SET "m" = SET_ADD("m", ?) WHERE "pk" = ? AND "sk" = ?"#;
+    let out = execute_batch(
+        &c,
+        vec![
+            statement(update, vec![ss(&["x"]), s("hot"), s("0")]),
+            statement(update, vec![ss(&["x"]), s("cold"), s("0")]),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        outcomes(&out),
+        vec![
+            failed(
+                "ThrottlingError",
+                "Throughput exceeds the current capacity for one or more partition keys of your table. Reduce the request rate to those keys.",
+                Some("thr")
+            ),
+            ok("thr"),
+        ]
+    );
+    assert_eq!(capacity(&out), vec![("thr".to_owned(), 1.0)]);
+    assert!(
+        !get_item(&c, "thr", &[("pk", s("hot")), ("sk", s("0"))])
+            .await
+            .unwrap()
+            .item()
+            .unwrap()
+            .contains_key("m"),
+        "the throttled statement was not applied"
+    );
+    assert_eq!(
+        get_item(&c, "thr", &[("pk", s("cold")), ("sk", s("0"))])
+            .await
+            .unwrap()
+            .item()
+            .unwrap()["m"],
+        ss(&["x"])
+    );
+    let stats = sim.stats();
+    assert_eq!(stats.throttled_items, 1);
+    assert_eq!(stats.throttled_requests, 0);
+
+    sim.set_limits(Limits::default()).unwrap();
+    sim.set_faults(FaultConfig {
+        throttle_rate: 1.0,
+        ..FaultConfig::default()
+    })
+    .unwrap();
+    let out = execute_batch(
+        &c,
+        vec![statement(update, vec![ss(&["y"]), s("cold"), s("0")])],
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcomes(&out)[0].0, "ThrottlingError");
+    assert!(capacity(&out).is_empty());
+    assert_eq!(sim.stats().throttled_items, 2);
+}
+
+/// apply_then_error_rate applies to BatchExecuteStatement: the batch lands, the client gets 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_statement_apply_then_error() {
+    let (sim, c) = start_with_table(seeded(7), "abe", "pk", None).await;
+    for pk in ["a", "b"] {
+        put_item(&c, "abe", item(&[("pk", s(pk))])).await.unwrap();
+    }
+    sim.set_faults(FaultConfig {
+        apply_then_error_rate: 1.0,
+        ..FaultConfig::default()
+    })
+    .unwrap();
+    assert_internal_error(
+        execute_batch(
+            &c,
+            vec![
+                set_add("abe", "m", "a", &["x"]),
+                set_add("abe", "m", "b", &["y"]),
+                set_add("abe", "m", "missing", &["z"]),
+            ],
+        )
+        .await,
+    );
+    sim.set_faults(FaultConfig::default()).unwrap();
+    assert_eq!(get_pk(&c, "abe", "a").await.unwrap()["m"], ss(&["x"]));
+    assert_eq!(get_pk(&c, "abe", "b").await.unwrap()["m"], ss(&["y"]));
+    assert!(get_pk(&c, "abe", "missing").await.is_none());
+    let stats = sim.stats();
+    assert_eq!(stats.faults.applied_then_failed, 1);
+    assert_eq!(stats.items_written, 2 + 2);
+    assert_eq!(
+        stats.conditional_failures, 0,
+        "the discarded answer is not counted"
     );
 }
