@@ -37,14 +37,16 @@
 //!     mod.rs              the shard task: coalesce, trigger flushes (count, bytes, age), settle
 //!     router.rs           the router thread: writes to shards by key hash
 //!     hot_keys.rs         per-key windows for keys DynamoDB throttles
+//!     costly_keys.rs      per-key windows for keys whose writes cost many units
 //!     barrier.rs          spool barriers: passed once every earlier write is settled
 //!   coalesce/           at most one pending write per key, pure
 //!     algebra.rs          merging two writes to a key (the certainty rule)
 //!     pending.rs          the pending table: per-key writes, bytes, age, in-flight and held keys
 //!   flush/              one flush on the wire
 //!     mod.rs              Flusher, a flush's per-key outcome (KeyEnd)
-//!     request.rs          building requests: items, UpdateItem expressions, what is left
+//!     request.rs          building requests: items, UpdateItem expressions, PartiQL statements
 //!     batch.rs            BatchWriteItem (puts and deletes)
+//!     statement.rs        BatchExecuteStatement (set changes, guarded updates; diverts the rest)
 //!     update.rs           UpdateItem (updates, set changes)
 //!     retry_loop.rs       the one retry loop and the one place an attempt is recorded
 //!     retry.rs            the retry decision as a pure function; the shutdown deadline

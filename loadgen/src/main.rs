@@ -807,6 +807,7 @@ async fn run_inprocess(args: &Args) -> Result<bool, String> {
         wru: stats.consumed_wcu as f64,
         requests_by_api: vec![
             ("BatchWriteItem", stats.batch_write_requests as f64),
+            ("BatchExecuteStatement", stats.statement_requests as f64),
             ("UpdateItem", stats.update_requests as f64),
         ],
         service_cpu_s: None,

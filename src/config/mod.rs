@@ -512,6 +512,17 @@ pub struct PipelineConfig {
     pub hot_key_window: Duration,
     #[serde(with = "humantime_serde")]
     pub hot_key_max_window: Duration,
+    /// Send set ADDs/DELETEs and guarded updates up to 25 per BatchExecuteStatement (PartiQL
+    /// `UPDATE`s) instead of one UpdateItem each. Off for DynamoDB implementations without
+    /// PartiQL (dynalite).
+    pub batch_statements: bool,
+    /// A key whose last write cost many write units (at least 4: a big `MsgId` item, known from
+    /// UpdateItem's consumed capacity) waits this long per unit before its next write, so its
+    /// changes merge meanwhile, up to `cost_max_window`. 0 turns it off.
+    #[serde(with = "humantime_serde")]
+    pub cost_window: Duration,
+    #[serde(with = "humantime_serde")]
+    pub cost_max_window: Duration,
     /// After an attempt that ended ambiguously (a timeout, a 5xx, a reset) DynamoDB may still
     /// apply that attempt later; the key's next write waits this long, so such a late landing
     /// comes before it instead of overwriting it. 0 turns it off.
@@ -679,6 +690,9 @@ impl Default for PipelineConfig {
             adaptive_concurrency: true,
             hot_key_window: Duration::from_millis(100),
             hot_key_max_window: Duration::from_secs(2),
+            batch_statements: true,
+            cost_window: Duration::from_millis(10),
+            cost_max_window: Duration::from_secs(1),
             ambiguous_hold: Duration::from_secs(1),
             dead_letter_path: None,
             retry: RetryConfig::default(),

@@ -373,21 +373,24 @@ impl Pipeline {
         ));
         let deadline = Arc::new(crate::pipeline::flush::retry::Deadline::new());
         let expiry = Arc::new(expiry::ExpiryBook::new(cfg.dedup_max_ids, &format.expiry));
-        let flusher = Arc::new(Flusher::new(
-            Arc::clone(&concurrency),
-            client,
-            TableNames::new(dynamo),
-            crate::pipeline::flush::retry::RetryPolicy::new(
-                &cfg.retry,
-                cfg.spool.enabled,
-                !cfg.hot_key_window.is_zero(),
-            ),
-            Arc::clone(&deadline),
-            Arc::clone(&stats),
-            open_dead_letters(cfg)?,
-            storage.max_msgid_set_kb * 1024,
-            Arc::clone(&expiry),
-        ));
+        let flusher = Arc::new(
+            Flusher::new(
+                Arc::clone(&concurrency),
+                client,
+                TableNames::new(dynamo),
+                crate::pipeline::flush::retry::RetryPolicy::new(
+                    &cfg.retry,
+                    cfg.spool.enabled,
+                    !cfg.hot_key_window.is_zero(),
+                ),
+                Arc::clone(&deadline),
+                Arc::clone(&stats),
+                open_dead_letters(cfg)?,
+                storage.max_msgid_set_kb * 1024,
+                Arc::clone(&expiry),
+            )
+            .with_statements(cfg.batch_statements),
+        );
         let spool = if cfg.spool.enabled {
             let spool = Spool::open(&cfg.spool, cfg.shards, read.clone()).map_err(|source| {
                 StartError::Spool {

@@ -17,7 +17,9 @@ use crate::event::HookPoint;
 use crate::lookup::LookupKind;
 use crate::storage::dynamo::{THROTTLE_CODES, THROTTLING_REASONS};
 use crate::storage::item::Table;
-use crate::telemetry::stats::{DropReason, FlushTrigger, Operation, Origin, Outcome, RejectReason};
+use crate::telemetry::stats::{
+    DropReason, FlushTrigger, Operation, Origin, Outcome, RejectReason, StatementOutcome,
+};
 
 /// The namespace every metric name starts with.
 pub const PREFIX: &str = "mqtt_dynamo_";
@@ -46,6 +48,7 @@ pub const HOT_KEYS: &str = "mqtt_dynamo_hot_keys";
 pub const HOT_KEY_REQUEUES_TOTAL: &str = "mqtt_dynamo_hot_key_requeues_total";
 // DynamoDB.
 pub const DYNAMODB_REQUESTS_TOTAL: &str = "mqtt_dynamo_dynamodb_requests_total";
+pub const DYNAMODB_STATEMENTS_TOTAL: &str = "mqtt_dynamo_dynamodb_statements_total";
 pub const DYNAMODB_REQUEST_DURATION_SECONDS: &str = "mqtt_dynamo_dynamodb_request_duration_seconds";
 pub const DYNAMODB_IN_FLIGHT_REQUESTS: &str = "mqtt_dynamo_dynamodb_in_flight_requests";
 pub const DYNAMODB_THROTTLES_TOTAL: &str = "mqtt_dynamo_dynamodb_throttles_total";
@@ -346,6 +349,12 @@ pub static CATALOGUE: &[Metric] = &[
                 Outcome::ALL.iter().map(|o| o.as_str()).collect(),
             ]
         },
+    ),
+    counter(
+        DYNAMODB_STATEMENTS_TOTAL,
+        "Statements of BatchExecuteStatement requests, by how each ended: applied, condition_failed (a delete from a missing item or a failed node guard: the write's no-op), throttled (resent), diverted (sent on as UpdateItem: an ADD to a missing item, a refusal, an internal error).",
+        &["outcome"],
+        || vec![StatementOutcome::ALL.iter().map(|o| o.as_str()).collect()],
     ),
     counter(
         DYNAMODB_THROTTLES_TOTAL,
@@ -789,7 +798,7 @@ mod tests {
     fn series_is_the_product_of_the_label_values() {
         let requests = get(DYNAMODB_REQUESTS_TOTAL).expect("catalogued");
         let series = requests.series();
-        assert_eq!(series.len(), 2 * 7);
+        assert_eq!(series.len(), 3 * 7);
         assert_eq!(
             series[0],
             vec![("operation", "batch_write_item"), ("outcome", "success")]

@@ -144,15 +144,52 @@ impl FlushTrigger {
 pub enum Operation {
     BatchWriteItem,
     UpdateItem,
+    BatchExecuteStatement,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 2] = [Operation::BatchWriteItem, Operation::UpdateItem];
+    pub const ALL: [Operation; 3] = [
+        Operation::BatchWriteItem,
+        Operation::UpdateItem,
+        Operation::BatchExecuteStatement,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Operation::BatchWriteItem => "batch_write_item",
             Operation::UpdateItem => "update_item",
+            Operation::BatchExecuteStatement => "batch_execute_statement",
+        }
+    }
+}
+
+/// How one statement of a BatchExecuteStatement ended (`mqtt_dynamo_dynamodb_statements_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatementOutcome {
+    Applied,
+    /// ConditionalCheckFailed on a write that does nothing then (a DELETE from a missing item,
+    /// a failed node guard).
+    ConditionFailed,
+    /// Throttled (or not answered): resent.
+    Throttled,
+    /// Sent on as its UpdateItem (an ADD to a missing item, a refusal, an internal error).
+    Diverted,
+}
+
+impl StatementOutcome {
+    pub const ALL: [StatementOutcome; 4] = [
+        StatementOutcome::Applied,
+        StatementOutcome::ConditionFailed,
+        StatementOutcome::Throttled,
+        StatementOutcome::Diverted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatementOutcome::Applied => "applied",
+            StatementOutcome::ConditionFailed => "condition_failed",
+            StatementOutcome::Throttled => "throttled",
+            StatementOutcome::Diverted => "diverted",
         }
     }
 }
@@ -208,7 +245,9 @@ pub struct Stats {
     /// Writes that vanished entirely (put∘delete of a fresh message, ADD∘DELETE of one id).
     cancelled: [AtomicU64; 6],
     flushes: [AtomicU64; 4],
-    requests: [[AtomicU64; 7]; 2],
+    requests: [[AtomicU64; 7]; 3],
+    /// BatchExecuteStatement's statements by how each ended (each attempt counts).
+    statements: [AtomicU64; 4],
     items_written: [AtomicU64; 6],
     unprocessed: AtomicU64,
     throttles: AtomicU64,
@@ -244,6 +283,7 @@ impl Default for Stats {
             cancelled: Default::default(),
             flushes: Default::default(),
             requests: Default::default(),
+            statements: Default::default(),
             items_written: Default::default(),
             unprocessed: Default::default(),
             throttles: Default::default(),
@@ -296,6 +336,13 @@ impl Stats {
             .increment(merged);
         metrics::counter!(catalogue::WRITES_CANCELLED_TOTAL, "table" => table.base_name())
             .increment(cancelled);
+    }
+
+    /// One statement of a BatchExecuteStatement ended as `outcome`.
+    pub(crate) fn statement(&self, outcome: StatementOutcome) {
+        self.statements[outcome as usize].fetch_add(1, Relaxed);
+        metrics::counter!(catalogue::DYNAMODB_STATEMENTS_TOTAL, "outcome" => outcome.as_str())
+            .increment(1);
     }
 
     pub(crate) fn flushed(&self, trigger: FlushTrigger, requests: usize, bytes: usize) {
@@ -421,6 +468,9 @@ impl Stats {
                 .map(|t| (t.as_str(), self.flushes[t as usize].load(Relaxed))),
             batch_write_requests: sum(&self.requests[Operation::BatchWriteItem as usize]),
             update_requests: sum(&self.requests[Operation::UpdateItem as usize]),
+            statement_requests: sum(&self.requests[Operation::BatchExecuteStatement as usize]),
+            statements: StatementOutcome::ALL
+                .map(|o| (o.as_str(), self.statements[o as usize].load(Relaxed))),
             failed_requests: [
                 Outcome::Throttled,
                 Outcome::Rejected,
@@ -429,13 +479,16 @@ impl Stats {
             ]
             .iter()
             .map(|o| {
-                self.requests[0][*o as usize].load(Relaxed)
-                    + self.requests[1][*o as usize].load(Relaxed)
+                self.requests
+                    .iter()
+                    .map(|by_outcome| by_outcome[*o as usize].load(Relaxed))
+                    .sum::<u64>()
             })
             .sum(),
             condition_failed: self.requests[Operation::UpdateItem as usize]
                 [Outcome::ConditionFailed as usize]
-                .load(Relaxed),
+                .load(Relaxed)
+                + self.statements[StatementOutcome::ConditionFailed as usize].load(Relaxed),
             items_written: per_table(&self.items_written),
             unprocessed: self.unprocessed.load(Relaxed),
             throttles: self.throttles.load(Relaxed),
@@ -515,6 +568,9 @@ pub struct StatsSnapshot {
     pub flushes: [(&'static str, u64); 4],
     pub batch_write_requests: u64,
     pub update_requests: u64,
+    pub statement_requests: u64,
+    /// BatchExecuteStatement's statements by outcome.
+    pub statements: [(&'static str, u64); 4],
     /// Requests that ended throttled, rejected or in error (each retry counts).
     pub failed_requests: u64,
     pub condition_failed: u64,
@@ -540,7 +596,7 @@ pub struct StatsSnapshot {
 
 impl StatsSnapshot {
     pub fn requests(&self) -> u64 {
-        self.batch_write_requests + self.update_requests
+        self.batch_write_requests + self.update_requests + self.statement_requests
     }
 
     pub fn written(&self) -> u64 {
@@ -579,9 +635,10 @@ impl std::fmt::Display for StatsSnapshot {
         writeln!(f, "flushes                {}", flushes.join(", "))?;
         writeln!(
             f,
-            "DynamoDB requests      {} (BatchWriteItem {}, UpdateItem {}; failed {}, guarded no-ops {})",
+            "DynamoDB requests      {} (BatchWriteItem {}, BatchExecuteStatement {}, UpdateItem {}; failed {}, guarded no-ops {})",
             self.requests(),
             self.batch_write_requests,
+            self.statement_requests,
             self.update_requests,
             self.failed_requests,
             self.condition_failed

@@ -121,9 +121,12 @@ impl Backend {
         }
     }
 
-    /// A configuration pointing at this backend, with static test keys.
+    /// A configuration pointing at this backend, with static test keys (and, for dynalite,
+    /// which has no PartiQL, `pipeline.batch_statements` off).
     pub fn config(&self) -> Config {
-        config_at(self.endpoint())
+        let mut cfg = config_at(self.endpoint());
+        cfg.pipeline.batch_statements = !matches!(self, Backend::Dynalite { .. });
+        cfg
     }
 
     /// Creates the six tables `cfg` names (on demand; idempotent), through `cfg`'s endpoint.

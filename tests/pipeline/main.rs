@@ -14,4 +14,5 @@ mod msgid_sets;
 mod outages;
 mod retries;
 mod shutdown;
+mod statements;
 mod throttling;

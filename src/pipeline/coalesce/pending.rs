@@ -81,6 +81,9 @@ pub struct Taken {
     pub since: Instant,
     /// The ops folded into it.
     pub seqs: Seqs,
+    /// Send it so that DynamoDB reports its own cost (UpdateItem, not BatchExecuteStatement):
+    /// set by the shard for keys known or suspected to be costly.
+    pub measure: bool,
 }
 
 /// The pending writes of one key.
@@ -290,6 +293,7 @@ impl Coalescer {
                 write,
                 since,
                 seqs,
+                measure: false,
             });
         }
         for slot in skipped.into_iter().rev() {

@@ -101,6 +101,7 @@ where
             return Reply::Applied {
                 unprocessed,
                 consumed,
+                diverted: Default::default(),
             };
         }
         Err(err) => err,

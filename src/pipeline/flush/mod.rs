@@ -1,5 +1,6 @@
 //! Sending one flush to DynamoDB: the puts and deletes as one BatchWriteItem, the updates and set
-//! changes as UpdateItems, each request retried until durable, refused, or out of retry budget.
+//! changes as one BatchExecuteStatement and UpdateItems, each request retried until durable,
+//! refused, or out of retry budget.
 //!
 //! - **UnprocessedItems** (which the SDK does not retry) are resent alone after a full-jitter
 //!   exponential backoff; throttling errors and transient failures retry the whole request the
@@ -26,15 +27,20 @@
 //!   of members each, ADDs first, so a long-merged hot key's delta never exceeds what DynamoDB
 //!   takes.
 //!
-//! Files, one concern each: `request` builds requests; `batch` sends BatchWriteItem, `update`
-//! UpdateItem, both through the one loop in `retry_loop`; [`retry`] is the retry decision; `msgid`
-//! trims MsgId sets at their size cap.
+//! - **Set changes and guarded updates** one PartiQL `UPDATE` can carry go up to 25 per
+//!   BatchExecuteStatement (`pipeline.batch_statements`); what a statement cannot carry, by shape
+//!   or as DynamoDB answered it, is diverted to UpdateItem (see `statement`).
+//!
+//! Files, one concern each: `request` builds requests; `batch` sends BatchWriteItem, `statement`
+//! BatchExecuteStatement, `update` UpdateItem, all through the one loop in `retry_loop`;
+//! [`retry`] is the retry decision; `msgid` trims MsgId sets at their size cap.
 
 mod batch;
 mod msgid;
 mod request;
 pub mod retry;
 mod retry_loop;
+mod statement;
 mod update;
 
 use std::collections::HashMap;
@@ -46,6 +52,7 @@ use tracing::error;
 
 pub use request::TableNames;
 use retry::{Deadline, RetryPolicy};
+pub use retry_loop::Cost;
 use retry_loop::{End, Unit};
 
 use crate::pipeline::coalesce::{Seqs, Taken};
@@ -74,8 +81,13 @@ pub struct Completed {
 /// could otherwise overwrite.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyEnd {
-    /// Durable: written, or a guarded update that did its job by doing nothing.
-    Written { hot: bool, ambiguous: bool },
+    /// Durable: written, or a guarded update that did its job by doing nothing; with what it
+    /// cost when DynamoDB's consumed capacity tells it (for the shard's cost windows).
+    Written {
+        hot: bool,
+        ambiguous: bool,
+        cost: Option<Cost>,
+    },
     /// Given up: counted, logged, dead-lettered.
     Dropped { hot: bool, ambiguous: bool },
     /// Throttled on its own key (so always hot) and not applied: what is left of the write,
@@ -93,9 +105,16 @@ impl KeyEnd {
     fn new(unit: &Unit, end: End, rest: impl FnOnce() -> Option<Write>) -> KeyEnd {
         let (hot, ambiguous) = (unit.hot, unit.ambiguous);
         match end {
-            End::Written => KeyEnd::Written { hot, ambiguous },
+            End::Written => KeyEnd::Written {
+                hot,
+                ambiguous,
+                cost: unit.cost,
+            },
             End::Dropped => KeyEnd::Dropped { hot, ambiguous },
             End::Left => KeyEnd::Left,
+            // Only BatchExecuteStatement diverts, and `Flusher::statements` sends a diverted
+            // write on as its UpdateItems before asking for an end; never reached.
+            End::Diverted => KeyEnd::Dropped { hot, ambiguous },
             End::HandedBack => match rest() {
                 Some(mut write) => {
                     if ambiguous {
@@ -161,6 +180,8 @@ pub struct Flusher {
     expiry: Arc<crate::pipeline::expiry::ExpiryBook>,
     /// Told how each request went, so the limit on flushes in flight adapts.
     concurrency: Arc<crate::pipeline::concurrency::Concurrency>,
+    /// `pipeline.batch_statements`: set deltas and guarded updates go by BatchExecuteStatement.
+    statements: bool,
 }
 
 impl Flusher {
@@ -186,7 +207,14 @@ impl Flusher {
             dead_letters,
             msgid_cap: msgid::MsgIdCap(msgid_cap),
             concurrency,
+            statements: false,
         }
+    }
+
+    /// Sends set deltas and guarded updates by BatchExecuteStatement (`pipeline.batch_statements`).
+    pub fn with_statements(mut self, on: bool) -> Self {
+        self.statements = on;
+        self
     }
 
     /// Counts a given-up write and records it in the dead-letter file.
@@ -197,7 +225,9 @@ impl Flusher {
     }
 
     /// Sends `writes` (one per key) and reports how each ended: the puts and deletes in one
-    /// BatchWriteItem here, each update in a task of its own.
+    /// BatchWriteItem here, the set deltas and guarded updates in one BatchExecuteStatement
+    /// beside it (with `pipeline.batch_statements`; a key whose cost is being measured goes by
+    /// UpdateItem), each other update in a task of its own.
     pub async fn flush(self: Arc<Self>, writes: Vec<Taken>) -> Vec<Completed> {
         let now = tokio::time::Instant::now().into_std();
         let taken: HashMap<Key, (std::time::Instant, Seqs)> = writes
@@ -205,8 +235,13 @@ impl Flusher {
             .map(|t| (t.key.clone(), (t.since, t.seqs)))
             .collect();
         let unit = |t: &Taken| Unit::new(t.key.clone(), now.saturating_duration_since(t.since));
-        let (batchable, updates): (Vec<Taken>, Vec<Taken>) =
+        let (batchable, others): (Vec<Taken>, Vec<Taken>) =
             writes.into_iter().partition(|t| t.write.is_batchable());
+        let (statements, updates): (Vec<Taken>, Vec<Taken>) = if self.statements {
+            others.into_iter().partition(|t| !t.measure)
+        } else {
+            (Vec::new(), others)
+        };
         let mut tasks = tokio::task::JoinSet::new();
         for t in updates {
             let (this, unit) = (Arc::clone(&self), unit(&t));
@@ -215,12 +250,33 @@ impl Flusher {
                 (t.key, end)
             });
         }
-        let mut ends = if batchable.is_empty() {
-            Vec::new()
-        } else {
-            let writes = batchable.into_iter().map(|t| (unit(&t), t.write));
-            self.batch(writes.map(|(u, w)| (w, u)).collect()).await
-        };
+        let statements: Vec<(Write, Unit)> = statements
+            .into_iter()
+            .map(|t| (unit(&t), t.write))
+            .map(|(u, w)| (w, u))
+            .collect();
+        let batch: Vec<(Write, Unit)> = batchable
+            .into_iter()
+            .map(|t| (unit(&t), t.write))
+            .map(|(u, w)| (w, u))
+            .collect();
+        let (mut ends, statement_ends) = tokio::join!(
+            async {
+                if batch.is_empty() {
+                    Vec::new()
+                } else {
+                    self.batch(batch).await
+                }
+            },
+            async {
+                if statements.is_empty() {
+                    Vec::new()
+                } else {
+                    self.statements(statements).await
+                }
+            }
+        );
+        ends.extend(statement_ends);
         while let Some(joined) = tasks.join_next().await {
             match joined {
                 Ok(end) => ends.push(end),
@@ -314,7 +370,8 @@ mod tests {
             written,
             KeyEnd::Written {
                 hot: true,
-                ambiguous: true
+                ambiguous: true,
+                cost: None
             }
         );
         assert!(written.hot() && written.ambiguous());

@@ -178,3 +178,70 @@ pub(super) fn remainder(write: &Write, rest: &[UpdateSpec]) -> Write {
         other => other.clone(),
     }
 }
+
+/// One PartiQL statement of a BatchExecuteStatement, ready to send (and resend).
+#[derive(Debug, Clone)]
+pub(super) struct StatementSpec {
+    pub text: String,
+    pub params: Vec<AttributeValue>,
+    /// The UpdateItem it stands for would create a missing item (a set ADD, an unguarded SET),
+    /// which a PartiQL UPDATE never does: DynamoDB answers ConditionalCheckFailed, and the write
+    /// then goes as that UpdateItem. Otherwise ConditionalCheckFailed is the write's no-op (a
+    /// DELETE from a missing item, a failed node guard).
+    pub creates: bool,
+}
+
+/// The statement of an update or a set delta that one PartiQL UPDATE can carry: a set delta
+/// that only ADDs or only DELETEs, in one chunk, or an update. `None` for the rest (puts and
+/// deletes go by BatchWriteItem; a delta that both ADDs and DELETEs, or needs several chunks,
+/// goes by UpdateItem, since one statement cannot change a path twice).
+pub(super) fn statement_spec(table_name: &str, key: &Key, write: &Write) -> Option<StatementSpec> {
+    let mut params = Vec::new();
+    let (set, condition, creates) = match write {
+        Write::SetDelta { attr, add, del, .. } => {
+            let (members, function, creates) = match (add.is_empty(), del.is_empty()) {
+                (false, true) => (add, "SET_ADD", true),
+                (true, false) => (del, "SET_DELETE", false),
+                _ => return None,
+            };
+            if crate::storage::item::set_chunks(members) != 1 {
+                return None;
+            }
+            params.push(dynamo::to_attr(&Value::Ss(members.clone())));
+            let attr = quoted(attr);
+            (format!("{attr} = {function}({attr}, ?)"), None, creates)
+        }
+        Write::Update { set, guard } => {
+            let mut parts = Vec::with_capacity(set.len());
+            for (attr, value) in set {
+                parts.push(format!("{} = ?", quoted(attr)));
+                params.push(dynamo::to_attr(value));
+            }
+            (parts.join(", "), guard.as_ref(), guard.is_none())
+        }
+        Write::Put { .. } | Write::Delete => return None,
+    };
+    let (hash_name, range_name) = key.table.key_names();
+    let mut filter = format!("{} = ?", quoted(hash_name));
+    params.push(AttributeValue::S(key.hash.clone()));
+    if let (Some(name), Some(value)) = (range_name, &key.range) {
+        filter.push_str(&format!(" AND {} = ?", quoted(name)));
+        params.push(AttributeValue::S(value.clone()));
+    }
+    if let Some((attr, value)) = condition {
+        filter.push_str(&format!(" AND {} = ?", quoted(attr)));
+        params.push(dynamo::to_attr(value));
+    }
+    Some(StatementSpec {
+        text: format!("UPDATE {} SET {set} WHERE {filter}", quoted(table_name)),
+        params,
+        creates,
+    })
+}
+
+/// A PartiQL identifier. Table and attribute names never hold a double quote (DynamoDB's table
+/// names are `[a-zA-Z0-9_.-]`; the attribute names are the storage contract's), but one would
+/// be doubled, as PartiQL escapes it.
+fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}

@@ -51,6 +51,23 @@ pub(super) struct Unit {
     /// Some attempt carrying the write ended ambiguously (a timeout, a 5xx, a reset, abandoned at
     /// the shutdown deadline): DynamoDB may have applied it, or may still.
     pub ambiguous: bool,
+    /// What the write cost in write units, when DynamoDB's consumed capacity tells it.
+    pub cost: Option<Cost>,
+}
+
+impl Cost {
+    /// This cost and an earlier one of the same write (its other UpdateItems): the larger of
+    /// the same kind; an exact one over a bound.
+    fn or(self, earlier: Option<Cost>) -> Cost {
+        match earlier {
+            Some(e) if e.exact == self.exact => Cost {
+                units: e.units.max(self.units),
+                exact: self.exact,
+            },
+            Some(e) if e.exact => e,
+            _ => self,
+        }
+    }
 }
 
 impl Unit {
@@ -60,8 +77,18 @@ impl Unit {
             age,
             hot: false,
             ambiguous: false,
+            cost: None,
         }
     }
+}
+
+/// What one write cost in write units (rounded up), from consumed capacity: exactly, from an
+/// UpdateItem (the largest of its requests); or at most, from a BatchExecuteStatement, whose
+/// capacity comes per table (the table's units less one for each other statement of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cost {
+    pub units: u32,
+    pub exact: bool,
 }
 
 /// How a request ended for one write it carried.
@@ -75,6 +102,9 @@ pub(super) enum End {
     HandedBack,
     /// The shutdown deadline passed with the spool on: left to the spool.
     Left,
+    /// This kind of request cannot carry the write (a BatchExecuteStatement's statement that
+    /// must go as an UpdateItem): not applied, sent another way by the caller.
+    Diverted,
 }
 
 /// What one attempt came back with, without the SDK's types.
@@ -85,6 +115,9 @@ pub(super) enum Reply {
     Applied {
         unprocessed: HashSet<Key>,
         consumed: Vec<(Table, f64)>,
+        /// Writes this request cannot carry, to be sent another way, each with whether the
+        /// attempt may have applied it (a statement answered InternalServerError).
+        diverted: HashMap<Key, bool>,
     },
     /// A guarded UpdateItem whose condition failed.
     ConditionFailed,
@@ -191,8 +224,20 @@ impl Flusher {
                 Reply::Applied {
                     unprocessed,
                     consumed,
+                    diverted,
                 } => {
-                    pending = self.written(pending, &unprocessed, &mut done);
+                    if !diverted.is_empty() {
+                        let (away, stay): (Vec<_>, Vec<_>) = pending
+                            .into_iter()
+                            .partition(|u| diverted.contains_key(&u.key));
+                        done.extend(away.into_iter().map(|mut u| {
+                            u.ambiguous |= diverted.get(&u.key).copied().unwrap_or(false);
+                            (u, End::Diverted)
+                        }));
+                        pending = stay;
+                    }
+                    pending =
+                        self.written(pending, &unprocessed, &consumed, R::OPERATION, &mut done);
                     request.applied(self, &consumed).await;
                     for unit in &mut pending {
                         unit.hot = true;
@@ -252,12 +297,35 @@ impl Flusher {
         &self,
         pending: Vec<Unit>,
         unprocessed: &HashSet<Key>,
+        consumed: &[(Table, f64)],
+        op: Operation,
         done: &mut Vec<(Unit, End)>,
     ) -> Vec<Unit> {
-        let (rest, written): (Vec<_>, Vec<_>) = pending
+        let (rest, mut written): (Vec<_>, Vec<_>) = pending
             .into_iter()
             .partition(|u| unprocessed.contains(&u.key));
         let mut per_table: HashMap<Table, u64> = HashMap::new();
+        for unit in &written {
+            *per_table.entry(unit.key.table).or_default() += 1;
+        }
+        if op != Operation::BatchWriteItem {
+            for unit in &mut written {
+                let units: f64 = consumed
+                    .iter()
+                    .filter(|(t, _)| *t == unit.key.table)
+                    .map(|(_, u)| *u)
+                    .sum();
+                let others = per_table.get(&unit.key.table).copied().unwrap_or(1) - 1;
+                let cost = Cost {
+                    units: (units - others as f64).max(0.0).ceil() as u32,
+                    exact: op == Operation::UpdateItem,
+                };
+                if units > 0.0 {
+                    unit.cost = Some(cost.or(unit.cost));
+                }
+            }
+        }
+        per_table.clear();
         for unit in written {
             *per_table.entry(unit.key.table).or_default() += 1;
             done.push((unit, End::Written));
@@ -357,6 +425,7 @@ impl Flusher {
             Reply::Applied {
                 unprocessed,
                 consumed,
+                ..
             } => {
                 for (table, units) in consumed {
                     self.stats.consumed(*table, *units);

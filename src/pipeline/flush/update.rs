@@ -104,6 +104,7 @@ where
             return Reply::Applied {
                 unprocessed: Default::default(),
                 consumed: units.map(|u| (table, u)).into_iter().collect(),
+                diverted: Default::default(),
             };
         }
         Err(err) => err,

@@ -64,6 +64,11 @@ impl HotKeys {
         Some(now + window)
     }
 
+    /// Whether `key` is hot (its writes go by UpdateItem, whose throttling is its own).
+    pub fn contains(&self, key: &Key) -> bool {
+        !self.windows.is_empty() && self.windows.contains_key(key)
+    }
+
     /// Hot keys remembered.
     pub fn len(&self) -> usize {
         self.windows.len()

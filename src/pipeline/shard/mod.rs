@@ -10,6 +10,7 @@
 //! coalescer keeps `std::time::Instant`s (the accepted instants ingest stamps), converted here.
 
 mod barrier;
+mod costly_keys;
 mod hot_keys;
 mod router;
 #[cfg(test)]
@@ -26,6 +27,7 @@ use tracing::error;
 
 pub(crate) use barrier::BarrierAck;
 use barrier::Barriers;
+use costly_keys::CostlyKeys;
 use hot_keys::HotKeys;
 pub(crate) use router::route;
 
@@ -110,6 +112,8 @@ pub(crate) struct Shard<F: Flush = Flusher> {
     spool: Option<Barriers>,
     /// Keys DynamoDB throttled itself, and their windows.
     hot: HotKeys,
+    /// Keys whose writes cost many write units, and their windows.
+    costly: CostlyKeys,
     /// Where linger ends are counted from: they fall on multiples of a tick after it, so
     /// the writes whose linger ends together leave in full batches instead of one by one.
     epoch: Instant,
@@ -142,6 +146,7 @@ impl<F: Flush> Shard<F> {
             flushes: JoinSet::new(),
             flush_keys: HashMap::new(),
             hot: HotKeys::new(cfg.hot_key_window, cfg.hot_key_max_window),
+            costly: CostlyKeys::new(cfg.cost_window, cfg.cost_max_window),
             cfg,
             stats,
             draining: false,
@@ -271,9 +276,15 @@ impl<F: Flush> Shard<F> {
                     Err(_) => return,
                 },
             };
-            let writes = self
+            let mut writes = self
                 .coalescer
                 .take(self.cfg.max_batch_requests, self.cfg.max_batch_bytes);
+            for t in &mut writes {
+                // Costly and hot keys go by UpdateItem: its consumed capacity and throttling
+                // are the key's own (a hot key's statement could fail its condition, charged,
+                // just before its UpdateItem needs the capacity).
+                t.measure = self.costly.measure(&t.key) || self.hot.contains(&t.key);
+            }
             if writes.is_empty() {
                 self.spare = Some(permit);
                 return;
@@ -330,6 +341,12 @@ impl<F: Flush> Shard<F> {
     fn key_completed(&mut self, c: Completed, now: Instant) -> Option<Duration> {
         self.coalescer.complete(&c.key);
         self.cool_or_heat(&c.key, c.end.hot(), now);
+        if let KeyEnd::Written { cost, .. } = &c.end
+            && let Some(until) = self.costly.after_write(&c.key, *cost, now)
+        {
+            // Costly: the key's next write waits, so more of its changes merge into it.
+            self.coalescer.hold_at_least(&c.key, coalescer_time(until));
+        }
         if c.end.ambiguous() && !self.cfg.ambiguous_hold.is_zero() {
             // An attempt may still land: the key's next write goes after it.
             self.coalescer

@@ -133,10 +133,12 @@ impl Harness {
 const WRITTEN: KeyEnd = KeyEnd::Written {
     hot: false,
     ambiguous: false,
+    cost: None,
 };
 const WRITTEN_HOT: KeyEnd = KeyEnd::Written {
     hot: true,
     ambiguous: false,
+    cost: None,
 };
 
 #[tokio::test(start_paused = true)]

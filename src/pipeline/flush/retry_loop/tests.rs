@@ -114,6 +114,7 @@ fn applied(unprocessed: &[&Key]) -> Reply {
     Reply::Applied {
         unprocessed: unprocessed.iter().map(|k| (*k).clone()).collect(),
         consumed: Vec::new(),
+        diverted: Default::default(),
     }
 }
 

@@ -1,0 +1,239 @@
+//! BatchExecuteStatement: the set deltas and guarded updates of a flush that one PartiQL
+//! `UPDATE` each can carry (see [`super::request::statement_spec`]), up to 25 in one request
+//! instead of one UpdateItem each, sent by the retry loop.
+//!
+//! Each statement has its own answer. Applied: written. `ConditionalCheckFailed`: a PartiQL
+//! UPDATE never creates an item, so this is either the write's no-op (a DELETE from a missing
+//! item, a node guard that fails: written, as the UpdateItem's failed condition is) or, for a
+//! write that creates (an ADD to a topic with no item yet), a sign to send it as its UpdateItem
+//! (diverted). Throttled (`ThrottlingError`, `ProvisionedThroughputExceeded`,
+//! `RequestLimitExceeded`, `TransactionConflict`): not applied, resent like BatchWriteItem's
+//! UnprocessedItems (and handed back to its shard when hot-key windows are on). Anything else —
+//! a `ValidationError` (a MsgId set at 400 KB among them), `InternalServerError`,
+//! `AccessDenied`, `ResourceNotFound` — sends the write on as its UpdateItem, whose answers
+//! the flusher already knows what to do with (drop the poison with DynamoDB's message, trim
+//! the set and add again, retry); `InternalServerError` marks the write maybe applied first.
+//!
+//! One write per key per flush, so a request never names an item twice (DynamoDB refuses
+//! that). The order guarantees are the flush's: every key stays in flight until its write,
+//! diverted or not, has an end.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+
+use aws_sdk_dynamodb::types::{
+    BatchStatementErrorCodeEnum as Code, BatchStatementRequest, ReturnConsumedCapacity,
+};
+
+use super::request::{StatementSpec, statement_spec};
+use super::retry_loop::{End, Reply, Request, Unit};
+use super::{Flusher, KeyEnd};
+use crate::storage::dynamo::{self, Failure};
+use crate::storage::item::{Key, Table, Write};
+use crate::telemetry::stats::{Operation, StatementOutcome};
+
+/// One BatchExecuteStatement: each write with its statement, by key.
+pub(super) struct StatementBatch {
+    writes: HashMap<Key, (Write, StatementSpec)>,
+}
+
+impl StatementBatch {
+    /// The statements of `writes`; those no statement can carry come back in the second list.
+    pub fn new(
+        flusher: &Flusher,
+        writes: Vec<(Write, Unit)>,
+    ) -> (Self, Vec<Unit>, Vec<(Write, Unit)>) {
+        let mut batch = HashMap::with_capacity(writes.len());
+        let (mut units, mut rest) = (Vec::with_capacity(writes.len()), Vec::new());
+        for (write, unit) in writes {
+            match statement_spec(flusher.tables.name(unit.key.table), &unit.key, &write) {
+                Some(spec) => {
+                    batch.insert(unit.key.clone(), (write, spec));
+                    units.push(unit);
+                }
+                None => rest.push((write, unit)),
+            }
+        }
+        (StatementBatch { writes: batch }, units, rest)
+    }
+}
+
+impl Request for StatementBatch {
+    const OPERATION: Operation = Operation::BatchExecuteStatement;
+    const API: &'static str = "BatchExecuteStatement";
+
+    fn attempt(&self, flusher: &Flusher, pending: &[Unit]) -> impl Future<Output = Reply> + Send {
+        let mut keys = Vec::with_capacity(pending.len());
+        let mut statements = Vec::with_capacity(pending.len());
+        for unit in pending {
+            let Some((_, spec)) = self.writes.get(&unit.key) else {
+                continue;
+            };
+            let built = BatchStatementRequest::builder()
+                .statement(&spec.text)
+                .set_parameters(Some(spec.params.clone()))
+                .build();
+            // The builder only refuses a missing statement, which is always set.
+            if let Ok(statement) = built {
+                keys.push(unit.key.clone());
+                statements.push(statement);
+            }
+        }
+        let sent = flusher
+            .client
+            .batch_execute_statement()
+            .set_statements(Some(statements))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send();
+        async move { self.reply(flusher, keys, sent.await) }
+    }
+
+    fn write(&self, key: &Key) -> Option<&Write> {
+        self.writes.get(key).map(|(write, _)| write)
+    }
+
+    fn alone(&self, key: &Key) -> Option<Self> {
+        if self.writes.len() < 2 {
+            return None;
+        }
+        let (write, spec) = self.writes.get(key)?;
+        Some(StatementBatch {
+            writes: [(key.clone(), (write.clone(), spec.clone()))].into(),
+        })
+    }
+}
+
+impl StatementBatch {
+    /// What a BatchExecuteStatement came back with; `keys` are its statements' keys in order.
+    fn reply<R>(
+        &self,
+        flusher: &Flusher,
+        keys: Vec<Key>,
+        sent: Result<
+            aws_sdk_dynamodb::operation::batch_execute_statement::BatchExecuteStatementOutput,
+            aws_sdk_dynamodb::error::SdkError<
+                aws_sdk_dynamodb::operation::batch_execute_statement::BatchExecuteStatementError,
+                R,
+            >,
+        >,
+    ) -> Reply
+    where
+        R: std::fmt::Debug,
+    {
+        let out = match sent {
+            Ok(out) => out,
+            Err(err) => {
+                return match dynamo::classify(&err) {
+                    Failure::Throttled { code } => Reply::Throttled {
+                        code,
+                        own_key: false,
+                        reasons: Vec::new(),
+                    },
+                    Failure::Invalid { message } => Reply::Invalid { message },
+                    Failure::Transient { code, message } => Reply::Transient { code, message },
+                    Failure::ConditionFailed => Reply::Unexpected {
+                        what: "ConditionalCheckFailed",
+                    },
+                    Failure::Credentials { code, message } => Reply::Credentials { code, message },
+                };
+            }
+        };
+        let consumed: Vec<(Table, f64)> = out
+            .consumed_capacity()
+            .iter()
+            .filter_map(|cc| {
+                let table = flusher.tables.table(cc.table_name()?)?;
+                Some((table, cc.capacity_units()?))
+            })
+            .collect();
+        let mut unprocessed = HashSet::new();
+        let mut diverted = HashMap::new();
+        let responses = out.responses();
+        for (i, key) in keys.into_iter().enumerate() {
+            let error = responses.get(i).map(|r| r.error());
+            let outcome = match error {
+                // No answer for it at all: not applied, as far as we know.
+                None => {
+                    unprocessed.insert(key);
+                    StatementOutcome::Throttled
+                }
+                Some(None) => StatementOutcome::Applied,
+                Some(Some(e)) => match e.code() {
+                    Some(Code::ConditionalCheckFailed) => {
+                        if self.writes.get(&key).is_some_and(|(_, spec)| spec.creates) {
+                            diverted.insert(key, false);
+                            StatementOutcome::Diverted
+                        } else {
+                            StatementOutcome::ConditionFailed
+                        }
+                    }
+                    Some(
+                        Code::ThrottlingError
+                        | Code::ProvisionedThroughputExceeded
+                        | Code::RequestLimitExceeded
+                        | Code::TransactionConflict,
+                    ) => {
+                        unprocessed.insert(key);
+                        StatementOutcome::Throttled
+                    }
+                    Some(Code::InternalServerError) => {
+                        diverted.insert(key, true);
+                        StatementOutcome::Diverted
+                    }
+                    _ => {
+                        tracing::debug!(code = ?e.code(), message = e.message(), "statement refused; sending it as UpdateItem");
+                        diverted.insert(key, false);
+                        StatementOutcome::Diverted
+                    }
+                },
+            };
+            flusher.stats.statement(outcome);
+        }
+        Reply::Applied {
+            unprocessed,
+            consumed,
+            diverted,
+        }
+    }
+}
+
+impl Flusher {
+    /// The set deltas and updates of a flush as one BatchExecuteStatement, sent until each has
+    /// an end; what it cannot carry (by shape, or as DynamoDB answered) goes as UpdateItems, each
+    /// in a task of its own.
+    pub(super) async fn statements(
+        self: &std::sync::Arc<Self>,
+        writes: Vec<(Write, Unit)>,
+    ) -> Vec<(Key, KeyEnd)> {
+        let (mut request, units, mut rest) = StatementBatch::new(self, writes);
+        let mut ends = Vec::with_capacity(units.len());
+        if !units.is_empty() {
+            for (unit, end) in self.settle(&mut request, units).await {
+                if end == End::Diverted
+                    && let Some((write, _)) = request.writes.remove(&unit.key)
+                {
+                    rest.push((write, unit));
+                    continue;
+                }
+                let key_end = KeyEnd::new(&unit, end, || request.write(&unit.key).cloned());
+                ends.push((unit.key, key_end));
+            }
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for (write, unit) in rest {
+            let this = std::sync::Arc::clone(self);
+            tasks.spawn(async move {
+                let key = unit.key.clone();
+                (key, this.update(&write, unit).await)
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(end) => ends.push(end),
+                // A bug, not input; `completions` reports the key as dropped.
+                Err(e) => tracing::error!(error = %e, "update task failed"),
+            }
+        }
+        ends
+    }
+}

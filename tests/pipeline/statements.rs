@@ -1,0 +1,160 @@
+//! Set changes and guarded disconnects by BatchExecuteStatement (PartiQL `UPDATE`s, up to 25 per
+//! request) on dynoxide, whose PartiQL follows behaviour captured from AWS: the final tables equal
+//! the sequential model and the UpdateItem path's; the statements DynamoDB answers
+//! ConditionalCheckFailed are the no-ops they stand for, or (an ADD to a topic with no item)
+//! go on as UpdateItems.
+
+use std::time::Duration;
+
+use mqtt_dynamo::pipeline::Pipeline;
+use mqtt_dynamo::test_util::events::{ack, disconnect, publish};
+use mqtt_dynamo::test_util::{Backend, SubmitExt, normalized, scan_all};
+
+use super::common::{expected, hot_key_events, run};
+
+/// The same 4,000 hot-key events with statements on and off, side by side on one dynoxide: the
+/// same final tables (the model's), and statements on takes fewer requests, UpdateItem only for
+/// what BatchExecuteStatement diverted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_write_what_update_items_write_in_fewer_requests() {
+    let events = hot_key_events(4_000);
+    let mut requests = Vec::new();
+    for on in [true, false] {
+        let backend = Backend::dynoxide().await;
+        let mut cfg = backend.config();
+        cfg.pipeline.max_batch_age = Duration::from_millis(20);
+        cfg.pipeline.batch_statements = on;
+        // 40 pipelines of 100 events each, one after the other, so that writes meet items the
+        // earlier ones left (a stream submitted at once would mostly fold in memory).
+        let (client, counter) = backend.prepare(&cfg).await;
+        let mut totals = std::collections::HashMap::<&str, u64>::new();
+        let (mut statement_requests, mut diverted_updates) = (0, 0);
+        for chunk in events.chunks(100) {
+            let pipeline = Pipeline::from_config(&cfg, client.clone()).expect("starts");
+            pipeline.handle().submit_all(chunk);
+            let stats = pipeline.shutdown().await;
+            assert_eq!(stats.dropped(), 0, "{stats}");
+            assert_eq!(stats.failed_requests, 0, "{stats}");
+            for (name, n) in stats.statements {
+                *totals.entry(name).or_default() += n;
+            }
+            statement_requests += stats.statement_requests;
+            diverted_updates += stats.update_requests;
+        }
+        let outcome = |name: &str| totals.get(name).copied().unwrap_or(0);
+        let got = scan_all(&backend.prepare(&cfg).await.0, &cfg).await;
+        assert_eq!(normalized(&got), expected(&events, &cfg), "statements {on}");
+        assert_eq!(counter.get("BatchExecuteStatement"), statement_requests);
+        if on {
+            assert!(statement_requests > 0);
+            assert!(outcome("applied") > 0, "{totals:?}");
+            // Each of the 50 topics' first ADD finds no item: diverted to UpdateItem once
+            // (a topic whose set empties keeps its key-only item).
+            let diverted = outcome("diverted");
+            assert!((1..=50).contains(&diverted), "{totals:?}");
+            // Late disconnects from a node the client left fail their guard as statements.
+            assert!(outcome("condition_failed") > 0, "{totals:?}");
+            assert_eq!(outcome("throttled"), 0, "{totals:?}");
+            assert_eq!(
+                counter.get("UpdateItem"),
+                diverted,
+                "UpdateItem only for diverted statements"
+            );
+            assert_eq!(diverted_updates, diverted);
+        } else {
+            assert_eq!(statement_requests, 0);
+        }
+        requests.push(counter.total());
+    }
+    assert!(
+        requests[0] * 2 < requests[1],
+        "statements on: {} requests, off: {}",
+        requests[0],
+        requests[1]
+    );
+}
+
+/// A disconnect of a client with no item (its guard cannot hold) and a DELETE of an id from a
+/// topic with no item are ConditionalCheckFailed statements that create nothing; an ADD to a
+/// missing topic creates it through UpdateItem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_conditions_create_nothing_and_a_first_add_creates_its_topic() {
+    let backend = Backend::dynoxide().await;
+    let mut cfg = backend.config();
+    cfg.pipeline.max_batch_age = Duration::from_millis(10);
+    let events = [
+        disconnect("ghost", "emqx@n1", 1_700_000_000_000),
+        publish(7, 1, "fresh/topic", b"x", false, 1_700_000_000_001),
+        ack("s1", 9, "empty/topic"),
+    ];
+    // One pipeline per event, drained before the next.
+    let (stats, counter) = run(&backend, &cfg, &events, true).await;
+    assert_eq!(stats.dropped(), 0, "{stats}");
+    let got = scan_all(&backend.prepare(&cfg).await.0, &cfg).await;
+    assert_eq!(normalized(&got), expected(&events, &cfg));
+    assert!(
+        !got.keys().any(|k| k.hash == "ghost"
+            || (k.table == mqtt_dynamo::storage::item::Table::TopicMsgMap
+                && k.hash == "empty/topic")),
+        "nothing created for a failed condition: {got:?}"
+    );
+    assert!(got.keys().any(|k| k.hash == "fresh/topic"));
+    assert_eq!(
+        counter.get("BatchExecuteStatement"),
+        3,
+        "one per drained event"
+    );
+    assert_eq!(counter.get("UpdateItem"), 1, "the first ADD, diverted");
+}
+
+/// Statements under faults on dynamo-sim: a random fifth of statements answered ThrottlingError
+/// (the others of each request applied), and a fifth of requests applied and then answered 500
+/// (every write in them ambiguous): each throttled statement is resent, each ambiguous one
+/// resent or sent on as UpdateItem, and the tables equal the model with nothing dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_and_applied_then_failed_statements_end_as_the_model() {
+    let backend = Backend::simulator(dynamo_sim::SimConfig {
+        seed: Some(23),
+        ..Default::default()
+    })
+    .await;
+    let mut cfg = backend.config();
+    cfg.pipeline.max_batch_age = Duration::from_millis(5);
+    cfg.pipeline.linger = mqtt_dynamo::config::LingerConfig::none();
+    cfg.pipeline.ambiguous_hold = Duration::from_millis(20);
+    cfg.pipeline.retry.initial_backoff = Duration::from_millis(2);
+    cfg.pipeline.retry.max_backoff = Duration::from_millis(50);
+    let (client, _) = backend.prepare(&cfg).await;
+    backend.set_faults(dynamo_sim::FaultConfig {
+        throttle_rate: 0.2,
+        apply_then_error_rate: 0.2,
+        ..Default::default()
+    });
+    let events = hot_key_events(3_000);
+    let mut totals = std::collections::HashMap::<&str, u64>::new();
+    for chunk in events.chunks(300) {
+        let pipeline = Pipeline::from_config(&cfg, client.clone()).expect("starts");
+        pipeline.handle().submit_all(chunk);
+        let stats = pipeline.shutdown().await;
+        assert_eq!(stats.dropped(), 0, "{stats}");
+        for (name, n) in stats.statements {
+            *totals.entry(name).or_default() += n;
+        }
+    }
+    backend.set_faults(dynamo_sim::FaultConfig::default());
+    let sim = backend.sim_stats().expect("the simulator's stats");
+    assert!(
+        sim.requests_by_operation
+            .get("BatchExecuteStatement")
+            .is_some_and(|n| *n > 0),
+        "{sim:?}"
+    );
+    assert!(sim.faults.applied_then_failed > 0, "{:?}", sim.faults);
+    assert!(
+        totals.get("throttled").is_some_and(|n| *n > 0),
+        "{totals:?}"
+    );
+    assert!(totals.get("applied").is_some_and(|n| *n > 0), "{totals:?}");
+    let got = scan_all(&client, &cfg).await;
+    assert_eq!(normalized(&got), expected(&events, &cfg));
+}
