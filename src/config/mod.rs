@@ -512,6 +512,12 @@ pub struct PipelineConfig {
     pub hot_key_window: Duration,
     #[serde(with = "humantime_serde")]
     pub hot_key_max_window: Duration,
+    /// After the first event of a quiet spell the router waits this long and then hands each
+    /// shard everything queued meanwhile as one message: one wakeup per shard per wait instead
+    /// of per event, at the cost of at most this much ingest-to-durable latency. 0 routes each
+    /// event as it comes.
+    #[serde(with = "humantime_serde")]
+    pub route_gather: Duration,
     /// Send set ADDs/DELETEs and guarded updates up to 25 per BatchExecuteStatement (PartiQL
     /// `UPDATE`s) instead of one UpdateItem each. Off for DynamoDB implementations without
     /// PartiQL (dynalite).
@@ -690,6 +696,7 @@ impl Default for PipelineConfig {
             adaptive_concurrency: true,
             hot_key_window: Duration::from_millis(100),
             hot_key_max_window: Duration::from_secs(2),
+            route_gather: Duration::from_millis(2),
             batch_statements: true,
             cost_window: Duration::from_millis(10),
             cost_max_window: Duration::from_secs(1),

@@ -418,9 +418,10 @@ impl Pipeline {
             spool.as_ref(),
         );
         let router_budget = Arc::clone(&budget);
+        let gather = cfg.route_gather;
         let router = std::thread::Builder::new()
             .name("mqtt-dynamo-router".into())
-            .spawn(move || route(rx, senders, router_budget))
+            .spawn(move || route(rx, senders, router_budget, gather))
             .map_err(|source| StartError::Thread {
                 thread: "router",
                 source,
