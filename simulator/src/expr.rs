@@ -274,7 +274,7 @@ pub enum CmpOp {
 
 impl CmpOp {
     /// The operator as written in an expression.
-    fn symbol(self) -> &'static str {
+    pub(crate) fn symbol(self) -> &'static str {
         match self {
             CmpOp::Eq => "=",
             CmpOp::Ne => "<>",

@@ -625,19 +625,24 @@ impl Parser {
     }
 
     fn pred_or(&mut self) -> Result<Pred, ParseError> {
-        let mut left = self.pred_and()?;
-        while self.eat_keyword("OR") {
-            let right = self.pred_and()?;
-            left = Pred::Or(Box::new(left), Box::new(right));
-        }
-        Ok(left)
+        self.left_assoc("OR", Self::pred_and, Pred::Or)
     }
 
     fn pred_and(&mut self) -> Result<Pred, ParseError> {
-        let mut left = self.pred_not()?;
-        while self.eat_keyword("AND") {
-            let right = self.pred_not()?;
-            left = Pred::And(Box::new(left), Box::new(right));
+        self.left_assoc("AND", Self::pred_not, Pred::And)
+    }
+
+    /// `operand (keyword operand)*`, joined from the left.
+    fn left_assoc(
+        &mut self,
+        keyword: &str,
+        operand: fn(&mut Self) -> Result<Pred, ParseError>,
+        join: fn(Box<Pred>, Box<Pred>) -> Pred,
+    ) -> Result<Pred, ParseError> {
+        let mut left = operand(self)?;
+        while self.eat_keyword(keyword) {
+            let right = operand(self)?;
+            left = join(Box::new(left), Box::new(right));
         }
         Ok(left)
     }

@@ -380,7 +380,7 @@ fn prepare_inner(sim: &Shared, member: &Member) -> Result<Ready, StatementError>
             {
                 return Err(StatementError::validation(format!(
                     "Incorrect operand type for operator or function; operator or function: {}, operand type: {}",
-                    op_symbol(op),
+                    op.symbol(),
                     value.type_name()
                 )));
             }
@@ -454,17 +454,6 @@ fn mandatory_key_equality() -> StatementError {
     StatementError::validation(
         "Where clause does not contain a mandatory equality on all key attributes",
     )
-}
-
-fn op_symbol(op: CmpOp) -> &'static str {
-    match op {
-        CmpOp::Eq => "=",
-        CmpOp::Ne => "<>",
-        CmpOp::Lt => "<",
-        CmpOp::Le => "<=",
-        CmpOp::Gt => ">",
-        CmpOp::Ge => ">=",
-    }
 }
 
 /// The item the statement addresses: each key attribute pinned by an `=` among the WHERE
