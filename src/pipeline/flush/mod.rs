@@ -234,33 +234,30 @@ impl Flusher {
             .iter()
             .map(|t| (t.key.clone(), (t.since, t.seqs)))
             .collect();
-        let unit = |t: &Taken| Unit::new(t.key.clone(), now.saturating_duration_since(t.since));
         let (batchable, others): (Vec<Taken>, Vec<Taken>) =
             writes.into_iter().partition(|t| t.write.is_batchable());
-        let (statements, updates): (Vec<Taken>, Vec<Taken>) = if self.statements {
-            others.into_iter().partition(|t| !t.measure)
-        } else {
-            (Vec::new(), others)
-        };
-        let mut tasks = tokio::task::JoinSet::new();
-        for t in updates {
-            let (this, unit) = (Arc::clone(&self), unit(&t));
-            tasks.spawn(async move {
-                let end = this.update(&t.write, unit).await;
-                (t.key, end)
-            });
+        let mut updates = UpdateTasks::default();
+        let mut statements = Vec::new();
+        for t in others {
+            if self.statements && !t.measure {
+                statements.push((t.write, unit_of(&t.key, t.since, now)));
+            } else {
+                updates.spawn(&self, t.write, unit_of(&t.key, t.since, now));
+            }
         }
-        let statements: Vec<(Write, Unit)> = statements
-            .into_iter()
-            .map(|t| (unit(&t), t.write))
-            .map(|(u, w)| (w, u))
-            .collect();
+        // What no statement can carry goes as UpdateItems at once, beside the two batches.
+        let (statements, units, rest) = statement::StatementBatch::new(&self, statements);
+        for (write, unit) in rest {
+            updates.spawn(&self, write, unit);
+        }
         let batch: Vec<(Write, Unit)> = batchable
             .into_iter()
-            .map(|t| (unit(&t), t.write))
-            .map(|(u, w)| (w, u))
+            .map(|t| {
+                let unit = unit_of(&t.key, t.since, now);
+                (t.write, unit)
+            })
             .collect();
-        let (mut ends, statement_ends) = tokio::join!(
+        let (mut ends, (statement_ends, diverted)) = tokio::join!(
             async {
                 if batch.is_empty() {
                     Vec::new()
@@ -268,23 +265,13 @@ impl Flusher {
                     self.batch(batch).await
                 }
             },
-            async {
-                if statements.is_empty() {
-                    Vec::new()
-                } else {
-                    self.statements(statements).await
-                }
-            }
+            self.statements(statements, units)
         );
         ends.extend(statement_ends);
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok(end) => ends.push(end),
-                // The update task panicked: a bug, not input. Its key must still be released,
-                // but we no longer know it here; it is reported below as dropped.
-                Err(e) => error!(error = %e, "update task failed"),
-            }
+        for (write, unit) in diverted {
+            updates.spawn(&self, write, unit);
         }
+        updates.join(&mut ends).await;
         self.completions(ends, taken, now)
     }
 
@@ -322,6 +309,38 @@ impl Flusher {
             },
         }));
         completed
+    }
+}
+
+/// A write's unit, aged from when its oldest event was accepted to the flush's start.
+fn unit_of(key: &Key, since: std::time::Instant, now: std::time::Instant) -> Unit {
+    Unit::new(key.clone(), now.saturating_duration_since(since))
+}
+
+/// The UpdateItems of a flush, each write's in a task of its own, so one key's retries hold back
+/// no other key.
+#[derive(Default)]
+struct UpdateTasks(tokio::task::JoinSet<(Key, KeyEnd)>);
+
+impl UpdateTasks {
+    fn spawn(&mut self, flusher: &Arc<Flusher>, write: Write, unit: Unit) {
+        let flusher = Arc::clone(flusher);
+        self.0.spawn(async move {
+            let key = unit.key.clone();
+            (key, flusher.update(&write, unit).await)
+        });
+    }
+
+    /// Waits for every task, adding each write's end to `ends`.
+    async fn join(mut self, ends: &mut Vec<(Key, KeyEnd)>) {
+        while let Some(joined) = self.0.join_next().await {
+            match joined {
+                Ok(end) => ends.push(end),
+                // The update task panicked: a bug, not input. Its key must still be released,
+                // but we no longer know it here; `completions` reports it as dropped.
+                Err(e) => error!(error = %e, "update task failed"),
+            }
+        }
     }
 }
 

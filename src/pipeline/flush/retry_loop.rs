@@ -71,6 +71,24 @@ impl Cost {
 }
 
 impl Unit {
+    /// Records what this write cost from an attempt's consumed capacity: its table's units,
+    /// less one for each of the `others` writes of that table the attempt carried (exact when
+    /// there are none, as for an UpdateItem).
+    fn note_cost(&mut self, consumed: &[(Table, f64)], others: u64, exact: bool) {
+        let units: f64 = consumed
+            .iter()
+            .filter(|(t, _)| *t == self.key.table)
+            .map(|(_, u)| *u)
+            .sum();
+        if units > 0.0 {
+            let cost = Cost {
+                units: (units - others as f64).max(0.0).ceil() as u32,
+                exact,
+            };
+            self.cost = Some(cost.or(self.cost));
+        }
+    }
+
     pub fn new(key: Key, age: Duration) -> Self {
         Unit {
             key,
@@ -308,28 +326,14 @@ impl Flusher {
         for unit in &written {
             *per_table.entry(unit.key.table).or_default() += 1;
         }
+        // BatchWriteItem's capacity is not used per key (puts and deletes are not held for cost).
         if op != Operation::BatchWriteItem {
             for unit in &mut written {
-                let units: f64 = consumed
-                    .iter()
-                    .filter(|(t, _)| *t == unit.key.table)
-                    .map(|(_, u)| *u)
-                    .sum();
                 let others = per_table.get(&unit.key.table).copied().unwrap_or(1) - 1;
-                let cost = Cost {
-                    units: (units - others as f64).max(0.0).ceil() as u32,
-                    exact: op == Operation::UpdateItem,
-                };
-                if units > 0.0 {
-                    unit.cost = Some(cost.or(unit.cost));
-                }
+                unit.note_cost(consumed, others, op == Operation::UpdateItem);
             }
         }
-        per_table.clear();
-        for unit in written {
-            *per_table.entry(unit.key.table).or_default() += 1;
-            done.push((unit, End::Written));
-        }
+        done.extend(written.into_iter().map(|u| (u, End::Written)));
         for (table, n) in per_table {
             self.stats.written(table, n);
         }

@@ -39,7 +39,7 @@ pub(super) struct StatementBatch {
 
 impl StatementBatch {
     /// The statements of `writes`; those no statement can carry come back in the second list.
-    pub fn new(
+    pub(super) fn new(
         flusher: &Flusher,
         writes: Vec<(Write, Unit)>,
     ) -> (Self, Vec<Unit>, Vec<(Write, Unit)>) {
@@ -198,42 +198,27 @@ impl StatementBatch {
 }
 
 impl Flusher {
-    /// The set deltas and updates of a flush as one BatchExecuteStatement, sent until each has
-    /// an end; what it cannot carry (by shape, or as DynamoDB answered) goes as UpdateItems, each
-    /// in a task of its own.
+    /// The statements of a flush as one BatchExecuteStatement, sent until each write has an end.
+    /// Returns the ends, and the writes DynamoDB's answers divert to UpdateItem.
     pub(super) async fn statements(
-        self: &std::sync::Arc<Self>,
-        writes: Vec<(Write, Unit)>,
-    ) -> Vec<(Key, KeyEnd)> {
-        let (mut request, units, mut rest) = StatementBatch::new(self, writes);
-        let mut ends = Vec::with_capacity(units.len());
-        if !units.is_empty() {
-            for (unit, end) in self.settle(&mut request, units).await {
-                if end == End::Diverted
-                    && let Some((write, _)) = request.writes.remove(&unit.key)
-                {
-                    rest.push((write, unit));
-                    continue;
-                }
-                let key_end = KeyEnd::new(&unit, end, || request.write(&unit.key).cloned());
-                ends.push((unit.key, key_end));
+        &self,
+        mut request: StatementBatch,
+        units: Vec<Unit>,
+    ) -> (Vec<(Key, KeyEnd)>, Vec<(Write, Unit)>) {
+        let (mut ends, mut diverted) = (Vec::with_capacity(units.len()), Vec::new());
+        if units.is_empty() {
+            return (ends, diverted);
+        }
+        for (unit, end) in self.settle(&mut request, units).await {
+            if end == End::Diverted
+                && let Some((write, _)) = request.writes.remove(&unit.key)
+            {
+                diverted.push((write, unit));
+                continue;
             }
+            let key_end = KeyEnd::new(&unit, end, || request.write(&unit.key).cloned());
+            ends.push((unit.key, key_end));
         }
-        let mut tasks = tokio::task::JoinSet::new();
-        for (write, unit) in rest {
-            let this = std::sync::Arc::clone(self);
-            tasks.spawn(async move {
-                let key = unit.key.clone();
-                (key, this.update(&write, unit).await)
-            });
-        }
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok(end) => ends.push(end),
-                // A bug, not input; `completions` reports the key as dropped.
-                Err(e) => tracing::error!(error = %e, "update task failed"),
-            }
-        }
-        ends
+        (ends, diverted)
     }
 }
