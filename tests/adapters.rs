@@ -129,6 +129,8 @@ async fn http_rule_rows_for_every_event_kind() {
         ("payload", s("kept")),
         ("arrived", V::N(1_700_000_002)),
     ];
+    let mut retained2 = msg2.to_vec();
+    retained2.push(("event_ms", V::N(1_700_000_002_000)));
     let expected: BTreeMap<Key, Item> = [
         item(
             Table::Client,
@@ -138,6 +140,8 @@ async fn http_rule_rows_for_every_event_kind() {
                 ("node", s(node)),
                 ("online_at", V::N(1_700_000_000)),
                 ("offline_at", V::N(0)),
+                ("event_ms", V::N(1_700_000_000_000)),
+                ("connected_ms", V::N(1_700_000_000_000)),
             ],
         ),
         item(
@@ -148,10 +152,12 @@ async fn http_rule_rows_for_every_event_kind() {
                 ("node", s(node)),
                 ("online_at", V::N(1_700_000_000)),
                 ("offline_at", V::N(1_700_000_009)),
+                ("event_ms", V::N(1_700_000_009_000)),
+                ("connected_ms", V::N(1_700_000_000_000)),
             ],
         ),
         item(Table::Msg, &msg2),
-        item(Table::Retain, &msg2),
+        item(Table::Retain, &retained2),
         item(
             Table::TopicMsgMap,
             &[
@@ -533,6 +539,17 @@ async fn emqx_plays_exhook_v2_and_v3_against_serve() {
                 ("retain", V::N(1)),
                 ("payload", s("on")),
                 ("arrived", V::N(1_700_000_010)),
+                ("event_ms", V::N(1_700_000_010_000)),
+            ],
+        );
+        expected.insert(k, v);
+        // The cleared retained message: a tombstone at the clear's time, expiring a day later.
+        let (k, v) = item(
+            Table::Retain,
+            &[
+                ("topic", s(&format!("{t}/r/2"))),
+                ("event_ms", V::N(1_700_000_012_000)),
+                ("expires_at", V::N(1_700_000_012 + 86_400)),
             ],
         );
         expected.insert(k, v);
@@ -566,6 +583,14 @@ async fn emqx_plays_exhook_v2_and_v3_against_serve() {
             if k.table == Table::Client {
                 let online = item.remove("online_at");
                 let offline = item.remove("offline_at");
+                // Event times in milliseconds: the connect's, and the last event's.
+                let connected = item.remove("connected_ms");
+                let event = item.remove("event_ms");
+                assert!(
+                    matches!((&connected, &event), (Some(V::N(c)), Some(V::N(e)))
+                        if *c >= started * 1000 && c <= e && *e <= (now + 30) * 1000),
+                    "{connected:?} {event:?}"
+                );
                 assert!(
                     matches!(online, Some(V::N(t)) if t >= started && t <= now + 30),
                     "{online:?}"

@@ -265,6 +265,12 @@ fn expected_model(
 ) -> Result<(TableModel, SeedCost), String> {
     let exhook = args.via == Via::Exhook;
     let mut model = TableModel::new();
+    // The seed's cost is of the seed's writes: in arrival order, without event time.
+    let seed_format = StorageFormat {
+        event_time: false,
+        ..format.clone()
+    };
+    let mut seed_model = TableModel::new();
     let (mut requests, mut units) = (0u64, 0u64);
     let mut source = Source::open(args)?;
     for i in 0..n {
@@ -273,15 +279,20 @@ fn expected_model(
         if refused.contains(&i) {
             continue;
         }
-        let ops = if exhook {
-            exhook_plan(&event, rules, format)?
-        } else {
-            rules.plan(&event, format).map_err(|e| e.to_string())?
+        let plan = |format: &StorageFormat| {
+            if exhook {
+                exhook_plan(&event, rules, format)
+            } else {
+                rules.plan(&event, format).map_err(|e| e.to_string())
+            }
         };
-        for op in ops {
-            let before = model.get(&op.key).map_or(0, item_size);
+        for op in plan(format)? {
             model.apply(&op);
-            let after = model.get(&op.key).map_or(0, item_size);
+        }
+        for op in plan(&seed_format)? {
+            let before = seed_model.get(&op.key).map_or(0, item_size);
+            seed_model.apply(&op);
+            let after = seed_model.get(&op.key).map_or(0, item_size);
             let count = op.write.request_count() as u64;
             requests += count;
             units += count * seed_write_units(before, after);
@@ -325,7 +336,11 @@ fn write_ops(args: &Args, out: &std::path::Path) -> Result<(), String> {
     use std::io::Write as _;
     let cfg = Config::default();
     let rules = cfg.rule_set().map_err(|e| e.to_string())?;
-    let format = cfg.storage.format();
+    // The seed's writes, for writers that model the seed: in arrival order, no event time.
+    let format = StorageFormat {
+        event_time: false,
+        ..cfg.storage.format()
+    };
     let mut feed = Feed::open(args)?;
     if feed.limit == u64::MAX {
         feed.limit = 100_000;
@@ -610,8 +625,9 @@ async fn run_exhook(args: &Args) -> Result<bool, String> {
     sampler.abort();
     let (_, peak) = svc.memory().unwrap_or((0, 0));
 
-    // The expected state, and what the tables hold.
-    let cfg = Config::default();
+    // The expected state, and what the tables hold: the service runs on the defaults and the
+    // `MQTT_DYNAMO_*` variables it inherits (`[storage] event_time_order`, say).
+    let cfg = mqtt_dynamo::config::sources::load(None).map_err(|e| e.to_string())?;
     let rules = cfg.rule_set().map_err(|e| e.to_string())?;
     let format = cfg.storage.format();
     let refused: HashSet<u64> = driven.refused.iter().copied().collect();

@@ -278,6 +278,11 @@ pub fn op_json(op: &Op) -> Vec<Json> {
             }
             out
         }
+        // Not in the seed's writes (`loadgen plan` writes those): kept for completeness.
+        Write::Timed(t) => vec![
+            json!({"table": table, "kind": "timed", "key": key_json(&op.key),
+            "at": t.at, "set": item_json(&t.set), "remove": t.remove.iter().collect::<Vec<_>>()}),
+        ],
     }
 }
 

@@ -1,6 +1,8 @@
 //! PartiQL: the subset of statements BatchExecuteStatement runs (see `ops::batch_statement`).
 //!
-//! Parsed: `UPDATE <table> SET <attr> = <value>, ... [WHERE <predicate>] [;]`, where
+//! Parsed: `UPDATE <table> SET <attr> = <value>, ... [REMOVE <attr>] ... [WHERE <predicate>] [;]`
+//! (`SET` and `REMOVE` clauses in any order and number, each `REMOVE` naming one attribute, as
+//! DynamoDB's grammar has it), where
 //!
 //! - names are double-quoted (`"a"`, `""` for a quote inside) or bare (`a`), and name
 //!   top-level attributes only;
@@ -11,7 +13,7 @@
 //! - a predicate is `<attr> = | <> | != | < | <= | > | >= <value>`, `<attr> IS [NOT] MISSING`,
 //!   joined with `AND`, `OR`, `NOT` and parentheses.
 //!
-//! Anything else (other verbs, `REMOVE`, `RETURNING`, nested paths, arithmetic, other functions,
+//! Anything else (other verbs, `RETURNING`, nested paths, arithmetic, other functions,
 //! collection literals) is refused as [`ParseError::Unsupported`], which says that dynamo-sim
 //! does not implement it, rather than pretending to be DynamoDB's syntax error.
 
@@ -166,6 +168,8 @@ pub struct Update {
     pub table: String,
     /// `(attribute, value)` in the order written.
     pub sets: Vec<(String, Rhs)>,
+    /// The attributes `REMOVE` clauses name, in the order written.
+    pub removes: Vec<String>,
     pub predicate: Option<Pred>,
     /// How many `?` the statement holds.
     pub placeholders: usize,
@@ -430,23 +434,23 @@ impl Parser {
         if self.is_sym(".") {
             return Err(unsupported("UPDATE of an index is not implemented"));
         }
-        if !self.is_keyword("SET") {
-            if self.is_keyword("REMOVE") {
-                return Err(unsupported("REMOVE is not implemented"));
-            }
+        if !self.is_keyword("SET") && !self.is_keyword("REMOVE") {
             return Err(self.unexpected("SET"));
         }
-        let mut sets = Vec::new();
-        while self.eat_keyword("SET") {
-            loop {
-                sets.push(self.assignment()?);
-                if !self.eat_sym(",") {
-                    break;
+        let (mut sets, mut removes) = (Vec::new(), Vec::new());
+        loop {
+            if self.eat_keyword("SET") {
+                loop {
+                    sets.push(self.assignment()?);
+                    if !self.eat_sym(",") {
+                        break;
+                    }
                 }
+            } else if self.eat_keyword("REMOVE") {
+                removes.push(self.name("an attribute name")?);
+            } else {
+                break;
             }
-        }
-        if self.is_keyword("REMOVE") {
-            return Err(unsupported("REMOVE is not implemented"));
         }
         let predicate = if self.eat_keyword("WHERE") {
             Some(self.pred_or()?)
@@ -463,6 +467,7 @@ impl Parser {
         Ok(Update {
             table,
             sets,
+            removes,
             predicate,
             placeholders,
         })
@@ -813,13 +818,26 @@ mod tests {
     }
 
     #[test]
+    fn remove_clauses_mix_with_set_clauses() {
+        let u = parse(r#"UPDATE "t" SET "a" = ? REMOVE "b" SET "c" = ? REMOVE d WHERE "pk" = ?"#)
+            .unwrap();
+        assert_eq!(
+            u.sets.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>(),
+            ["a", "c"]
+        );
+        assert_eq!(u.removes, ["b", "d"]);
+        assert_eq!(u.placeholders, 3);
+        let only = parse(r#"UPDATE "t" REMOVE "a" WHERE "pk" = ?"#).unwrap();
+        assert!(only.sets.is_empty());
+        assert_eq!(only.removes, ["a"]);
+    }
+
+    #[test]
     fn unsupported_shapes_say_so() {
         for text in [
             r#"SELECT * FROM "t" WHERE "pk" = ?"#,
             r#"INSERT INTO "t" VALUE {'pk': ?}"#,
             r#"DELETE FROM "t" WHERE "pk" = ?"#,
-            r#"UPDATE "t" REMOVE "a" WHERE "pk" = ?"#,
-            r#"UPDATE "t" SET "a" = ? REMOVE "b" WHERE "pk" = ?"#,
             r#"UPDATE "t" SET "a" = ? WHERE "pk" = ? RETURNING ALL NEW *"#,
             r#"UPDATE "t" SET "a"."b" = ? WHERE "pk" = ?"#,
             r#"UPDATE "t" SET "a" = "a" + ? WHERE "pk" = ?"#,

@@ -753,6 +753,12 @@ pub struct StorageConfig {
     /// How long a message without a Message-Expiry-Interval is kept; unset: forever (the seed).
     #[serde(with = "humantime_serde")]
     pub default_message_ttl: Option<Duration>,
+    /// Order presence (`mqtt_client`) and retained messages (`mqtt_retain`) by the broker's event
+    /// time, enforced by DynamoDB conditions, so that several instances writing one table (or a
+    /// spool replayed late) cannot let an older event overwrite a newer one. Adds `event_ms` (and
+    /// `connected_ms` on `mqtt_client`); a cleared retained message leaves a tombstone. Off: the
+    /// seed's writes, in arrival order (fewer requests; for a single instance).
+    pub event_time_order: bool,
 }
 
 impl Default for StorageConfig {
@@ -763,6 +769,7 @@ impl Default for StorageConfig {
             max_msgid_set_kb: 300,
             ttl_attribute: crate::rules::DEFAULT_TTL_ATTRIBUTE.to_string(),
             default_message_ttl: None,
+            event_time_order: true,
         }
     }
 }
@@ -776,6 +783,7 @@ impl StorageConfig {
                 attribute: self.ttl_attribute.as_str().into(),
                 default_ttl_s: self.default_message_ttl.map(|d| d.as_secs().max(1)),
             },
+            event_time: self.event_time_order,
         }
     }
 }

@@ -281,8 +281,12 @@ impl Reader {
         self
     }
 
-    /// The stored message `item`, unless it expired by now.
+    /// The stored message `item`, unless it expired by now or is a tombstone.
     fn unexpired(&self, item: &Item) -> Option<StoredMessage> {
+        // A retained message's tombstone (a clear under event-time order) holds no message.
+        if !item.contains_key("msgid") {
+            return None;
+        }
         let message = StoredMessage::from_item(item, &self.expiry_attribute);
         let now_s = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

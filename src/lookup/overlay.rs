@@ -146,6 +146,12 @@ impl ReadState {
                         Some(IndexChange::Retained(topic(), true))
                     }
                     (Table::Retain, Write::Delete) => Some(IndexChange::Retained(topic(), false)),
+                    // A retained set under event-time order; a tombstone removes nothing, since
+                    // its condition may fail against a newer message another instance stored
+                    // (a lookup reads the item and skips a tombstone).
+                    (Table::Retain, Write::Timed(t)) if t.set.contains_key("payload") => {
+                        Some(IndexChange::Retained(topic(), true))
+                    }
                     (Table::TopicMsgMap, Write::SetDelta { add, .. }) if !add.is_empty() => {
                         Some(IndexChange::Offline(topic()))
                     }

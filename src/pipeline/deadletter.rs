@@ -19,7 +19,7 @@ use base64::Engine;
 use serde_json::{Map, Value as Json, json};
 use tracing::error;
 
-use crate::storage::item::{Item, Key, Value, Write};
+use crate::storage::item::{Item, Key, Order, Value, Write};
 use crate::telemetry::stats::DropReason;
 
 /// Where given-up writes go; `None` when no file is configured.
@@ -71,6 +71,21 @@ pub fn line(
             ..
         } => json!({
             "set_delta": { "attribute": name, "add": add, "delete": del }
+        }),
+        Write::Timed(t) => json!({
+            "update": {
+                "set": attrs(&t.set),
+                "remove": t.remove,
+                "only_if": {
+                    "event_ms_at_most": t.at,
+                    "order": match &t.order {
+                        Order::Newest => "newest",
+                        Order::Connect { .. } => "connect",
+                        Order::Disconnect { .. } => "disconnect",
+                    },
+                    "node": t.node(),
+                },
+            }
         }),
     };
     json!({

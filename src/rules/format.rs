@@ -26,13 +26,25 @@ pub enum TimeUnit {
     Milliseconds,
 }
 
-/// How values are written.
+/// How values are written. `StorageFormat::default()` is the seed's (no event time);
+/// [`crate::config::StorageConfig::default`]'s `format()` is the service's.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StorageFormat {
     pub msgid: MsgIdFormat,
     pub time: TimeUnit,
     pub expiry: Expiry,
+    /// `[storage] event_time_order`: presence and retained writes carry the broker's event time
+    /// and a condition that keeps an older event from overwriting a newer one
+    /// ([`crate::storage::item::Timed`]); off, they are the seed's puts, deletes and guarded
+    /// updates, applied in arrival order.
+    pub event_time: bool,
 }
+
+/// How long a retained message's tombstone (what a clear leaves under event-time order) is
+/// kept: its TTL attribute is set this far past the clear, so DynamoDB's TTL sweep removes it
+/// (where TTL is on). A retained set stamped before the clear that reaches DynamoDB later than
+/// this after it would be written.
+pub const TOMBSTONE_TTL_S: u64 = 24 * 60 * 60;
 
 /// How a message's expiry is stored: its `mqtt_msg` and `mqtt_retain` items carry `attribute`
 /// (N, epoch seconds), DynamoDB's TTL attribute, when the publisher set a Message-Expiry-Interval

@@ -11,7 +11,9 @@
 mod format;
 mod plan;
 
-pub use format::{DEFAULT_TTL_ATTRIBUTE, Expiry, MsgIdFormat, StorageFormat, TimeUnit};
+pub use format::{
+    DEFAULT_TTL_ATTRIBUTE, Expiry, MsgIdFormat, StorageFormat, TOMBSTONE_TTL_S, TimeUnit,
+};
 pub use plan::EventError;
 
 use std::collections::BTreeSet;

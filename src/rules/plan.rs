@@ -8,7 +8,10 @@ use thiserror::Error;
 use super::{Action, ActionScope, RuleSet, StorageFormat};
 use crate::event::{ClientInfo, HookEvent, Message};
 use crate::guid::GuidError;
-use crate::storage::item::{Item, Key, MAX_ITEM_BYTES, Op, Table, Value, Write, item_size};
+use crate::storage::item::{
+    CONNECTED_MS, EVENT_MS, Item, Key, MAX_ITEM_BYTES, Op, Order, Table, Timed, Value, Write,
+    item_size,
+};
 
 /// Why an event cannot be planned. The event is refused as a whole; nothing of it is queued.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -197,18 +200,23 @@ fn plan_action(
             let msgid = format.msgid(&message.id)?;
             let key = Key::new(Table::Retain, &message.topic);
             let item = message_item(key.to_item(), &msgid, message, format);
-            ops.push(Op {
-                key,
-                write: Write::Put { item, fresh: false },
-            });
+            let write = if format.event_time {
+                retained_timed(&key, item, message.timestamp_ms, format)
+            } else {
+                Write::Put { item, fresh: false }
+            };
+            ops.push(Op { key, write });
         }
         (Action::OnRetainDelete, HookEvent::MessagePublish { message })
             if message.retain && message.payload.is_empty() =>
         {
-            ops.push(Op {
-                key: Key::new(Table::Retain, &message.topic),
-                write: Write::Delete,
-            });
+            let key = Key::new(Table::Retain, &message.topic);
+            let write = if format.event_time {
+                retained_tombstone(message.timestamp_ms, format)
+            } else {
+                Write::Delete
+            };
+            ops.push(Op { key, write });
         }
         (Action::OnMessageAckedForQueue, HookEvent::MessageAcked { client, message }) => {
             message_acked(client, message, format, ops)?;
@@ -218,7 +226,13 @@ fn plan_action(
     Ok(())
 }
 
-/// `on_client_connected`: the client's mqtt_client item, online on its node.
+/// Milliseconds as a DynamoDB number.
+fn millis(ms: u64) -> Value {
+    Value::N(i64::try_from(ms).unwrap_or(i64::MAX))
+}
+
+/// `on_client_connected`: the client's mqtt_client item, online on its node. Under event-time
+/// order, the same attributes plus `event_ms` and `connected_ms`, unless a newer event is stored.
 fn client_online(client: &ClientInfo, connected_at_ms: u64, format: &StorageFormat) -> Op {
     let key = Key::new(Table::Client, &client.clientid);
     let mut item = key.to_item();
@@ -226,27 +240,107 @@ fn client_online(client: &ClientInfo, connected_at_ms: u64, format: &StorageForm
     item.insert("node".into(), Value::S(client.node.clone()));
     item.insert("online_at".into(), format.time(connected_at_ms));
     item.insert("offline_at".into(), Value::N(0));
+    if !format.event_time {
+        return Op {
+            key,
+            write: Write::Put { item, fresh: false },
+        };
+    }
+    item.remove("clientid");
+    item.insert(EVENT_MS.into(), millis(connected_at_ms));
+    item.insert(CONNECTED_MS.into(), millis(connected_at_ms));
     Op {
         key,
-        write: Write::Put { item, fresh: false },
+        write: Write::Timed(Timed {
+            at: connected_at_ms,
+            order: Order::Connect {
+                node: client.node.clone(),
+            },
+            set: item,
+            remove: BTreeSet::new(),
+        }),
     }
 }
 
 /// `on_client_disconnected`: the client marked offline, guarded by node: a late disconnect from
-/// the node a client left (takeover) must not mark the client offline on its new node.
+/// the node a client left (takeover) must not mark the client offline on its new node. Under
+/// event-time order, also not when a newer event is stored.
 fn client_offline(client: &ClientInfo, disconnected_at_ms: u64, format: &StorageFormat) -> Op {
-    let set = [
+    let mut set: Item = [
         ("connect_state".to_string(), Value::N(0)),
         ("offline_at".to_string(), format.time(disconnected_at_ms)),
     ]
     .into();
-    Op {
-        key: Key::new(Table::Client, &client.clientid),
-        write: Write::Update {
-            set,
-            guard: Some(("node".into(), Value::S(client.node.clone()))),
-        },
+    let key = Key::new(Table::Client, &client.clientid);
+    if !format.event_time {
+        return Op {
+            key,
+            write: Write::Update {
+                set,
+                guard: Some(("node".into(), Value::S(client.node.clone()))),
+            },
+        };
     }
+    set.insert(EVENT_MS.into(), millis(disconnected_at_ms));
+    Op {
+        key,
+        write: Write::Timed(Timed {
+            at: disconnected_at_ms,
+            order: Order::Disconnect {
+                node: client.node.clone(),
+            },
+            set,
+            remove: BTreeSet::new(),
+        }),
+    }
+}
+
+/// The attributes a stored message may hold that `item` lacks (the optional expiry), so a
+/// retained message replacing another removes them as a put would.
+fn absent_message_attributes(item: &Item, format: &StorageFormat) -> BTreeSet<String> {
+    let expiry = format.expiry.attribute.to_string();
+    if item.contains_key(&expiry) {
+        BTreeSet::new()
+    } else {
+        [expiry].into()
+    }
+}
+
+/// `on_message_retain` under event-time order: the message's attributes (the key's left out)
+/// and `event_ms`, unless a newer retained message or clear of the topic is stored.
+fn retained_timed(key: &Key, mut item: Item, at_ms: u64, format: &StorageFormat) -> Write {
+    let remove = absent_message_attributes(&item, format);
+    let (hash_name, _) = key.table.key_names();
+    item.remove(hash_name);
+    item.insert(EVENT_MS.into(), millis(at_ms));
+    Write::Timed(Timed {
+        at: at_ms,
+        order: Order::Newest,
+        set: item,
+        remove,
+    })
+}
+
+/// `on_retain_delete` under event-time order: a tombstone (the key, `event_ms`, and the TTL
+/// attribute [`super::TOMBSTONE_TTL_S`] past the clear) instead of a delete, so a retained
+/// message published before the clear but arriving after it is refused, not resurrected.
+fn retained_tombstone(at_ms: u64, format: &StorageFormat) -> Write {
+    let expiry = format.expiry.attribute.to_string();
+    let remove = ["msgid", "sender", "qos", "retain", "payload", "arrived"]
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    let expires = (at_ms / 1000).saturating_add(super::TOMBSTONE_TTL_S);
+    Write::Timed(Timed {
+        at: at_ms,
+        order: Order::Newest,
+        set: [
+            (EVENT_MS.to_string(), millis(at_ms)),
+            (expiry, millis(expires)),
+        ]
+        .into(),
+        remove,
+    })
 }
 
 /// The message's mqtt_msg item (a fresh put); returns the stored message id.
@@ -394,6 +488,7 @@ mod tests {
             msgid: MsgIdFormat::Hex,
             time: TimeUnit::Milliseconds,
             expiry: Default::default(),
+            event_time: false,
         };
         let ops = RuleSet::default()
             .plan(

@@ -6,6 +6,8 @@
 //! op      = table:u8  hash:str  range:opt(str)  write
 //! write   = 0 fresh:u8 item | 1 | 2 map(set) opt(str value) | 3 attr:str set(add) set(del)
 //!           | 4 attr:str set(add) set(del)   (4: a certain set delta, 3: maybe applied)
+//!           | 5 at:u64le order map(set) set(remove)
+//! order   = 0 | 1 node:str | 2 node:str           (newest, connect on node, disconnect from node)
 //! value   = 0 str | 1 i64le | 2 bytes | 3 set
 //! str     = len:varint utf-8 bytes;  map = n:varint (str value){n};  set = n:varint str{n}
 //! ```
@@ -19,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use thiserror::Error;
 
-use crate::storage::item::{Key, Op, Table, Value, Write};
+use crate::storage::item::{Key, Op, Order, Table, Timed, Value, Write};
 
 const VERSION: u8 = 1;
 /// Bytes before the payload: length and checksum.
@@ -195,6 +197,23 @@ fn encode_op(out: &mut Vec<u8>, op: &Op) {
             set(out, add);
             set(out, del);
         }
+        Write::Timed(t) => {
+            out.push(5);
+            out.extend_from_slice(&t.at.to_le_bytes());
+            match &t.order {
+                Order::Newest => out.push(0),
+                Order::Connect { node } => {
+                    out.push(1);
+                    string(out, node);
+                }
+                Order::Disconnect { node } => {
+                    out.push(2);
+                    string(out, node);
+                }
+            }
+            map(out, &t.set);
+            set(out, &t.remove);
+        }
     }
 }
 
@@ -323,6 +342,29 @@ impl Reader<'_> {
                 del: self.set()?,
                 fresh: tag == 4,
             },
+            5 => {
+                let at = u64::from_le_bytes(
+                    self.bytes(8)?
+                        .try_into()
+                        .map_err(|_| CodecError::Truncated)?,
+                );
+                let order = match self.u8()? {
+                    0 => Order::Newest,
+                    1 => Order::Connect {
+                        node: self.string()?,
+                    },
+                    2 => Order::Disconnect {
+                        node: self.string()?,
+                    },
+                    tag => return Err(CodecError::Tag { what: "order", tag }),
+                };
+                Write::Timed(Timed {
+                    at,
+                    order,
+                    set: self.map()?,
+                    remove: self.set()?,
+                })
+            }
             tag => return Err(CodecError::Tag { what: "write", tag }),
         };
         Ok(Op {

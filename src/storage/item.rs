@@ -190,6 +190,90 @@ pub enum Write {
         /// simply withdraws the add. Cleared by [`Write::maybe_applied`]; then the DELETE is kept.
         fresh: bool,
     },
+    /// A change ordered by the broker's event time (presence, retained messages; see [`Timed`]):
+    /// an UpdateItem whose condition keeps an older event from overwriting a newer one.
+    Timed(Timed),
+}
+
+/// The attribute holding the event time (broker milliseconds) of the last presence event or
+/// retained message applied to an item: additive to the seed's schema.
+pub const EVENT_MS: &str = "event_ms";
+/// The attribute of `mqtt_client` holding the time of the connect applied last (milliseconds).
+pub const CONNECTED_MS: &str = "connected_ms";
+
+/// Which event-time condition a [`Timed`] write carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Order {
+    /// Applies unless a newer event is stored: `event_ms` missing or `<=` the write's time
+    /// (retained set and clear).
+    Newest,
+    /// A connect on `node`: [`Order::Newest`], or the newer event stored is a disconnect from
+    /// another node whose connect is older than this one (a takeover whose disconnect from the
+    /// old node reached DynamoDB first, stamped after the new node's connect).
+    Connect { node: String },
+    /// A disconnect from `node`: only if the item exists, still names `node` (a late disconnect
+    /// after a takeover is a no-op) and holds no newer event.
+    Disconnect { node: String },
+}
+
+/// A write ordered by event time. `set` holds every attribute it writes (never the key's), the
+/// event time included under [`EVENT_MS`]; `remove` the attributes it removes (a retained
+/// message without an expiry removes the expiry of the one it replaces; a clear leaves a
+/// tombstone holding only the key and [`EVENT_MS`]). A write whose condition fails is a no-op,
+/// counted, never retried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timed {
+    /// The broker's event time in milliseconds.
+    pub at: u64,
+    pub order: Order,
+    pub set: BTreeMap<String, Value>,
+    pub remove: BTreeSet<String>,
+}
+
+impl Timed {
+    /// Whether DynamoDB's condition holds on the stored `item` (`None`: no item).
+    pub fn holds(&self, item: Option<&Item>) -> bool {
+        let at = i64::try_from(self.at).unwrap_or(i64::MAX);
+        let number = |item: &Item, name: &str| match item.get(name) {
+            Some(Value::N(n)) => Some(*n),
+            _ => None,
+        };
+        let newest = |item: &Item| number(item, EVENT_MS).is_none_or(|ev| ev <= at);
+        match (&self.order, item) {
+            (Order::Newest | Order::Connect { .. }, None) => true,
+            (Order::Disconnect { .. }, None) => false,
+            (Order::Newest, Some(item)) => newest(item),
+            (Order::Connect { node }, Some(item)) => {
+                newest(item)
+                    || (item.get("node") != Some(&Value::S(node.clone()))
+                        && number(item, CONNECTED_MS).is_some_and(|c| c <= at))
+            }
+            (Order::Disconnect { node }, Some(item)) => {
+                item.get("node") == Some(&Value::S(node.clone())) && newest(item)
+            }
+        }
+    }
+
+    /// `item` after this write, if its condition holds on it (`None`: no item).
+    pub fn apply(&self, key: &Key, item: Option<&Item>) -> Option<Item> {
+        if !self.holds(item) {
+            return item.cloned();
+        }
+        let mut out = item.cloned().unwrap_or_else(|| key.to_item());
+        for name in &self.remove {
+            out.remove(name);
+        }
+        out.extend(self.set.iter().map(|(k, v)| (k.clone(), v.clone())));
+        Some(out)
+    }
+
+    /// The node a presence write names, if any.
+    pub fn node(&self) -> Option<&str> {
+        match &self.order {
+            Order::Newest => None,
+            Order::Connect { node } | Order::Disconnect { node } => Some(node),
+        }
+    }
 }
 
 impl Write {
@@ -199,7 +283,7 @@ impl Write {
     pub fn maybe_applied(&mut self) {
         match self {
             Write::Put { fresh, .. } | Write::SetDelta { fresh, .. } => *fresh = false,
-            Write::Delete | Write::Update { .. } => {}
+            Write::Delete | Write::Update { .. } | Write::Timed(_) => {}
         }
     }
 
@@ -238,6 +322,11 @@ impl Write {
             }
             Write::SetDelta { attr, add, del, .. } => {
                 attr.len() + add.iter().chain(del.iter()).map(String::len).sum::<usize>()
+            }
+            Write::Timed(t) => {
+                t.set.iter().map(|(k, v)| k.len() + v.size()).sum::<usize>()
+                    + t.remove.iter().map(String::len).sum::<usize>()
+                    + t.node().map_or(0, str::len)
             }
         }
     }

@@ -86,6 +86,14 @@ pub fn apply_write(items: &mut BTreeMap<Key, Item>, key: &Key, write: &Write) {
                 }
             }
         }
+        Write::Timed(timed) => match timed.apply(key, items.get(key)) {
+            Some(item) => {
+                items.insert(key.clone(), item);
+            }
+            None => {
+                items.remove(key);
+            }
+        },
         Write::SetDelta { attr, add, del, .. } => {
             // ADD: an upsert that unions the members in.
             if !add.is_empty() {

@@ -39,6 +39,7 @@ pub const TLS_RELOADS_TOTAL: &str = "mqtt_dynamo_tls_reloads_total";
 // Coalescing and batching.
 pub const OPS_COALESCED_TOTAL: &str = "mqtt_dynamo_ops_coalesced_total";
 pub const WRITES_CANCELLED_TOTAL: &str = "mqtt_dynamo_writes_cancelled_total";
+pub const WRITES_SUPERSEDED_TOTAL: &str = "mqtt_dynamo_writes_superseded_total";
 pub const FLUSHES_TOTAL: &str = "mqtt_dynamo_flushes_total";
 pub const FLUSHES_IN_FLIGHT: &str = "mqtt_dynamo_flushes_in_flight";
 pub const FLUSHES_IN_FLIGHT_LIMIT: &str = "mqtt_dynamo_flushes_in_flight_limit";
@@ -330,6 +331,12 @@ pub static CATALOGUE: &[Metric] = &[
     counter(
         WRITES_CANCELLED_TOTAL,
         "Pending writes that cancelled to nothing before being sent, by table.",
+        &["table"],
+        by_table,
+    ),
+    counter(
+        WRITES_SUPERSEDED_TOTAL,
+        "Event-time writes (presence, retained messages) DynamoDB's condition refused because a newer event of the item was stored, or a disconnect named a node the client had left: no-ops, never retried, by table.",
         &["table"],
         by_table,
     ),

@@ -244,6 +244,9 @@ pub struct Stats {
     coalesced: [AtomicU64; 6],
     /// Writes that vanished entirely (put∘delete of a fresh message, ADD∘DELETE of one id).
     cancelled: [AtomicU64; 6],
+    /// Event-time writes DynamoDB's condition refused (a newer event stored, or a disconnect
+    /// from a node the client left): counted no-ops.
+    superseded: [AtomicU64; 6],
     flushes: [AtomicU64; 4],
     requests: [[AtomicU64; 7]; 3],
     /// BatchExecuteStatement's statements by how each ended (each attempt counts).
@@ -281,6 +284,7 @@ impl Default for Stats {
             ops_planned: Default::default(),
             coalesced: Default::default(),
             cancelled: Default::default(),
+            superseded: Default::default(),
             flushes: Default::default(),
             requests: Default::default(),
             statements: Default::default(),
@@ -336,6 +340,13 @@ impl Stats {
             .increment(merged);
         metrics::counter!(catalogue::WRITES_CANCELLED_TOTAL, "table" => table.base_name())
             .increment(cancelled);
+    }
+
+    /// An event-time write to `table` whose condition DynamoDB refused: a no-op, not retried.
+    pub(crate) fn superseded(&self, table: Table) {
+        self.superseded[table_index(table)].fetch_add(1, Relaxed);
+        metrics::counter!(catalogue::WRITES_SUPERSEDED_TOTAL, "table" => table.base_name())
+            .increment(1);
     }
 
     /// One statement of a BatchExecuteStatement ended as `outcome`.
@@ -464,6 +475,7 @@ impl Stats {
             ops_planned: self.ops_planned.load(Relaxed),
             coalesced: sum(&self.coalesced),
             cancelled: sum(&self.cancelled),
+            superseded: sum(&self.superseded),
             flushes: FlushTrigger::ALL
                 .map(|t| (t.as_str(), self.flushes[t as usize].load(Relaxed))),
             batch_write_requests: sum(&self.requests[Operation::BatchWriteItem as usize]),
@@ -565,6 +577,8 @@ pub struct StatsSnapshot {
     pub ops_planned: u64,
     pub coalesced: u64,
     pub cancelled: u64,
+    /// Event-time writes refused by DynamoDB's condition (see [`Stats::superseded`]).
+    pub superseded: u64,
     pub flushes: [(&'static str, u64); 4],
     pub batch_write_requests: u64,
     pub update_requests: u64,
@@ -626,6 +640,11 @@ impl std::fmt::Display for StatsSnapshot {
             f,
             "writes coalesced away  {} ({} cancelled outright)",
             self.coalesced, self.cancelled
+        )?;
+        writeln!(
+            f,
+            "writes superseded      {} (a newer event was stored)",
+            self.superseded
         )?;
         let flushes: Vec<String> = self
             .flushes

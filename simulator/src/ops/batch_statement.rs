@@ -395,7 +395,7 @@ fn prepare_inner(sim: &Shared, member: &Member) -> Result<Ready, StatementError>
     let name = table.name();
     let pred = stmt.predicate.as_ref().ok_or_else(mandatory_key_equality)?;
     let key = pinned_key(&table, pred, params)?;
-    for (attr, _) in &stmt.sets {
+    for attr in stmt.sets.iter().map(|(a, _)| a).chain(&stmt.removes) {
         if table.schema.is_key_attr(attr) {
             return Err(StatementError::validation(format!(
                 "One or more parameter values were invalid: Cannot update attribute {attr}. This attribute is part of the key"
@@ -403,8 +403,14 @@ fn prepare_inner(sim: &Shared, member: &Member) -> Result<Ready, StatementError>
             .on(name));
         }
     }
-    for (i, (later, _)) in stmt.sets.iter().enumerate().rev() {
-        if stmt.sets[..i].iter().any(|(earlier, _)| earlier == later) {
+    let paths: Vec<&String> = stmt
+        .sets
+        .iter()
+        .map(|(a, _)| a)
+        .chain(&stmt.removes)
+        .collect();
+    for (i, later) in paths.iter().enumerate().rev() {
+        if paths[..i].iter().any(|earlier| earlier == later) {
             return Err(StatementError::validation(format!(
                 "Two document paths overlap with each other; must remove or rewrite one of these paths; path one: [{later}], path two: [{later}]"
             )));
@@ -439,6 +445,9 @@ fn prepare_inner(sim: &Shared, member: &Member) -> Result<Ready, StatementError>
                 }
             }
         }
+    }
+    for attr in &stmt.removes {
+        update.remove.push(Path(vec![PathElem::Attr(attr.clone())]));
     }
     Ok(Ready {
         key,

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::storage::item::{Item, Key, Value, Write};
+use crate::storage::item::{CONNECTED_MS, EVENT_MS, Item, Key, Order, Timed, Value, Write};
 
 /// The result of folding a later write into an earlier one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,7 +28,7 @@ pub fn merge(key: &Key, earlier: Write, later: Write) -> Merged {
         (Put { fresh: true, .. }, Delete) => Merged::Cancelled,
         (_, Delete) => Merged::One(Delete),
         (_, Put { item, .. }) => Merged::One(Put { item, fresh: false }),
-        (Put { item, fresh }, later) => put_then(item, fresh, later),
+        (Put { item, fresh }, later) => put_then(key, item, fresh, later),
         (Delete, later) => delete_then(key, later),
         (Update { set: s1, guard: g1 }, Update { set: s2, guard: g2 }) => {
             updates((s1, g1), (s2, g2))
@@ -47,13 +47,20 @@ pub fn merge(key: &Key, earlier: Write, later: Write) -> Merged {
                 fresh: f2,
             },
         ) if a1 == a2 => deltas(a1, (add1, del1, f1), (add2, del2, f2)),
+        (Timed(t1), Timed(t2)) => timed(t1, t2),
         (earlier, later) => Merged::Two(earlier, later),
     }
 }
 
-/// put ∘ update (its guard evaluated against the put) and put ∘ set delta: the put, changed.
-fn put_then(mut item: Item, fresh: bool, later: Write) -> Merged {
+/// put ∘ update (its guard evaluated against the put), put ∘ set delta and put ∘ timed write (its
+/// condition evaluated against the put): the put, changed.
+fn put_then(key: &Key, mut item: Item, fresh: bool, later: Write) -> Merged {
     match later {
+        Write::Timed(timed) => {
+            if let Some(after) = timed.apply(key, Some(&item)) {
+                item = after;
+            }
+        }
         Write::Update { set, guard } => {
             let holds = guard
                 .as_ref()
@@ -89,6 +96,13 @@ fn delete_then(key: &Key, later: Write) -> Merged {
         Write::Update { set, guard: None } => (key.to_item(), set),
         Write::SetDelta { add, .. } if add.is_empty() => return Merged::One(Write::Delete),
         Write::SetDelta { attr, add, .. } => (key.to_item(), [(attr, Value::Ss(add))].into()),
+        // On a missing item a connect or a retained set holds; a disconnect does not.
+        Write::Timed(timed) => {
+            return match timed.apply(key, None) {
+                Some(item) => Merged::One(Write::Put { item, fresh: false }),
+                None => Merged::One(Write::Delete),
+            };
+        }
         // Puts and deletes are folded in `merge`.
         other => return Merged::Two(Write::Delete, other),
     };
@@ -141,5 +155,53 @@ fn deltas(attr: String, (mut add1, mut del1, f1): Delta, (add2, del2, f2): Delta
             del: del1,
             fresh: f1 && f2,
         })
+    }
+}
+
+/// timed ∘ timed: the write whose effect is both's, when one exists for every stored item
+/// (argued per case in the [module docs](super)); otherwise both, in order. Each write stamps its
+/// own time (its `set` holds `event_ms` = its time, and a connect its node and `connected_ms`),
+/// and the one kept writes every attribute the other does.
+fn timed(t1: Timed, t2: Timed) -> Merged {
+    let covers = |kept: &Timed, other: &Timed| {
+        other
+            .set
+            .keys()
+            .chain(other.remove.iter())
+            .all(|a| kept.set.contains_key(a) || kept.remove.contains(a))
+    };
+    if !(stamps_itself(&t1) && stamps_itself(&t2)) {
+        return Merged::Two(Write::Timed(t1), Write::Timed(t2));
+    }
+    let later_wins = t2.at >= t1.at;
+    let foldable = match (&t1.order, &t2.order) {
+        (Order::Newest, Order::Newest) => true,
+        // One node's connects, or one node's disconnects: the newer one.
+        (Order::Connect { node: n1 }, Order::Connect { node: n2 })
+        | (Order::Disconnect { node: n1 }, Order::Disconnect { node: n2 }) => n1 == n2,
+        // A disconnect, then a newer connect (a reconnect): the connect.
+        (Order::Disconnect { .. }, Order::Connect { .. }) => later_wins,
+        // A connect, then a disconnect: when the connect is refused the disconnect may still
+        // hold, so no one write is both.
+        _ => false,
+    };
+    match (foldable, later_wins) {
+        (true, true) if covers(&t2, &t1) => Merged::One(Write::Timed(t2)),
+        (true, false) => Merged::One(Write::Timed(t1)),
+        _ => Merged::Two(Write::Timed(t1), Write::Timed(t2)),
+    }
+}
+
+/// Whether `t`'s `set` records its own time (and a connect its node and connect time), which
+/// the folds in [`timed`] rely on.
+fn stamps_itself(t: &Timed) -> bool {
+    let at = Value::N(i64::try_from(t.at).unwrap_or(i64::MAX));
+    let own = t.set.get(EVENT_MS) == Some(&at);
+    match &t.order {
+        Order::Newest | Order::Disconnect { .. } => own,
+        Order::Connect { node } => {
+            own && t.set.get(CONNECTED_MS) == Some(&at)
+                && t.set.get("node") == Some(&Value::S(node.clone()))
+        }
     }
 }

@@ -15,6 +15,9 @@
 //! | update ∘ update | one update, later SETs winning, when both have the same guard and the first does not SET the guard attribute |
 //! | set delta ∘ set delta | one delta: an ADD withdraws a pending DELETE of that member; a DELETE of a pending ADD withdraws the ADD, and when the earlier delta is not certain, also stays as a DELETE |
 //! | anything ∘ put / delete | the put / delete |
+//! | put ∘ timed | the put, with the timed write applied if its condition holds on it |
+//! | delete ∘ timed | a put of key + SETs for a connect or a retained set (they hold on a missing item); delete for a disconnect |
+//! | timed ∘ timed | the newer one (the earlier on a tie's loss) for two retained writes, two connects from one node, two disconnects from one node, and a disconnect then a newer connect; otherwise both |
 //!
 //! **The certainty rule.** Cancelling — put∘delete to nothing, ADD∘DELETE of one member to
 //! nothing — is sound only while no attempt that carried the earlier write can have been applied
@@ -30,6 +33,17 @@
 //! into a maybe-applied write is maybe applied too. For a maybe-applied write the later delete /
 //! `DELETE` is written: costlier by one write, never a resurrection. Without faults, replays and
 //! duplicates every write is certain, so the rule costs nothing.
+//!
+//! **Timed writes** (event-time order, [`Timed`](crate::storage::item::Timed)) carry a
+//! condition on the stored item, which the shard cannot see, so a fold must be exact for every
+//! stored item. For two retained writes: if the earlier one applies (`event_ms <= t1`), the
+//! later, newer one applies on its own too and rewrites every attribute; if it does not
+//! (`event_ms > t1`), an older later one cannot either. Two connects from one node and two
+//! disconnects from one node work the same way (the node is unchanged between them); a
+//! disconnect then a newer connect is the connect (whenever the disconnect applies, so does the
+//! connect, and it rewrites what the disconnect set). A connect followed by its disconnect is
+//! not foldable: the connect may be refused (a newer event stored) while the disconnect still
+//! holds, so both go, one after the other; connects from two nodes likewise.
 //!
 //! The few pairs the algebra cannot fold into one write (two updates guarded by different values,
 //! an update and a set delta on one key) stay as a short queue for that key, sent one after the

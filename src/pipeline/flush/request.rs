@@ -8,7 +8,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, WriteRe
 
 use crate::config::DynamoConfig;
 use crate::storage::dynamo;
-use crate::storage::item::{Key, Table, Value, Write};
+use crate::storage::item::{CONNECTED_MS, EVENT_MS, Key, Order, Table, Timed, Value, Write};
 
 /// Table names as configured, both ways.
 #[derive(Debug, Clone)]
@@ -91,9 +91,53 @@ pub(super) fn update_specs(key: &Key, write: &Write) -> Vec<UpdateSpec> {
     match write {
         Write::Update { set, guard } => vec![set_spec(set, guard.as_ref())],
         Write::SetDelta { attr, add, del, .. } => delta_specs(key, attr, add, del),
+        Write::Timed(timed) => vec![timed_spec(timed)],
         // Puts and deletes go through BatchWriteItem.
         _ => Vec::new(),
     }
+}
+
+/// A [`Timed`] write's UpdateItem: `SET` its attributes, `REMOVE` the ones it removes, on the
+/// condition of its [`Order`] (the README's "Event-time order"):
+///
+/// - newest: `attribute_not_exists(event_ms) OR event_ms <= :at`
+/// - connect: that, `OR (node <> :node AND connected_ms <= :at)`
+/// - disconnect: `node = :node AND (attribute_not_exists(event_ms) OR event_ms <= :at)`
+fn timed_spec(timed: &Timed) -> UpdateSpec {
+    let mut spec = set_spec(&timed.set, None);
+    if !timed.remove.is_empty() {
+        let mut parts = Vec::with_capacity(timed.remove.len());
+        for (i, attr) in timed.remove.iter().enumerate() {
+            spec.names.insert(format!("#r{i}"), attr.clone());
+            parts.push(format!("#r{i}"));
+        }
+        spec.expression
+            .push_str(&format!(" REMOVE {}", parts.join(", ")));
+    }
+    spec.names.insert("#ev".into(), EVENT_MS.into());
+    spec.values.insert(
+        ":at".into(),
+        dynamo::to_attr(&Value::N(i64::try_from(timed.at).unwrap_or(i64::MAX))),
+    );
+    let newest = "(attribute_not_exists(#ev) OR #ev <= :at)";
+    let condition = match &timed.order {
+        Order::Newest => newest.to_string(),
+        Order::Connect { node } => {
+            spec.names.insert("#node".into(), "node".into());
+            spec.names.insert("#conn".into(), CONNECTED_MS.into());
+            spec.values
+                .insert(":node".into(), AttributeValue::S(node.clone()));
+            format!("{newest} OR (#node <> :node AND #conn <= :at)")
+        }
+        Order::Disconnect { node } => {
+            spec.names.insert("#node".into(), "node".into());
+            spec.values
+                .insert(":node".into(), AttributeValue::S(node.clone()));
+            format!("#node = :node AND {newest}")
+        }
+    };
+    spec.condition = Some(condition);
+    spec
 }
 
 /// `SET` of every attribute, conditional on the guard if there is one.
@@ -219,15 +263,10 @@ pub(super) fn statement_spec(table_name: &str, key: &Key, write: &Write) -> Opti
             }
             (parts.join(", "), guard.as_ref(), guard.is_none())
         }
+        Write::Timed(timed) => return timed_statement(table_name, key, timed),
         Write::Put { .. } | Write::Delete => return None,
     };
-    let (hash_name, range_name) = key.table.key_names();
-    let mut filter = format!("{} = ?", quoted(hash_name));
-    params.push(AttributeValue::S(key.hash.clone()));
-    if let (Some(name), Some(value)) = (range_name, &key.range) {
-        filter.push_str(&format!(" AND {} = ?", quoted(name)));
-        params.push(AttributeValue::S(value.clone()));
-    }
+    let mut filter = key_filter(key, &mut params);
     if let Some((attr, value)) = condition {
         filter.push_str(&format!(" AND {} = ?", quoted(attr)));
         params.push(dynamo::to_attr(value));
@@ -244,4 +283,68 @@ pub(super) fn statement_spec(table_name: &str, key: &Key, write: &Write) -> Opti
 /// be doubled, as PartiQL escapes it.
 fn quoted(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `"hash" = ? [AND "range" = ?]`, the key's values appended to `params`.
+fn key_filter(key: &Key, params: &mut Vec<AttributeValue>) -> String {
+    let (hash_name, range_name) = key.table.key_names();
+    let mut filter = format!("{} = ?", quoted(hash_name));
+    params.push(AttributeValue::S(key.hash.clone()));
+    if let (Some(name), Some(value)) = (range_name, &key.range) {
+        filter.push_str(&format!(" AND {} = ?", quoted(name)));
+        params.push(AttributeValue::S(value.clone()));
+    }
+    filter
+}
+
+/// A [`Timed`] write as a PartiQL UPDATE (`SET`s, then one `REMOVE` clause per removed
+/// attribute) with its condition in the WHERE clause (the same conditions as [`timed_spec`]). A
+/// connect or a retained set (or clear) would create a missing item, which a PartiQL UPDATE
+/// never does: ConditionalCheckFailed then sends it as its UpdateItem, which also tells a
+/// missing item from a newer event.
+fn timed_statement(table_name: &str, key: &Key, timed: &Timed) -> Option<StatementSpec> {
+    if timed.set.is_empty() {
+        return None;
+    }
+    let mut params = Vec::with_capacity(timed.set.len() + 5);
+    let mut parts = Vec::with_capacity(timed.set.len());
+    for (attr, value) in &timed.set {
+        parts.push(format!("{} = ?", quoted(attr)));
+        params.push(dynamo::to_attr(value));
+    }
+    let mut filter = key_filter(key, &mut params);
+    let at = AttributeValue::N(timed.at.to_string());
+    let ev = quoted(EVENT_MS);
+    let newest = format!("({ev} IS MISSING OR {ev} <= ?)");
+    match &timed.order {
+        Order::Newest => {
+            filter.push_str(&format!(" AND {newest}"));
+            params.push(at);
+        }
+        Order::Connect { node } => {
+            filter.push_str(&format!(
+                " AND ({ev} IS MISSING OR {ev} <= ? OR (\"node\" <> ? AND {} <= ?))",
+                quoted(CONNECTED_MS)
+            ));
+            params.extend([at.clone(), AttributeValue::S(node.clone()), at]);
+        }
+        Order::Disconnect { node } => {
+            filter.push_str(&format!(" AND \"node\" = ? AND {newest}"));
+            params.extend([AttributeValue::S(node.clone()), at]);
+        }
+    }
+    let removes: String = timed
+        .remove
+        .iter()
+        .map(|attr| format!(" REMOVE {}", quoted(attr)))
+        .collect();
+    Some(StatementSpec {
+        text: format!(
+            "UPDATE {} SET {}{removes} WHERE {filter}",
+            quoted(table_name),
+            parts.join(", ")
+        ),
+        params,
+        creates: !matches!(timed.order, Order::Disconnect { .. }),
+    })
 }

@@ -266,6 +266,11 @@ impl Flusher {
                     )
                 }
                 Reply::ConditionFailed => {
+                    for unit in &pending {
+                        if matches!(request.write(&unit.key), Some(Write::Timed(_))) {
+                            self.stats.superseded(unit.key.table);
+                        }
+                    }
                     done.extend(pending.drain(..).map(|u| (u, End::Written)));
                     break;
                 }

@@ -159,14 +159,17 @@ impl StatementBatch {
                 }
                 Some(None) => StatementOutcome::Applied,
                 Some(Some(e)) => match e.code() {
-                    Some(Code::ConditionalCheckFailed) => {
-                        if self.writes.get(&key).is_some_and(|(_, spec)| spec.creates) {
+                    Some(Code::ConditionalCheckFailed) => match self.writes.get(&key) {
+                        Some((_, spec)) if spec.creates => {
                             diverted.insert(key, false);
                             StatementOutcome::Diverted
-                        } else {
+                        }
+                        Some((Write::Timed(_), _)) => {
+                            flusher.stats.superseded(key.table);
                             StatementOutcome::ConditionFailed
                         }
-                    }
+                        _ => StatementOutcome::ConditionFailed,
+                    },
                     Some(
                         Code::ThrottlingError
                         | Code::ProvisionedThroughputExceeded
