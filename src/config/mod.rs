@@ -612,6 +612,8 @@ impl LingerConfig {
             Table::TopicMsgMap => self.mqtt_topic_msg_map,
             Table::Retain => self.mqtt_retain,
             Table::Acked => self.mqtt_acked,
+            // Index puts are idempotent and never cancel: nothing to wait for.
+            Table::TopicIndex => Duration::ZERO,
         }
     }
 

@@ -1,5 +1,5 @@
-//! The six tables: creating them idempotently, waiting until they are ACTIVE, describing them and
-//! checking they exist before serving.
+//! The seven tables (the seed's six and the shared topic index): creating them idempotently,
+//! waiting until they are ACTIVE, describing them and checking they exist before serving.
 
 use std::time::{Duration, Instant};
 
@@ -78,7 +78,7 @@ pub async fn create_one(
     };
     let (hash, range) = table.key_names();
     let mut req = client.create_table().table_name(&name);
-    // Every key attribute of the seed tables is a string.
+    // Every key attribute of the tables is a string.
     for (attr, kind) in
         std::iter::once((hash, KeyType::Hash)).chain(range.map(|r| (r, KeyType::Range)))
     {
@@ -151,7 +151,7 @@ pub async fn wait_active(
     }
 }
 
-/// Creates all six tables (idempotently) and waits until each is ACTIVE.
+/// Creates all seven tables (idempotently) and waits until each is ACTIVE.
 pub async fn create_all(
     client: &Client,
     cfg: &DynamoConfig,

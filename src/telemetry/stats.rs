@@ -16,7 +16,7 @@ use crate::storage::item::Table;
 use crate::telemetry::catalogue;
 
 fn table_index(t: Table) -> usize {
-    Table::ALL.iter().position(|x| *x == t).unwrap_or(0)
+    t.index()
 }
 
 fn hook_index(h: HookPoint) -> usize {
@@ -241,14 +241,14 @@ pub struct Stats {
     rejected: [[AtomicU64; 6]; 3],
     ops_planned: AtomicU64,
     /// Ops folded into an already pending write (including cancellations).
-    coalesced: [AtomicU64; 6],
+    coalesced: [AtomicU64; Table::COUNT],
     /// Writes that vanished entirely (put∘delete of a fresh message, ADD∘DELETE of one id).
-    cancelled: [AtomicU64; 6],
+    cancelled: [AtomicU64; Table::COUNT],
     flushes: [AtomicU64; 4],
     requests: [[AtomicU64; 7]; 3],
     /// BatchExecuteStatement's statements by how each ended (each attempt counts).
     statements: [AtomicU64; 4],
-    items_written: [AtomicU64; 6],
+    items_written: [AtomicU64; Table::COUNT],
     unprocessed: AtomicU64,
     throttles: AtomicU64,
     retries: AtomicU64,
@@ -259,7 +259,7 @@ pub struct Stats {
     duplicates_dropped: AtomicU64,
     /// Publishes of an id already seen, stored with their writes marked maybe applied.
     duplicates_uncertain: AtomicU64,
-    consumed_wcu: [AtomicU64; 6],
+    consumed_wcu: [AtomicU64; Table::COUNT],
     /// Message ids removed from sets at their size cap.
     trimmed: AtomicU64,
     /// Ingest-to-durable latency in microseconds; recorded per flush.
@@ -444,7 +444,7 @@ impl Stats {
 
     /// A consistent-enough copy of every counter.
     pub fn snapshot(&self) -> StatsSnapshot {
-        let per_table = |a: &[AtomicU64; 6]| {
+        let per_table = |a: &[AtomicU64; Table::COUNT]| {
             Table::ALL
                 .iter()
                 .zip(a.iter())

@@ -168,10 +168,10 @@ def systemd_unit():
 
 
 def table_names():
-    """The six table names by variant (Table::Msg -> mqtt_msg), from src/storage/item.rs."""
+    """The seven table names by variant (Table::Msg -> mqtt_msg), from src/storage/item.rs."""
     text = (ROOT / "src/storage/item.rs").read_text()
     names = dict(re.findall(r'Table::(\w+) => "(mqtt_\w+)"', text))
-    assert len(names) == 6, names
+    assert len(names) == 7, names
     return names
 
 
@@ -625,7 +625,7 @@ class IamPolicyTest(unittest.TestCase):
             "tables-admin": tables,
             "subs-cli": {"mqtt_sub"},
         }
-        # Actions that touch fewer than the six tables, and the tables they touch.
+        # Actions that touch fewer than the seven tables, and the tables they touch.
         narrower = {"dynamodb:UpdateTimeToLive": ttl_tables(),
                     "dynamodb:DescribeTimeToLive": ttl_tables(),
                     "dynamodb:PutItem": {"mqtt_sub"}, "dynamodb:DeleteItem": {"mqtt_sub"}}

@@ -1,4 +1,5 @@
-//! `tables create|describe`: the six tables and their TTL.
+//! `tables create|describe`: the seven tables (the seed's six and the shared topic index) and
+//! their TTL.
 
 use clap::Subcommand;
 
@@ -9,8 +10,9 @@ use mqtt_dynamo::storage::tables::{self, Capacity, Created};
 
 #[derive(Subcommand)]
 pub enum TablesCommand {
-    /// Create the six tables (existing ones are left alone), wait until they are ACTIVE, and enable
-    /// DynamoDB's TTL on `[storage] ttl_attribute` for mqtt_msg and mqtt_retain.
+    /// Create the seven tables (the seed's six and mqtt_topic_index; existing ones are left
+    /// alone), wait until they are ACTIVE, and enable DynamoDB's TTL on `[storage]
+    /// ttl_attribute` for mqtt_msg and mqtt_retain.
     Create {
         /// Provisioned read capacity units (with --write-units); on-demand when omitted.
         #[arg(long, requires = "write_units")]
@@ -19,7 +21,7 @@ pub enum TablesCommand {
         #[arg(long, requires = "read_units")]
         write_units: Option<i64>,
     },
-    /// Show the six tables: status, keys, billing mode, item count.
+    /// Show the seven tables: status, keys, billing mode, item count.
     Describe,
 }
 
