@@ -201,6 +201,10 @@ POLICY_OF_FUNCTION = {
     ("src/storage/tables.rs", "describe_ttl"): "tables-admin",  # tables describe
     ("src/storage/tables.rs", "check_exist"): "serve",          # serve's start and /readyz
     ("src/bin/mqtt-dynamo/subs.rs", "subs_command"): "subs-cli",  # subs add / rm
+    # tables build-index reads mqtt_retain and mqtt_topic_msg_map and writes mqtt_topic_index as
+    # the service does (Scan, BatchWriteItem): run it with the service's policy.
+    ("src/storage/tables.rs", "index_segment"): "serve",
+    ("src/storage/tables.rs", "put_index_entries"): "serve",
     # retained restore reads mqtt_retain as the lookups do: the service's policy covers it.
     ("src/bin/mqtt-dynamo/retained.rs", "read_retained"): "serve",
 }
