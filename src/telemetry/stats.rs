@@ -262,6 +262,8 @@ pub struct Stats {
     consumed_wcu: [AtomicU64; Table::COUNT],
     /// Message ids removed from sets at their size cap.
     trimmed: AtomicU64,
+    /// Topic index entry puts submitted, by kind (retained, offline).
+    topic_index_writes: [AtomicU64; 2],
     /// Ingest-to-durable latency in microseconds; recorded per flush.
     durable_latency: Mutex<Histogram<u64>>,
     /// Keys and bytes pending in all shards' coalescers (each shard adds its changes).
@@ -294,6 +296,7 @@ impl Default for Stats {
             duplicates_uncertain: Default::default(),
             consumed_wcu: Default::default(),
             trimmed: Default::default(),
+            topic_index_writes: Default::default(),
             durable_latency: Mutex::new(
                 Histogram::new_with_bounds(1, 3_600_000_000, 3)
                     .expect("static histogram bounds are valid"),
@@ -409,6 +412,17 @@ impl Stats {
             .increment(n);
     }
 
+    /// `n` puts of topic index entries of `kind` added to an accepted submission.
+    pub(crate) fn topic_index_writes(&self, kind: crate::storage::topic_index::IndexKind, n: u64) {
+        let i = match kind {
+            crate::storage::topic_index::IndexKind::Retained => 0,
+            crate::storage::topic_index::IndexKind::Offline => 1,
+        };
+        self.topic_index_writes[i].fetch_add(n, Relaxed);
+        metrics::counter!(catalogue::TOPIC_INDEX_WRITES_TOTAL, "index" => kind.as_str())
+            .increment(n);
+    }
+
     /// A publish of a message id already seen: `acked` when its ack was seen too (the publish is
     /// not stored again), otherwise stored with its writes marked maybe applied.
     pub(crate) fn duplicate(&self, acked: bool) {
@@ -501,6 +515,8 @@ impl Stats {
             duplicates_dropped: self.duplicates_dropped.load(Relaxed),
             duplicates_uncertain: self.duplicates_uncertain.load(Relaxed),
             consumed_wcu: sum(&self.consumed_wcu),
+            consumed_wcu_by_table: per_table(&self.consumed_wcu),
+            topic_index_writes: sum(&self.topic_index_writes),
             msgids_trimmed: self.trimmed.load(Relaxed),
             durable_latency: latency,
         }
@@ -588,6 +604,10 @@ pub struct StatsSnapshot {
     /// Publishes of a message id already seen (not acked): stored, their writes maybe applied.
     pub duplicates_uncertain: u64,
     pub consumed_wcu: u64,
+    /// Write capacity units DynamoDB reported, by table.
+    pub consumed_wcu_by_table: Vec<(Table, u64)>,
+    /// Puts of topic index entries submitted (`mqtt_dynamo_topic_index_writes_total`).
+    pub topic_index_writes: u64,
     /// Message ids removed from `MsgId` sets at their size cap.
     pub msgids_trimmed: u64,
     /// Ingest-to-durable latency, microseconds.
@@ -656,6 +676,7 @@ impl std::fmt::Display for StatsSnapshot {
             written.join(", ")
         )?;
         writeln!(f, "write capacity units   {}", self.consumed_wcu)?;
+        writeln!(f, "topic index puts       {}", self.topic_index_writes)?;
         writeln!(
             f,
             "throttles / unprocessed / retries / hot-key requeues  {} / {} / {} / {}",
