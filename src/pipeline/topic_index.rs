@@ -34,8 +34,8 @@ use crate::storage::topic_index::{self, IndexKind};
 pub const SHARDS: usize = 16;
 /// Entries one generation of one shard holds.
 pub const GENERATION: usize = 2048;
-/// Entries remembered per kind at most (two generations per shard): 65,536, about 6 MB with
-/// 40-byte topics.
+/// Entries remembered per kind at most (two generations per shard): 65,536, about 10 MB with
+/// 40-byte topics (a key of two strings and the hash set's slot, ~140 bytes an entry).
 pub const REMEMBERED_PER_KIND: usize = SHARDS * GENERATION * 2;
 
 /// One shard: entries submitted recently (`current`) and before that (`previous`).
