@@ -1,11 +1,10 @@
 //! Lookup latency with 100,000 retained topics, side by side in one run:
 //!
-//! 1. the in-memory topic index alone (wildcard matching, no I/O);
-//! 2. retained lookups end to end on dynoxide in-process (index walk + BatchGetItem), for filters
-//!    matching 1, 10, 100 and 1,000 topics;
-//! 3. the alternative without an index: a full parallel Scan of `mqtt_retain` filtered in the
+//! 1. retained lookups end to end on dynoxide in-process (Queries of the shared topic index +
+//!    BatchGetItem), for filters matching 1, 10, 100 and 1,000 topics;
+//! 2. the alternative without an index: a full parallel Scan of `mqtt_retain` filtered in the
 //!    client, which is what wildcard lookups would cost otherwise;
-//! 4. the seed's literal-key lookup of one topic, for reference.
+//! 3. the seed's literal-key lookup of one topic, for reference.
 //!
 //! Topics are `site/<s>/floor/<f>/dev/<d>` (100 sites × 10 floors × 100 devices). Run with
 //! `cargo bench --bench lookup`. Figures are printed as a table (and are measurements, not
@@ -19,7 +18,7 @@ use hdrhistogram::Histogram;
 
 use mqtt_dynamo::config::MatchMode;
 use mqtt_dynamo::event::{HookEvent, Message};
-use mqtt_dynamo::lookup::{ReadState, Reader, TopicIndex};
+use mqtt_dynamo::lookup::{ReadState, Reader};
 use mqtt_dynamo::pipeline::Admit;
 use mqtt_dynamo::pipeline::Pipeline;
 use mqtt_dynamo::storage::dynamo::{self, SdkRetries};
@@ -60,37 +59,6 @@ fn micros(h: &Histogram<u64>, q: f64) -> String {
         format!("{:.1} ms", us as f64 / 1000.0)
     } else {
         format!("{us} µs")
-    }
-}
-
-fn index_bench(all: &[String]) {
-    let t0 = Instant::now();
-    let mut ix = TopicIndex::new();
-    for t in all {
-        ix.insert(t);
-    }
-    println!(
-        "index build: {} topics in {:.0} ms",
-        ix.len(),
-        t0.elapsed().as_secs_f64() * 1000.0
-    );
-    println!(
-        "\n{:<28} {:>8} {:>10} {:>10}",
-        "index only", "matches", "p50", "p99"
-    );
-    for (filter, expected) in FILTERS {
-        let mut h = Histogram::<u64>::new(3).unwrap();
-        for _ in 0..2000 {
-            let t = Instant::now();
-            let m = ix.matching(filter);
-            h.record(t.elapsed().as_nanos() as u64 / 1000).unwrap();
-            assert_eq!(m.len(), expected, "{filter}");
-        }
-        println!(
-            "{filter:<28} {expected:>8} {:>10} {:>10}",
-            micros(&h, 0.5),
-            micros(&h, 0.99)
-        );
     }
 }
 
@@ -141,13 +109,6 @@ async fn end_to_end(all: &[String]) {
         &cfg.dynamodb,
         Arc::new(ReadState::new(false)),
         cfg.lookup.clone(),
-    );
-    let t0 = Instant::now();
-    let (n, _) = reader.load_indexes().await.unwrap();
-    println!(
-        "index load (parallel Scan, {} segments): {n} topics in {:.2} s",
-        cfg.lookup.scan_segments,
-        t0.elapsed().as_secs_f64()
     );
     println!(
         "\n{:<28} {:>8} {:>10} {:>10} {:>6}",
@@ -257,7 +218,6 @@ fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` runs this too, keep that quick.
     let quick = std::env::args().any(|a| a == "--test");
     let all = topics();
-    index_bench(&all);
     if quick {
         return;
     }

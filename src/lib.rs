@@ -32,6 +32,7 @@
 //!   mod.rs              wiring: Pipeline (start, shutdown), PipelineHandle (submit, stats), ConnectObserver
 //!   ingest.rs           the one submit: bounded queue in events and bytes, Admit, Receipt
 //!   dedup.rs            repeated publishes (ids published and acked recently)
+//!   topic_index.rs      topic index entries put once per new topic (bounded, sharded memory)
 //!   expiry.rs           which stored message ids expired (for MsgId trimming)
 //!   shard/              one shard task per key range
 //!     mod.rs              the shard task: coalesce, trigger flushes (count, bytes, age), settle
@@ -60,18 +61,19 @@
 //!   codec.rs            the record format (CRC-32)
 //!   feed.rs             the feeder thread: segments back into the ingest queue, in order
 //! storage/            DynamoDB
-//!   item.rs             tables, keys, values, writes, ops
+//!   item.rs             tables (the seed's six, the topic index), keys, values, writes, ops
 //!   limits.rs           DynamoDB's limits in one place, and the key check
 //!   model.rs            writes applied in order: the reference for the coalescer and loadgen
 //!   dynamo.rs           the SDK client, value conversion, error classes, backoff
-//!   tables.rs           create, check and describe the six tables
+//!   tables.rs           create, check and describe the seven tables; build the topic index
+//!   topic_index.rs      the shared topic index's key shape (mqtt_topic_index), pure
 //!   embedded.rs         dynoxide serving DynamoDB's HTTP API in process
 //! lookup/             the read side
 //!   mod.rs              Reader: subscriptions and retained messages
 //!   batch_get.rs        reading items by key (BatchGetItem), overlay replayed over them
 //!   offline.rs          offline messages in GUID time order, limits, since
 //!   overlay.rs          read-your-writes: accepted but unwritten writes, op numbering
-//!   index.rs            topic indexes for wildcard lookups
+//!   index.rs            wildcard filters to topics: Queries of the shared topic index
 //!   http.rs             the lookup API's routes
 //! emqx_api/           EMQX 5's REST API
 //!   mod.rs              the client: basic auth, subscribe/bulk, publish/bulk, errors, backoff

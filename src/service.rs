@@ -133,14 +133,6 @@ pub async fn start(cfg: &Config) -> Result<Service, ServiceError> {
     )
     .set(1.0);
     let checker = spawn_readiness(cfg.dynamodb.clone(), admin, readiness, described);
-    if let Some(reader) = pipeline.handle().reader().cloned() {
-        // Lookups that need the indexes wait for this load (or retry it if it failed).
-        tokio::spawn(async move {
-            if let Err(e) = reader.load_indexes().await {
-                warn!(error = %e, "topic indexes not loaded yet; the next lookup retries");
-            }
-        });
-    }
     let handle = match &connect {
         Some((observer, _)) => pipeline
             .handle()

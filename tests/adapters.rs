@@ -167,6 +167,22 @@ async fn http_rule_rows_for_every_event_kind() {
         ),
     ]
     .into_iter()
+    // The topic index: t/1 (its message acked, its entry stays) and t/2, under the first level t.
+    .chain(
+        [
+            ("msg", "t/"),
+            ("msg|t", "t/1"),
+            ("msg|t", "t/2"),
+            ("retain", "t/"),
+            ("retain|t", "t/2"),
+        ]
+        .map(|(bucket, topic)| {
+            item(
+                Table::TopicIndex,
+                &[("bucket", s(bucket)), ("topic", s(topic))],
+            )
+        }),
+    )
     .collect();
     assert_eq!(normalized(&got), expected);
 }
@@ -553,6 +569,27 @@ async fn emqx_plays_exhook_v2_and_v3_against_serve() {
             ],
         );
         expected.insert(k, v);
+        // The topic index: every topic a QoS > 0 message was published to (acked or not: entries
+        // stay), and both retained topics (r/2 cleared: its entry stays), under the first level t.
+        let index = |bucket: String, topic: String| {
+            item(
+                Table::TopicIndex,
+                &[("bucket", s(&bucket)), ("topic", s(&topic))],
+            )
+        };
+        for m in msgs.iter().filter(|m| m["qos"].as_i64() > Some(0)) {
+            let topic = m["topic"].as_str().unwrap().to_string();
+            expected.extend([
+                index(format!("msg|{t}"), topic),
+                index("msg".into(), format!("{t}/")),
+            ]);
+        }
+        for r in ["r/1", "r/2"] {
+            expected.extend([
+                index(format!("retain|{t}"), format!("{t}/{r}")),
+                index("retain".into(), format!("{t}/")),
+            ]);
+        }
         // Clients: times are the server's clock (ExHook carries none); checked by range below.
         for (c, state) in [
             (format!("pub-{t}"), 0),

@@ -1,10 +1,12 @@
 //! The read side against real DynamoDB implementations on loopback (dynoxide in-process,
 //! dynalite as a node process): wildcard retained lookups, offline fetch order and limits,
 //! read-your-writes against writes still pending in the pipeline, pagination past 1 MB pages,
-//! and the HTTP and CLI interfaces.
+//! the shared topic index (two instances, one put per entry, building it for old tables, no
+//! Scan), and the HTTP and CLI interfaces.
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,7 +25,7 @@ use mqtt_dynamo::pipeline::Pipeline;
 use mqtt_dynamo::storage::item::{Item, Key, Op, Table, Value, Write};
 
 use mqtt_dynamo::test_util::guids::hex_at;
-use mqtt_dynamo::test_util::{Backend, SubmitExt};
+use mqtt_dynamo::test_util::{Backend, SubmitExt, item, s, scan_all};
 
 fn publish(id: &str, qos: u8, topic: &str, payload: &[u8], retain: bool) -> HookEvent {
     HookEvent::MessagePublish {
@@ -67,7 +69,7 @@ async fn write_all(backend: &Backend, cfg: &Config, events: &[HookEvent]) {
     assert_eq!(stats.dropped(), 0, "{stats}");
 }
 
-/// A reader with no pipeline behind it: what a fresh process sees (indexes loaded by Scan).
+/// A reader with no pipeline behind it: what a fresh process sees (only what is in DynamoDB).
 async fn fresh_reader(cfg: &Config) -> Reader {
     let client = mqtt_dynamo::storage::dynamo::client(
         &cfg.dynamodb,
@@ -81,6 +83,19 @@ async fn fresh_reader(cfg: &Config) -> Reader {
         std::sync::Arc::new(ReadState::new(false)),
         cfg.lookup.clone(),
     )
+}
+
+/// `tables build-index` as a library call: the shared topic index from the tables as they are.
+async fn build_index(cfg: &Config) -> Vec<mqtt_dynamo::storage::tables::IndexBuild> {
+    let admin = mqtt_dynamo::storage::dynamo::client(
+        &cfg.dynamodb,
+        None,
+        mqtt_dynamo::storage::dynamo::SdkRetries::Standard,
+    )
+    .await;
+    mqtt_dynamo::storage::tables::build_topic_index(&admin, &cfg.dynamodb, 3)
+        .await
+        .expect("the index builds")
 }
 
 async fn retained_topics(reader: &Reader, filter: &str) -> Vec<String> {
@@ -122,7 +137,15 @@ async fn retained_wildcards(backend: Backend) {
             .await
             .unwrap();
     }
+    // Written around the service: not in the shared index until `tables build-index` runs.
     let reader = fresh_reader(&cfg).await;
+    assert!(retained_topics(&reader, "$SYS/#").await.is_empty());
+    let builds = build_index(&cfg).await;
+    assert_eq!(
+        (builds[0].topics, builds[0].skipped),
+        (6, 1),
+        "a, a/b, a/b/c, x/y, $SYS/broker/uptime; `a/+` is no topic name"
+    );
     let name = backend.name();
     assert_eq!(
         retained_topics(&reader, "a/+").await,
@@ -154,9 +177,6 @@ async fn retained_wildcards(backend: Backend) {
         retained_topics(&reader, "$share/g/a/b").await,
         Vec::<String>::new()
     );
-    // Six topics with retained messages, and a/c's tombstone (the clear, under event-time
-    // order): an item the index knows and every lookup above skipped.
-    assert_eq!(reader.state().indexed_topics().0, 7, "{name}");
     // The attributes as stored, binary payloads as bytes.
     let r = reader.retained("x/#").await.unwrap();
     let m = &r.messages[0];
@@ -351,7 +371,6 @@ async fn read_your_writes(backend: Backend) {
     let pipeline = Pipeline::from_config(&cfg, client).unwrap();
     let handle = pipeline.handle();
     let reader = handle.reader().expect("lookups are on by default").clone();
-    reader.load_indexes().await.unwrap();
     let sent_before = counter.total();
     let new_id = hex_at(1_700_000_000_500_000, 2);
     for e in [
@@ -433,8 +452,8 @@ mqtt_dynamo::on_dynoxide_and_dynalite! {
     read_your_writes;
 }
 
-/// More than 1 MB of subscriptions (Query pages) and of retained messages (Scan pages for the
-/// index, several BatchGetItems for the lookup).
+/// More than 1 MB of subscriptions (Query pages) and of retained messages (several
+/// BatchGetItems for the lookup).
 async fn pagination(backend: Backend) {
     let cfg = backend.config();
     let (client, _) = backend.prepare(&cfg).await;
@@ -485,6 +504,413 @@ async fn pagination(backend: Backend) {
 
 mqtt_dynamo::on_dynoxide_and_dynalite! {
     pagination;
+}
+
+// The shared topic index (`mqtt_topic_index`).
+
+/// Every item of `mqtt_topic_index`.
+async fn index_items(client: &aws_sdk_dynamodb::Client, cfg: &Config) -> BTreeMap<Key, Item> {
+    scan_all(client, cfg)
+        .await
+        .into_iter()
+        .filter(|(k, _)| k.table == Table::TopicIndex)
+        .collect()
+}
+
+/// Index items as the table must hold them: (bucket, topic), both strings, nothing else.
+fn index_of(entries: &[(&str, &str)]) -> BTreeMap<Key, Item> {
+    entries
+        .iter()
+        .map(|(bucket, topic)| {
+            item(
+                Table::TopicIndex,
+                &[("bucket", s(bucket)), ("topic", s(topic))],
+            )
+        })
+        .collect()
+}
+
+fn payloads(r: &mqtt_dynamo::lookup::Retained) -> Vec<(String, Option<Payload>)> {
+    r.messages
+        .iter()
+        .map(|m| (m.topic.clone(), m.payload.clone()))
+        .collect()
+}
+
+fn text(t: &str) -> Option<Payload> {
+    Some(Payload::Text(t.into()))
+}
+
+/// Two instances (two pipelines and readers, each with its own ReadState and its own index
+/// memory, as two processes) on one DynamoDB: what A publishes, B's wildcard lookups find,
+/// exactly, beside what B accepted itself and has not written; B's lookups Query the index
+/// (one Query per bucket, the directory first for a leading wildcard) and never Scan.
+async fn shared_index_across_instances(backend: Backend) {
+    let cfg = backend.config();
+    let name = backend.name();
+    let id = |n: u64| hex_at(1_700_000_000_000_000 + n * 1000, 7);
+    // B: its writes wait (an hour's batch age), so its own topic is only in its overlay.
+    let mut cfg_b = cfg.clone();
+    cfg_b.pipeline.max_batch_age = Duration::from_secs(3600);
+    let (client_b, counter_b) = backend.prepare(&cfg_b).await;
+    let b = Pipeline::from_config(&cfg_b, client_b).unwrap();
+    let reader_b = b.handle().reader().expect("lookups are on").clone();
+    assert!(reader_b.retained("a/+").await.unwrap().messages.is_empty());
+    // A publishes and its writes land (drained, as a process whose writes are done).
+    let (client_a, _) = backend.prepare(&cfg).await;
+    let a = Pipeline::from_config(&cfg, client_a).unwrap();
+    a.handle().submit_all(&[
+        publish(&id(1), 0, "a/b", b"ab", true),
+        publish(&id(2), 0, "a/c/d", b"acd", true),
+        publish(&id(3), 0, "x/b", b"xb", true),
+        publish(&id(4), 0, "/lead", b"lead", true),
+        publish(&id(5), 1, "q/1", b"q1", false),
+        publish(&id(6), 1, "q/2", b"q2", false),
+        publish(&id(7), 1, "x/q", b"xq", false),
+        publish(&id(8), 1, "q/1", b"q1b", false),
+    ]);
+    let stats_a = a.shutdown().await;
+    assert_eq!(stats_a.dropped(), 0, "{name}: {stats_a}");
+    // B's own retained message, accepted and not written.
+    b.handle()
+        .accept_now(&publish(&id(9), 0, "b/own", b"own", true))
+        .unwrap();
+
+    let queries = || counter_b.get("Query");
+    let q0 = queries();
+    let r = reader_b.retained("a/+").await.unwrap();
+    assert_eq!(payloads(&r), [("a/b".to_string(), text("ab"))], "{name}");
+    assert_eq!(
+        queries() - q0,
+        1,
+        "{name}: a/+ is one Query of bucket retain|a"
+    );
+    let q0 = queries();
+    let r = reader_b.retained("#").await.unwrap();
+    assert_eq!(
+        payloads(&r),
+        [
+            ("/lead".to_string(), text("lead")),
+            ("a/b".to_string(), text("ab")),
+            ("a/c/d".to_string(), text("acd")),
+            ("b/own".to_string(), text("own")),
+            ("x/b".to_string(), text("xb")),
+        ],
+        "{name}: A's topics and B's own pending one"
+    );
+    assert_eq!(
+        queries() - q0,
+        5,
+        "{name}: # is the directory and the buckets of \"\", a, b (pending) and x"
+    );
+    let r = reader_b.retained("+/b").await.unwrap();
+    assert_eq!(
+        payloads(&r),
+        [
+            ("a/b".to_string(), text("ab")),
+            ("x/b".to_string(), text("xb"))
+        ],
+        "{name}"
+    );
+    assert_eq!(
+        retained_topics(&reader_b, "a/#").await,
+        ["a/b", "a/c/d"],
+        "{name}"
+    );
+    assert_eq!(
+        retained_topics(&reader_b, "+/+").await,
+        ["/lead", "a/b", "b/own", "x/b"],
+        "{name}"
+    );
+    assert_eq!(retained_topics(&reader_b, "/+").await, ["/lead"], "{name}");
+    let offline = |filter: &str| OfflineQuery {
+        filter: filter.into(),
+        qos: 1,
+        limit: Some(0),
+        since_us: None,
+    };
+    let o = reader_b.offline(&offline("q/+")).await.unwrap();
+    assert_eq!(
+        o.messages
+            .iter()
+            .map(|m| (m.topic.as_str(), m.payload.clone()))
+            .collect::<Vec<_>>(),
+        [
+            ("q/1", text("q1")),
+            ("q/2", text("q2")),
+            ("q/1", text("q1b"))
+        ],
+        "{name}: oldest first"
+    );
+    assert_eq!((o.topics, o.ids), (2, 3));
+    let o = reader_b.offline(&offline("+/q")).await.unwrap();
+    assert_eq!(o.messages.len(), 1);
+    assert_eq!(o.messages[0].payload, text("xq"), "{name}");
+    assert_eq!(
+        counter_b.get("Scan"),
+        0,
+        "{name}: no lookup scans a table (requests: Query {}, BatchGetItem {})",
+        counter_b.get("Query"),
+        counter_b.get("BatchGetItem")
+    );
+    assert_eq!(
+        counter_b.get("BatchWriteItem"),
+        0,
+        "{name}: B wrote nothing yet"
+    );
+    let stats_b = b.shutdown().await;
+    assert_eq!(stats_b.dropped(), 0);
+    // A third process sees B's topic once B's writes landed.
+    let fresh = fresh_reader(&cfg).await;
+    assert_eq!(retained_topics(&fresh, "b/+").await, ["b/own"], "{name}");
+    let (client, _) = backend.prepare(&cfg).await;
+    assert_eq!(
+        index_items(&client, &cfg).await,
+        index_of(&[
+            ("msg", "q/"),
+            ("msg", "x/"),
+            ("msg|q", "q/1"),
+            ("msg|q", "q/2"),
+            ("msg|x", "x/q"),
+            ("retain", "/"),
+            ("retain", "a/"),
+            ("retain", "b/"),
+            ("retain", "x/"),
+            ("retain|", "/lead"),
+            ("retain|a", "a/b"),
+            ("retain|a", "a/c/d"),
+            ("retain|b", "b/own"),
+            ("retain|x", "x/b"),
+        ]),
+        "{name}"
+    );
+}
+
+mqtt_dynamo::on_dynoxide_and_dynalite! {
+    shared_index_across_instances;
+}
+
+/// `mqtt_dynamo_topic_index_writes_total{index}` as the service at `metrics` exports it.
+async fn index_writes(metrics: &str, index: &str) -> u64 {
+    let client: HttpClient<_, Full<Bytes>> = HttpClient::builder(TokioExecutor::new()).build_http();
+    let resp = client
+        .get(format!("http://{metrics}/metrics").parse().unwrap())
+        .await
+        .expect("the metrics listener answers");
+    let text = resp.into_body().collect().await.unwrap().to_bytes();
+    let name = mqtt_dynamo::telemetry::catalogue::TOPIC_INDEX_WRITES_TOTAL;
+    String::from_utf8_lossy(&text)
+        .lines()
+        .filter(|l| {
+            l.starts_with(&format!("{name}{{")) && l.contains(&format!("index=\"{index}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// Twenty QoS 1 retained publishes to one topic and five to a second under the same first level:
+/// each index entry is put once (the metric and the table say so), in the BatchWriteItems the
+/// messages go in, at one write unit each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_index_entries_are_put_once() {
+    use mqtt_dynamo::test_util::service;
+    let backend = Backend::dynoxide().await;
+    let mut cfg = backend.config();
+    cfg.exhook.enabled = false;
+    Backend::create_tables(&cfg).await;
+    let svc = service::start(&cfg).await;
+    let metrics = service::addr(svc.addrs().metrics);
+    let mut n = 0u64;
+    for (topic, times) in [("d/1", 20), ("d/2", 5)] {
+        for _ in 0..times {
+            n += 1;
+            let e = publish(
+                &hex_at(1_700_000_000_000_000 + n * 1000, 3),
+                1,
+                topic,
+                format!("v{n}").as_bytes(),
+                true,
+            );
+            svc.handle().accept_now(&e).unwrap();
+        }
+    }
+    // Counted at acceptance: d/1, d/2 and the first level d, in each index.
+    assert_eq!(index_writes(&metrics, "retained").await, 3);
+    assert_eq!(index_writes(&metrics, "offline").await, 3);
+    let stats = svc.shutdown().await;
+    assert_eq!(stats.dropped(), 0, "{stats}");
+    assert_eq!(stats.topic_index_writes, 6);
+    let index_wcu = stats
+        .consumed_wcu_by_table
+        .iter()
+        .find(|(t, _)| *t == Table::TopicIndex)
+        .map_or(0, |(_, u)| *u);
+    let written = stats
+        .items_written
+        .iter()
+        .find(|(t, _)| *t == Table::TopicIndex)
+        .map_or(0, |(_, n)| *n);
+    eprintln!(
+        "25 publishes on 2 new topics: {} index puts, {written} index items written, {index_wcu} index write units reported; requests: BatchWriteItem {}, BatchExecuteStatement {}, UpdateItem {}",
+        stats.topic_index_writes,
+        stats.batch_write_requests,
+        stats.statement_requests,
+        stats.update_requests
+    );
+    assert_eq!(written, 6);
+    assert_eq!(index_wcu, 6, "one write unit per entry");
+    let (client, _) = backend.prepare(&cfg).await;
+    // What a lookup's Queries cost: d/+ reads bucket retain|d; # reads the directory first.
+    for (bucket, what) in [("retain|d", "bucket"), ("retain", "directory")] {
+        let out = client
+            .query()
+            .table_name(cfg.dynamodb.table_name(Table::TopicIndex))
+            .key_condition_expression("#b = :b")
+            .expression_attribute_names("#b", "bucket")
+            .expression_attribute_values(
+                ":b",
+                aws_sdk_dynamodb::types::AttributeValue::S(bucket.into()),
+            )
+            .consistent_read(true)
+            .return_consumed_capacity(aws_sdk_dynamodb::types::ReturnConsumedCapacity::Total)
+            .send()
+            .await
+            .unwrap();
+        eprintln!(
+            "Query of the {what} {bucket}: {} items, {:?} read units (strongly consistent)",
+            out.count(),
+            out.consumed_capacity().and_then(|c| c.capacity_units())
+        );
+    }
+    assert_eq!(
+        index_items(&client, &cfg).await,
+        index_of(&[
+            ("msg", "d/"),
+            ("msg|d", "d/1"),
+            ("msg|d", "d/2"),
+            ("retain", "d/"),
+            ("retain|d", "d/1"),
+            ("retain|d", "d/2"),
+        ])
+    );
+}
+
+/// Tables written without the index (an older version, another tool): wildcard lookups find
+/// nothing until `tables build-index` fills it; then they find every valid topic, `$SYS` only by
+/// a `$SYS` filter. Building twice leaves the same index.
+async fn build_index_for_old_tables(backend: Backend) {
+    let cfg = backend.config();
+    let name = backend.name();
+    let (client, _) = backend.prepare(&cfg).await;
+    // The reader's own client, so its requests are counted alone.
+    let (reader_client, counter) = backend.prepare(&cfg).await;
+    let id = |n: u64| hex_at(1_700_000_000_000_000 + n, 1);
+    let put = |table: Table, item: Item| {
+        let client = client.clone();
+        let name = cfg.dynamodb.table_name(table);
+        async move {
+            client
+                .put_item()
+                .table_name(name)
+                .set_item(Some(mqtt_dynamo::storage::dynamo::to_attrs(&item)))
+                .send()
+                .await
+                .unwrap();
+        }
+    };
+    for (n, topic) in [(1, "m/1"), (2, "m/2/x"), (3, "$SYS/up"), (4, "bad/+")] {
+        let (_, item) = item(
+            Table::Retain,
+            &[
+                ("topic", s(topic)),
+                ("msgid", s(&id(n))),
+                ("payload", s(topic)),
+            ],
+        );
+        put(Table::Retain, item).await;
+    }
+    let (_, msg) = item(
+        Table::Msg,
+        &[
+            ("msgid", s(&id(5))),
+            ("topic", s("o/1")),
+            ("qos", Value::N(1)),
+            ("payload", s("o")),
+        ],
+    );
+    put(Table::Msg, msg).await;
+    let (_, set) = item(
+        Table::TopicMsgMap,
+        &[("topic", s("o/1")), ("MsgId", Value::Ss([id(5)].into()))],
+    );
+    put(Table::TopicMsgMap, set).await;
+
+    let reader = Reader::new(
+        reader_client,
+        &cfg.dynamodb,
+        std::sync::Arc::new(ReadState::new(false)),
+        cfg.lookup.clone(),
+    );
+    let offline = OfflineQuery {
+        filter: "o/#".into(),
+        qos: 1,
+        limit: None,
+        since_us: None,
+    };
+    assert!(retained_topics(&reader, "m/#").await.is_empty(), "{name}");
+    assert!(reader.offline(&offline).await.unwrap().messages.is_empty());
+    for round in 0..2 {
+        let builds = build_index(&cfg).await;
+        let counts: Vec<(String, u64, u64, u64)> = builds
+            .iter()
+            .map(|b| (b.source.clone(), b.topics, b.skipped, b.entries))
+            .collect();
+        assert_eq!(
+            counts,
+            [
+                ("mqtt_retain".to_string(), 4, 1, 5),
+                ("mqtt_topic_msg_map".to_string(), 1, 0, 2),
+            ],
+            "{name}, round {round}"
+        );
+        assert_eq!(
+            index_items(&client, &cfg).await,
+            index_of(&[
+                ("msg", "o/"),
+                ("msg|o", "o/1"),
+                ("retain", "$SYS/"),
+                ("retain", "m/"),
+                ("retain|$SYS", "$SYS/up"),
+                ("retain|m", "m/1"),
+                ("retain|m", "m/2/x"),
+            ]),
+            "{name}, round {round}"
+        );
+    }
+    assert_eq!(
+        retained_topics(&reader, "m/#").await,
+        ["m/1", "m/2/x"],
+        "{name}"
+    );
+    assert_eq!(
+        retained_topics(&reader, "#").await,
+        ["m/1", "m/2/x"],
+        "{name}"
+    );
+    assert_eq!(
+        retained_topics(&reader, "$SYS/+").await,
+        ["$SYS/up"],
+        "{name}"
+    );
+    let o = reader.offline(&offline).await.unwrap();
+    assert_eq!(o.messages.len(), 1);
+    assert_eq!(o.messages[0].payload, text("o"), "{name}");
+    assert_eq!(counter.get("Scan"), 0, "{name}: the lookups never scan");
+}
+
+mqtt_dynamo::on_dynoxide_and_dynalite! {
+    build_index_for_old_tables;
 }
 
 async fn request(method: &str, url: &str, token: Option<&str>) -> (u16, Json) {
@@ -644,6 +1070,17 @@ async fn cli_subs_and_lookups() {
             String::from_utf8_lossy(&out.stderr).to_string(),
         )
     };
+    // Idempotent over what the service indexed already: k/1 in mqtt_retain; k/1 and k/2/x in
+    // mqtt_topic_msg_map, with their first level k in each.
+    let (code, out, err) = cli(&["tables", "build-index", "--segments", "2"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("indexed mqtt_retain: 1 topics read, 0 skipped")
+            && out.contains("2 entries put")
+            && out.contains("indexed mqtt_topic_msg_map: 2 topics read, 0 skipped")
+            && out.contains("3 entries put"),
+        "{out}"
+    );
     let (code, out, err) = cli(&["subs", "add", "cli1", "k/#", "--qos", "1"]);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(out.trim(), "stored cli1 k/# qos 1");

@@ -167,8 +167,17 @@ async fn scraped_metrics_match_a_known_workload() {
     }
     assert_eq!(
         get("mqtt_dynamo_batch_requests_sum"),
-        5.0,
-        "4 client puts and the acked put"
+        7.0,
+        "4 client puts, the acked put and the 2 topic index entries of m/t"
+    );
+    // m/t's entries (the topic and its first level), put though its message cancelled out.
+    assert_eq!(
+        get(r#"mqtt_dynamo_topic_index_writes_total{index="offline"}"#),
+        2.0
+    );
+    assert_eq!(
+        get(r#"mqtt_dynamo_topic_index_writes_total{index="retained"}"#),
+        0.0
     );
     assert_eq!(
         get(
@@ -176,7 +185,8 @@ async fn scraped_metrics_match_a_known_workload() {
         ),
         counter.get("BatchWriteItem") as f64
     );
-    assert_eq!(get("mqtt_dynamo_ingest_to_durable_seconds_count"), 5.0);
+    // One per write settled: the five above and the two index entries.
+    assert_eq!(get("mqtt_dynamo_ingest_to_durable_seconds_count"), 7.0);
     // mqtt_dynamo_build_info is set by the service (with its backend): tests/deployment.
     assert_eq!(
         get(r#"mqtt_dynamo_queue_capacity_events{stage="ingest"}"#),
@@ -194,7 +204,7 @@ async fn scraped_metrics_match_a_known_workload() {
 
     // Items written equal the items in the tables.
     let tables = scan_all(&client_sdk, &cfg).await;
-    for table in [Table::Client, Table::Acked] {
+    for table in [Table::Client, Table::Acked, Table::TopicIndex] {
         let in_table = tables.keys().filter(|k| k.table == table).count() as f64;
         let written = get(&format!(
             r#"mqtt_dynamo_items_written_total{{table="{}"}}"#,
@@ -202,7 +212,7 @@ async fn scraped_metrics_match_a_known_workload() {
         ));
         assert_eq!(written, in_table, "{table}");
     }
-    assert_eq!(tables.len(), 5);
+    assert_eq!(tables.len(), 7);
 
     // promtool's lint accepts the exposition.
     let promtool = tool(

@@ -17,6 +17,7 @@ use mqtt_dynamo::pipeline::Pipeline;
 use mqtt_dynamo::rules::RuleSet;
 use mqtt_dynamo::storage::item::{Item, Key, Table, Value};
 use mqtt_dynamo::storage::model::TableModel;
+use mqtt_dynamo::storage::topic_index;
 
 use mqtt_dynamo::service::Service;
 use mqtt_dynamo::test_util::SubmitExt;
@@ -542,8 +543,10 @@ fn lagged_stream(n: u64, seed: u64) -> Vec<HookEvent> {
 fn model_of(events: &[HookEvent], cfg: &Config) -> BTreeMap<Key, Item> {
     let mut model = TableModel::new();
     for e in events {
-        for op in RuleSet::default().plan(e, &cfg.storage.format()).unwrap() {
-            model.apply(&op);
+        let ops = RuleSet::default().plan(e, &cfg.storage.format()).unwrap();
+        // With the shared topic index's entries of the topics they store under.
+        for op in ops.iter().chain(&topic_index::index_ops(&ops)) {
+            model.apply(op);
         }
     }
     model.normalized()

@@ -172,7 +172,7 @@ pub struct TableDef {
 }
 
 impl TableDef {
-    /// The six tables of mqtt-dynamo, named `<prefix><base name>`. Copied from the root crate's
+    /// The seven tables of mqtt-dynamo (the seed's six and mqtt_topic_index), named `<prefix><base name>`. Copied from the root crate's
     /// `item::Table` (the simulator does not depend on it); keep the two in step.
     pub fn project_tables(prefix: &str) -> Vec<TableDef> {
         [
@@ -182,6 +182,7 @@ impl TableDef {
             ("mqtt_topic_msg_map", "topic", None),
             ("mqtt_retain", "topic", None),
             ("mqtt_acked", "topic", Some("clientid")),
+            ("mqtt_topic_index", "bucket", Some("topic")),
         ]
         .into_iter()
         .map(|(name, hash, range)| TableDef {

@@ -83,7 +83,7 @@ struct Cli {
     /// Seed of the fault/jitter PRNG (default: random, logged at start).
     #[arg(long)]
     seed: Option<u64>,
-    /// Pre-create mqtt-dynamo's six tables with this name prefix (may be empty).
+    /// Pre-create mqtt-dynamo's seven tables with this name prefix (may be empty).
     #[arg(long, value_name = "PREFIX", num_args = 0..=1, default_missing_value = "")]
     tables: Option<String>,
 }

@@ -398,7 +398,8 @@ async fn table_lifecycle() {
             break;
         }
     }
-    assert_eq!(names.len(), 7);
+    // The seven project tables and "events".
+    assert_eq!(names.len(), 8);
     assert!(names.windows(2).all(|w| w[0] < w[1]));
 
     c.delete_table().table_name("events").send().await.unwrap();

@@ -177,7 +177,7 @@ pub enum MatchMode {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LookupConfig {
-    /// Serve the lookup API on the HTTP listener and keep the topic indexes.
+    /// Serve the lookup API on the HTTP listener.
     pub enabled: bool,
     /// Lookups also see writes accepted but not yet in DynamoDB (a copy of each such write of
     /// the four tables lookups read is kept until it settles).
@@ -194,7 +194,7 @@ pub struct LookupConfig {
     /// Retained messages returned by one lookup at most (a `#` over a huge table is cut here,
     /// and the answer says so).
     pub max_retained: usize,
-    /// Parallel Scan segments used to load the topic indexes.
+    /// Parallel Scan segments of `tables build-index` (filling the shared topic index).
     pub scan_segments: u32,
 }
 
@@ -612,6 +612,8 @@ impl LingerConfig {
             Table::TopicMsgMap => self.mqtt_topic_msg_map,
             Table::Retain => self.mqtt_retain,
             Table::Acked => self.mqtt_acked,
+            // Index puts are idempotent and never cancel: nothing to wait for.
+            Table::TopicIndex => Duration::ZERO,
         }
     }
 

@@ -1,274 +1,243 @@
-//! A topic index: the set of topic names that have items in a table (retained messages, offline
-//! message sets), as a tree of topic levels, so a wildcard filter is answered by walking the
-//! levels it names instead of scanning the table.
+//! Wildcard filters to topics through the shared topic index (`mqtt_topic_index`, key shape in
+//! [`crate::storage::topic_index`]): every instance writes it, so a lookup on one instance finds
+//! topics written through any other, and no lookup scans a table.
 //!
-//! Matching follows MQTT (and [`crate::topic::matches`]): `+` is one level, `#` the parent level
-//! and everything below it, and a filter starting with a wildcard does not match topics
-//! starting with `$` (`#` does not return `$SYS/...`).
+//! For a filter whose first level is literal, one Query of that level's bucket, its range limited
+//! to the filter's literal prefix (`a/b/+/c` reads `begins_with(topic, "a/b/")` of `retain|a`),
+//! every page. For a filter starting with `+` or `#`, a Query of the kind's directory (its first
+//! levels), then one such Query per first level, at most [`PARALLEL_QUERIES`] in flight, the
+//! first level standing in for the wildcard when the prefix is computed (`+/b/#` reads
+//! `begins_with(topic, "x/b")` of `retain|x`). First levels starting with `$` are skipped there:
+//! MQTT's leading wildcards do not match `$` topics. Each topic read is matched with
+//! [`crate::topic::matches`]. Reads are strongly consistent.
+//!
+//! Read-your-writes: before each Query the entry puts this process accepted and has not settled
+//! for that partition are taken from the [`super::ReadState`] overlay (the ingest records them
+//! with the writes they index), and joined to what the Query returns. An entry settled before
+//! the snapshot is in the table by then.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
-/// One topic level and what lies below it.
-#[derive(Debug, Default)]
-struct Node {
-    children: HashMap<Box<str>, Node>,
-    /// A topic ends at this level.
-    present: bool,
-}
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::AttributeValue;
 
-impl Node {
-    /// Every topic at or below this node (never the root), `path` being this node's topic.
-    fn collect(&self, path: &mut String, out: &mut Vec<String>) {
-        if self.present {
-            out.push(path.clone());
-        }
-        for (level, child) in &self.children {
-            let len = path.len();
-            push_level(path, level, false);
-            child.collect(path, out);
-            path.truncate(len);
-        }
-    }
-}
+use super::{LookupError, Reader, dynamo_error};
+use crate::storage::item::{Table, Write};
+use crate::storage::topic_index::{self, IndexKind};
+use crate::topic::TopicFilter;
 
-/// Appends one level to a topic under construction. `first` says the path is still at the root
-/// (no separator before the first level, even when that level is empty).
-fn push_level(path: &mut String, level: &str, first: bool) {
-    if !first {
-        path.push('/');
-    }
-    path.push_str(level);
-}
+/// Bucket Queries one lookup keeps in flight (a filter starting with a wildcard reads every
+/// first level's bucket).
+pub const PARALLEL_QUERIES: usize = 8;
 
-/// The index. Not synchronized: [`crate::lookup::ReadState`] keeps it behind a lock.
-#[derive(Debug, Default)]
-pub struct TopicIndex {
-    root: Node,
-    len: usize,
-}
-
-impl TopicIndex {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds `topic`; false if it was there.
-    pub fn insert(&mut self, topic: &str) -> bool {
-        let mut node = &mut self.root;
-        for level in topic.split('/') {
-            node = node.children.entry(level.into()).or_default();
-        }
-        let added = !node.present;
-        node.present = true;
-        if added {
-            self.len += 1;
-        }
-        added
-    }
-
-    /// Removes `topic`, pruning levels left empty; false if it was not there.
-    pub fn remove(&mut self, topic: &str) -> bool {
-        fn go<'a>(node: &mut Node, mut levels: impl Iterator<Item = &'a str>) -> bool {
-            match levels.next() {
-                None => std::mem::replace(&mut node.present, false),
-                Some(level) => {
-                    let Some(child) = node.children.get_mut(level) else {
-                        return false;
-                    };
-                    let removed = go(child, levels);
-                    if removed && !child.present && child.children.is_empty() {
-                        node.children.remove(level);
-                    }
-                    removed
-                }
+/// The range-key prefix every topic matching `levels` (a filter's levels, the first literal)
+/// starts with: the literal levels before the first wildcard, with the separator before a `+`
+/// (`a/+` → `a/`) and without it before a `#` (`a/#` matches `a` itself). `None` when the prefix
+/// is empty (`/#`), so the Query reads the whole bucket.
+fn literal_prefix(levels: &[&str]) -> Option<String> {
+    let wildcard = levels.iter().position(|l| *l == "+" || *l == "#");
+    let prefix = match wildcard {
+        None => levels.join("/"),
+        Some(i) => {
+            let mut p = levels[..i].join("/");
+            if levels[i] == "+" {
+                p.push('/');
             }
+            p
         }
-        let removed = go(&mut self.root, topic.split('/'));
-        if removed {
-            self.len -= 1;
-        }
-        removed
-    }
+    };
+    (!prefix.is_empty()).then_some(prefix)
+}
 
-    pub fn contains(&self, topic: &str) -> bool {
-        let mut node = &self.root;
-        for level in topic.split('/') {
-            match node.children.get(level) {
-                Some(n) => node = n,
-                None => return false,
-            }
-        }
-        node.present
-    }
+/// One bucket to read: its hash key and the range prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BucketQuery {
+    bucket: String,
+    prefix: Option<String>,
+}
 
-    /// Topics in the index.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The topics matching `filter` (a valid MQTT filter), sorted.
-    pub fn matching(&self, filter: &str) -> Vec<String> {
-        let levels: Vec<&str> = filter.split('/').collect();
-        let mut out = Vec::new();
-        let mut path = String::new();
-        walk(&self.root, &levels, 0, &mut path, &mut out);
-        out.sort_unstable();
-        out
+/// The bucket query for `filter`'s levels with `level` as the first level.
+fn bucket_query(kind: IndexKind, level: &str, levels: &[&str]) -> BucketQuery {
+    let mut with_level: Vec<&str> = Vec::with_capacity(levels.len());
+    with_level.push(level);
+    with_level.extend_from_slice(&levels[1..]);
+    BucketQuery {
+        bucket: topic_index::bucket(kind, level),
+        prefix: literal_prefix(&with_level),
     }
 }
 
-/// Matches `levels[i..]` below `node`, whose topic is `path` (the root when `i == 0`).
-fn walk(node: &Node, levels: &[&str], i: usize, path: &mut String, out: &mut Vec<String>) {
-    let root = i == 0;
-    match levels.get(i) {
-        None => {
-            if node.present {
-                out.push(path.clone());
+impl Reader {
+    /// The topics of `kind` matching `filter` (a filter with a wildcard), sorted: from the
+    /// shared index and this process's unsettled entry puts.
+    pub(super) async fn indexed_topics(
+        &self,
+        filter: &TopicFilter,
+        kind: IndexKind,
+    ) -> Result<Vec<String>, LookupError> {
+        let levels: Vec<&str> = filter.as_str().split('/').collect();
+        let first = levels[0];
+        let queries: Vec<BucketQuery> = if first == "+" || first == "#" {
+            self.first_levels(kind)
+                .await?
+                .into_iter()
+                .filter(|level| !level.starts_with('$'))
+                .map(|level| bucket_query(kind, &level, &levels))
+                .collect()
+        } else {
+            vec![bucket_query(kind, first, &levels)]
+        };
+        let name = self.tables.name(Table::TopicIndex).to_string();
+        let mut topics = BTreeSet::new();
+        let mut queries = queries.into_iter();
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            while tasks.len() < PARALLEL_QUERIES {
+                let Some(q) = queries.next() else { break };
+                // Snapshot before the read (see the module docs).
+                let pending = self.pending_entries(&q.bucket);
+                let client = self.client.clone();
+                let name = name.clone();
+                tasks.spawn(async move {
+                    let mut got =
+                        query_partition(&client, &name, &q.bucket, q.prefix.as_deref()).await?;
+                    got.extend(
+                        pending
+                            .into_iter()
+                            .filter(|t| q.prefix.as_deref().is_none_or(|p| t.starts_with(p))),
+                    );
+                    Ok::<_, LookupError>(got)
+                });
+            }
+            let Some(joined) = tasks.join_next().await else {
+                break;
+            };
+            let got = joined.map_err(|e| LookupError::Dynamo {
+                operation: "Query",
+                table: name.clone(),
+                message: e.to_string(),
+            })??;
+            topics.extend(got.into_iter().filter(|t| {
+                filter.matches(t)
+                    // A stored topic that is not a valid topic name (a wildcard or NUL in it,
+                    // written by some other tool) was never published to, so no wildcard
+                    // subscription matches it; a literal lookup still finds it.
+                    && crate::topic::validate_name(t).is_ok()
+            }));
+        }
+        Ok(topics.into_iter().collect())
+    }
+
+    /// The first levels of `kind`'s topics: the directory partition and its unsettled puts.
+    async fn first_levels(&self, kind: IndexKind) -> Result<BTreeSet<String>, LookupError> {
+        let directory = topic_index::directory(kind);
+        let pending = self.pending_entries(directory);
+        let name = self.tables.name(Table::TopicIndex);
+        let entries = query_partition(&self.client, name, directory, None).await?;
+        Ok(entries
+            .iter()
+            .chain(&pending)
+            .map(|e| topic_index::level_of_entry(e).to_string())
+            .collect())
+    }
+
+    /// Range keys of the entry puts of partition `bucket` accepted and not settled.
+    fn pending_entries(&self, bucket: &str) -> Vec<String> {
+        self.state
+            .pending_under(Table::TopicIndex, bucket)
+            .into_iter()
+            .filter(|(_, writes)| writes.iter().any(|w| matches!(w, Write::Put { .. })))
+            .filter_map(|(key, _)| key.range)
+            .collect()
+    }
+}
+
+/// The range keys of partition `bucket` of the index table `table` (those starting with
+/// `prefix`, if given), every page, strongly consistent like every lookup.
+async fn query_partition(
+    client: &Client,
+    table: &str,
+    bucket: &str,
+    prefix: Option<&str>,
+) -> Result<Vec<String>, LookupError> {
+    let mut out = Vec::new();
+    let mut start: Option<HashMap<String, AttributeValue>> = None;
+    loop {
+        let mut q = client
+            .query()
+            .table_name(table)
+            .expression_attribute_names("#b", "bucket")
+            .expression_attribute_names("#t", "topic")
+            .expression_attribute_values(":b", AttributeValue::S(bucket.to_string()))
+            .projection_expression("#t")
+            .consistent_read(true)
+            .set_exclusive_start_key(start.take());
+        q = match prefix {
+            Some(p) => q
+                .key_condition_expression("#b = :b AND begins_with(#t, :p)")
+                .expression_attribute_values(":p", AttributeValue::S(p.to_string())),
+            None => q.key_condition_expression("#b = :b"),
+        };
+        let page = q
+            .send()
+            .await
+            .map_err(|e| dynamo_error("Query", table, e))?;
+        for item in page.items() {
+            if let Some(AttributeValue::S(t)) = item.get("topic") {
+                out.push(t.clone());
             }
         }
-        Some(&"#") => {
-            // The parent level itself ("a/#" matches "a"), then everything below.
-            if !root && node.present {
-                out.push(path.clone());
-            }
-            for (level, child) in &node.children {
-                if root && level.starts_with('$') {
-                    continue;
-                }
-                let len = path.len();
-                push_level(path, level, root);
-                child.collect(path, out);
-                path.truncate(len);
-            }
-        }
-        Some(&"+") => {
-            for (level, child) in &node.children {
-                if root && level.starts_with('$') {
-                    continue;
-                }
-                let len = path.len();
-                push_level(path, level, root);
-                walk(child, levels, i + 1, path, out);
-                path.truncate(len);
-            }
-        }
-        Some(level) => {
-            if let Some(child) = node.children.get(*level) {
-                let len = path.len();
-                push_level(path, level, root);
-                walk(child, levels, i + 1, path, out);
-                path.truncate(len);
-            }
+        match page.last_evaluated_key() {
+            Some(k) if !k.is_empty() => start = Some(k.clone()),
+            _ => break,
         }
     }
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topic;
-    use proptest::prelude::*;
 
-    fn index(topics: &[&str]) -> TopicIndex {
-        let mut ix = TopicIndex::new();
-        for t in topics {
-            ix.insert(t);
-        }
-        ix
+    fn prefix(filter: &str) -> Option<String> {
+        literal_prefix(&filter.split('/').collect::<Vec<_>>())
     }
 
     #[test]
-    fn wildcards_and_dollar_topics() {
-        let ix = index(&[
-            "a",
-            "a/b",
-            "a/c",
-            "a/b/c",
-            "a/",
-            "$SYS/broker",
-            "$SYS/x/y",
-            "b/$x",
-            "/lead",
-        ]);
-        assert_eq!(ix.matching("a/+"), ["a/", "a/b", "a/c"]);
-        assert_eq!(ix.matching("a/#"), ["a", "a/", "a/b", "a/b/c", "a/c"]);
+    fn literal_prefixes_bound_what_a_bucket_query_reads() {
+        assert_eq!(prefix("a/+").as_deref(), Some("a/"));
+        assert_eq!(prefix("a/#").as_deref(), Some("a"));
+        assert_eq!(prefix("a/b/+/c").as_deref(), Some("a/b/"));
+        assert_eq!(prefix("a/b/#").as_deref(), Some("a/b"));
+        assert_eq!(prefix("/+").as_deref(), Some("/"));
+        assert_eq!(prefix("/#"), None);
+        assert_eq!(prefix("a/b").as_deref(), Some("a/b"));
+    }
+
+    #[test]
+    fn a_leading_wildcard_reads_each_first_level_with_its_prefix() {
+        let levels: Vec<&str> = "+/b/#".split('/').collect();
         assert_eq!(
-            ix.matching("#"),
-            ["/lead", "a", "a/", "a/b", "a/b/c", "a/c", "b/$x"]
+            bucket_query(IndexKind::Retained, "x", &levels),
+            BucketQuery {
+                bucket: "retain|x".into(),
+                prefix: Some("x/b".into())
+            }
         );
-        assert_eq!(ix.matching("+/+"), ["/lead", "a/", "a/b", "a/c", "b/$x"]);
-        assert_eq!(ix.matching("$SYS/#"), ["$SYS/broker", "$SYS/x/y"]);
-        assert_eq!(ix.matching("+/broker"), Vec::<String>::new());
-        assert_eq!(ix.matching("a/b/c"), ["a/b/c"]);
-        assert_eq!(ix.matching("a/b/d"), Vec::<String>::new());
-        assert_eq!(ix.len(), 9);
-    }
-
-    #[test]
-    fn remove_prunes_and_counts() {
-        let mut ix = index(&["a/b/c", "a/b"]);
-        assert!(ix.remove("a/b/c"));
-        assert!(!ix.remove("a/b/c"));
-        assert!(!ix.remove("a"));
-        assert_eq!(ix.matching("#"), ["a/b"]);
-        assert!(ix.remove("a/b"));
-        assert!(ix.is_empty());
-        assert!(ix.root.children.is_empty());
-    }
-
-    fn level() -> impl Strategy<Value = String> {
-        prop_oneof![
-            Just(String::new()),
-            Just("a".to_string()),
-            Just("b".to_string()),
-            Just("$s".to_string()),
-        ]
-    }
-
-    fn topic_name() -> impl Strategy<Value = String> {
-        prop::collection::vec(level(), 1..4).prop_map(|l| l.join("/"))
-    }
-
-    fn filter() -> impl Strategy<Value = String> {
-        (
-            prop::collection::vec(
-                prop_oneof![level(), Just("+".to_string()), Just("+".to_string())],
-                0..4,
-            ),
-            any::<bool>(),
-        )
-            .prop_filter_map("a filter has at least one level", |(mut l, hash)| {
-                if hash {
-                    l.push("#".into());
-                }
-                (!l.is_empty()).then(|| l.join("/"))
-            })
-    }
-
-    proptest! {
-        /// The index answers exactly what filtering every topic with `topic::matches` answers.
-        #[test]
-        fn index_agrees_with_the_matcher(
-            topics in prop::collection::vec(topic_name(), 0..30),
-            removed in prop::collection::vec(topic_name(), 0..10),
-            filter in filter(),
-        ) {
-            let mut ix = TopicIndex::new();
-            let mut set = std::collections::BTreeSet::new();
-            for t in &topics {
-                prop_assert_eq!(ix.insert(t), set.insert(t.clone()));
+        let levels: Vec<&str> = "#".split('/').collect();
+        assert_eq!(
+            bucket_query(IndexKind::Offline, "", &levels),
+            BucketQuery {
+                bucket: "msg|".into(),
+                prefix: None
             }
-            for t in &removed {
-                prop_assert_eq!(ix.remove(t), set.remove(t));
-            }
-            prop_assert_eq!(ix.len(), set.len());
-            let expected: Vec<String> =
-                set.iter().filter(|t| topic::matches(&filter, t)).cloned().collect();
-            prop_assert_eq!(ix.matching(&filter), expected);
-        }
+        );
+        let levels: Vec<&str> = "+".split('/').collect();
+        assert_eq!(
+            bucket_query(IndexKind::Offline, "a", &levels)
+                .prefix
+                .as_deref(),
+            Some("a")
+        );
     }
 }

@@ -3,9 +3,9 @@
 //!
 //! - **Subscriptions** (`on_subscribe_lookup`): a client's rows of `mqtt_sub`, every Query page.
 //! - **Retained** (`on_retain_lookup`): the retained messages matching a subscription filter. With
-//!   `lookup.retained = "index"` the filter is matched (MQTT wildcards) against an in-memory
-//!   [`TopicIndex`] of `mqtt_retain`'s topics, then only those items are read (BatchGetItem); the
-//!   seed's literal-key mode stays available.
+//!   `lookup.retained = "index"` the filter's topics (MQTT wildcards) are found in the shared
+//!   topic index `mqtt_topic_index` that every instance writes ([`index`]), then only those
+//!   items are read (BatchGetItem); the seed's literal-key mode stays available.
 //! - **Offline** (`on_message_fetch_for_queue`): for a QoS > 0 subscription, the message ids of
 //!   every matching topic of `mqtt_topic_msg_map`, ordered by the time inside the GUID (base62
 //!   strings do not sort by time), limited to the newest `limit` published since `since`, and
@@ -14,16 +14,16 @@
 //!
 //! Reads are strongly consistent, and every answer replays the [`ReadState`] overlay of
 //! accepted-but-unsettled writes over what DynamoDB returned (see [`overlay`] for why that is
-//! exact). The indexes are loaded once with a parallel Scan (on the first lookup that needs
-//! them, or at start by [`Reader::load_indexes`]) and then follow the service's own writes; a
-//! topic written by another process after the load is not in them.
+//! exact). No lookup scans a table: wildcard filters are answered by Queries of the shared
+//! index, so a topic written through another instance is found as soon as its entry is in
+//! DynamoDB.
 //!
 //! Shared subscriptions (`$share/group/f`, `$queue/f`) read the offline messages of `f`, and no
 //! retained messages (MQTT does not send retained messages to shared subscriptions).
 //!
 //! Files: this one holds the [`Reader`], subscriptions and retained lookups; `batch_get` reads
 //! items by key; `offline` orders offline messages; [`overlay`] is the read-your-writes overlay;
-//! [`index`] the topic indexes; [`http`] the lookup API's routes.
+//! [`index`] queries the shared topic index; [`http`] the lookup API's routes.
 
 mod batch_get;
 pub mod http;
@@ -38,13 +38,13 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::AttributeValue;
 use thiserror::Error;
 
-pub use index::TopicIndex;
 pub use offline::{guid_of, guid_time_us};
 pub use overlay::ReadState;
 
 use crate::config::{DynamoConfig, LookupConfig, MatchMode};
 use crate::pipeline::flush::TableNames;
 use crate::storage::item::{Item, Key, Table, Value};
+use crate::storage::topic_index::IndexKind;
 use crate::topic::{FilterError, TopicFilter};
 use batch_get::replay;
 
@@ -187,17 +187,14 @@ pub struct Offline {
     pub truncated: bool,
 }
 
-/// Answers lookups. Cheap to share (`Arc`); all methods take `&self`.
-///
-/// `loaded` serializes the one-time index load: the first lookup that needs the indexes runs
-/// the Scan while later ones wait for it; a failed load is retried by the next lookup.
+/// Answers lookups. Cheap to share (`Arc`); all methods take `&self` and hold no lock across a
+/// request (the overlay's stripes are locked for one map operation each).
 #[derive(Debug)]
 pub struct Reader {
     client: Client,
     tables: TableNames,
     state: Arc<ReadState>,
     cfg: LookupConfig,
-    loaded: tokio::sync::Mutex<bool>,
     /// The TTL attribute (`[storage] ttl_attribute`): messages past it are not returned, even
     /// before DynamoDB's TTL sweep deletes them (which can take days).
     expiry_attribute: Arc<str>,
@@ -270,7 +267,6 @@ impl Reader {
             tables: TableNames::new(dynamo),
             state,
             cfg,
-            loaded: tokio::sync::Mutex::new(false),
             expiry_attribute: crate::rules::DEFAULT_TTL_ATTRIBUTE.into(),
         }
     }
@@ -300,90 +296,6 @@ impl Reader {
 
     pub fn config(&self) -> &LookupConfig {
         &self.cfg
-    }
-
-    /// Loads both topic indexes with a parallel Scan, unless already loaded. Returns the number
-    /// of topics each index holds afterwards.
-    pub async fn load_indexes(&self) -> Result<(usize, usize), LookupError> {
-        let mut loaded = self.loaded.lock().await;
-        if !*loaded {
-            let t0 = std::time::Instant::now();
-            for table in [Table::Retain, Table::TopicMsgMap] {
-                let topics = self.scan_topics(table).await?;
-                let index = match table {
-                    Table::Retain => &self.state.retained,
-                    _ => &self.state.offline,
-                };
-                if let Ok(mut ix) = index.write() {
-                    for t in &topics {
-                        ix.insert(t);
-                    }
-                }
-            }
-            *loaded = true;
-            let (retained, offline) = self.state.indexed_topics();
-            tracing::info!(
-                retained,
-                offline,
-                elapsed_ms = t0.elapsed().as_millis() as u64,
-                "topic indexes loaded"
-            );
-        }
-        Ok(self.state.indexed_topics())
-    }
-
-    /// Every hash key of `table`, read with `lookup.scan_segments` parallel Scan segments.
-    async fn scan_topics(&self, table: Table) -> Result<Vec<String>, LookupError> {
-        let name = self.tables.name(table).to_string();
-        let segments = self.cfg.scan_segments.max(1) as i32;
-        let mut tasks = tokio::task::JoinSet::new();
-        for segment in 0..segments {
-            let client = self.client.clone();
-            let name = name.clone();
-            tasks.spawn(async move {
-                let mut topics = Vec::new();
-                let mut start: Option<HashMap<String, AttributeValue>> = None;
-                loop {
-                    let page = client
-                        .scan()
-                        .table_name(&name)
-                        .segment(segment)
-                        .total_segments(segments)
-                        .projection_expression("#k")
-                        .expression_attribute_names("#k", "topic")
-                        .consistent_read(true)
-                        .set_exclusive_start_key(start.take())
-                        .send()
-                        .await
-                        .map_err(|e| dynamo_error("Scan", &name, e))?;
-                    for item in page.items() {
-                        if let Some(AttributeValue::S(t)) = item.get("topic") {
-                            topics.push(t.clone());
-                        }
-                    }
-                    match page.last_evaluated_key() {
-                        Some(k) if !k.is_empty() => start = Some(k.clone()),
-                        _ => break,
-                    }
-                }
-                Ok::<_, LookupError>(topics)
-            });
-        }
-        let mut all = Vec::new();
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok(Ok(topics)) => all.extend(topics),
-                Ok(Err(e)) => return Err(e),
-                Err(e) => {
-                    return Err(LookupError::Dynamo {
-                        operation: "Scan",
-                        table: name.clone(),
-                        message: e.to_string(),
-                    });
-                }
-            }
-        }
-        Ok(all)
     }
 
     /// A client's subscriptions (`mqtt_sub`, every Query page), by topic.
@@ -449,7 +361,8 @@ impl Reader {
             .collect())
     }
 
-    /// The topics of `index` matching `filter`, or the filter itself in literal mode.
+    /// The topics of `table` matching `filter` (from the shared index), or the filter itself in
+    /// literal mode or when it has no wildcard.
     async fn topics(
         &self,
         filter: &TopicFilter,
@@ -459,21 +372,11 @@ impl Reader {
         if mode == MatchMode::Literal || !filter.has_wildcard() {
             return Ok(vec![filter.as_str().to_string()]);
         }
-        self.load_indexes().await?;
-        let index = match table {
-            Table::Retain => &self.state.retained,
-            _ => &self.state.offline,
-        };
-        // A stored topic that is not a valid topic name (a wildcard or NUL in it, written by
-        // some other tool: the service refuses such publishes) was never published to, so no
-        // wildcard subscription matches it; a literal lookup still finds it.
-        Ok(index
-            .read()
-            .map(|ix| ix.matching(filter.as_str()))
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|t| crate::topic::validate_name(t).is_ok())
-            .collect())
+        let kind = IndexKind::of(table).ok_or_else(|| LookupError::Invalid {
+            what: "table",
+            reason: format!("{table} has no topic index"),
+        })?;
+        self.indexed_topics(filter, kind).await
     }
 
     /// The retained messages for a subscription to `filter`, by topic.

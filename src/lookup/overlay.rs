@@ -1,5 +1,5 @@
 //! What lookups need from the write path: the ops accepted but not yet settled in DynamoDB
-//! (read-your-writes), and the topic indexes kept up to date from the service's own writes.
+//! (read-your-writes), the puts of the shared topic index's entries among them.
 //!
 //! The ingest numbers every accepted op (`seq`, one counter for the whole pipeline) and, for the
 //! tables lookups read, records a copy here before queueing it. The op travels through the
@@ -10,13 +10,16 @@
 //! table by then, an op still recorded is replayed, and replaying an op the table already has is
 //! harmless because every recorded op is idempotent (puts, deletes, set ADD/DELETE of unique
 //! message ids). So a lookup sees at least everything accepted before it started.
+//!
+//! The shared topic index (`mqtt_topic_index`) is recorded like the tables it lists: a wildcard
+//! lookup takes the pending entry puts of a bucket ([`ReadState::pending_under`]) before it
+//! queries the bucket, so a topic this process accepted is found before its entry is written.
 
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
 
-use super::index::TopicIndex;
 use crate::pipeline::coalesce::Seqs;
 use crate::storage::item::{Key, Op, Table, Write};
 
@@ -31,32 +34,19 @@ type Stripe = BTreeMap<Key, Vec<(u64, Write)>>;
 ///
 /// - `next_seq`: the op counter; starts at 1 so 0 means "not numbered".
 /// - `overlay`: `None` when read-your-writes is off (nothing is copied then).
-/// - `retained`, `offline`: topics of `mqtt_retain` and `mqtt_topic_msg_map`; readers take the
-///   read lock for one walk, the ingest the write lock for one insert or remove.
 ///
 /// Every lock is held for a map operation, never across I/O.
 #[derive(Debug)]
 pub struct ReadState {
     next_seq: AtomicU64,
     overlay: Option<Vec<Mutex<Stripe>>>,
-    pub(crate) retained: RwLock<TopicIndex>,
-    pub(crate) offline: RwLock<TopicIndex>,
-}
-
-/// A change one queued op makes to a topic index.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum IndexChange {
-    /// A retained message stored (true) or cleared (false).
-    Retained(String, bool),
-    /// A message id added to a topic's set.
-    Offline(String),
 }
 
 /// Whether lookups read `table` (only those tables' ops are recorded).
 pub(crate) fn tracked(table: Table) -> bool {
     matches!(
         table,
-        Table::Retain | Table::Msg | Table::TopicMsgMap | Table::Sub
+        Table::Retain | Table::Msg | Table::TopicMsgMap | Table::Sub | Table::TopicIndex
     )
 }
 
@@ -72,8 +62,6 @@ impl ReadState {
         ReadState {
             next_seq: AtomicU64::new(1),
             overlay: read_your_writes.then(|| (0..STRIPES).map(|_| Mutex::default()).collect()),
-            retained: RwLock::default(),
-            offline: RwLock::default(),
         }
     }
 
@@ -132,58 +120,6 @@ impl ReadState {
         for (i, op) in ops.iter().enumerate() {
             let seq = first + i as u64;
             self.settled(&op.key, Seqs::one(seq));
-        }
-    }
-
-    /// The index changes `ops` make, to apply with [`ReadState::apply_index`] once they are
-    /// queued (an op that was refused must not remove a topic from an index).
-    pub(crate) fn index_changes(ops: &[Op]) -> Vec<IndexChange> {
-        ops.iter()
-            .filter_map(|op| {
-                let topic = || op.key.hash.clone();
-                match (op.key.table, &op.write) {
-                    (Table::Retain, Write::Put { .. }) => {
-                        Some(IndexChange::Retained(topic(), true))
-                    }
-                    (Table::Retain, Write::Delete) => Some(IndexChange::Retained(topic(), false)),
-                    // A retained set under event-time order; a tombstone removes nothing, since
-                    // its condition may fail against a newer message another instance stored
-                    // (a lookup reads the item and skips a tombstone).
-                    (Table::Retain, Write::Timed(t)) if t.set.contains_key("payload") => {
-                        Some(IndexChange::Retained(topic(), true))
-                    }
-                    (Table::TopicMsgMap, Write::SetDelta { add, .. }) if !add.is_empty() => {
-                        Some(IndexChange::Offline(topic()))
-                    }
-                    (Table::TopicMsgMap, Write::Put { .. }) => Some(IndexChange::Offline(topic())),
-                    _ => None,
-                }
-            })
-            .collect()
-    }
-
-    /// Applies index changes of queued ops.
-    pub(crate) fn apply_index(&self, changes: Vec<IndexChange>) {
-        for change in changes {
-            match change {
-                IndexChange::Retained(topic, true) => {
-                    if let Ok(mut ix) = self.retained.write() {
-                        ix.insert(&topic);
-                    }
-                }
-                IndexChange::Retained(topic, false) => {
-                    if let Ok(mut ix) = self.retained.write() {
-                        ix.remove(&topic);
-                    }
-                }
-                IndexChange::Offline(topic) => {
-                    // Mostly known already: check under the shared lock first.
-                    let known = self.offline.read().is_ok_and(|ix| ix.contains(&topic));
-                    if !known && let Ok(mut ix) = self.offline.write() {
-                        ix.insert(&topic);
-                    }
-                }
-            }
         }
     }
 
@@ -256,14 +192,6 @@ impl ReadState {
                 .sum()
         })
     }
-
-    /// Topics in the retained index, and in the offline-messages index.
-    pub fn indexed_topics(&self) -> (usize, usize) {
-        (
-            self.retained.read().map_or(0, |ix| ix.len()),
-            self.offline.read().map_or(0, |ix| ix.len()),
-        )
-    }
 }
 
 #[cfg(test)]
@@ -321,18 +249,5 @@ mod tests {
         off.record(&ops);
         assert_eq!(off.pending_ops(), 0);
         assert!(off.pending(&ops[0].key).is_empty());
-    }
-
-    #[test]
-    fn indexes_follow_puts_and_deletes() {
-        let state = ReadState::new(false);
-        let put = retain_put("a/b", "x");
-        state.apply_index(ReadState::index_changes(std::slice::from_ref(&put)));
-        assert_eq!(state.indexed_topics(), (1, 0));
-        state.apply_index(ReadState::index_changes(&[Op {
-            key: put.key.clone(),
-            write: Write::Delete,
-        }]));
-        assert_eq!(state.indexed_topics(), (0, 0));
     }
 }

@@ -16,6 +16,10 @@
 //! already published is stored with its writes marked maybe applied, so that its ack is written
 //! rather than cancelled (`pipeline::dedup`; the certainty rule in [`crate::pipeline::coalesce`]).
 //!
+//! **The topic index.** A submission whose writes store a retained message or add message ids to
+//! a topic's set gets the puts of the topic's `mqtt_topic_index` entries added, unless this
+//! process submitted them already (`pipeline::topic_index`); they travel with the submission.
+//!
 //! With the spool on (`[pipeline.spool]`), an accepted event is appended to the spool instead and
 //! the spool's feeder queues it; "full" then means the spool's disk bound, and an accepted event
 //! is acknowledged only once it is durable under the spool's fsync policy.
@@ -29,9 +33,11 @@ use thiserror::Error;
 use crate::event::HookEvent;
 use crate::lookup::ReadState;
 use crate::pipeline::dedup::{Dedup, Seen};
+use crate::pipeline::topic_index::IndexedTopics;
 use crate::rules::{ActionScope, EventError, RuleSet, StorageFormat};
 use crate::spool::{Spool, SpoolError};
-use crate::storage::item::Op;
+use crate::storage::item::{Key, Op};
+use crate::storage::topic_index::IndexKind;
 use crate::telemetry::stats::{Origin, RejectReason, Stats};
 
 /// Rate limit for the duplicate-publish log line.
@@ -306,8 +312,10 @@ pub struct Ingest {
     format: StorageFormat,
     stats: Arc<Stats>,
     capacity: usize,
-    /// Where accepted ops are numbered and recorded for lookups (read-your-writes, indexes).
+    /// Where accepted ops are numbered and recorded for lookups (read-your-writes).
     read: Option<Arc<ReadState>>,
+    /// The topic index entries already submitted, so each is put once (bounded).
+    indexed: IndexedTopics,
     /// The durable spool, when on: accepted events go there, and its feeder queues them.
     spool: Option<Arc<Spool>>,
     /// Recently published and acked message ids (`None` with `dedup_window = 0`).
@@ -335,6 +343,7 @@ impl Ingest {
             stats,
             capacity,
             read,
+            indexed: IndexedTopics::new(),
             spool: None,
             dedup: None,
             expiry: None,
@@ -466,13 +475,20 @@ impl Ingest {
         if *closed {
             return Err(SubmitError::Closed);
         }
-        let n_ops = ops.len();
         if ops.is_empty() {
             if let Some(hook) = hook {
                 self.stats.event_received(hook, 0);
             }
             return Ok(None);
         }
+        let mut ops = ops;
+        let index_puts = self.indexed.missing(&ops);
+        let index_entries: Vec<(IndexKind, Key)> = index_puts
+            .iter()
+            .map(|(kind, op)| (*kind, op.key.clone()))
+            .collect();
+        ops.extend(index_puts.into_iter().map(|(_, op)| op));
+        let n_ops = ops.len();
         let bytes: usize = ops.iter().map(Op::size).sum();
         if bytes > self.budget.limit {
             return Err(SubmitError::TooLarge {
@@ -481,12 +497,9 @@ impl Ingest {
             });
         }
         if let Some(spool) = &self.spool {
-            let changes = self.read.as_ref().map(|_| ReadState::index_changes(&ops));
             // Numbered (and recorded for lookups) inside the append, in file order.
             let appended = spool.append(&ops, deadline).map_err(spool_error)?;
-            if let (Some(read), Some(changes)) = (&self.read, changes) {
-                read.apply_index(changes);
-            }
+            self.indexed_accepted(&index_entries);
             if let Some(hook) = hook {
                 self.stats.event_received(hook, n_ops);
             }
@@ -497,9 +510,9 @@ impl Ingest {
         }
         // Numbered and recorded before queueing, so no shard can settle an op before it is
         // recorded; taken back below if the queue refuses it.
-        let (first_seq, changes) = match &self.read {
-            Some(read) => (read.record(&ops), ReadState::index_changes(&ops)),
-            None => (0, Vec::new()),
+        let first_seq = match &self.read {
+            Some(read) => read.record(&ops),
+            None => 0,
         };
         let msg = IngestMsg::Event(Envelope {
             ops,
@@ -519,9 +532,7 @@ impl Ingest {
         };
         match sent {
             Ok(()) => {
-                if let Some(read) = &self.read {
-                    read.apply_index(changes);
-                }
+                self.indexed_accepted(&index_entries);
                 if let Some(hook) = hook {
                     self.stats.event_received(hook, n_ops);
                 }
@@ -535,6 +546,26 @@ impl Ingest {
                 Err(e)
             }
         }
+    }
+
+    /// The index puts of an accepted submission: remembered (not put again) and counted.
+    fn indexed_accepted(&self, entries: &[(IndexKind, Key)]) {
+        if entries.is_empty() {
+            return;
+        }
+        self.indexed
+            .remember(entries.iter().map(|(kind, key)| (*kind, key)));
+        for kind in IndexKind::ALL {
+            let n = entries.iter().filter(|(k, _)| *k == kind).count() as u64;
+            if n > 0 {
+                self.stats.topic_index_writes(kind, n);
+            }
+        }
+    }
+
+    /// The topic index entries this process remembers having submitted.
+    pub fn indexed_topics(&self) -> &IndexedTopics {
+        &self.indexed
     }
 
     /// Stops accepting events and queues the shutdown marker behind the last accepted one.

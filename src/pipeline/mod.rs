@@ -17,6 +17,7 @@ pub(crate) mod expiry;
 pub(crate) mod flush;
 pub(crate) mod ingest;
 mod shard;
+pub mod topic_index;
 
 use std::sync::Arc;
 
@@ -201,13 +202,12 @@ impl PipelineHandle {
             .set(self.concurrency.limit() as f64);
         metrics::gauge!(crate::telemetry::catalogue::HOT_KEYS)
             .set(self.stats.hot_keys.load(Relaxed).max(0) as f64);
+        for kind in crate::storage::topic_index::IndexKind::ALL {
+            metrics::gauge!(crate::telemetry::catalogue::LOOKUP_INDEX_TOPICS, "index" => kind.as_str())
+                .set(self.ingest.indexed_topics().len(kind) as f64);
+        }
         if let Some(reader) = &self.reader {
             let state = reader.state();
-            let (retained, offline) = state.indexed_topics();
-            metrics::gauge!(crate::telemetry::catalogue::LOOKUP_INDEX_TOPICS, "index" => "retained")
-                .set(retained as f64);
-            metrics::gauge!(crate::telemetry::catalogue::LOOKUP_INDEX_TOPICS, "index" => "offline")
-                .set(offline as f64);
             metrics::gauge!(crate::telemetry::catalogue::LOOKUP_PENDING_OPS)
                 .set(state.pending_ops() as f64);
         }

@@ -109,7 +109,8 @@ pub(super) fn scan(path: &Path) -> io::Result<Scanned> {
 }
 
 /// Records the ops of the first `good` bytes of segment `path` (checked by [`scan`]), numbered
-/// from `first`, for lookups: read-your-writes and the topic indexes over the replayed backlog.
+/// from `first`, for lookups: read-your-writes over the replayed backlog (its topic index puts
+/// included).
 pub(super) fn replay_for_lookups(
     path: &Path,
     good: u64,
@@ -127,7 +128,6 @@ pub(super) fn replay_for_lookups(
         file.read_exact(&mut payload)?;
         let ops = codec::decode(&payload).map_err(io::Error::other)?;
         read.record_replayed(&ops, seq);
-        read.apply_index(ReadState::index_changes(&ops));
         seq += ops.len() as u64;
         pos += (codec::HEADER + n) as u64;
     }

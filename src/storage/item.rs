@@ -1,4 +1,4 @@
-//! The storage contract in types: the six seed tables, their keys, attribute values and the write
+//! The storage contract in types: the six seed tables and the shared topic index, their keys, attribute values and the write
 //! operations the pipeline sends.
 //!
 //! These types are independent of the AWS SDK so the coalescer, the model and the tests can use them
@@ -11,7 +11,9 @@ pub use super::limits::{
     KeyError, MAX_HASH_KEY_BYTES, MAX_ITEM_BYTES, MAX_RANGE_KEY_BYTES, check_key_part,
 };
 
-/// The seed's tables. `mqtt_sub` is written by the subscription API, not by hook actions.
+/// The seed's tables, and the topic index wildcard lookups read (`mqtt_topic_index`, not in the
+/// seed: see [`crate::storage::topic_index`]). `mqtt_sub` is written by the subscription API, not
+/// by hook actions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Table {
     /// `mqtt_client`: clientid (HASH).
@@ -26,18 +28,31 @@ pub enum Table {
     Retain,
     /// `mqtt_acked`: topic (HASH), clientid (RANGE).
     Acked,
+    /// `mqtt_topic_index`: bucket (HASH), topic (RANGE); the topics of `mqtt_retain` and
+    /// `mqtt_topic_msg_map`, shared by every instance (see [`crate::storage::topic_index`]).
+    TopicIndex,
 }
 
 impl Table {
-    /// Every table, in the order the seed documents them.
-    pub const ALL: [Table; 6] = [
+    /// How many tables there are: the size of every per-table array.
+    pub const COUNT: usize = 7;
+
+    /// Every table: the seed's six in the order the seed documents them, then the topic index.
+    /// The spool encodes a table by its position here, so new tables go at the end.
+    pub const ALL: [Table; Table::COUNT] = [
         Table::Client,
         Table::Sub,
         Table::Msg,
         Table::TopicMsgMap,
         Table::Retain,
         Table::Acked,
+        Table::TopicIndex,
     ];
+
+    /// The table's position in [`Table::ALL`] (the index of per-table arrays).
+    pub fn index(self) -> usize {
+        self as usize
+    }
 
     /// The seed's table name (before any configured prefix).
     pub fn base_name(self) -> &'static str {
@@ -48,6 +63,7 @@ impl Table {
             Table::TopicMsgMap => "mqtt_topic_msg_map",
             Table::Retain => "mqtt_retain",
             Table::Acked => "mqtt_acked",
+            Table::TopicIndex => "mqtt_topic_index",
         }
     }
 
@@ -60,6 +76,7 @@ impl Table {
             Table::TopicMsgMap => ("topic", None),
             Table::Retain => ("topic", None),
             Table::Acked => ("topic", Some("clientid")),
+            Table::TopicIndex => ("bucket", Some("topic")),
         }
     }
 }
@@ -70,7 +87,7 @@ impl fmt::Display for Table {
     }
 }
 
-/// The primary key of one item. Every key attribute of the seed tables is a string.
+/// The primary key of one item. Every key attribute of the tables is a string.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key {
     pub table: Table,
@@ -450,6 +467,16 @@ mod tests {
         let mut del = Write::Delete;
         del.maybe_applied();
         assert_eq!(del, Write::Delete);
+    }
+
+    #[test]
+    fn table_positions_index_per_table_arrays() {
+        for (i, table) in Table::ALL.iter().enumerate() {
+            assert_eq!(table.index(), i, "{table}");
+        }
+        // The spool encodes tables by position: the seed's six keep theirs.
+        assert_eq!(Table::Acked.index(), 5);
+        assert_eq!(Table::TopicIndex.index(), Table::COUNT - 1);
     }
 
     #[test]

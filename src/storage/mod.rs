@@ -1,6 +1,7 @@
 //! DynamoDB as this crate sees it: the tables, keys, values and writes ([`item`]); DynamoDB's
 //! limits ([`limits`]); writes applied in order ([`model`]); the SDK client, conversions and error classes ([`dynamo`]); creating and
-//! checking the tables ([`tables`]); and the in-process DynamoDB ([`embedded`]).
+//! checking the tables ([`tables`]); the shared topic index's key shape ([`topic_index`]); and the
+//! in-process DynamoDB ([`embedded`]).
 
 pub mod dynamo;
 #[cfg(feature = "embedded")]
@@ -9,6 +10,7 @@ pub mod item;
 pub mod limits;
 pub mod model;
 pub mod tables;
+pub mod topic_index;
 
 /// Where DynamoDB is for one run: the embedded server (kept alive by this value) or the endpoint
 /// the configuration (or AWS) names; `describe` is the one line the start log, `/readyz` and

@@ -45,7 +45,10 @@ impl TableModel {
     pub fn normalized(&self) -> BTreeMap<Key, Item> {
         self.items
             .iter()
-            .filter(|(key, item)| item.len() > key.to_item().len())
+            // Topic index items hold nothing but their key, and are what they are.
+            .filter(|(key, item)| {
+                key.table == Table::TopicIndex || item.len() > key.to_item().len()
+            })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     }

@@ -1,5 +1,6 @@
-//! The six tables: creating them idempotently, waiting until they are ACTIVE, describing them and
-//! checking they exist before serving.
+//! The seven tables (the seed's six and the shared topic index): creating them idempotently,
+//! waiting until they are ACTIVE, describing them and checking they exist before serving; and
+//! filling the topic index from tables written without it ([`build_topic_index`]).
 
 use std::time::{Duration, Instant};
 
@@ -78,7 +79,7 @@ pub async fn create_one(
     };
     let (hash, range) = table.key_names();
     let mut req = client.create_table().table_name(&name);
-    // Every key attribute of the seed tables is a string.
+    // Every key attribute of the tables is a string.
     for (attr, kind) in
         std::iter::once((hash, KeyType::Hash)).chain(range.map(|r| (r, KeyType::Range)))
     {
@@ -151,7 +152,7 @@ pub async fn wait_active(
     }
 }
 
-/// Creates all six tables (idempotently) and waits until each is ACTIVE.
+/// Creates all seven tables (idempotently) and waits until each is ACTIVE.
 pub async fn create_all(
     client: &Client,
     cfg: &DynamoConfig,
@@ -355,4 +356,202 @@ pub async fn describe_all(client: &Client, cfg: &DynamoConfig) -> Result<Vec<Str
         }
     }
     Ok(lines)
+}
+
+/// What [`build_topic_index`] did for one kind of topics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndexBuild {
+    /// The table whose topics were read (as configured, prefix included).
+    pub source: String,
+    /// Items read from it.
+    pub topics: u64,
+    /// Topics not indexed: not valid topic names (no wildcard subscription can match them) or
+    /// longer than the index's 1,024-byte range key.
+    pub skipped: u64,
+    /// Entry puts written: one per topic, one per first level.
+    pub entries: u64,
+}
+
+/// BatchWriteItem rounds for one batch's unprocessed items before the build gives up.
+const MAX_INDEX_WRITE_ROUNDS: u32 = 16;
+
+/// Fills `mqtt_topic_index` with the entries of every topic of `mqtt_retain` and
+/// `mqtt_topic_msg_map`: a parallel Scan of each (`segments` segments, keys only, strongly
+/// consistent), and BatchWriteItem puts of 25 entries, unprocessed items resent with backoff.
+/// Idempotent (puts of the same items), so it can run again, and beside running services.
+pub async fn build_topic_index(
+    client: &Client,
+    cfg: &DynamoConfig,
+    segments: u32,
+) -> Result<Vec<IndexBuild>, TablesError> {
+    use crate::storage::topic_index::{self, IndexKind};
+    let segments = segments.clamp(1, 1_000_000) as i32;
+    let index = cfg.table_name(Table::TopicIndex);
+    let mut done = Vec::new();
+    for kind in IndexKind::ALL {
+        let source = cfg.table_name(kind.table());
+        let mut tasks = tokio::task::JoinSet::new();
+        for segment in 0..segments {
+            let (client, source, index) = (client.clone(), source.clone(), index.clone());
+            tasks.spawn(async move {
+                index_segment(&client, kind, &source, &index, segment, segments).await
+            });
+        }
+        let mut build = IndexBuild {
+            source: source.clone(),
+            ..IndexBuild::default()
+        };
+        let mut levels = std::collections::BTreeSet::new();
+        while let Some(joined) = tasks.join_next().await {
+            let segment = joined.map_err(|e| TablesError::Request {
+                op: "Scan",
+                table: source.clone(),
+                message: e.to_string(),
+            })??;
+            build.topics += segment.topics;
+            build.skipped += segment.skipped;
+            build.entries += segment.entries;
+            levels.extend(segment.levels);
+        }
+        // The directory entries, once each over all segments.
+        let directory: Vec<crate::storage::item::Key> = levels
+            .iter()
+            .map(|level| {
+                crate::storage::item::Key::with_range(
+                    Table::TopicIndex,
+                    topic_index::directory(kind),
+                    topic_index::directory_entry(level),
+                )
+            })
+            .collect();
+        for chunk in directory.chunks(crate::storage::limits::MAX_BATCH_REQUESTS) {
+            put_index_entries(client, &index, chunk).await?;
+            build.entries += chunk.len() as u64;
+        }
+        done.push(build);
+    }
+    Ok(done)
+}
+
+/// One Scan segment's share of [`build_topic_index`].
+#[derive(Debug, Default)]
+struct SegmentBuild {
+    topics: u64,
+    skipped: u64,
+    entries: u64,
+    /// First levels seen (their directory entries are written once, after every segment).
+    levels: std::collections::BTreeSet<String>,
+}
+
+/// Scans one segment of `source` (keys only) and puts the topic entries of each page.
+async fn index_segment(
+    client: &Client,
+    kind: crate::storage::topic_index::IndexKind,
+    source: &str,
+    index: &str,
+    segment: i32,
+    segments: i32,
+) -> Result<SegmentBuild, TablesError> {
+    use crate::storage::topic_index;
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let mut out = SegmentBuild::default();
+    let mut start = None;
+    loop {
+        let page = client
+            .scan()
+            .table_name(source)
+            .segment(segment)
+            .total_segments(segments)
+            .projection_expression("#k")
+            .expression_attribute_names("#k", "topic")
+            .consistent_read(true)
+            .set_exclusive_start_key(start.take())
+            .send()
+            .await
+            .map_err(|e| request_error("Scan", source, &e))?;
+        let mut keys = Vec::new();
+        for item in page.items() {
+            let Some(AttributeValue::S(topic)) = item.get("topic") else {
+                continue;
+            };
+            out.topics += 1;
+            if crate::topic::validate_name(topic).is_err() || !topic_index::indexable(topic) {
+                out.skipped += 1;
+                continue;
+            }
+            out.levels
+                .insert(topic_index::first_level(topic).to_string());
+            keys.push(topic_index::topic_key(kind, topic));
+        }
+        for chunk in keys.chunks(crate::storage::limits::MAX_BATCH_REQUESTS) {
+            put_index_entries(client, index, chunk).await?;
+            out.entries += chunk.len() as u64;
+        }
+        match page.last_evaluated_key() {
+            Some(k) if !k.is_empty() => start = Some(k.clone()),
+            _ => break,
+        }
+    }
+    Ok(out)
+}
+
+/// Puts index entries (at most 25, distinct keys) with BatchWriteItem, resending unprocessed
+/// items with full-jitter backoff.
+async fn put_index_entries(
+    client: &Client,
+    index: &str,
+    keys: &[crate::storage::item::Key],
+) -> Result<(), TablesError> {
+    use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
+    let invalid = |e: aws_sdk_dynamodb::error::BuildError| TablesError::Request {
+        op: "BatchWriteItem",
+        table: index.to_string(),
+        message: e.to_string(),
+    };
+    let mut requests = keys
+        .iter()
+        .map(|key| {
+            PutRequest::builder()
+                .set_item(Some(crate::storage::dynamo::key_attrs(key)))
+                .build()
+                .map(|put| WriteRequest::builder().put_request(put).build())
+                .map_err(invalid)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for round in 0..MAX_INDEX_WRITE_ROUNDS {
+        if requests.is_empty() {
+            return Ok(());
+        }
+        if round > 0 {
+            tokio::time::sleep(crate::storage::dynamo::backoff(
+                round,
+                Duration::from_millis(50),
+                Duration::from_secs(5),
+            ))
+            .await;
+        }
+        let out = client
+            .batch_write_item()
+            .request_items(index, std::mem::take(&mut requests))
+            .send()
+            .await
+            .map_err(|e| request_error("BatchWriteItem", index, &e))?;
+        requests = out
+            .unprocessed_items()
+            .and_then(|u| u.get(index))
+            .cloned()
+            .unwrap_or_default();
+    }
+    if requests.is_empty() {
+        Ok(())
+    } else {
+        Err(TablesError::Request {
+            op: "BatchWriteItem",
+            table: index.to_string(),
+            message: format!(
+                "{} items still unprocessed after {MAX_INDEX_WRITE_ROUNDS} rounds",
+                requests.len()
+            ),
+        })
+    }
 }

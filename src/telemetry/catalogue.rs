@@ -67,6 +67,7 @@ pub const LOOKUPS_TOTAL: &str = "mqtt_dynamo_lookups_total";
 pub const LOOKUP_DURATION_SECONDS: &str = "mqtt_dynamo_lookup_duration_seconds";
 pub const LOOKUP_INDEX_TOPICS: &str = "mqtt_dynamo_lookup_index_topics";
 pub const LOOKUP_PENDING_OPS: &str = "mqtt_dynamo_lookup_pending_ops";
+pub const TOPIC_INDEX_WRITES_TOTAL: &str = "mqtt_dynamo_topic_index_writes_total";
 // EMQX's REST API (subscribe on connect, retained restore).
 pub const EMQX_API_CALLS_TOTAL: &str = "mqtt_dynamo_emqx_api_calls_total";
 // The spool.
@@ -538,10 +539,16 @@ pub static CATALOGUE: &[Metric] = &[
     gauge(
         LOOKUP_INDEX_TOPICS,
         Some(Unit::Count),
-        "Topics in the in-memory topic indexes, by index.",
+        "Entries of the shared topic index (mqtt_topic_index) this process remembers having put, so it does not put them again, by index (bounded: forgotten ones are put again).",
         &["index"],
         || vec![vec!["retained", "offline"]],
         Start::Zero,
+    ),
+    counter(
+        TOPIC_INDEX_WRITES_TOTAL,
+        "Puts of shared topic index entries (mqtt_topic_index: a new topic, or a new first level) added to accepted writes, by index.",
+        &["index"],
+        || vec![vec!["retained", "offline"]],
     ),
     gauge(
         LOOKUP_PENDING_OPS,

@@ -16,7 +16,7 @@ use crate::storage::item::Table;
 use crate::telemetry::catalogue;
 
 fn table_index(t: Table) -> usize {
-    Table::ALL.iter().position(|x| *x == t).unwrap_or(0)
+    t.index()
 }
 
 fn hook_index(h: HookPoint) -> usize {
@@ -241,17 +241,17 @@ pub struct Stats {
     rejected: [[AtomicU64; 6]; 3],
     ops_planned: AtomicU64,
     /// Ops folded into an already pending write (including cancellations).
-    coalesced: [AtomicU64; 6],
+    coalesced: [AtomicU64; Table::COUNT],
     /// Writes that vanished entirely (put∘delete of a fresh message, ADD∘DELETE of one id).
-    cancelled: [AtomicU64; 6],
+    cancelled: [AtomicU64; Table::COUNT],
     /// Event-time writes DynamoDB's condition refused (a newer event stored, or a disconnect
     /// from a node the client left): counted no-ops.
-    superseded: [AtomicU64; 6],
+    superseded: [AtomicU64; Table::COUNT],
     flushes: [AtomicU64; 4],
     requests: [[AtomicU64; 7]; 3],
     /// BatchExecuteStatement's statements by how each ended (each attempt counts).
     statements: [AtomicU64; 4],
-    items_written: [AtomicU64; 6],
+    items_written: [AtomicU64; Table::COUNT],
     unprocessed: AtomicU64,
     throttles: AtomicU64,
     retries: AtomicU64,
@@ -262,9 +262,11 @@ pub struct Stats {
     duplicates_dropped: AtomicU64,
     /// Publishes of an id already seen, stored with their writes marked maybe applied.
     duplicates_uncertain: AtomicU64,
-    consumed_wcu: [AtomicU64; 6],
+    consumed_wcu: [AtomicU64; Table::COUNT],
     /// Message ids removed from sets at their size cap.
     trimmed: AtomicU64,
+    /// Topic index entry puts submitted, by kind (retained, offline).
+    topic_index_writes: [AtomicU64; 2],
     /// Ingest-to-durable latency in microseconds; recorded per flush.
     durable_latency: Mutex<Histogram<u64>>,
     /// Keys and bytes pending in all shards' coalescers (each shard adds its changes).
@@ -298,6 +300,7 @@ impl Default for Stats {
             duplicates_uncertain: Default::default(),
             consumed_wcu: Default::default(),
             trimmed: Default::default(),
+            topic_index_writes: Default::default(),
             durable_latency: Mutex::new(
                 Histogram::new_with_bounds(1, 3_600_000_000, 3)
                     .expect("static histogram bounds are valid"),
@@ -420,6 +423,17 @@ impl Stats {
             .increment(n);
     }
 
+    /// `n` puts of topic index entries of `kind` added to an accepted submission.
+    pub(crate) fn topic_index_writes(&self, kind: crate::storage::topic_index::IndexKind, n: u64) {
+        let i = match kind {
+            crate::storage::topic_index::IndexKind::Retained => 0,
+            crate::storage::topic_index::IndexKind::Offline => 1,
+        };
+        self.topic_index_writes[i].fetch_add(n, Relaxed);
+        metrics::counter!(catalogue::TOPIC_INDEX_WRITES_TOTAL, "index" => kind.as_str())
+            .increment(n);
+    }
+
     /// A publish of a message id already seen: `acked` when its ack was seen too (the publish is
     /// not stored again), otherwise stored with its writes marked maybe applied.
     pub(crate) fn duplicate(&self, acked: bool) {
@@ -455,7 +469,7 @@ impl Stats {
 
     /// A consistent-enough copy of every counter.
     pub fn snapshot(&self) -> StatsSnapshot {
-        let per_table = |a: &[AtomicU64; 6]| {
+        let per_table = |a: &[AtomicU64; Table::COUNT]| {
             Table::ALL
                 .iter()
                 .zip(a.iter())
@@ -513,6 +527,8 @@ impl Stats {
             duplicates_dropped: self.duplicates_dropped.load(Relaxed),
             duplicates_uncertain: self.duplicates_uncertain.load(Relaxed),
             consumed_wcu: sum(&self.consumed_wcu),
+            consumed_wcu_by_table: per_table(&self.consumed_wcu),
+            topic_index_writes: sum(&self.topic_index_writes),
             msgids_trimmed: self.trimmed.load(Relaxed),
             durable_latency: latency,
         }
@@ -602,6 +618,10 @@ pub struct StatsSnapshot {
     /// Publishes of a message id already seen (not acked): stored, their writes maybe applied.
     pub duplicates_uncertain: u64,
     pub consumed_wcu: u64,
+    /// Write capacity units DynamoDB reported, by table.
+    pub consumed_wcu_by_table: Vec<(Table, u64)>,
+    /// Puts of topic index entries submitted (`mqtt_dynamo_topic_index_writes_total`).
+    pub topic_index_writes: u64,
     /// Message ids removed from `MsgId` sets at their size cap.
     pub msgids_trimmed: u64,
     /// Ingest-to-durable latency, microseconds.
@@ -675,6 +695,7 @@ impl std::fmt::Display for StatsSnapshot {
             written.join(", ")
         )?;
         writeln!(f, "write capacity units   {}", self.consumed_wcu)?;
+        writeln!(f, "topic index puts       {}", self.topic_index_writes)?;
         writeln!(
             f,
             "throttles / unprocessed / retries / hot-key requeues  {} / {} / {} / {}",

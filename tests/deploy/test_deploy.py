@@ -168,10 +168,10 @@ def systemd_unit():
 
 
 def table_names():
-    """The six table names by variant (Table::Msg -> mqtt_msg), from src/storage/item.rs."""
+    """The seven table names by variant (Table::Msg -> mqtt_msg), from src/storage/item.rs."""
     text = (ROOT / "src/storage/item.rs").read_text()
     names = dict(re.findall(r'Table::(\w+) => "(mqtt_\w+)"', text))
-    assert len(names) == 6, names
+    assert len(names) == 7, names
     return names
 
 
@@ -201,6 +201,10 @@ POLICY_OF_FUNCTION = {
     ("src/storage/tables.rs", "describe_ttl"): "tables-admin",  # tables describe
     ("src/storage/tables.rs", "check_exist"): "serve",          # serve's start and /readyz
     ("src/bin/mqtt-dynamo/subs.rs", "subs_command"): "subs-cli",  # subs add / rm
+    # tables build-index reads mqtt_retain and mqtt_topic_msg_map and writes mqtt_topic_index as
+    # the service does (Scan, BatchWriteItem): run it with the service's policy.
+    ("src/storage/tables.rs", "index_segment"): "serve",
+    ("src/storage/tables.rs", "put_index_entries"): "serve",
     # retained restore reads mqtt_retain as the lookups do: the service's policy covers it.
     ("src/bin/mqtt-dynamo/retained.rs", "read_retained"): "serve",
 }
@@ -625,7 +629,7 @@ class IamPolicyTest(unittest.TestCase):
             "tables-admin": tables,
             "subs-cli": {"mqtt_sub"},
         }
-        # Actions that touch fewer than the six tables, and the tables they touch.
+        # Actions that touch fewer than the seven tables, and the tables they touch.
         narrower = {"dynamodb:UpdateTimeToLive": ttl_tables(),
                     "dynamodb:DescribeTimeToLive": ttl_tables(),
                     "dynamodb:PutItem": {"mqtt_sub"}, "dynamodb:DeleteItem": {"mqtt_sub"}}

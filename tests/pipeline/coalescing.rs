@@ -9,7 +9,7 @@ use mqtt_dynamo::test_util::events::{ack, publish};
 use mqtt_dynamo::test_util::guids::msgid_b62;
 use mqtt_dynamo::test_util::{Backend, item, normalized, s, scan_all};
 
-use super::common::{expected, hot_key_events, run};
+use super::common::{expected, hot_key_events, index_items, run};
 
 /// 10,000 events on 100 hot keys through the real flusher into dynalite, which rejects duplicate
 /// keys in a batch and more than 25 requests like DynamoDB: no request fails, nothing is dropped,
@@ -37,7 +37,8 @@ async fn ten_thousand_events_on_hot_keys_into_dynalite() {
 }
 
 /// A publish followed by its ack before the flush costs no mqtt_msg or topic-map write at all:
-/// the only request on the wire is the mqtt_acked put.
+/// what goes out is the mqtt_acked put and, once for the topic (new to this process), its two
+/// topic index entries, which stay (a lookup finds no message behind them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_acked_before_flush_costs_no_write() {
     let backend = Backend::dynoxide().await;
@@ -48,9 +49,23 @@ async fn publish_acked_before_flush_costs_no_write() {
         ack("s1", 1, "q/1"),
     ];
     let (stats, counter) = run(&backend, &cfg, &events, false).await;
-    assert_eq!(counter.get("BatchWriteItem"), 1, "one batch: the acked put");
+    let written = |table: Table| {
+        stats
+            .items_written
+            .iter()
+            .find(|(t, _)| *t == table)
+            .map_or(0, |(_, n)| *n)
+    };
+    assert_eq!(
+        (written(Table::Acked), written(Table::TopicIndex)),
+        (1, 2),
+        "the acked put and the topic's index entries: {stats}"
+    );
+    assert_eq!(written(Table::Msg) + written(Table::TopicMsgMap), 0);
     assert_eq!(counter.get("UpdateItem"), 0, "no topic-map update");
-    assert_eq!(counter.total(), 1);
+    // Puts only: their shards' BatchWriteItems (one per shard they hash to), nothing else.
+    assert!((1..=3).contains(&counter.get("BatchWriteItem")), "{stats}");
+    assert_eq!(counter.total(), counter.get("BatchWriteItem"));
     assert_eq!(
         stats.cancelled, 2,
         "the mqtt_msg put and the MsgId ADD cancelled"
@@ -65,6 +80,7 @@ async fn publish_acked_before_flush_costs_no_write() {
         ],
     )]
     .into_iter()
+    .chain(index_items(&[("msg", "q/"), ("msg|q", "q/1")]))
     .collect();
     assert_eq!(got, expected);
 }

@@ -9,6 +9,7 @@ use mqtt_dynamo::pipeline::Pipeline;
 use mqtt_dynamo::rules::RuleSet;
 use mqtt_dynamo::storage::item::{Item, Key};
 use mqtt_dynamo::storage::model::TableModel;
+use mqtt_dynamo::storage::topic_index;
 use mqtt_dynamo::telemetry::stats::StatsSnapshot;
 use mqtt_dynamo::test_util::events::{ack, connect, disconnect, publish};
 use mqtt_dynamo::test_util::{Backend, RequestCounter, SubmitExt};
@@ -83,14 +84,32 @@ pub(crate) fn hot_key_events(n: u32) -> Vec<HookEvent> {
     events
 }
 
-/// What the tables must hold after `events`, applied one by one.
+/// What the tables must hold after `events`, applied one by one: their writes, and the shared
+/// topic index's entries of every topic they stored a retained message or message ids under
+/// (entries stay when the message is cleared or the set emptied).
 pub(crate) fn expected(events: &[HookEvent], cfg: &Config) -> BTreeMap<Key, Item> {
     let mut model = TableModel::new();
     let rules = RuleSet::default();
     for e in events {
-        for op in rules.plan(e, &cfg.storage.format()).unwrap() {
-            model.apply(&op);
+        let ops = rules.plan(e, &cfg.storage.format()).unwrap();
+        for op in ops.iter().chain(&topic_index::index_ops(&ops)) {
+            model.apply(op);
         }
     }
     model.normalized()
+}
+
+/// Items of the shared topic index, (bucket, topic) pairs, as the table holds them.
+pub(crate) fn index_items(entries: &[(&str, &str)]) -> Vec<(Key, Item)> {
+    use mqtt_dynamo::storage::item::Table;
+    use mqtt_dynamo::test_util::{item, s};
+    entries
+        .iter()
+        .map(|(bucket, topic)| {
+            item(
+                Table::TopicIndex,
+                &[("bucket", s(bucket)), ("topic", s(topic))],
+            )
+        })
+        .collect()
 }

@@ -15,7 +15,7 @@ use mqtt_dynamo::test_util::events::{
 use mqtt_dynamo::test_util::guids::{msgid, msgid_b62};
 use mqtt_dynamo::test_util::{Backend, RequestCounter, SubmitExt, item, normalized, s, scan_all};
 
-use super::common::run;
+use super::common::{index_items, run};
 
 /// The scripted sequence of the write-pipeline issue, in the seed's formats (base62, seconds).
 fn scenario() -> Vec<HookEvent> {
@@ -152,6 +152,18 @@ fn seed_scenario_expected() -> BTreeMap<Key, Item> {
         ),
     ]
     .into_iter()
+    // The topic index: every topic a message id was added under (t/1, r/1) or a retained
+    // message stored under (r/1, r/2), with their first levels; r/2's entry stays after its
+    // clear, r/1's offline entry after its ack.
+    .chain(index_items(&[
+        ("msg", "r/"),
+        ("msg", "t/"),
+        ("msg|r", "r/1"),
+        ("msg|t", "t/1"),
+        ("retain", "r/"),
+        ("retain|r", "r/1"),
+        ("retain|r", "r/2"),
+    ]))
     .collect()
 }
 
@@ -254,6 +266,7 @@ async fn hex_and_milliseconds(backend: Backend) {
         ),
     ]
     .into_iter()
+    .chain(index_items(&[("msg", "h/"), ("msg|h", "h/1")]))
     .collect();
     assert_eq!(got, expected, "on {}", backend.name());
     assert_eq!(msgid(7).len(), 32);
@@ -286,7 +299,12 @@ async fn tables_create_is_idempotent_on_dynalite() {
         "{second:?}"
     );
     let lines = tables::describe_all(&admin, &cfg.dynamodb).await.unwrap();
-    assert_eq!(lines.len(), 6);
+    assert_eq!(lines.len(), 7);
+    assert!(
+        lines[6].starts_with("idem_mqtt_topic_index: ACTIVE keys [bucket HASH, topic RANGE]"),
+        "{}",
+        lines[6]
+    );
     assert!(
         lines[3].starts_with("idem_mqtt_topic_msg_map: ACTIVE keys [topic HASH]"),
         "{}",

@@ -76,8 +76,8 @@ async fn serve_binary_starts_drains_and_checks_tables() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains(
-            "missing tables: mqtt_client, mqtt_sub, mqtt_msg, mqtt_topic_msg_map, mqtt_retain, mqtt_acked; \
-             create them with `mqtt-dynamo tables create`"
+            "missing tables: mqtt_client, mqtt_sub, mqtt_msg, mqtt_topic_msg_map, mqtt_retain, mqtt_acked, \
+             mqtt_topic_index; create them with `mqtt-dynamo tables create`"
         ),
         "{stderr}"
     );

@@ -9,8 +9,8 @@ use crate::{print_json, read_endpoint};
 
 #[derive(Subcommand)]
 pub enum LookupCommand {
-    /// Retained messages matching a subscription filter (MQTT wildcards; the topic index is
-    /// built with a parallel Scan first).
+    /// Retained messages matching a subscription filter (MQTT wildcards, through the shared
+    /// topic index mqtt_topic_index).
     Retained {
         filter: String,
         /// Look the filter up as a literal key, as the seed did.

@@ -50,7 +50,7 @@ struct Cli {
 enum Command {
     /// Run the pipeline until SIGINT or SIGTERM, then write everything accepted and exit.
     Serve,
-    /// Manage the six tables.
+    /// Manage the seven tables (the seed's six and the shared topic index).
     Tables {
         #[command(subcommand)]
         command: TablesCommand,

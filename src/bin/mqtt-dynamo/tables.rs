@@ -1,4 +1,5 @@
-//! `tables create|describe`: the six tables and their TTL.
+//! `tables create|describe|build-index`: the seven tables (the seed's six and the shared topic
+//! index), their TTL, and filling the topic index from tables written without it.
 
 use clap::Subcommand;
 
@@ -9,8 +10,9 @@ use mqtt_dynamo::storage::tables::{self, Capacity, Created};
 
 #[derive(Subcommand)]
 pub enum TablesCommand {
-    /// Create the six tables (existing ones are left alone), wait until they are ACTIVE, and enable
-    /// DynamoDB's TTL on `[storage] ttl_attribute` for mqtt_msg and mqtt_retain.
+    /// Create the seven tables (the seed's six and mqtt_topic_index; existing ones are left
+    /// alone), wait until they are ACTIVE, and enable DynamoDB's TTL on `[storage]
+    /// ttl_attribute` for mqtt_msg and mqtt_retain.
     Create {
         /// Provisioned read capacity units (with --write-units); on-demand when omitted.
         #[arg(long, requires = "write_units")]
@@ -19,8 +21,17 @@ pub enum TablesCommand {
         #[arg(long, requires = "read_units")]
         write_units: Option<i64>,
     },
-    /// Show the six tables: status, keys, billing mode, item count.
+    /// Show the seven tables: status, keys, billing mode, item count.
     Describe,
+    /// Fill mqtt_topic_index from the topics already in mqtt_retain and mqtt_topic_msg_map (a
+    /// parallel Scan of each, BatchWriteItem puts): once after upgrading from a version without
+    /// the index, after `tables create` made it and the new version runs. Idempotent; safe beside
+    /// running services.
+    BuildIndex {
+        /// Parallel Scan segments per table (default `[lookup] scan_segments`).
+        #[arg(long)]
+        segments: Option<u32>,
+    },
 }
 
 pub async fn tables_command(cfg: Config, command: TablesCommand) -> Result<(), String> {
@@ -62,6 +73,26 @@ pub async fn tables_command(cfg: Config, command: TablesCommand) -> Result<(), S
                 Ok(()) => enable_ttl(&client, &cfg).await,
                 Err(e) => Err(e),
             }
+        }
+        TablesCommand::BuildIndex { segments } => {
+            let segments = segments.unwrap_or(cfg.lookup.scan_segments);
+            let t0 = std::time::Instant::now();
+            tables::build_topic_index(&client, &cfg.dynamodb, segments)
+                .await
+                .map(|builds| {
+                    for b in builds {
+                        println!(
+                            "indexed {}: {} topics read, {} skipped (not valid topic names or over 1,024 bytes), {} entries put",
+                            b.source, b.topics, b.skipped, b.entries
+                        );
+                    }
+                    println!(
+                        "{} built in {:.1} s",
+                        cfg.dynamodb
+                            .table_name(mqtt_dynamo::storage::item::Table::TopicIndex),
+                        t0.elapsed().as_secs_f64()
+                    );
+                })
         }
         TablesCommand::Describe => match tables::describe_all(&client, &cfg.dynamodb).await {
             Ok(lines) => {

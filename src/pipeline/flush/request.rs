@@ -13,7 +13,7 @@ use crate::storage::item::{CONNECTED_MS, EVENT_MS, Key, Order, Table, Timed, Val
 /// Table names as configured, both ways.
 #[derive(Debug, Clone)]
 pub struct TableNames {
-    names: [String; 6],
+    names: [String; Table::COUNT],
     by_name: HashMap<String, Table>,
 }
 
@@ -28,7 +28,7 @@ impl TableNames {
     }
 
     pub fn name(&self, table: Table) -> &str {
-        &self.names[Table::ALL.iter().position(|t| *t == table).unwrap_or(0)]
+        &self.names[table.index()]
     }
 
     pub fn table(&self, name: &str) -> Option<Table> {
