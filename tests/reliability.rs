@@ -5,6 +5,8 @@
 //! service on a locked spool, senders that repeat themselves, and a shutdown deadline without the
 //! spool. Every test checks the final tables.
 
+#[path = "reliability/instances.rs"]
+mod instances;
 mod support;
 
 use std::collections::{BTreeMap, HashMap};

@@ -2157,7 +2157,10 @@ async fn batch_statement_per_statement_errors() {
                 r#"UPDATE "pse" SET "d" = ? WHERE "pk" = ?"#,
                 vec![huge, s("big")],
             ),
-            statement(r#"UPDATE "pse" REMOVE "m" WHERE "pk" = ?"#, vec![s("b")]),
+            statement(
+                r#"UPDATE "pse" SET "m" = ? WHERE "pk" = ? RETURNING ALL NEW *"#,
+                vec![s("x"), s("b")],
+            ),
             statement(r#"UPDATE "pse" SET "m" = ? WHERE "pk" = ?"#, vec![s("x")]),
             statement(
                 r#"UPDATE "pse" SET "pk" = ? WHERE "pk" = ?"#,
@@ -2195,7 +2198,7 @@ async fn batch_statement_per_statement_errors() {
             ),
             failed(
                 "ValidationError",
-                "dynamo-sim implements only UPDATE ... SET ... WHERE <key> = ? statements in BatchExecuteStatement; REMOVE is not implemented",
+                "dynamo-sim implements only UPDATE ... SET ... WHERE <key> = ? statements in BatchExecuteStatement; RETURNING is not implemented",
                 None
             ),
             failed(

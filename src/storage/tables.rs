@@ -456,14 +456,22 @@ async fn index_segment(
     use aws_sdk_dynamodb::types::AttributeValue;
     let mut out = SegmentBuild::default();
     let mut start = None;
+    // A retained item without a message id is a clear's tombstone: no retained message.
+    let tombstones = kind == topic_index::IndexKind::Retained;
     loop {
-        let page = client
+        let mut scan = client
             .scan()
             .table_name(source)
             .segment(segment)
             .total_segments(segments)
             .projection_expression("#k")
-            .expression_attribute_names("#k", "topic")
+            .expression_attribute_names("#k", "topic");
+        if tombstones {
+            scan = scan
+                .projection_expression("#k, #m")
+                .expression_attribute_names("#m", "msgid");
+        }
+        let page = scan
             .consistent_read(true)
             .set_exclusive_start_key(start.take())
             .send()
@@ -474,6 +482,9 @@ async fn index_segment(
             let Some(AttributeValue::S(topic)) = item.get("topic") else {
                 continue;
             };
+            if tombstones && !item.contains_key("msgid") {
+                continue;
+            }
             out.topics += 1;
             if crate::topic::validate_name(topic).is_err() || !topic_index::indexable(topic) {
                 out.skipped += 1;
