@@ -87,6 +87,25 @@ impl Published {
     }
 }
 
+/// The instance an event goes to: its topic's for every event that names one (an ack must
+/// follow its publish, and an unsubscribe's delete of the ack record must follow the ack, which
+/// only one instance orders), its client's for presence.
+fn instance_of(e: &HookEvent, instances: usize) -> usize {
+    if instances <= 1 {
+        return 0;
+    }
+    let mut h = DefaultHasher::new();
+    match e {
+        HookEvent::MessagePublish { message } | HookEvent::MessageAcked { message, .. } => {
+            message.topic.hash(&mut h)
+        }
+        HookEvent::SessionSubscribed { topic, .. }
+        | HookEvent::SessionUnsubscribed { topic, .. } => topic.hash(&mut h),
+        other => other.clientid().hash(&mut h),
+    }
+    (h.finish() % instances as u64) as usize
+}
+
 fn worker_of(e: &HookEvent, workers: usize) -> usize {
     let mut h = DefaultHasher::new();
     e.clientid().hash(&mut h);
@@ -209,21 +228,50 @@ pub struct Live {
     pub errors: std::sync::atomic::AtomicU64,
 }
 
-/// Connects the pool; returns one sender per worker. Events go in as (stream index, event).
+/// One instance's workers: their queues, and their tasks.
+type Senders = Vec<mpsc::Sender<(u64, HookEvent)>>;
+type Workers = Vec<tokio::task::JoinHandle<DriveResult>>;
+
+/// The workers of every instance (channels × workers each). Events go in as (stream index,
+/// event); what blocks is a full worker queue (256 events), which paces the sender.
 pub struct Pool {
-    senders: Vec<mpsc::Sender<(u64, HookEvent)>>,
+    /// Each instance's workers' senders.
+    senders: Vec<Senders>,
     tasks: Vec<tokio::task::JoinHandle<DriveResult>>,
     pub live: Arc<Live>,
 }
 
 impl Pool {
-    pub async fn connect(targets: &Targets, workers_per_channel: usize) -> Result<Pool, String> {
+    /// Connects to every instance in `targets` (one per EMQX node, one DynamoDB).
+    pub async fn connect(targets: &[Targets], workers_per_channel: usize) -> Result<Pool, String> {
         let published = Arc::new(Published::default());
         let live = Arc::new(Live::default());
         let http: HttpClient<HttpConnector, Full<Bytes>> =
             HttpClient::builder(TokioExecutor::new()).build_http();
         let mut senders = Vec::new();
         let mut tasks = Vec::new();
+        for targets in targets {
+            let (own, workers) =
+                Self::connect_one(targets, workers_per_channel, &published, &live, &http).await?;
+            senders.push(own);
+            tasks.extend(workers);
+        }
+        Ok(Pool {
+            senders,
+            tasks,
+            live,
+        })
+    }
+
+    /// One instance's channels and workers.
+    async fn connect_one(
+        targets: &Targets,
+        workers_per_channel: usize,
+        published: &Arc<Published>,
+        live: &Arc<Live>,
+        http: &HttpClient<HttpConnector, Full<Bytes>>,
+    ) -> Result<(Senders, Workers), String> {
+        let (mut senders, mut tasks) = (Vec::new(), Vec::new());
         for ch in 0..CHANNELS {
             // EMQX's gRPC client sets nodelay; without it Nagle adds ~40 ms a call.
             let channel = tonic::transport::Endpoint::from_shared(targets.exhook.clone())
@@ -236,8 +284,8 @@ impl Pool {
                 let (tx, mut rx) = mpsc::channel::<(u64, HookEvent)>(256);
                 senders.push(tx);
                 let mut client = v3::hook_provider_client::HookProviderClient::new(channel.clone());
-                let published = Arc::clone(&published);
-                let live = Arc::clone(&live);
+                let published = Arc::clone(published);
+                let live = Arc::clone(live);
                 let http = http.clone();
                 let rule_url = targets.rule_url.clone();
                 let _ = ch;
@@ -291,17 +339,16 @@ impl Pool {
                 }));
             }
         }
-        Ok(Pool {
-            senders,
-            tasks,
-            live,
-        })
+        Ok((senders, tasks))
     }
 
-    /// Queues an event on its client's worker (waits while that worker's queue is full).
+    /// Queues an event on its instance (by topic for what names one, so a message's ack never
+    /// overtakes its publish on another instance; by client for presence),
+    /// there on its client's worker (waits while that worker's queue is full).
     pub async fn send(&self, index: u64, e: HookEvent) -> Result<(), String> {
-        let w = worker_of(&e, self.senders.len());
-        self.senders[w]
+        let instance = &self.senders[instance_of(&e, self.senders.len())];
+        let w = worker_of(&e, instance.len());
+        instance[w]
             .send((index, e))
             .await
             .map_err(|_| "a worker stopped".to_string())

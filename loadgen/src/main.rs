@@ -114,6 +114,11 @@ struct Args {
     /// ExHook mode: keep the service (and its DynamoDB) running after the report until Ctrl-C.
     #[arg(long)]
     keep_running: bool,
+    /// ExHook mode: run this many `serve` instances on the one DynamoDB `--endpoint` names, as
+    /// one instance per EMQX node; each client's presence goes to one instance and everything
+    /// naming a topic to that topic's (by hash), and the report adds them up.
+    #[arg(long, default_value_t = 1)]
+    instances: usize,
     /// Write the event stream here (JSON lines).
     #[arg(long)]
     record: Option<PathBuf>,
@@ -560,8 +565,35 @@ async fn run_exhook(args: &Args) -> Result<bool, String> {
         .parent()
         .map(|d| d.to_path_buf())
         .unwrap_or_else(|| PathBuf::from("target/loadgen"));
-    let svc =
-        service::Service::start(&binary, &dir, ports, args.endpoint.as_deref(), &extra).await?;
+    let instances = args.instances.max(1);
+    if instances > 1 && args.endpoint.is_none() {
+        return Err("--instances above 1 needs --endpoint: the one DynamoDB they share".into());
+    }
+    let mut services = Vec::with_capacity(instances);
+    for i in 0..instances {
+        let (ports, dir) = if i == 0 {
+            (ports, dir.clone())
+        } else {
+            (
+                service::Ports::ephemeral()?,
+                dir.join(format!("instance-{i}")),
+            )
+        };
+        services.push(
+            service::Service::start(&binary, &dir, ports, args.endpoint.as_deref(), &extra).await?,
+        );
+    }
+    let svc = &services[0];
+    if instances > 1 {
+        println!(
+            "mqtt-dynamo loadgen: {instances} instances (ExHook at {})",
+            services
+                .iter()
+                .map(|s| s.ports.exhook.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     println!(
         "mqtt-dynamo loadgen: ExHook v3 to mqtt-dynamo serve (pid {}) at {} over {} channels × {} workers; DynamoDB at {}; seed {}",
         svc.pid(),
@@ -589,18 +621,27 @@ async fn run_exhook(args: &Args) -> Result<bool, String> {
             }
         })
     };
-    let targets = exhook::Targets {
-        exhook: format!("http://{}", ports.exhook),
-        rule_url: format!(
-            "http://{}/v1/events/emqx-rule?payload_encoding=base64",
-            ports.http
-        ),
-    };
+    let targets: Vec<exhook::Targets> = services
+        .iter()
+        .map(|s| exhook::Targets {
+            exhook: format!("http://{}", s.ports.exhook),
+            rule_url: format!(
+                "http://{}/v1/events/emqx-rule?payload_encoding=base64",
+                s.ports.http
+            ),
+        })
+        .collect();
     let pool = exhook::Pool::connect(&targets, args.workers_per_channel.max(1)).await?;
     let live = Arc::clone(&pool.live);
     let mut feed = Feed::open(args)?;
     let bar = progress(args, feed.limit);
-    let cpu_at_start = service::cpu_seconds_of(svc.pid());
+    let cpu_of_all = || {
+        services
+            .iter()
+            .map(|s| service::cpu_seconds_of(s.pid()))
+            .sum::<Option<f64>>()
+    };
+    let cpu_at_start = cpu_of_all();
     let start = Instant::now();
     let mut sent = 0u64;
     while let Some(event) = feed.next(sent, start)? {
@@ -623,11 +664,19 @@ async fn run_exhook(args: &Args) -> Result<bool, String> {
     let driven = pool.finish().await;
     bar.finish_and_clear();
     let accepted = sent - driven.errors + driven.rule_posts - driven.rule_errors;
-    let metrics = svc.drained(accepted, Duration::from_secs(300)).await?;
+    // Every call was answered, so each instance holds what it accepted: once all are idle, the
+    // figures are their sums (the metrics texts of all instances, one after the other).
+    let metrics = if instances == 1 {
+        svc.drained(accepted, Duration::from_secs(300)).await?
+    } else {
+        let mut texts = Vec::with_capacity(instances);
+        for s in &services {
+            texts.push(s.drained(0, Duration::from_secs(300)).await?.0);
+        }
+        service::Metrics(texts.join("\n"))
+    };
     let seconds = start.elapsed().as_secs_f64();
-    let service_cpu_s = cpu_at_start
-        .zip(service::cpu_seconds_of(svc.pid()))
-        .map(|(a, b)| b - a);
+    let service_cpu_s = cpu_at_start.zip(cpu_of_all()).map(|(a, b)| b - a);
     sampler.abort();
     let (_, peak) = svc.memory().unwrap_or((0, 0));
 
@@ -670,6 +719,19 @@ async fn run_exhook(args: &Args) -> Result<bool, String> {
         "rule_posts": driven.rule_posts,
         "rule_errors": driven.rule_errors,
         "events_received": m(catalogue::EVENTS_RECEIVED_TOTAL),
+        // Per table: where the write units go (the topic index's share, say), and the
+        // event-time writes DynamoDB refused as older than what it held.
+        "wru_by_table": mqtt_dynamo::storage::item::Table::ALL
+            .iter()
+            .map(|t| {
+                let units = metrics.sum(
+                    catalogue::CONSUMED_WRITE_CAPACITY_UNITS_TOTAL,
+                    Some(("table", t.base_name())),
+                );
+                (t.base_name().to_string(), json!(units))
+            })
+            .collect::<serde_json::Map<_, _>>(),
+        "writes_superseded": m(catalogue::WRITES_SUPERSEDED_TOTAL),
     });
     let outcome = Outcome {
         mode: "exhook",
@@ -720,9 +782,11 @@ async fn run_exhook(args: &Args) -> Result<bool, String> {
         );
         let _ = tokio::signal::ctrl_c().await;
     }
-    let report = svc.stop()?;
-    if !args.quiet {
-        println!("\nthe service's own report at shutdown:\n{report}");
+    for svc in services {
+        let report = svc.stop()?;
+        if !args.quiet {
+            println!("\nthe service's own report at shutdown:\n{report}");
+        }
     }
     Ok(ok)
 }

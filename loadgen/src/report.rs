@@ -65,6 +65,9 @@ pub fn without_service_times(items: &mut BTreeMap<Key, Item>) {
         if k.table == Table::Client {
             item.remove("online_at");
             item.remove("offline_at");
+            // Event-time order's stamps of presence: the service's clock too over ExHook.
+            item.remove(mqtt_dynamo::storage::item::EVENT_MS);
+            item.remove(mqtt_dynamo::storage::item::CONNECTED_MS);
         }
     }
 }
