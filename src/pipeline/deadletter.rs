@@ -85,6 +85,10 @@ pub fn line(
                     },
                     "node": t.node(),
                 },
+                "or_else": t.or_else.as_ref().map(|f| json!({
+                    "set": attrs(&f.set),
+                    "only_if": { "event_ms_at_most": f.at, "node": f.node() },
+                })),
             }
         }),
     };

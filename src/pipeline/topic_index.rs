@@ -75,7 +75,7 @@ impl Generations {
 }
 
 /// The index entries this process has submitted (see the module docs). Shared by every
-/// submitter through the [`crate::pipeline::ingest::Ingest`].
+/// submitter through the ingest (`pipeline::ingest`).
 ///
 /// - `shards`: per kind, [`SHARDS`] mutex-guarded shards; a lock is held for one set operation.
 /// - `hasher`: picks an entry's shard (one random state for the process, so shard choice is

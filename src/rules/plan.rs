@@ -258,6 +258,7 @@ fn client_online(client: &ClientInfo, connected_at_ms: u64, format: &StorageForm
             },
             set: item,
             remove: BTreeSet::new(),
+            or_else: None,
         }),
     }
 }
@@ -291,6 +292,7 @@ fn client_offline(client: &ClientInfo, disconnected_at_ms: u64, format: &Storage
             },
             set,
             remove: BTreeSet::new(),
+            or_else: None,
         }),
     }
 }
@@ -318,6 +320,7 @@ fn retained_timed(key: &Key, mut item: Item, at_ms: u64, format: &StorageFormat)
         order: Order::Newest,
         set: item,
         remove,
+        or_else: None,
     })
 }
 
@@ -340,6 +343,7 @@ fn retained_tombstone(at_ms: u64, format: &StorageFormat) -> Write {
         ]
         .into(),
         remove,
+        or_else: None,
     })
 }
 

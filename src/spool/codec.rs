@@ -6,7 +6,8 @@
 //! op      = table:u8  hash:str  range:opt(str)  write
 //! write   = 0 fresh:u8 item | 1 | 2 map(set) opt(str value) | 3 attr:str set(add) set(del)
 //!           | 4 attr:str set(add) set(del)   (4: a certain set delta, 3: maybe applied)
-//!           | 5 at:u64le order map(set) set(remove)
+//!           | 5 timed
+//! timed   = at:u64le order map(set) set(remove) opt(timed)   (the fallback nests one level at most)
 //! order   = 0 | 1 node:str | 2 node:str           (newest, connect on node, disconnect from node)
 //! value   = 0 str | 1 i64le | 2 bytes | 3 set
 //! str     = len:varint utf-8 bytes;  map = n:varint (str value){n};  set = n:varint str{n}
@@ -199,21 +200,32 @@ fn encode_op(out: &mut Vec<u8>, op: &Op) {
         }
         Write::Timed(t) => {
             out.push(5);
-            out.extend_from_slice(&t.at.to_le_bytes());
-            match &t.order {
-                Order::Newest => out.push(0),
-                Order::Connect { node } => {
-                    out.push(1);
-                    string(out, node);
-                }
-                Order::Disconnect { node } => {
-                    out.push(2);
-                    string(out, node);
-                }
-            }
-            map(out, &t.set);
-            set(out, &t.remove);
+            timed(out, t);
         }
+    }
+}
+
+fn timed(out: &mut Vec<u8>, t: &Timed) {
+    out.extend_from_slice(&t.at.to_le_bytes());
+    match &t.order {
+        Order::Newest => out.push(0),
+        Order::Connect { node } => {
+            out.push(1);
+            string(out, node);
+        }
+        Order::Disconnect { node } => {
+            out.push(2);
+            string(out, node);
+        }
+    }
+    map(out, &t.set);
+    set(out, &t.remove);
+    match &t.or_else {
+        Some(fallback) => {
+            out.push(1);
+            timed(out, fallback);
+        }
+        None => out.push(0),
     }
 }
 
@@ -307,6 +319,44 @@ impl Reader<'_> {
             .collect()
     }
 
+    /// A timed write; its fallback only where `nests` (one level).
+    fn timed(&mut self, nests: bool) -> Result<Timed, CodecError> {
+        let at = u64::from_le_bytes(
+            self.bytes(8)?
+                .try_into()
+                .map_err(|_| CodecError::Truncated)?,
+        );
+        let order = match self.u8()? {
+            0 => Order::Newest,
+            1 => Order::Connect {
+                node: self.string()?,
+            },
+            2 => Order::Disconnect {
+                node: self.string()?,
+            },
+            tag => return Err(CodecError::Tag { what: "order", tag }),
+        };
+        let set = self.map()?;
+        let remove = self.set()?;
+        let or_else = match self.u8()? {
+            0 => None,
+            1 if nests => Some(Box::new(self.timed(false)?)),
+            tag => {
+                return Err(CodecError::Tag {
+                    what: "fallback",
+                    tag,
+                });
+            }
+        };
+        Ok(Timed {
+            at,
+            order,
+            set,
+            remove,
+            or_else,
+        })
+    }
+
     fn op(&mut self) -> Result<Op, CodecError> {
         let tag = self.u8()?;
         let table = *Table::ALL
@@ -342,29 +392,7 @@ impl Reader<'_> {
                 del: self.set()?,
                 fresh: tag == 4,
             },
-            5 => {
-                let at = u64::from_le_bytes(
-                    self.bytes(8)?
-                        .try_into()
-                        .map_err(|_| CodecError::Truncated)?,
-                );
-                let order = match self.u8()? {
-                    0 => Order::Newest,
-                    1 => Order::Connect {
-                        node: self.string()?,
-                    },
-                    2 => Order::Disconnect {
-                        node: self.string()?,
-                    },
-                    tag => return Err(CodecError::Tag { what: "order", tag }),
-                };
-                Write::Timed(Timed {
-                    at,
-                    order,
-                    set: self.map()?,
-                    remove: self.set()?,
-                })
-            }
+            5 => Write::Timed(self.timed(true)?),
             tag => return Err(CodecError::Tag { what: "write", tag }),
         };
         Ok(Op {
@@ -416,6 +444,32 @@ mod tests {
                     fresh: true,
                 },
             },
+            Op {
+                key: Key::new(Table::Client, "c2"),
+                write: Write::Timed(Timed {
+                    at: 1_700_000_000_123,
+                    order: Order::Connect { node: "n1".into() },
+                    set: [("event_ms".to_string(), Value::N(1_700_000_000_999))].into(),
+                    remove: BTreeSet::new(),
+                    or_else: Some(Box::new(Timed {
+                        at: 1_700_000_000_999,
+                        order: Order::Disconnect { node: "n1".into() },
+                        set: [("connect_state".to_string(), Value::N(0))].into(),
+                        remove: BTreeSet::new(),
+                        or_else: None,
+                    })),
+                }),
+            },
+            Op {
+                key: Key::new(Table::Retain, "r"),
+                write: Write::Timed(Timed {
+                    at: 5,
+                    order: Order::Newest,
+                    set: [("event_ms".to_string(), Value::N(5))].into(),
+                    remove: ["payload".to_string()].into(),
+                    or_else: None,
+                }),
+            },
         ]
     }
 
@@ -426,7 +480,7 @@ mod tests {
         let (header, payload) = split(&record);
         assert_eq!(payload_len(&header), Ok(payload.len()));
         verify(&header, payload).unwrap();
-        assert_eq!(op_count(payload), Ok(4));
+        assert_eq!(op_count(payload), Ok(6));
         assert_eq!(decode(payload).unwrap(), ops);
     }
 

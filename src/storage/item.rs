@@ -237,14 +237,18 @@ pub enum Order {
 /// event time included under [`EVENT_MS`]; `remove` the attributes it removes (a retained
 /// message without an expiry removes the expiry of the one it replaces; a clear leaves a
 /// tombstone holding only the key and [`EVENT_MS`]). A write whose condition fails is a no-op,
-/// counted, never retried.
+/// counted, never retried — unless it has an `or_else`, which is then sent in its place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Timed {
-    /// The broker's event time in milliseconds.
+    /// The broker's event time in milliseconds: what the condition compares (the `set` of a
+    /// folded connect-then-disconnect stamps the disconnect's later time).
     pub at: u64,
     pub order: Order,
     pub set: BTreeMap<String, Value>,
     pub remove: BTreeSet<String>,
+    /// Applied instead when the condition fails: a connect folded with its disconnect is
+    /// "both, if the connect holds; else the disconnect alone, on its own condition".
+    pub or_else: Option<Box<Timed>>,
 }
 
 impl Timed {
@@ -271,10 +275,14 @@ impl Timed {
         }
     }
 
-    /// `item` after this write, if its condition holds on it (`None`: no item).
+    /// `item` after this write: changed if its condition holds on it, else what its `or_else`
+    /// makes of it (`None`: no item).
     pub fn apply(&self, key: &Key, item: Option<&Item>) -> Option<Item> {
         if !self.holds(item) {
-            return item.cloned();
+            return match &self.or_else {
+                Some(fallback) => fallback.apply(key, item),
+                None => item.cloned(),
+            };
         }
         let mut out = item.cloned().unwrap_or_else(|| key.to_item());
         for name in &self.remove {
@@ -282,6 +290,17 @@ impl Timed {
         }
         out.extend(self.set.iter().map(|(k, v)| (k.clone(), v.clone())));
         Some(out)
+    }
+
+    /// Bytes it carries (its fallback's included), for the queue limits.
+    pub fn size(&self) -> usize {
+        self.set
+            .iter()
+            .map(|(k, v)| k.len() + v.size())
+            .sum::<usize>()
+            + self.remove.iter().map(String::len).sum::<usize>()
+            + self.node().map_or(0, str::len)
+            + self.or_else.as_ref().map_or(0, |f| f.size())
     }
 
     /// The node a presence write names, if any.
@@ -340,11 +359,7 @@ impl Write {
             Write::SetDelta { attr, add, del, .. } => {
                 attr.len() + add.iter().chain(del.iter()).map(String::len).sum::<usize>()
             }
-            Write::Timed(t) => {
-                t.set.iter().map(|(k, v)| k.len() + v.size()).sum::<usize>()
-                    + t.remove.iter().map(String::len).sum::<usize>()
-                    + t.node().map_or(0, str::len)
-            }
+            Write::Timed(t) => t.size(),
         }
     }
 }

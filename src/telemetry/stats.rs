@@ -593,7 +593,7 @@ pub struct StatsSnapshot {
     pub ops_planned: u64,
     pub coalesced: u64,
     pub cancelled: u64,
-    /// Event-time writes refused by DynamoDB's condition (see [`Stats::superseded`]).
+    /// Event-time writes refused by DynamoDB's condition (`mqtt_dynamo_writes_superseded_total`).
     pub superseded: u64,
     pub flushes: [(&'static str, u64); 4],
     pub batch_write_requests: u64,

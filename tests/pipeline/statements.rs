@@ -256,3 +256,63 @@ async fn first_writes_of_new_keys_by_statement_end_as_the_model() {
         );
     }
 }
+
+/// A connect and its disconnect within one flush window fold into one write with a fallback:
+/// both on the connect's condition, else the disconnect alone. Against an item another instance
+/// stamped between the two (online on the same node, newer than the connect, older than the
+/// disconnect), the connect loses and the disconnect still lands; against an empty table both
+/// land in one write; on dynoxide and dynamo-sim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folded_connect_and_disconnect_falls_back_to_the_disconnect_when_the_connect_loses() {
+    use mqtt_dynamo::storage::item::{Key, Table, Value};
+    use mqtt_dynamo::test_util::events::connect;
+    for backend in [
+        Backend::dynoxide().await,
+        Backend::simulator(dynamo_sim::SimConfig::default()).await,
+    ] {
+        let mut cfg = backend.config();
+        cfg.pipeline.max_batch_age = Duration::from_millis(50);
+        let (client, _) = backend.prepare(&cfg).await;
+        // Written by another instance: online on n1, connected at 1.5 s.
+        let newer = connect("stamped", "emqx@n1", 1_700_000_001_500);
+        let pipeline = Pipeline::from_config(&cfg, client.clone()).expect("starts");
+        pipeline.handle().submit_all(&[newer]);
+        pipeline.shutdown().await;
+        let events = [
+            connect("stamped", "emqx@n1", 1_700_000_001_000),
+            disconnect("stamped", "emqx@n1", 1_700_000_002_000),
+            connect("fresh", "emqx@n1", 1_700_000_001_000),
+            disconnect("fresh", "emqx@n1", 1_700_000_002_000),
+        ];
+        let pipeline = Pipeline::from_config(&cfg, client.clone()).expect("starts");
+        pipeline.handle().submit_all(&events);
+        let stats = pipeline.shutdown().await;
+        assert_eq!(stats.dropped(), 0, "{stats}");
+        assert_eq!(stats.coalesced, 2, "each pair folded: {stats}");
+        assert_eq!(stats.superseded, 1, "the stale connect: {stats}");
+        let got = scan_all(&client, &cfg).await;
+        let get = |id: &str, attr: &str| got[&Key::new(Table::Client, id)].get(attr).cloned();
+        for id in ["stamped", "fresh"] {
+            assert_eq!(get(id, "connect_state"), Some(Value::N(0)), "{id}");
+            assert_eq!(
+                get(id, "event_ms"),
+                Some(Value::N(1_700_000_002_000)),
+                "{id}"
+            );
+        }
+        // The stale connect left the other instance's connect time; the fresh pair wrote its own.
+        assert_eq!(
+            get("stamped", "connected_ms"),
+            Some(Value::N(1_700_000_001_500))
+        );
+        assert_eq!(
+            get("fresh", "connected_ms"),
+            Some(Value::N(1_700_000_001_000))
+        );
+        let mut model = expected(&events, &cfg);
+        model.retain(|k, _| k.hash == "fresh");
+        let mut fresh = normalized(&got);
+        fresh.retain(|k, _| k.hash == "fresh");
+        assert_eq!(fresh, model, "on {}", backend.name());
+    }
+}

@@ -174,6 +174,14 @@ fn timed(t1: Timed, t2: Timed) -> Merged {
         return Merged::Two(Write::Timed(t1), Write::Timed(t2));
     }
     let later_wins = t2.at >= t1.at;
+    if let (Order::Connect { node: n1 }, Order::Disconnect { node: n2 }) = (&t1.order, &t2.order)
+        && n1 == n2
+        && later_wins
+        && t1.remove.is_empty()
+        && t2.remove.is_empty()
+    {
+        return Merged::One(Write::Timed(connect_then_disconnect(t1, t2)));
+    }
     let foldable = match (&t1.order, &t2.order) {
         (Order::Newest, Order::Newest) => true,
         // One node's connects, or one node's disconnects: the newer one.
@@ -192,11 +200,27 @@ fn timed(t1: Timed, t2: Timed) -> Merged {
     }
 }
 
+/// A connect and a later disconnect from the same node as one write: both (the connect's
+/// attributes, then the disconnect's) on the connect's condition — after the connect the
+/// disconnect's own always holds (same node, `event_ms` = the connect's time, not later than its
+/// own) — and, when DynamoDB refuses that condition, the disconnect alone on its own.
+fn connect_then_disconnect(connect: Timed, disconnect: Timed) -> Timed {
+    let mut set = connect.set;
+    set.extend(disconnect.set.iter().map(|(k, v)| (k.clone(), v.clone())));
+    Timed {
+        at: connect.at,
+        order: connect.order,
+        set,
+        remove: BTreeSet::new(),
+        or_else: Some(Box::new(disconnect)),
+    }
+}
+
 /// Whether `t`'s `set` records its own time (and a connect its node and connect time), which
 /// the folds in [`timed`] rely on.
 fn stamps_itself(t: &Timed) -> bool {
     let at = Value::N(i64::try_from(t.at).unwrap_or(i64::MAX));
-    let own = t.set.get(EVENT_MS) == Some(&at);
+    let own = t.set.get(EVENT_MS) == Some(&at) && t.or_else.is_none();
     match &t.order {
         Order::Newest | Order::Disconnect { .. } => own,
         Order::Connect { node } => {

@@ -17,7 +17,7 @@
 //! | anything ∘ put / delete | the put / delete |
 //! | put ∘ timed | the put, with the timed write applied if its condition holds on it |
 //! | delete ∘ timed | a put of key + SETs for a connect or a retained set (they hold on a missing item); delete for a disconnect |
-//! | timed ∘ timed | the newer one (the earlier on a tie's loss) for two retained writes, two connects from one node, two disconnects from one node, and a disconnect then a newer connect; otherwise both |
+//! | timed ∘ timed | the newer one for two retained writes, two connects from one node, two disconnects from one node, and a disconnect then a newer connect; a connect then a newer disconnect from its node: both on the connect's condition, or else the disconnect alone; otherwise both |
 //!
 //! **The certainty rule.** Cancelling — put∘delete to nothing, ADD∘DELETE of one member to
 //! nothing — is sound only while no attempt that carried the earlier write can have been applied
@@ -41,9 +41,12 @@
 //! (`event_ms > t1`), an older later one cannot either. Two connects from one node and two
 //! disconnects from one node work the same way (the node is unchanged between them); a
 //! disconnect then a newer connect is the connect (whenever the disconnect applies, so does the
-//! connect, and it rewrites what the disconnect set). A connect followed by its disconnect is
-//! not foldable: the connect may be refused (a newer event stored) while the disconnect still
-//! holds, so both go, one after the other; connects from two nodes likewise.
+//! connect, and it rewrites what the disconnect set). A connect followed by its disconnect
+//! cannot be one plain write — the connect may be refused (a newer event stored) while the
+//! disconnect still holds — so it becomes one with a fallback: both on the connect's condition
+//! (after the connect the disconnect's always holds), and when DynamoDB refuses that, the
+//! disconnect alone on its own (`Timed::or_else`; the flusher sends it on ConditionalCheckFailed).
+//! Such a write folds with nothing further; connects from two nodes stay two writes.
 //!
 //! The few pairs the algebra cannot fold into one write (two updates guarded by different values,
 //! an update and a set delta on one key) stay as a short queue for that key, sent one after the

@@ -53,6 +53,9 @@ pub(super) struct Unit {
     pub ambiguous: bool,
     /// What the write cost in write units, when DynamoDB's consumed capacity tells it.
     pub cost: Option<Cost>,
+    /// DynamoDB refused the write on its condition (ConditionalCheckFailed): its no-op, or, for
+    /// a timed write with a fallback, the cue to send the fallback.
+    pub refused: bool,
 }
 
 impl Cost {
@@ -96,6 +99,7 @@ impl Unit {
             hot: false,
             ambiguous: false,
             cost: None,
+            refused: false,
         }
     }
 }
@@ -266,7 +270,8 @@ impl Flusher {
                     )
                 }
                 Reply::ConditionFailed => {
-                    for unit in &pending {
+                    for unit in &mut pending {
+                        unit.refused = true;
                         if matches!(request.write(&unit.key), Some(Write::Timed(_))) {
                             self.stats.superseded(unit.key.table);
                         }

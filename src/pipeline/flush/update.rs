@@ -11,7 +11,7 @@ use super::request::{UpdateSpec, remainder, update_specs};
 use super::retry_loop::{End, Reply, Request, Unit};
 use super::{Flusher, KeyEnd};
 use crate::storage::dynamo::{self, Failure};
-use crate::storage::item::{Key, Table, Write};
+use crate::storage::item::{Key, Table, Timed, Write};
 use crate::telemetry::stats::Operation;
 
 /// One UpdateItem of a write.
@@ -131,28 +131,43 @@ impl Flusher {
     /// The UpdateItem(s) of one write, in order, each sent until it has an end. A hand-back
     /// part-way returns what is left of the write (marked maybe applied when an attempt of it
     /// ended ambiguously).
+    ///
+    /// A timed write DynamoDB refused on its condition that has a fallback (a connect folded
+    /// with its disconnect) goes on as the fallback; a hand-back then returns the fallback.
     pub(super) async fn update(&self, write: &Write, unit: Unit) -> KeyEnd {
         let key = unit.key.clone();
-        let specs = update_specs(&key, write);
         let mut unit = unit;
-        for (i, spec) in specs.iter().enumerate() {
-            let mut call = UpdateCall {
-                key: &key,
-                write,
-                spec,
-                trimmed: false,
-            };
-            let fallback = unit.clone();
-            let (settled, end) = self
-                .settle(&mut call, vec![unit])
-                .await
-                .pop()
-                .unwrap_or((fallback, End::Dropped));
-            unit = settled;
-            if end != End::Written {
-                return KeyEnd::new(&unit, end, || Some(remainder(write, &specs[i..])));
+        let mut current = std::borrow::Cow::Borrowed(write);
+        loop {
+            let specs = update_specs(&key, &current);
+            for (i, spec) in specs.iter().enumerate() {
+                let mut call = UpdateCall {
+                    key: &key,
+                    write: &current,
+                    spec,
+                    trimmed: false,
+                };
+                let fallback = unit.clone();
+                let (settled, end) = self
+                    .settle(&mut call, vec![unit])
+                    .await
+                    .pop()
+                    .unwrap_or((fallback, End::Dropped));
+                unit = settled;
+                if end != End::Written {
+                    return KeyEnd::new(&unit, end, || Some(remainder(&current, &specs[i..])));
+                }
+            }
+            match &*current {
+                Write::Timed(Timed {
+                    or_else: Some(fallback),
+                    ..
+                }) if unit.refused => {
+                    unit.refused = false;
+                    current = std::borrow::Cow::Owned(Write::Timed((**fallback).clone()));
+                }
+                _ => return KeyEnd::new(&unit, End::Written, || None),
             }
         }
-        KeyEnd::new(&unit, End::Written, || None)
     }
 }
