@@ -41,6 +41,8 @@ pub struct WorkloadConfig {
     pub retained_share: f64,
     /// Acks wait until this many QoS>0 messages are outstanding (the subscribers' delay).
     pub ack_lag: usize,
+    /// The broker's clock at the first event (epoch milliseconds).
+    pub start_ms: u64,
 }
 
 impl Default for WorkloadConfig {
@@ -54,6 +56,7 @@ impl Default for WorkloadConfig {
             seed: 42,
             retained_share: 0.05,
             ack_lag: 200,
+            start_ms: 1_700_000_000_000,
         }
     }
 }
@@ -83,6 +86,7 @@ pub struct Workload {
 
 impl Workload {
     pub fn new(cfg: WorkloadConfig) -> Self {
+        let start_ms = cfg.start_ms;
         let rng = fastrand::Rng::with_seed(cfg.seed);
         let clients = (0..cfg.clients)
             .map(|i| Client {
@@ -108,7 +112,7 @@ impl Workload {
             cdf,
             outstanding: VecDeque::new(),
             late: VecDeque::new(),
-            clock_ms: 1_700_000_000_000,
+            clock_ms: start_ms,
             seq: 0,
         }
     }
