@@ -927,7 +927,12 @@ async fn verify_only(args: &Args) -> Result<bool, String> {
     cfg.dynamodb.access_key_id = Some("loadgen".into());
     cfg.dynamodb.secret_access_key = Some(mqtt_dynamo::config::Secret::new("loadgen"));
     let rules = cfg.rule_set().map_err(|e| e.to_string())?;
-    let format = cfg.storage.format();
+    // The writers this verifies write the seed's writes (`loadgen plan`): in arrival order,
+    // without event time.
+    let format = StorageFormat {
+        event_time: false,
+        ..cfg.storage.format()
+    };
     let mut in_process = Args::parse_from(["loadgen"]);
     in_process.via = Via::Inprocess;
     in_process.replay = args.replay.clone();
