@@ -168,21 +168,13 @@ async fn http_rule_rows_for_every_event_kind() {
     ]
     .into_iter()
     // The topic index: t/1 (its message acked, its entry stays) and t/2, under the first level t.
-    .chain(
-        [
-            ("msg", "t/"),
-            ("msg|t", "t/1"),
-            ("msg|t", "t/2"),
-            ("retain", "t/"),
-            ("retain|t", "t/2"),
-        ]
-        .map(|(bucket, topic)| {
-            item(
-                Table::TopicIndex,
-                &[("bucket", s(bucket)), ("topic", s(topic))],
-            )
-        }),
-    )
+    .chain(mqtt_dynamo::test_util::index_items(&[
+        ("msg", "t/"),
+        ("msg|t", "t/1"),
+        ("msg|t", "t/2"),
+        ("retain", "t/"),
+        ("retain|t", "t/2"),
+    ]))
     .collect();
     assert_eq!(normalized(&got), expected);
 }
@@ -571,12 +563,8 @@ async fn emqx_plays_exhook_v2_and_v3_against_serve() {
         expected.insert(k, v);
         // The topic index: every topic a QoS > 0 message was published to (acked or not: entries
         // stay), and both retained topics (r/2 cleared: its entry stays), under the first level t.
-        let index = |bucket: String, topic: String| {
-            item(
-                Table::TopicIndex,
-                &[("bucket", s(&bucket)), ("topic", s(&topic))],
-            )
-        };
+        let index =
+            |bucket: String, topic: String| mqtt_dynamo::test_util::index_item(&bucket, &topic);
         for m in msgs.iter().filter(|m| m["qos"].as_i64() > Some(0)) {
             let topic = m["topic"].as_str().unwrap().to_string();
             expected.extend([

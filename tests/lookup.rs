@@ -519,14 +519,8 @@ async fn index_items(client: &aws_sdk_dynamodb::Client, cfg: &Config) -> BTreeMa
 
 /// Index items as the table must hold them: (bucket, topic), both strings, nothing else.
 fn index_of(entries: &[(&str, &str)]) -> BTreeMap<Key, Item> {
-    entries
-        .iter()
-        .map(|(bucket, topic)| {
-            item(
-                Table::TopicIndex,
-                &[("bucket", s(bucket)), ("topic", s(topic))],
-            )
-        })
+    mqtt_dynamo::test_util::index_items(entries)
+        .into_iter()
         .collect()
 }
 
@@ -692,17 +686,26 @@ mqtt_dynamo::on_dynoxide_and_dynalite! {
 
 /// `mqtt_dynamo_topic_index_writes_total{index}` as the service at `metrics` exports it.
 async fn index_writes(metrics: &str, index: &str) -> u64 {
+    let name = mqtt_dynamo::telemetry::catalogue::TOPIC_INDEX_WRITES_TOTAL;
+    counter_sum(metrics, name, &[("index", index)]).await
+}
+
+/// The sum of counter `name`'s series carrying every label pair of `labels`, as the service at
+/// `metrics` exports them.
+async fn counter_sum(metrics: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
     let client: HttpClient<_, Full<Bytes>> = HttpClient::builder(TokioExecutor::new()).build_http();
     let resp = client
         .get(format!("http://{metrics}/metrics").parse().unwrap())
         .await
         .expect("the metrics listener answers");
     let text = resp.into_body().collect().await.unwrap().to_bytes();
-    let name = mqtt_dynamo::telemetry::catalogue::TOPIC_INDEX_WRITES_TOTAL;
     String::from_utf8_lossy(&text)
         .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
         .filter(|l| {
-            l.starts_with(&format!("{name}{{")) && l.contains(&format!("index=\"{index}\""))
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .map(|v| v as u64)
@@ -1132,22 +1135,13 @@ fn with_emqx_api(url: &str) -> Config {
 
 /// `mqtt_dynamo_emqx_api_calls_total{call="subscribe_bulk", outcome}` as the service exports it.
 async fn subscribe_calls(metrics: &str, outcome: &str) -> u64 {
-    let client: HttpClient<_, Full<Bytes>> = HttpClient::builder(TokioExecutor::new()).build_http();
-    let resp = client
-        .get(format!("http://{metrics}/metrics").parse().unwrap())
-        .await
-        .expect("the metrics listener answers");
-    let text = resp.into_body().collect().await.unwrap().to_bytes();
     let name = mqtt_dynamo::telemetry::catalogue::EMQX_API_CALLS_TOTAL;
-    String::from_utf8_lossy(&text)
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .filter(|l| {
-            l.contains("call=\"subscribe_bulk\"") && l.contains(&format!("outcome=\"{outcome}\""))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
+    counter_sum(
+        metrics,
+        name,
+        &[("call", "subscribe_bulk"), ("outcome", outcome)],
+    )
+    .await
 }
 
 /// Waits (bounded: 30 s) until that counter reaches `n`.

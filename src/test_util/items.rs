@@ -24,6 +24,23 @@ pub fn item(table: Table, attrs: &[(&str, Value)]) -> (Key, Item) {
     (key, item)
 }
 
+/// An item of the shared topic index as the table holds it: its key (bucket, topic), both
+/// strings, and nothing else.
+pub fn index_item(bucket: &str, topic: &str) -> (Key, Item) {
+    item(
+        Table::TopicIndex,
+        &[("bucket", s(bucket)), ("topic", s(topic))],
+    )
+}
+
+/// [`index_item`] of each (bucket, topic) pair.
+pub fn index_items(entries: &[(&str, &str)]) -> Vec<(Key, Item)> {
+    entries
+        .iter()
+        .map(|(bucket, topic)| index_item(bucket, topic))
+        .collect()
+}
+
 /// Every item of every table, read back through the SDK with all pages; panics if a scan fails
 /// or an item does not have the contract's types.
 pub async fn scan_all(client: &Client, cfg: &Config) -> BTreeMap<Key, Item> {

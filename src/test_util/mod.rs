@@ -24,5 +24,5 @@ pub mod submit;
 
 pub use backend::Backend;
 pub use counter::RequestCounter;
-pub use items::{item, normalized, s, scan_all};
+pub use items::{index_item, index_items, item, normalized, s, scan_all};
 pub use submit::SubmitExt;

@@ -99,17 +99,4 @@ pub(crate) fn expected(events: &[HookEvent], cfg: &Config) -> BTreeMap<Key, Item
     model.normalized()
 }
 
-/// Items of the shared topic index, (bucket, topic) pairs, as the table holds them.
-pub(crate) fn index_items(entries: &[(&str, &str)]) -> Vec<(Key, Item)> {
-    use mqtt_dynamo::storage::item::Table;
-    use mqtt_dynamo::test_util::{item, s};
-    entries
-        .iter()
-        .map(|(bucket, topic)| {
-            item(
-                Table::TopicIndex,
-                &[("bucket", s(bucket)), ("topic", s(topic))],
-            )
-        })
-        .collect()
-}
+pub(crate) use mqtt_dynamo::test_util::index_items;
