@@ -251,6 +251,11 @@ pub struct Timed {
     pub or_else: Option<Box<Timed>>,
 }
 
+/// Whether `item`'s `node` attribute is `node`.
+pub fn names_node(item: &Item, node: &str) -> bool {
+    matches!(item.get("node"), Some(Value::S(n)) if n == node)
+}
+
 impl Timed {
     /// Whether DynamoDB's condition holds on the stored `item` (`None`: no item).
     pub fn holds(&self, item: Option<&Item>) -> bool {
@@ -266,12 +271,10 @@ impl Timed {
             (Order::Newest, Some(item)) => newest(item),
             (Order::Connect { node }, Some(item)) => {
                 newest(item)
-                    || (item.get("node") != Some(&Value::S(node.clone()))
+                    || (!names_node(item, node)
                         && number(item, CONNECTED_MS).is_some_and(|c| c <= at))
             }
-            (Order::Disconnect { node }, Some(item)) => {
-                item.get("node") == Some(&Value::S(node.clone())) && newest(item)
-            }
+            (Order::Disconnect { node }, Some(item)) => names_node(item, node) && newest(item),
         }
     }
 

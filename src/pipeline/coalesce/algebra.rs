@@ -4,7 +4,9 @@
 
 use std::collections::BTreeSet;
 
-use crate::storage::item::{CONNECTED_MS, EVENT_MS, Item, Key, Order, Timed, Value, Write};
+use crate::storage::item::{
+    CONNECTED_MS, EVENT_MS, Item, Key, Order, Timed, Value, Write, names_node,
+};
 
 /// The result of folding a later write into an earlier one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,8 +226,7 @@ fn stamps_itself(t: &Timed) -> bool {
     match &t.order {
         Order::Newest | Order::Disconnect { .. } => own,
         Order::Connect { node } => {
-            own && t.set.get(CONNECTED_MS) == Some(&at)
-                && t.set.get("node") == Some(&Value::S(node.clone()))
+            own && t.set.get(CONNECTED_MS) == Some(&at) && names_node(&t.set, node)
         }
     }
 }
