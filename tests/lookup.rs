@@ -576,8 +576,8 @@ async fn shared_index_across_instances(backend: Backend) {
     assert_eq!(payloads(&r), [("a/b".to_string(), text("ab"))], "{name}");
     assert_eq!(
         queries() - q0,
-        1,
-        "{name}: a/+ is one Query of bucket retain|a"
+        2,
+        "{name}: a/+ is a Query of the directory's entries of a (its bucket count) and one of bucket retain|a"
     );
     let q0 = queries();
     let r = reader_b.retained("#").await.unwrap();
@@ -682,6 +682,133 @@ async fn shared_index_across_instances(backend: Backend) {
 
 mqtt_dynamo::on_dynoxide_and_dynalite! {
     shared_index_across_instances;
+}
+
+/// A first level whose new topics come faster than `[storage] topic_index_spread_rate` per
+/// bucket is spread over twice the buckets, three times here: at a rate of 20, rounds of 21, 41
+/// and 81 new topics each pass the rate at their last topic, and the next round waits for that
+/// spread; 50 more at 8 buckets stay under the 160 that calls for. The directory records each
+/// count, each round's topics lie in the buckets of its count, a reader with nothing pending
+/// (another instance) finds all of them with one Query per bucket and the directory's, and the
+/// index read unspread is exactly the plain one.
+async fn spread_levels(backend: Backend) {
+    use mqtt_dynamo::storage::topic_index::{self, IndexKind};
+    let mut cfg = backend.config();
+    let name = backend.name();
+    cfg.storage.topic_index_spread_rate = 20;
+    let (client, _) = backend.prepare(&cfg).await;
+    let pipeline = Pipeline::from_config(&cfg, client.clone()).unwrap();
+    let handle = pipeline.handle();
+    let topic = |i: u64| format!("fleet/{i}");
+    // (first topic, topics, bucket count they are put under)
+    let rounds = [(0u64, 21u64, 1u32), (21, 41, 2), (62, 81, 4), (143, 50, 8)];
+    for (round, (first, n, _)) in rounds.iter().enumerate() {
+        let events: Vec<HookEvent> = (*first..first + n)
+            .map(|i| {
+                let id = hex_at(1_700_000_000_000_000 + i * 1000, 9);
+                publish(&id, 0, &topic(i), b"v", true)
+            })
+            .collect();
+        handle.submit_all(&events);
+        if round == 3 {
+            break;
+        }
+        // The spread this round set off, taken (its directory put is one request).
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while handle.stats().topic_index_spreads < round as u64 + 1 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{name}: spread {} taken", round + 1));
+    }
+    let stats = pipeline.shutdown().await;
+    assert_eq!(stats.dropped(), 0, "{name}: {stats}");
+    assert_eq!(stats.topic_index_spreads, 3, "{name}");
+    let items = index_items(&client, &cfg).await;
+    let directory: Vec<&str> = items
+        .keys()
+        .filter(|k| k.hash == "retain")
+        .filter_map(|k| k.range.as_deref())
+        .collect();
+    assert_eq!(
+        directory,
+        ["fleet/", "fleet/2", "fleet/4", "fleet/8"],
+        "{name}"
+    );
+    let mut buckets = std::collections::BTreeSet::new();
+    for key in items.keys().filter(|k| k.hash.starts_with("retain|")) {
+        let t = key.range.as_deref().unwrap();
+        let i: u64 = t.strip_prefix("fleet/").unwrap().parse().unwrap();
+        let (_, _, count) = rounds
+            .iter()
+            .find(|(first, n, _)| (*first..first + n).contains(&i))
+            .unwrap();
+        assert_eq!(
+            *key,
+            topic_index::spread_topic_key(IndexKind::Retained, t, *count),
+            "{name}: in a bucket of its round's count"
+        );
+        buckets.insert(key.hash.clone());
+    }
+    assert_eq!(buckets.len(), 8, "{name}: {buckets:?}");
+    let unspread: BTreeMap<Key, Item> = items
+        .keys()
+        .filter_map(topic_index::unspread)
+        .map(|k| {
+            let item = k.to_item();
+            (k, item)
+        })
+        .collect();
+    let topics: Vec<u64> = (0..193).collect();
+    let plain: Vec<(String, String)> = topics
+        .iter()
+        .map(|i| ("retain|fleet".to_string(), topic(*i)))
+        .chain([("retain".to_string(), "fleet/".to_string())])
+        .collect();
+    let plain: Vec<(&str, &str)> = plain
+        .iter()
+        .map(|(b, t)| (b.as_str(), t.as_str()))
+        .collect();
+    let expected_msg: BTreeMap<Key, Item> = unspread
+        .iter()
+        .filter(|(k, _)| k.hash.starts_with("msg"))
+        .map(|(k, i)| (k.clone(), i.clone()))
+        .collect();
+    let mut expected = index_of(&plain);
+    expected.extend(expected_msg);
+    assert_eq!(unspread, expected, "{name}");
+
+    // Another instance: nothing pending, only the table.
+    let (client_b, counter_b) = backend.prepare(&cfg).await;
+    let reader = Reader::new(
+        client_b,
+        &cfg.dynamodb,
+        std::sync::Arc::new(ReadState::new(false)),
+        cfg.lookup.clone(),
+    );
+    let all: Vec<String> = {
+        let mut t: Vec<String> = topics.iter().map(|i| topic(*i)).collect();
+        t.sort();
+        t
+    };
+    let q0 = counter_b.get("Query");
+    assert_eq!(retained_topics(&reader, "fleet/+").await, all, "{name}");
+    assert_eq!(
+        counter_b.get("Query") - q0,
+        9,
+        "{name}: fleet/+ is the directory's entries of fleet and its 8 buckets"
+    );
+    assert_eq!(retained_topics(&reader, "#").await, all, "{name}");
+    assert_eq!(
+        retained_topics(&reader, "fleet/7").await,
+        ["fleet/7".to_string()],
+        "{name}"
+    );
+}
+
+mqtt_dynamo::on_dynoxide_and_dynalite! {
+    spread_levels;
 }
 
 /// `mqtt_dynamo_topic_index_writes_total{index}` as the service at `metrics` exports it.

@@ -761,6 +761,10 @@ pub struct StorageConfig {
     /// `connected_ms` on `mqtt_client`); a cleared retained message leaves a tombstone. Off: the
     /// seed's writes, in arrival order (fewer requests; for a single instance).
     pub event_time_order: bool,
+    /// New topics a second under one first level, per bucket of the shared topic index, past
+    /// which this instance spreads the level over twice the buckets (one bucket takes 1,000
+    /// write units a second; each new topic is one). 0: never spread.
+    pub topic_index_spread_rate: u64,
 }
 
 impl Default for StorageConfig {
@@ -772,6 +776,7 @@ impl Default for StorageConfig {
             ttl_attribute: crate::rules::DEFAULT_TTL_ATTRIBUTE.to_string(),
             default_message_ttl: None,
             event_time_order: true,
+            topic_index_spread_rate: 500,
         }
     }
 }

@@ -2,21 +2,26 @@
 //! [`crate::storage::topic_index`]): every instance writes it, so a lookup on one instance finds
 //! topics written through any other, and no lookup scans a table.
 //!
-//! For a filter whose first level is literal, one Query of that level's bucket, its range limited
-//! to the filter's literal prefix (`a/b/+/c` reads `begins_with(topic, "a/b/")` of `retain|a`),
-//! every page. For a filter starting with `+` or `#`, a Query of the kind's directory (its first
-//! levels), then one such Query per first level, at most [`PARALLEL_QUERIES`] in flight, the
-//! first level standing in for the wildcard when the prefix is computed (`+/b/#` reads
+//! For a filter whose first level is literal, a Query of the kind's directory for that level's
+//! entries (its bucket count: the largest any writer recorded, see the storage module's "Spread
+//! levels"), beside a Query of its bucket 0, the range limited to the filter's literal prefix
+//! (`a/b/+/c` reads `begins_with(topic, "a/b/")` of `retain|a`), every page; a spread level's
+//! other buckets are read the same way once the count is known. For a filter starting with `+`
+//! or `#`, a Query of the kind's whole directory (its first levels and their counts), then the
+//! same Queries of each level's buckets, at most [`PARALLEL_QUERIES`] in flight, the first level
+//! standing in for the wildcard when the prefix is computed (`+/b/#` reads
 //! `begins_with(topic, "x/b")` of `retain|x`). First levels starting with `$` are skipped there:
 //! MQTT's leading wildcards do not match `$` topics. Each topic read is matched with
-//! [`crate::topic::matches`]. Reads are strongly consistent.
+//! [`crate::topic::matches`], and a topic found in two buckets counts once. Reads are strongly
+//! consistent.
 //!
 //! Read-your-writes: before each Query the entry puts this process accepted and has not settled
 //! for that partition are taken from the [`super::ReadState`] overlay (the ingest records them
 //! with the writes they index), and joined to what the Query returns. An entry settled before
 //! the snapshot is in the table by then.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -27,8 +32,8 @@ use crate::storage::topic_index::{self, IndexKind};
 use crate::topic::TopicFilter;
 
 /// Bucket Queries one lookup keeps in flight (a filter starting with a wildcard reads every
-/// first level's bucket).
-pub const PARALLEL_QUERIES: usize = 8;
+/// first level's buckets, and a spread level has several).
+pub const PARALLEL_QUERIES: usize = 16;
 
 /// The range-key prefix every topic matching `levels` (a filter's levels, the first literal)
 /// starts with: the literal levels before the first wildcard, with the separator before a `+`
@@ -56,13 +61,13 @@ struct BucketQuery {
     prefix: Option<String>,
 }
 
-/// The bucket query for `filter`'s levels with `level` as the first level.
-fn bucket_query(kind: IndexKind, level: &str, levels: &[&str]) -> BucketQuery {
+/// The query of bucket `shard` for `filter`'s levels with `level` as the first level.
+fn bucket_query(kind: IndexKind, level: &str, shard: u32, levels: &[&str]) -> BucketQuery {
     let mut with_level: Vec<&str> = Vec::with_capacity(levels.len());
     with_level.push(level);
     with_level.extend_from_slice(&levels[1..]);
     BucketQuery {
-        bucket: topic_index::bucket(kind, level),
+        bucket: topic_index::bucket(kind, level, shard),
         prefix: literal_prefix(&with_level),
     }
 }
@@ -77,68 +82,102 @@ impl Reader {
     ) -> Result<Vec<String>, LookupError> {
         let levels: Vec<&str> = filter.as_str().split('/').collect();
         let first = levels[0];
-        let queries: Vec<BucketQuery> = if first == "+" || first == "#" {
-            self.first_levels(kind)
-                .await?
-                .into_iter()
-                .filter(|level| !level.starts_with('$'))
-                .map(|level| bucket_query(kind, &level, &levels))
-                .collect()
-        } else {
-            vec![bucket_query(kind, first, &levels)]
-        };
-        let name = self.tables.name(Table::TopicIndex).to_string();
         let mut topics = BTreeSet::new();
-        let mut queries = queries.into_iter();
-        let mut tasks = tokio::task::JoinSet::new();
-        loop {
-            while tasks.len() < PARALLEL_QUERIES {
-                let Some(q) = queries.next() else { break };
-                // Snapshot before the read (see the module docs).
-                let pending = self.pending_entries(&q.bucket);
-                let client = self.client.clone();
-                let name = name.clone();
-                tasks.spawn(async move {
-                    let mut got =
-                        query_partition(&client, &name, &q.bucket, q.prefix.as_deref()).await?;
-                    got.extend(
-                        pending
-                            .into_iter()
-                            .filter(|t| q.prefix.as_deref().is_none_or(|p| t.starts_with(p))),
-                    );
-                    Ok::<_, LookupError>(got)
-                });
-            }
-            let Some(joined) = tasks.join_next().await else {
-                break;
-            };
-            let got = joined.map_err(|e| LookupError::Dynamo {
-                operation: "Query",
-                table: name.clone(),
-                message: e.to_string(),
-            })??;
+        let mut keep = |got: Vec<String>| {
             topics.extend(got.into_iter().filter(|t| {
                 filter.matches(t)
                     // A stored topic that is not a valid topic name (a wildcard or NUL in it,
                     // written by some other tool) was never published to, so no wildcard
                     // subscription matches it; a literal lookup still finds it.
                     && crate::topic::validate_name(t).is_ok()
-            }));
+            }))
+        };
+        let queries: Vec<BucketQuery> = if first == "+" || first == "#" {
+            self.first_levels(kind, None)
+                .await?
+                .into_iter()
+                .filter(|(level, _)| !level.starts_with('$'))
+                .flat_map(|(level, buckets)| {
+                    (0..buckets)
+                        .map(|s| bucket_query(kind, &level, s, &levels))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        } else {
+            // Bucket 0 is read while the directory says whether there are more.
+            let (counts, got) = tokio::try_join!(
+                self.first_levels(kind, Some(first)),
+                self.read_bucket(bucket_query(kind, first, 0, &levels))
+            )?;
+            keep(got);
+            let buckets = counts.get(first).copied().unwrap_or(1);
+            (1..buckets)
+                .map(|s| bucket_query(kind, first, s, &levels))
+                .collect()
+        };
+        let mut queries = queries.into_iter();
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            while tasks.len() < PARALLEL_QUERIES {
+                let Some(q) = queries.next() else { break };
+                tasks.spawn(self.read_bucket(q));
+            }
+            let Some(joined) = tasks.join_next().await else {
+                break;
+            };
+            let got = joined.map_err(|e| LookupError::Dynamo {
+                operation: "Query",
+                table: self.tables.name(Table::TopicIndex).to_string(),
+                message: e.to_string(),
+            })??;
+            keep(got);
         }
         Ok(topics.into_iter().collect())
     }
 
-    /// The first levels of `kind`'s topics: the directory partition and its unsettled puts.
-    async fn first_levels(&self, kind: IndexKind) -> Result<BTreeSet<String>, LookupError> {
+    /// The topics a bucket query reads: the table's and the unsettled puts this process made to
+    /// the bucket, snapshotted before the read (see the module docs), so the future owns what it
+    /// needs.
+    fn read_bucket(
+        &self,
+        q: BucketQuery,
+    ) -> impl Future<Output = Result<Vec<String>, LookupError>> + Send + 'static {
+        let pending = self.pending_entries(&q.bucket);
+        let client = self.client.clone();
+        let name = self.tables.name(Table::TopicIndex).to_string();
+        async move {
+            let mut got = query_partition(&client, &name, &q.bucket, q.prefix.as_deref()).await?;
+            got.extend(
+                pending
+                    .into_iter()
+                    .filter(|t| q.prefix.as_deref().is_none_or(|p| t.starts_with(p))),
+            );
+            Ok(got)
+        }
+    }
+
+    /// The first levels of `kind`'s topics (only `level`, if given) and the bucket count of
+    /// each: the directory partition and its unsettled puts.
+    async fn first_levels(
+        &self,
+        kind: IndexKind,
+        level: Option<&str>,
+    ) -> Result<BTreeMap<String, u32>, LookupError> {
         let directory = topic_index::directory(kind);
         let pending = self.pending_entries(directory);
         let name = self.tables.name(Table::TopicIndex);
-        let entries = query_partition(&self.client, name, directory, None).await?;
-        Ok(entries
-            .iter()
-            .chain(&pending)
-            .map(|e| topic_index::level_of_entry(e).to_string())
-            .collect())
+        let prefix = level.map(topic_index::directory_entry);
+        let entries = query_partition(&self.client, name, directory, prefix.as_deref()).await?;
+        let mut counts = BTreeMap::new();
+        for entry in entries.iter().chain(&pending) {
+            let (level, buckets) = topic_index::parse_entry(entry);
+            let count = counts.entry(level.to_string()).or_insert(1);
+            *count = buckets.max(*count);
+        }
+        if let Some(level) = level {
+            counts.retain(|l, _| l == level);
+        }
+        Ok(counts)
     }
 
     /// Range keys of the entry puts of partition `bucket` accepted and not settled.
@@ -218,15 +257,19 @@ mod tests {
     fn a_leading_wildcard_reads_each_first_level_with_its_prefix() {
         let levels: Vec<&str> = "+/b/#".split('/').collect();
         assert_eq!(
-            bucket_query(IndexKind::Retained, "x", &levels),
+            bucket_query(IndexKind::Retained, "x", 0, &levels),
             BucketQuery {
                 bucket: "retain|x".into(),
                 prefix: Some("x/b".into())
             }
         );
+        assert_eq!(
+            bucket_query(IndexKind::Retained, "x", 4, &levels).bucket,
+            "retain|x/4"
+        );
         let levels: Vec<&str> = "#".split('/').collect();
         assert_eq!(
-            bucket_query(IndexKind::Offline, "", &levels),
+            bucket_query(IndexKind::Offline, "", 0, &levels),
             BucketQuery {
                 bucket: "msg|".into(),
                 prefix: None
@@ -234,7 +277,7 @@ mod tests {
         );
         let levels: Vec<&str> = "+".split('/').collect();
         assert_eq!(
-            bucket_query(IndexKind::Offline, "a", &levels)
+            bucket_query(IndexKind::Offline, "a", 0, &levels)
                 .prefix
                 .as_deref(),
             Some("a")

@@ -33,7 +33,7 @@ use thiserror::Error;
 use crate::event::HookEvent;
 use crate::lookup::ReadState;
 use crate::pipeline::dedup::{Dedup, Seen};
-use crate::pipeline::topic_index::IndexedTopics;
+use crate::pipeline::topic_index::{IndexedTopics, Spreader};
 use crate::rules::{ActionScope, EventError, RuleSet, StorageFormat};
 use crate::spool::{Spool, SpoolError};
 use crate::storage::item::{Key, Op};
@@ -314,8 +314,11 @@ pub struct Ingest {
     capacity: usize,
     /// Where accepted ops are numbered and recorded for lookups (read-your-writes).
     read: Option<Arc<ReadState>>,
-    /// The topic index entries already submitted, so each is put once (bounded).
+    /// The topic index entries already submitted, so each is put once (bounded), and the
+    /// first levels' bucket counts.
     indexed: IndexedTopics,
+    /// Puts the directory entries of spread levels (`None`: levels are never spread).
+    spreader: Option<Spreader>,
     /// The durable spool, when on: accepted events go there, and its feeder queues them.
     spool: Option<Arc<Spool>>,
     /// Recently published and acked message ids (`None` with `dedup_window = 0`).
@@ -343,7 +346,8 @@ impl Ingest {
             stats,
             capacity,
             read,
-            indexed: IndexedTopics::new(),
+            indexed: IndexedTopics::new(0),
+            spreader: None,
             spool: None,
             dedup: None,
             expiry: None,
@@ -360,6 +364,20 @@ impl Ingest {
     /// publishes (see the module docs); a zero window turns it off.
     pub(crate) fn with_dedup(mut self, window: Duration, max_ids: usize) -> Self {
         self.dedup = (!window.is_zero() && max_ids > 0).then(|| Dedup::new(window, max_ids));
+        self
+    }
+
+    /// Spreads first levels of the topic index past `rate` new topics a second per bucket, the
+    /// directory puts made by `spreader` (see `pipeline::topic_index`).
+    pub(crate) fn with_spreading(
+        mut self,
+        rate: u64,
+        spreader: impl FnOnce(&IndexedTopics) -> Spreader,
+    ) -> Self {
+        if rate > 0 {
+            self.indexed = IndexedTopics::new(rate);
+            self.spreader = Some(spreader(&self.indexed));
+        }
         self
     }
 
@@ -482,12 +500,17 @@ impl Ingest {
             return Ok(None);
         }
         let mut ops = ops;
-        let index_puts = self.indexed.missing(&ops);
+        let (index_puts, spreads) = self.indexed.missing(&ops);
+        if let Some(spreader) = &self.spreader {
+            for spread in spreads {
+                spreader.spread(spread);
+            }
+        }
         let index_entries: Vec<(IndexKind, Key)> = index_puts
             .iter()
-            .map(|(kind, op)| (*kind, op.key.clone()))
+            .map(|p| (p.kind, p.entry.clone()))
             .collect();
-        ops.extend(index_puts.into_iter().map(|(_, op)| op));
+        ops.extend(index_puts.into_iter().map(|p| p.op));
         let n_ops = ops.len();
         let bytes: usize = ops.iter().map(Op::size).sum();
         if bytes > self.budget.limit {

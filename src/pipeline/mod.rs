@@ -373,6 +373,7 @@ impl Pipeline {
         ));
         let deadline = Arc::new(crate::pipeline::flush::retry::Deadline::new());
         let expiry = Arc::new(expiry::ExpiryBook::new(cfg.dedup_max_ids, &format.expiry));
+        let index_client = client.clone();
         let flusher = Arc::new(
             Flusher::new(
                 Arc::clone(&concurrency),
@@ -438,7 +439,16 @@ impl Pipeline {
             )
             .with_spool(spool.clone())
             .with_dedup(cfg.dedup_window, cfg.dedup_max_ids)
-            .with_expiry(expiry),
+            .with_expiry(expiry)
+            .with_spreading(storage.topic_index_spread_rate, |indexed| {
+                topic_index::Spreader {
+                    runtime: tokio::runtime::Handle::current(),
+                    client: index_client,
+                    table: dynamo.table_name(crate::storage::item::Table::TopicIndex),
+                    levels: Arc::clone(indexed.levels()),
+                    stats: Arc::clone(&stats),
+                }
+            }),
         );
         Ok(Pipeline {
             ingest,

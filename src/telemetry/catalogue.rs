@@ -68,6 +68,7 @@ pub const LOOKUP_DURATION_SECONDS: &str = "mqtt_dynamo_lookup_duration_seconds";
 pub const LOOKUP_INDEX_TOPICS: &str = "mqtt_dynamo_lookup_index_topics";
 pub const LOOKUP_PENDING_OPS: &str = "mqtt_dynamo_lookup_pending_ops";
 pub const TOPIC_INDEX_WRITES_TOTAL: &str = "mqtt_dynamo_topic_index_writes_total";
+pub const TOPIC_INDEX_SPREADS_TOTAL: &str = "mqtt_dynamo_topic_index_spreads_total";
 // EMQX's REST API (subscribe on connect, retained restore).
 pub const EMQX_API_CALLS_TOTAL: &str = "mqtt_dynamo_emqx_api_calls_total";
 // The spool.
@@ -549,6 +550,12 @@ pub static CATALOGUE: &[Metric] = &[
         "Puts of shared topic index entries (mqtt_topic_index: a new topic, or a new first level) added to accepted writes, by index.",
         &["index"],
         || vec![vec!["retained", "offline"]],
+    ),
+    counter(
+        TOPIC_INDEX_SPREADS_TOTAL,
+        "First levels of the shared topic index spread over twice the buckets (their new topics came faster than [storage] topic_index_spread_rate per bucket), by index and result (taken: recorded in the directory and used; failed: the directory put was given up).",
+        &["index", "result"],
+        || vec![vec!["retained", "offline"], vec!["taken", "failed"]],
     ),
     gauge(
         LOOKUP_PENDING_OPS,

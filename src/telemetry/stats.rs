@@ -267,6 +267,8 @@ pub struct Stats {
     trimmed: AtomicU64,
     /// Topic index entry puts submitted, by kind (retained, offline).
     topic_index_writes: [AtomicU64; 2],
+    /// Topic index levels spread (directory puts taken), by kind.
+    topic_index_spreads: [AtomicU64; 2],
     /// Ingest-to-durable latency in microseconds; recorded per flush.
     durable_latency: Mutex<Histogram<u64>>,
     /// Keys and bytes pending in all shards' coalescers (each shard adds its changes).
@@ -301,6 +303,7 @@ impl Default for Stats {
             consumed_wcu: Default::default(),
             trimmed: Default::default(),
             topic_index_writes: Default::default(),
+            topic_index_spreads: Default::default(),
             durable_latency: Mutex::new(
                 Histogram::new_with_bounds(1, 3_600_000_000, 3)
                     .expect("static histogram bounds are valid"),
@@ -434,6 +437,24 @@ impl Stats {
             .increment(n);
     }
 
+    /// A spread of a topic index level of `kind`: `taken` by DynamoDB, or given up.
+    pub(crate) fn topic_index_spread(
+        &self,
+        kind: crate::storage::topic_index::IndexKind,
+        taken: bool,
+    ) {
+        if taken {
+            let i = match kind {
+                crate::storage::topic_index::IndexKind::Retained => 0,
+                crate::storage::topic_index::IndexKind::Offline => 1,
+            };
+            self.topic_index_spreads[i].fetch_add(1, Relaxed);
+        }
+        let result = if taken { "taken" } else { "failed" };
+        metrics::counter!(catalogue::TOPIC_INDEX_SPREADS_TOTAL, "index" => kind.as_str(), "result" => result)
+            .increment(1);
+    }
+
     /// A publish of a message id already seen: `acked` when its ack was seen too (the publish is
     /// not stored again), otherwise stored with its writes marked maybe applied.
     pub(crate) fn duplicate(&self, acked: bool) {
@@ -529,6 +550,7 @@ impl Stats {
             consumed_wcu: sum(&self.consumed_wcu),
             consumed_wcu_by_table: per_table(&self.consumed_wcu),
             topic_index_writes: sum(&self.topic_index_writes),
+            topic_index_spreads: sum(&self.topic_index_spreads),
             msgids_trimmed: self.trimmed.load(Relaxed),
             durable_latency: latency,
         }
@@ -622,6 +644,9 @@ pub struct StatsSnapshot {
     pub consumed_wcu_by_table: Vec<(Table, u64)>,
     /// Puts of topic index entries submitted (`mqtt_dynamo_topic_index_writes_total`).
     pub topic_index_writes: u64,
+    /// Topic index levels spread over more buckets (`mqtt_dynamo_topic_index_spreads_total`,
+    /// taken).
+    pub topic_index_spreads: u64,
     /// Message ids removed from `MsgId` sets at their size cap.
     pub msgids_trimmed: u64,
     /// Ingest-to-durable latency, microseconds.
@@ -696,6 +721,7 @@ impl std::fmt::Display for StatsSnapshot {
         )?;
         writeln!(f, "write capacity units   {}", self.consumed_wcu)?;
         writeln!(f, "topic index puts       {}", self.topic_index_writes)?;
+        writeln!(f, "topic index spreads    {}", self.topic_index_spreads)?;
         writeln!(
             f,
             "throttles / unprocessed / retries / hot-key requeues  {} / {} / {} / {}",
