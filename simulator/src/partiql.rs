@@ -13,6 +13,10 @@
 //! - a predicate is `<attr> = | <> | != | < | <= | > | >= <value>`, `<attr> IS [NOT] MISSING`,
 //!   joined with `AND`, `OR`, `NOT` and parentheses.
 //!
+//! And `INSERT INTO <table> VALUE {'<attr>': <value>, ...} [;]`, the tuple's names being string
+//! literals and its values values as above: it creates the item, and fails with `DuplicateItem`
+//! if the key has one.
+//!
 //! Anything else (other verbs, `RETURNING`, nested paths, arithmetic, other functions,
 //! collection literals) is refused as [`ParseError::Unsupported`], which says that dynamo-sim
 //! does not implement it, rather than pretending to be DynamoDB's syntax error.
@@ -66,7 +70,7 @@ impl ParseError {
             }
             ParseError::Refused(m) => m.clone(),
             ParseError::Unsupported(m) => format!(
-                "dynamo-sim implements only UPDATE ... SET ... WHERE <key> = ? statements in BatchExecuteStatement; {m}"
+                "dynamo-sim implements only UPDATE ... SET ... WHERE <key> = ? and INSERT INTO ... VALUE {{...}} statements in BatchExecuteStatement; {m}"
             ),
         }
     }
@@ -160,6 +164,23 @@ impl Pred {
         }
         out
     }
+}
+
+/// A parsed `INSERT`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Insert {
+    pub table: String,
+    /// `(attribute, value)` in the order written.
+    pub fields: Vec<(String, Operand)>,
+    /// How many `?` the statement holds.
+    pub placeholders: usize,
+}
+
+/// A parsed statement of the implemented subset.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Statement {
+    Update(Update),
+    Insert(Insert),
 }
 
 /// A parsed `UPDATE`.
@@ -326,8 +347,17 @@ pub fn verb(text: &str) -> Option<Verb> {
     }
 }
 
-/// Parses one statement of the implemented subset.
+/// Parses one `UPDATE` (an `INSERT` is refused as unsupported here; see [`parse_statement`]).
+#[cfg(test)]
 pub fn parse(text: &str) -> Result<Update, ParseError> {
+    match parse_statement(text)? {
+        Statement::Update(u) => Ok(u),
+        Statement::Insert(_) => Err(unsupported("INSERT statements are not implemented here")),
+    }
+}
+
+/// Parses one statement of the implemented subset.
+pub fn parse_statement(text: &str) -> Result<Statement, ParseError> {
     let toks = lex(text)?;
     let placeholders = toks.iter().filter(|(t, _)| *t == Tok::Param).count();
     let mut p = Parser {
@@ -336,10 +366,15 @@ pub fn parse(text: &str) -> Result<Update, ParseError> {
         depth: 0,
         refusal: None,
     };
-    let update = p.statement(placeholders)?;
+    let is_insert = matches!(p.peek(), Some(Tok::Word(w)) if w.eq_ignore_ascii_case("INSERT"));
+    let statement = if is_insert {
+        Statement::Insert(p.insert(placeholders)?)
+    } else {
+        Statement::Update(p.statement(placeholders)?)
+    };
     match p.refusal {
         Some(refusal) => Err(ParseError::Refused(refusal)),
-        None => Ok(update),
+        None => Ok(statement),
     }
 }
 
@@ -419,7 +454,7 @@ impl Parser {
         match &first {
             Tok::Word(w) if w.eq_ignore_ascii_case("UPDATE") => self.pos += 1,
             Tok::Word(w)
-                if ["SELECT", "INSERT", "DELETE", "EXISTS", "FROM"]
+                if ["SELECT", "DELETE", "EXISTS", "FROM"]
                     .iter()
                     .any(|v| w.eq_ignore_ascii_case(v)) =>
             {
@@ -469,6 +504,65 @@ impl Parser {
             sets,
             removes,
             predicate,
+            placeholders,
+        })
+    }
+
+    /// `INSERT INTO <table> VALUE {'<attr>': <value>, ...} [;]`, the `INSERT` not yet taken.
+    fn insert(&mut self, placeholders: usize) -> Result<Insert, ParseError> {
+        self.pos += 1;
+        if !self.eat_keyword("INTO") {
+            return Err(self.unexpected("INTO"));
+        }
+        let table = self.name("a table name")?;
+        if self.is_sym(".") {
+            return Err(unsupported("INSERT into an index is not implemented"));
+        }
+        if self.is_keyword("VALUES") {
+            return Err(unsupported(
+                "VALUES lists are not implemented (one item: VALUE {...})",
+            ));
+        }
+        if !self.eat_keyword("VALUE") {
+            return Err(self.unexpected("VALUE"));
+        }
+        if !self.eat_sym("{") {
+            return Err(self.unexpected("{"));
+        }
+        let mut fields: Vec<(String, Operand)> = Vec::new();
+        loop {
+            let name = match self.peek().cloned() {
+                Some(Tok::Str(s)) => s,
+                _ => return Err(self.unexpected("an attribute name in single quotes")),
+            };
+            self.pos += 1;
+            if !self.eat_sym(":") {
+                return Err(self.unexpected(":"));
+            }
+            let value = self.value("a value")?;
+            if fields.iter().any(|(n, _)| *n == name) {
+                return Err(unsupported(format!(
+                    "an INSERT naming the attribute {name} twice is not implemented"
+                )));
+            }
+            fields.push((name, value));
+            if !self.eat_sym(",") {
+                break;
+            }
+        }
+        if !self.eat_sym("}") {
+            return Err(self.unexpected("}"));
+        }
+        if self.is_keyword("RETURNING") {
+            return Err(unsupported("RETURNING is not implemented"));
+        }
+        self.eat_sym(";");
+        if self.peek().is_some() {
+            return Err(self.unexpected("the end of the statement"));
+        }
+        Ok(Insert {
+            table,
+            fields,
             placeholders,
         })
     }
@@ -836,7 +930,6 @@ mod tests {
     fn unsupported_shapes_say_so() {
         for text in [
             r#"SELECT * FROM "t" WHERE "pk" = ?"#,
-            r#"INSERT INTO "t" VALUE {'pk': ?}"#,
             r#"DELETE FROM "t" WHERE "pk" = ?"#,
             r#"UPDATE "t" SET "a" = ? WHERE "pk" = ? RETURNING ALL NEW *"#,
             r#"UPDATE "t" SET "a"."b" = ? WHERE "pk" = ?"#,

@@ -2198,7 +2198,7 @@ async fn batch_statement_per_statement_errors() {
             ),
             failed(
                 "ValidationError",
-                "dynamo-sim implements only UPDATE ... SET ... WHERE <key> = ? statements in BatchExecuteStatement; RETURNING is not implemented",
+                "dynamo-sim implements only UPDATE ... SET ... WHERE <key> = ? and INSERT INTO ... VALUE {...} statements in BatchExecuteStatement; RETURNING is not implemented",
                 None
             ),
             failed(
@@ -2441,5 +2441,113 @@ async fn batch_statement_apply_then_error() {
     assert_eq!(
         stats.conditional_failures, 0,
         "the discarded answer is not counted"
+    );
+}
+
+/// PartiQL INSERT: creates the item (parameters and literals), charged its size; an item already
+/// under the key fails the statement alone with `DuplicateItem` (the others of the request still
+/// run); a missing or mistyped key, an oversized item and an unknown table are refused in
+/// DynamoDB's words; an INSERT and an UPDATE of one item in one request are duplicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_statement_insert() {
+    let (_sim, c) = start_with_table(SimConfig::default(), "ins", "pk", None).await;
+    put_item(&c, "ins", item(&[("pk", s("old")), ("v", s("kept"))]))
+        .await
+        .unwrap();
+    let huge = s("x".repeat(400 * 1024));
+    let out = execute_batch(
+        &c,
+        vec![
+            statement(
+                r#"INSERT INTO "ins" VALUE {'pk': ?, 'm': ?, 'v': 'lit'}"#,
+                vec![s("new"), ss(&["a", "b"])],
+            ),
+            statement(
+                r#"INSERT INTO "ins" VALUE {'pk': ?, 'v': ?}"#,
+                vec![s("old"), s("overwritten?")],
+            ),
+            statement(r#"INSERT INTO "ins" VALUE {'v': ?}"#, vec![s("x")]),
+            statement(
+                r#"INSERT INTO "ins" VALUE {'pk': ?}"#,
+                vec![AttributeValue::N("1".into())],
+            ),
+            statement(
+                r#"INSERT INTO "ins" VALUE {'pk': ?, 'd': ?}"#,
+                vec![s("big"), huge],
+            ),
+            statement(r#"INSERT INTO "nosuch" VALUE {'pk': ?}"#, vec![s("z")]),
+            statement(r#"INSERT INTO "ins" VALUES {'pk': ?}"#, vec![s("w")]),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        outcomes(&out),
+        vec![
+            ok("ins"),
+            failed(
+                "DuplicateItem",
+                "Duplicate primary key exists in table",
+                Some("ins")
+            ),
+            failed(
+                "ValidationError",
+                "One or more parameter values were invalid: Missing the key pk in the item",
+                None
+            ),
+            failed(
+                "ValidationError",
+                "Key attribute's data type should match its data type in table's schema: Key pk",
+                None
+            ),
+            failed(
+                "ValidationError",
+                "Item size has exceeded the maximum allowed size",
+                None
+            ),
+            failed(
+                "ResourceNotFound",
+                "Requested resource not found",
+                Some("nosuch")
+            ),
+            failed(
+                "ValidationError",
+                "dynamo-sim implements only UPDATE ... SET ... WHERE <key> = ? and INSERT INTO ... VALUE {...} statements in BatchExecuteStatement; VALUES lists are not implemented (one item: VALUE {...})",
+                None
+            ),
+        ]
+    );
+    // One unit for the new item, one for the duplicate's attempt (charged like a failed
+    // condition).
+    assert_eq!(capacity(&out), vec![("ins".to_string(), 2.0)]);
+    assert_eq!(
+        get_pk(&c, "ins", "new").await,
+        Some(item(&[
+            ("pk", s("new")),
+            ("m", ss(&["a", "b"])),
+            ("v", s("lit"))
+        ]))
+    );
+    assert_eq!(
+        get_pk(&c, "ins", "old").await,
+        Some(item(&[("pk", s("old")), ("v", s("kept"))])),
+        "a duplicate changes nothing"
+    );
+    assert_eq!(get_pk(&c, "ins", "big").await, None);
+    let err = execute_batch(
+        &c,
+        vec![
+            statement(r#"INSERT INTO "ins" VALUE {'pk': ?}"#, vec![s("twice")]),
+            statement(
+                r#"UPDATE "ins" SET "v" = ? WHERE "pk" = ?"#,
+                vec![s("x"), s("twice")],
+            ),
+        ],
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        format!("{:?}", err).contains("Provided list of item keys contains duplicates"),
+        "{err:?}"
     );
 }

@@ -361,7 +361,7 @@ pub static CATALOGUE: &[Metric] = &[
     ),
     counter(
         DYNAMODB_STATEMENTS_TOTAL,
-        "Statements of BatchExecuteStatement requests, by how each ended: applied, condition_failed (a delete from a missing item or a failed node guard: the write's no-op), throttled (resent), diverted (sent on as UpdateItem: an ADD to a missing item, a refusal, an internal error).",
+        "Statements of BatchExecuteStatement requests, by how each ended: applied, condition_failed (a delete from a missing item, a failed node guard or an older event: the write's no-op), throttled (resent), missing (a write that creates its item found none: sent again as a PartiQL INSERT), inserted (such an INSERT applied), diverted (sent on as UpdateItem: an INSERT whose item appeared meanwhile, a refusal, an internal error).",
         &["outcome"],
         || vec![StatementOutcome::ALL.iter().map(|o| o.as_str()).collect()],
     ),

@@ -172,16 +172,24 @@ pub enum StatementOutcome {
     ConditionFailed,
     /// Throttled (or not answered): resent.
     Throttled,
-    /// Sent on as its UpdateItem (an ADD to a missing item, a refusal, an internal error).
+    /// Sent on as its UpdateItem (an INSERT whose item appeared meanwhile, a write no INSERT
+    /// can carry, a refusal, an internal error).
     Diverted,
+    /// ConditionalCheckFailed on a write that creates its item (an ADD to a topic with no item
+    /// yet, a first connect): sent again as a PartiQL INSERT.
+    Missing,
+    /// An INSERT applied: the item a `Missing` statement's write creates.
+    Inserted,
 }
 
 impl StatementOutcome {
-    pub const ALL: [StatementOutcome; 4] = [
+    pub const ALL: [StatementOutcome; 6] = [
         StatementOutcome::Applied,
         StatementOutcome::ConditionFailed,
         StatementOutcome::Throttled,
         StatementOutcome::Diverted,
+        StatementOutcome::Missing,
+        StatementOutcome::Inserted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -190,6 +198,8 @@ impl StatementOutcome {
             StatementOutcome::ConditionFailed => "condition_failed",
             StatementOutcome::Throttled => "throttled",
             StatementOutcome::Diverted => "diverted",
+            StatementOutcome::Missing => "missing",
+            StatementOutcome::Inserted => "inserted",
         }
     }
 }
@@ -250,7 +260,7 @@ pub struct Stats {
     flushes: [AtomicU64; 4],
     requests: [[AtomicU64; 7]; 3],
     /// BatchExecuteStatement's statements by how each ended (each attempt counts).
-    statements: [AtomicU64; 4],
+    statements: [AtomicU64; 6],
     items_written: [AtomicU64; Table::COUNT],
     unprocessed: AtomicU64,
     throttles: AtomicU64,
@@ -622,7 +632,7 @@ pub struct StatsSnapshot {
     pub update_requests: u64,
     pub statement_requests: u64,
     /// BatchExecuteStatement's statements by outcome.
-    pub statements: [(&'static str, u64); 4],
+    pub statements: [(&'static str, u64); 6],
     /// Requests that ended throttled, rejected or in error (each retry counts).
     pub failed_requests: u64,
     pub condition_failed: u64,

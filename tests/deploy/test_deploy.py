@@ -215,9 +215,12 @@ POLICY_FILES = {
 }
 
 
-# API calls whose IAM action is not named after them: BatchExecuteStatement is authorized per
-# statement by its PartiQL action, and the pipeline sends only UPDATE statements.
-IAM_ACTION_OF_CALL = {"batch_execute_statement": "dynamodb:PartiQLUpdate"}
+# API calls whose IAM actions are not named after them: BatchExecuteStatement is authorized per
+# statement by its PartiQL action, and the pipeline sends UPDATE statements and, for writes whose
+# UPDATE found no item, INSERT statements.
+IAM_ACTIONS_OF_CALL = {
+    "batch_execute_statement": ["dynamodb:PartiQLInsert", "dynamodb:PartiQLUpdate"],
+}
 
 
 def call_sites():
@@ -234,9 +237,9 @@ def call_sites():
             if m:
                 function = m.group(1)
             for call in CALL.findall(line):
-                action = IAM_ACTION_OF_CALL.get(
-                    call, "dynamodb:" + "".join(w.capitalize() for w in call.split("_")))
-                sites.append((rel, function, action))
+                actions = IAM_ACTIONS_OF_CALL.get(
+                    call, ["dynamodb:" + "".join(w.capitalize() for w in call.split("_"))])
+                sites.extend((rel, function, action) for action in actions)
     return sites
 
 

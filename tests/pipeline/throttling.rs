@@ -12,7 +12,7 @@ use mqtt_dynamo::test_util::{Backend, SubmitExt, normalized, scan_all};
 use super::common::{expected, hot_key_events, run};
 
 /// A fifth of the batched writes come back unprocessed and hot keys run into a per-key write
-/// limit (ThrottlingException on UpdateItem), with hot-key windows off (the flusher retries) or
+/// limit (ThrottlingError per statement, ThrottlingException on UpdateItem), with hot-key windows off (the flusher retries) or
 /// on (throttled writes go back to their shard and wait their key's window).
 async fn twenty_percent_throttled(hot_key_window: Duration) -> StatsSnapshot {
     let backend = Backend::simulator(dynamo_sim::SimConfig {
@@ -38,12 +38,15 @@ async fn twenty_percent_throttled(hot_key_window: Duration) -> StatsSnapshot {
     let (stats, _) = run(&backend, &cfg, &events, false).await;
     let elapsed = started.elapsed();
     let sim = backend.sim_stats().unwrap();
+    // Batched writes and statements throttled one by one. Whole UpdateItems throttled are now
+    // rare (measured 4–6 a run without windows, 0–2 with them): first writes go as INSERTs in
+    // BatchExecuteStatements, no longer as UpdateItems right after a charged statement.
     assert!(
-        sim.throttled_items > 0 && sim.throttled_requests > 0,
-        "both kinds of throttling happened: {sim:?}"
+        sim.throttled_items > 0,
+        "the throttling this measures happened: {sim:?}"
     );
     assert_eq!(stats.dropped(), 0, "{stats}");
-    assert!(stats.throttles > 0, "{stats}");
+    assert!(stats.throttles + stats.unprocessed > 0, "{stats}");
     let got = scan_all(&backend.prepare(&cfg).await.0, &cfg).await;
     assert_eq!(normalized(&got), expected(&events, &cfg));
     eprintln!(

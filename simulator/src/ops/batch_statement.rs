@@ -1,4 +1,4 @@
-//! BatchExecuteStatement, for the PartiQL `UPDATE`s of [`crate::partiql`].
+//! BatchExecuteStatement, for the PartiQL `UPDATE`s and `INSERT`s of [`crate::partiql`].
 //!
 //! The request is checked first as a whole (any failure here answers 400 and runs nothing):
 //! the members' constraints, then no mix of reads and writes, then no item named twice. Each
@@ -13,6 +13,10 @@
 //!   A failure after the read is charged what the write would have cost against the old item
 //!   (one unit for a missing item), as DynamoDB charges the attempt; a failure that cannot be
 //!   charged, and a write that cannot be, is `ThrottlingError` and changes nothing.
+//! - an `INSERT` is checked like PutItem's item before it runs (the key present and of the
+//!   table's types, the size); it runs under the same lock: an item already under its key fails
+//!   it with `DuplicateItem` (charged like a failed condition), otherwise the item is written and
+//!   charged its size.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
@@ -94,6 +98,8 @@ struct Ready {
     /// where DynamoDB refuses it.
     late_refusal: Option<String>,
     return_old: bool,
+    /// The item of an `INSERT` (`update` and `cond` are then empty).
+    insert: Option<Item>,
 }
 
 /// A statement after the checks that need no item.
@@ -367,7 +373,14 @@ fn prepare(sim: &Shared, member: &Member) -> Prepared {
 
 fn prepare_inner(sim: &Shared, member: &Member) -> Result<Ready, StatementError> {
     let text = member.statement.unwrap_or_default();
-    let stmt = partiql::parse(text).map_err(|e| StatementError::validation(e.message()))?;
+    let stmt =
+        partiql::parse_statement(text).map_err(|e| StatementError::validation(e.message()))?;
+    let stmt = match stmt {
+        partiql::Statement::Update(u) => u,
+        partiql::Statement::Insert(insert) => {
+            return prepare_insert(sim, &insert, &member.parameters);
+        }
+    };
     let params = &member.parameters;
     if stmt.placeholders > params.len() {
         return Err(StatementError::validation(PARAMETER_COUNT_MISMATCH));
@@ -456,6 +469,71 @@ fn prepare_inner(sim: &Shared, member: &Member) -> Result<Ready, StatementError>
         late_refusal,
         return_old: member.return_old_on_failure == Some("ALL_OLD"),
         table,
+        insert: None,
+    })
+}
+
+/// An `INSERT`'s checks that need no item, with PartiQL's and PutItem's messages: the
+/// parameter count, the table, the key (present, of the table's types and within its size
+/// limits), the item's size.
+fn prepare_insert(
+    sim: &Shared,
+    insert: &partiql::Insert,
+    params: &[Value],
+) -> Result<Ready, StatementError> {
+    if insert.placeholders > params.len() {
+        return Err(StatementError::validation(PARAMETER_COUNT_MISMATCH));
+    }
+    let table = sim.store.get(&insert.table).ok_or_else(|| StatementError {
+        code: "ResourceNotFound",
+        message: "Requested resource not found".into(),
+        table: Some(insert.table.clone()),
+        item: None,
+    })?;
+    let item: Item = insert
+        .fields
+        .iter()
+        .map(|(name, value)| (name.clone(), value.bind(params).clone()))
+        .collect();
+    let schema = &table.schema;
+    let mut key = Item::new();
+    for attr in std::iter::once(&schema.hash).chain(schema.range.as_ref()) {
+        let Some(value) = item.get(&attr.name) else {
+            return Err(StatementError::validation(format!(
+                "One or more parameter values were invalid: Missing the key {} in the item",
+                attr.name
+            )));
+        };
+        if KeyPart::of(value, attr.ty).is_none() {
+            return Err(StatementError::validation(format!(
+                "Key attribute's data type should match its data type in table's schema: Key {}",
+                attr.name
+            )));
+        }
+        key.insert(attr.name.clone(), value.clone());
+    }
+    let key = schema
+        .key_of_key(&key)
+        .map_err(|e| StatementError::validation(e.message).on(table.name()))?;
+    if item_size(&item) > MAX_ITEM_BYTES {
+        return Err(StatementError::validation(
+            "Item size has exceeded the maximum allowed size",
+        ));
+    }
+    // Never evaluated: an INSERT's only condition is that its key holds no item.
+    let key_path = || Path(vec![PathElem::Attr(schema.hash.name.clone())]);
+    let cond = Cond::Or(
+        Box::new(Cond::Exists(key_path())),
+        Box::new(Cond::NotExists(key_path())),
+    );
+    Ok(Ready {
+        table,
+        key,
+        update: crate::expr::Update::default(),
+        cond,
+        late_refusal: None,
+        return_old: false,
+        insert: Some(item),
     })
 }
 
@@ -540,8 +618,63 @@ fn condition(pred: &Pred, params: &[Value]) -> Cond {
     }
 }
 
+/// Runs one prepared `INSERT` (see the module documentation).
+fn run_insert(sim: &Shared, ready: &Ready, item: &Item) -> Outcome {
+    let table = &ready.table;
+    let name = table.name();
+    let mut shard = table.write_shard(ready.key.shard());
+    if let Some(old) = shard.items().get(&ready.key) {
+        let old_size = old.size;
+        let error = StatementError {
+            code: "DuplicateItem",
+            message: "Duplicate primary key exists in table".into(),
+            table: Some(name.to_owned()),
+            item: None,
+        };
+        return charge_failure(sim, table, &mut shard, &ready.key, old_size, error);
+    }
+    let size = item_size(item);
+    charge_and_write(sim, ready, shard, item.clone(), size, write_units(size))
+}
+
+/// Charges `units` to the statement's partition key and writes `item` (of `size` bytes) under
+/// its key, or fails it as throttled, changing nothing.
+fn charge_and_write(
+    sim: &Shared,
+    ready: &Ready,
+    mut shard: std::sync::RwLockWriteGuard<'_, Shard>,
+    item: Item,
+    size: usize,
+    units: u64,
+) -> Outcome {
+    let table = &ready.table;
+    if let Err(kind) = table.try_charge(
+        &mut shard,
+        &ready.key.pk,
+        units,
+        &sim.limits(),
+        Instant::now(),
+    ) {
+        return Outcome::Failed {
+            error: throttling_error(kind, table.name()),
+            charged: None,
+        };
+    }
+    shard.put(ready.key.clone(), Stored { item, size });
+    drop(shard);
+    add(&sim.stats.write_units, units);
+    add(&sim.stats.items_written, 1);
+    Outcome::Applied {
+        table: table.clone(),
+        units,
+    }
+}
+
 /// Runs one prepared statement against its item (see the module documentation).
 fn run(sim: &Shared, ready: &Ready) -> Outcome {
+    if let Some(item) = &ready.insert {
+        return run_insert(sim, ready, item);
+    }
     let table = &ready.table;
     let name = table.name();
     let mut shard = table.write_shard(ready.key.shard());
@@ -574,32 +707,7 @@ fn run(sim: &Shared, ready: &Ready) -> Outcome {
         );
     }
     let units = write_units(new_size.max(old_size));
-    if let Err(kind) = table.try_charge(
-        &mut shard,
-        &ready.key.pk,
-        units,
-        &sim.limits(),
-        Instant::now(),
-    ) {
-        return Outcome::Failed {
-            error: throttling_error(kind, name),
-            charged: None,
-        };
-    }
-    shard.put(
-        ready.key.clone(),
-        Stored {
-            item: new,
-            size: new_size,
-        },
-    );
-    drop(shard);
-    add(&sim.stats.write_units, units);
-    add(&sim.stats.items_written, 1);
-    Outcome::Applied {
-        table: table.clone(),
-        units,
-    }
+    charge_and_write(sim, ready, shard, new, new_size, units)
 }
 
 fn conditional_failed(table: &str, item: Option<Item>) -> StatementError {
@@ -631,10 +739,12 @@ fn charge_failure(
                 charged: Some((table.clone(), units)),
             }
         }
-        Err(kind) if error.code == "ConditionalCheckFailed" => Outcome::Failed {
-            error: throttling_error(kind, table.name()),
-            charged: None,
-        },
+        Err(kind) if matches!(error.code, "ConditionalCheckFailed" | "DuplicateItem") => {
+            Outcome::Failed {
+                error: throttling_error(kind, table.name()),
+                charged: None,
+            }
+        }
         Err(_) => Outcome::Failed {
             error,
             charged: None,

@@ -24,6 +24,12 @@ impl MsgIdCap {
         (self.0 > 0 && units * 1024.0 > self.0 as f64).then_some(self.0 * 3 / 4)
     }
 
+    /// Whether a set item of about `bytes` would start past the cap (an INSERT of it would skip
+    /// the trim an UpdateItem's consumed capacity starts).
+    pub fn starts_past(self, bytes: usize) -> bool {
+        self.0 > 0 && bytes + 64 > self.0
+    }
+
     /// After DynamoDB refused an ADD because the item would pass 400 KB: the size to trim to.
     pub fn after_refusal(self) -> usize {
         let cap = match self.0 {

@@ -278,6 +278,61 @@ pub(super) fn statement_spec(table_name: &str, key: &Key, write: &Write) -> Opti
     })
 }
 
+/// The PartiQL INSERT creating the item `write` creates when its key has no item (what its
+/// UpdateItem would then write: the key and the SETs, or the ADDed set), for a write whose
+/// UPDATE statement found no item ([`StatementSpec::creates`]). `None` for writes that create
+/// nothing. An INSERT fails with `DuplicateItem` when the item exists by then (another instance,
+/// or an earlier attempt of the same write that was applied and then answered with an error):
+/// the write then goes as its UpdateItem, which is right whatever the item holds.
+pub(super) fn insert_spec(table_name: &str, key: &Key, write: &Write) -> Option<StatementSpec> {
+    let attrs: Vec<(&str, AttributeValue)> = match write {
+        Write::SetDelta { attr, add, del, .. }
+            if !add.is_empty() && del.is_empty() && crate::storage::item::set_chunks(add) == 1 =>
+        {
+            vec![(attr.as_str(), dynamo::to_attr(&Value::Ss(add.clone())))]
+        }
+        Write::Update { set, guard: None } if !set.is_empty() => set
+            .iter()
+            .map(|(a, v)| (a.as_str(), dynamo::to_attr(v)))
+            .collect(),
+        Write::Timed(timed)
+            if !timed.set.is_empty() && !matches!(timed.order, Order::Disconnect { .. }) =>
+        {
+            timed
+                .set
+                .iter()
+                .map(|(a, v)| (a.as_str(), dynamo::to_attr(v)))
+                .collect()
+        }
+        _ => return None,
+    };
+    let (hash_name, range_name) = key.table.key_names();
+    let mut fields = vec![format!("{}: ?", literal(hash_name))];
+    let mut params = vec![AttributeValue::S(key.hash.clone())];
+    if let (Some(name), Some(value)) = (range_name, &key.range) {
+        fields.push(format!("{}: ?", literal(name)));
+        params.push(AttributeValue::S(value.clone()));
+    }
+    for (attr, value) in attrs {
+        fields.push(format!("{}: ?", literal(attr)));
+        params.push(value);
+    }
+    Some(StatementSpec {
+        text: format!(
+            "INSERT INTO {} VALUE {{{}}}",
+            quoted(table_name),
+            fields.join(", ")
+        ),
+        params,
+        creates: false,
+    })
+}
+
+/// A PartiQL string literal (an INSERT's attribute names are strings), `'` doubled.
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
 /// A PartiQL identifier. Table and attribute names never hold a double quote (DynamoDB's table
 /// names are `[a-zA-Z0-9_.-]`; the attribute names are the storage contract's), but one would
 /// be doubled, as PartiQL escapes it.

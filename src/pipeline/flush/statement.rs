@@ -4,9 +4,12 @@
 //!
 //! Each statement has its own answer. Applied: written. `ConditionalCheckFailed`: a PartiQL
 //! UPDATE never creates an item, so this is either the write's no-op (a DELETE from a missing
-//! item, a node guard that fails: written, as the UpdateItem's failed condition is) or, for a
-//! write that creates (an ADD to a topic with no item yet), a sign to send it as its UpdateItem
-//! (diverted). Throttled (`ThrottlingError`, `ProvisionedThroughputExceeded`,
+//! item, a node guard that fails, an older event: written, as the UpdateItem's failed condition
+//! is) or, for a write that creates (an ADD to a topic with no item yet, a client's first
+//! connect), a sign that its item is missing: such writes go again, batched, as PartiQL INSERTs
+//! of the item they create ([`super::request::insert_spec`]), and an INSERT that finds the item
+//! there by then (`DuplicateItem`) is diverted to its UpdateItem, as is a creating write no
+//! INSERT can carry. Throttled (`ThrottlingError`, `ProvisionedThroughputExceeded`,
 //! `RequestLimitExceeded`, `TransactionConflict`): not applied, resent like BatchWriteItem's
 //! UnprocessedItems (and handed back to its shard when hot-key windows are on). Anything else —
 //! a `ValidationError` (a MsgId set at 400 KB among them), `InternalServerError`,
@@ -20,12 +23,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::Mutex;
 
 use aws_sdk_dynamodb::types::{
     BatchStatementErrorCodeEnum as Code, BatchStatementRequest, ReturnConsumedCapacity,
 };
 
-use super::request::{StatementSpec, statement_spec};
+use super::request::{StatementSpec, insert_spec, statement_spec};
 use super::retry_loop::{End, Reply, Request, Unit};
 use super::{Flusher, KeyEnd};
 use crate::storage::dynamo::{self, Failure};
@@ -33,8 +37,14 @@ use crate::storage::item::{Key, Table, Write};
 use crate::telemetry::stats::{Operation, StatementOutcome};
 
 /// One BatchExecuteStatement: each write with its statement, by key.
+///
+/// - `inserts`: the statements are INSERTs (the second round of creating writes).
+/// - `missing`: the keys whose creating UPDATE found no item, recorded by the replies (the retry
+///   loop holds the batch shared while it answers), for the INSERT round.
 pub(super) struct StatementBatch {
     writes: HashMap<Key, (Write, StatementSpec)>,
+    inserts: bool,
+    missing: Mutex<HashSet<Key>>,
 }
 
 impl StatementBatch {
@@ -43,10 +53,41 @@ impl StatementBatch {
         flusher: &Flusher,
         writes: Vec<(Write, Unit)>,
     ) -> (Self, Vec<Unit>, Vec<(Write, Unit)>) {
+        Self::build(writes, false, |write, key| {
+            statement_spec(flusher.tables.name(key.table), key, write)
+        })
+    }
+
+    /// The INSERTs of `writes` (creating writes whose UPDATE found no item), with the writes no
+    /// INSERT can carry in the second list.
+    fn inserts(
+        flusher: &Flusher,
+        writes: Vec<(Write, Unit)>,
+    ) -> (Self, Vec<Unit>, Vec<(Write, Unit)>) {
+        Self::build(writes, true, |write, key| {
+            // A set the item would start past its cap goes by UpdateItem, whose consumed
+            // capacity starts the trim (`msgid`).
+            if let Write::SetDelta { attr, add, .. } = write
+                && flusher.msgid_cap.starts_past(
+                    key.hash.len() + attr.len() + add.iter().map(String::len).sum::<usize>(),
+                )
+            {
+                return None;
+            }
+            insert_spec(flusher.tables.name(key.table), key, write)
+        })
+    }
+
+    /// The batch of the writes `spec_of` gives a statement, their units, and the rest.
+    fn build(
+        writes: Vec<(Write, Unit)>,
+        inserts: bool,
+        spec_of: impl Fn(&Write, &Key) -> Option<StatementSpec>,
+    ) -> (Self, Vec<Unit>, Vec<(Write, Unit)>) {
         let mut batch = HashMap::with_capacity(writes.len());
         let (mut units, mut rest) = (Vec::with_capacity(writes.len()), Vec::new());
         for (write, unit) in writes {
-            match statement_spec(flusher.tables.name(unit.key.table), &unit.key, &write) {
+            match spec_of(&write, &unit.key) {
                 Some(spec) => {
                     batch.insert(unit.key.clone(), (write, spec));
                     units.push(unit);
@@ -54,7 +95,20 @@ impl StatementBatch {
                 None => rest.push((write, unit)),
             }
         }
-        (StatementBatch { writes: batch }, units, rest)
+        (
+            StatementBatch {
+                writes: batch,
+                inserts,
+                missing: Mutex::default(),
+            },
+            units,
+            rest,
+        )
+    }
+
+    /// Whether the creating UPDATE of `key` found no item.
+    fn found_missing(&self, key: &Key) -> bool {
+        self.missing.lock().is_ok_and(|m| m.contains(key))
     }
 }
 
@@ -99,6 +153,13 @@ impl Request for StatementBatch {
         let (write, spec) = self.writes.get(key)?;
         Some(StatementBatch {
             writes: [(key.clone(), (write.clone(), spec.clone()))].into(),
+            inserts: self.inserts,
+            missing: Mutex::new(
+                self.found_missing(key)
+                    .then(|| key.clone())
+                    .into_iter()
+                    .collect(),
+            ),
         })
     }
 }
@@ -157,12 +218,21 @@ impl StatementBatch {
                     unprocessed.insert(key);
                     StatementOutcome::Throttled
                 }
+                Some(None) if self.inserts => StatementOutcome::Inserted,
                 Some(None) => StatementOutcome::Applied,
                 Some(Some(e)) => match e.code() {
+                    // The item appeared between the UPDATE and the INSERT: its UpdateItem.
+                    Some(Code::DuplicateItem) if self.inserts => {
+                        diverted.insert(key, false);
+                        StatementOutcome::Diverted
+                    }
                     Some(Code::ConditionalCheckFailed) => match self.writes.get(&key) {
                         Some((_, spec)) if spec.creates => {
+                            if let Ok(mut missing) = self.missing.lock() {
+                                missing.insert(key.clone());
+                            }
                             diverted.insert(key, false);
-                            StatementOutcome::Diverted
+                            StatementOutcome::Missing
                         }
                         Some((Write::Timed(_), _)) => {
                             flusher.stats.superseded(key.table);
@@ -201,13 +271,35 @@ impl StatementBatch {
 }
 
 impl Flusher {
-    /// The statements of a flush as one BatchExecuteStatement, sent until each write has an end.
-    /// Returns the ends, and the writes DynamoDB's answers divert to UpdateItem.
+    /// The statements of a flush as one BatchExecuteStatement, sent until each write has an end;
+    /// then the creating writes whose items were missing as one BatchExecuteStatement of
+    /// INSERTs. Returns the ends, and the writes DynamoDB's answers divert to UpdateItem.
     pub(super) async fn statements(
+        &self,
+        request: StatementBatch,
+        units: Vec<Unit>,
+    ) -> (Vec<(Key, KeyEnd)>, Vec<(Write, Unit)>) {
+        let (mut ends, diverted) = self.statement_round(request, units).await;
+        let (missing, mut diverted): (Vec<_>, Vec<_>) =
+            diverted.into_iter().partition(|(_, _, missing)| *missing);
+        let missing: Vec<(Write, Unit)> = missing.into_iter().map(|(w, u, _)| (w, u)).collect();
+        if !missing.is_empty() {
+            let (inserts, units, rest) = StatementBatch::inserts(self, missing);
+            diverted.extend(rest.into_iter().map(|(w, u)| (w, u, false)));
+            let (insert_ends, insert_diverted) = self.statement_round(inserts, units).await;
+            ends.extend(insert_ends);
+            diverted.extend(insert_diverted);
+        }
+        (ends, diverted.into_iter().map(|(w, u, _)| (w, u)).collect())
+    }
+
+    /// One BatchExecuteStatement sent until each write has an end: the ends, and the diverted
+    /// writes (each with whether its UPDATE found its item missing).
+    async fn statement_round(
         &self,
         mut request: StatementBatch,
         units: Vec<Unit>,
-    ) -> (Vec<(Key, KeyEnd)>, Vec<(Write, Unit)>) {
+    ) -> (Vec<(Key, KeyEnd)>, Vec<(Write, Unit, bool)>) {
         let (mut ends, mut diverted) = (Vec::with_capacity(units.len()), Vec::new());
         if units.is_empty() {
             return (ends, diverted);
@@ -216,7 +308,8 @@ impl Flusher {
             if end == End::Diverted
                 && let Some((write, _)) = request.writes.remove(&unit.key)
             {
-                diverted.push((write, unit));
+                let missing = !request.inserts && request.found_missing(&unit.key);
+                diverted.push((write, unit, missing));
                 continue;
             }
             let key_end = KeyEnd::new(&unit, end, || request.write(&unit.key).cloned());
